@@ -1,0 +1,49 @@
+# StreamFlow — developer entry points. Everything runs from a fresh clone with Python >= 3.11.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit e2e kafka kafka-stop bench bench-quick schema clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## run the web-form example on the embedded transport and print its trace
+	rm -rf .streamflow/demo
+	$(BIN)/streamflow run topologies/web-form-to-cms/integration.yaml \
+	  --input topologies/web-form-to-cms/events.ndjson \
+	  --mocks topologies/web-form-to-cms/mocks.yaml --broker local://.streamflow/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamflow tests bench
+	$(BIN)/mypy streamflow tests/kafka_broker.py
+
+test: $(STAMP) lint  ## lint, type-check, then every test (Kafka tests start a local broker)
+	$(BIN)/streamflow validate topologies/
+	$(BIN)/streamflow schema --check
+	$(BIN)/pytest -q -ra
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+kafka: $(STAMP)  ## start (or reuse) a single-node Apache Kafka broker on 127.0.0.1:9092
+	PYTHON=$(BIN)/python bash scripts/kafka.sh start
+
+kafka-stop:
+	bash scripts/kafka.sh stop
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+schema: $(STAMP)
+	$(BIN)/streamflow schema
+
+clean:
+	rm -rf .streamflow .mypy_cache .ruff_cache .pytest_cache

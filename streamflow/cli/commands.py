@@ -1,0 +1,222 @@
+"""One function per CLI verb; each calls the layers below and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from streamflow.cli.inputs import config_values, read_payloads
+from streamflow.cli.trace import TraceWriter
+from streamflow.errors import ConfigError, Issue, ValidationFailed
+from streamflow.runtime.app import App, AppOptions, environment
+from streamflow.runtime.ingest import FlowIngress
+from streamflow.runtime.runner import pick_flow, run_events
+from streamflow.topology.jsonschema import integration_schema
+from streamflow.topology.loader import load_integration
+from streamflow.topology.models import Integration
+from streamflow.topology.plan import compile_plan
+from streamflow.topology.registry import STEPS, TRIGGERS, load_builtins
+from streamflow.transport import open_transport
+
+AUXILIARY = ("mocks", "events", "config", "tests")
+
+
+def topology_files(paths: list[str]) -> list[Path]:
+    """Files named, plus every topology YAML under named directories (mocks, events,
+    config and test files beside them are not topologies and are passed over)."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for f in sorted([*p.rglob("*.yaml"), *p.rglob("*.yml")]):
+                if not any(f.name.startswith(a) or f".{a}." in f.name for a in AUXILIARY) \
+                        and "tests" not in f.parts[len(p.parts):]:
+                    out.append(f)
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    issues: list[Issue] = []
+    files = topology_files(args.paths)
+    if not files:
+        raise ConfigError(f"no topology files found in {' '.join(args.paths)}")
+    for f in files:
+        try:
+            integration = load_integration(f)
+            compile_plan(integration)
+        except ValidationFailed as exc:
+            issues.extend(exc.issues)
+    if issues:
+        raise ValidationFailed(issues)
+    print(f"{len(files)} topology file(s) valid")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan = compile_plan(load_integration(args.topology))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+        return 0
+    print(f"integration {plan.integration}\n\nTOPICS")
+    width = max(len(t.name) for t in plan.topics)
+    for t in plan.topics:
+        cfg = " ".join(f"{k}={v}" for k, v in t.config.items())
+        print(f"  {t.name:<{width}}  {t.partitions:>3} partitions  {t.purpose} {cfg}".rstrip())
+    print("\nAGENTS (consumer group = input topic)")
+    for fp in plan.flows.values():
+        if fp.external_topic:
+            print(f"  {fp.flow}: trigger reads external topic {fp.external_topic}")
+        for a in fp.agents:
+            print(f"  {a.group:<{width}}  steps: {' -> '.join(a.steps)}")
+    return 0
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    load_builtins()
+    kinds: dict[str, Any] = {**{f"step {k}": v.config for k, v in STEPS.items()},
+                             **{f"trigger {k}": v for k, v in TRIGGERS.items()}}
+    for label, model in sorted(kinds.items()):
+        name = label.split()[1]
+        if args.type and name != args.type:
+            continue
+        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+        print(f"{label:<20} {doc}")
+        if args.type:
+            for fname, f in model.model_fields.items():
+                if fname == "type":
+                    continue
+                req = "required" if f.is_required() else f"default {f.default!r}"
+                desc = f" — {f.description}" if f.description else ""
+                print(f"    {f.alias or fname:<18} {req}{desc}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = json.dumps(integration_schema(), indent=2, sort_keys=True) + "\n"
+    out = Path(args.output)
+    if args.check:
+        if not out.exists() or out.read_text() != text:
+            print(f"{out} is out of date: run `streamflow schema`", file=sys.stderr)
+            return 1
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    integration = load_integration(args.topology)
+    flow = pick_flow(integration, args.flow)
+    payloads = read_payloads(args.input)
+    mock_values: dict[str, Any] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        if args.mocks:
+            from streamflow.testing.mocks import MockServices
+
+            mocks = MockServices.from_file(args.mocks)
+            await stack.enter_async_context(mocks)
+            mock_values = mocks.config_values()
+        config = config_values(args, integration, mock_values)
+        transport = open_transport(args.broker)
+        stack.callback(transport.close)
+        writer = TraceWriter(json=args.json, total=len(payloads))
+        result = await run_events(integration, transport, config, payloads, flow=flow,
+                                  timeout=args.timeout, on_event=writer,
+                                  options=AppOptions(trace_payloads=True, env=environment()))
+        writer.summary(result)
+    return 0 if result.ok else 1
+
+
+def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
+    integration = load_integration(args.topology)
+    config = config_values(args, integration)
+    transport = open_transport(args.broker)
+    worker_id = getattr(args, "worker_id", None) or os.environ.get("STREAMFLOW_WORKER_ID", "0")
+    app = App(integration, transport, config, AppOptions(
+        flows=args.flow, steps=getattr(args, "step", []), worker_id=worker_id, env=environment()))
+    app.deploy()
+    app.build_agents()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        site = None
+        if with_http:
+            from streamflow.runtime.http import start_http
+
+            site = await start_http(args.host, args.port)
+        print(f"streamflow: {len(app.agents)} agent(s) of {integration.name} running on "
+              f"{transport.url}" + (f", http://{args.host}:{args.port}" if site else ""),
+              file=sys.stderr, flush=True)
+        try:
+            await app.run(stop)
+        finally:
+            if site is not None:
+                await site.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        transport.close()
+    print("streamflow: stopped cleanly", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve_like(args, with_http=True)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    return _serve_like(args, with_http=False)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    integration = load_integration(args.topology)
+    app = App(integration, open_transport(args.broker), {})
+    changes = app.transport.ensure_topics(app.topic_specs(), dry_run=args.dry_run)
+    verb = "would " if args.dry_run else ""
+    changed = [c for c in changes if c.action != "unchanged"]
+    for c in changed:
+        extra = f" from {c.previous}" if c.action == "grow" else ""
+        print(f"{verb}{c.action} {c.name} ({c.partitions} partitions{extra})")
+    if not changed:
+        print(f"all {len(changes)} topics up to date; nothing to change")
+    app.transport.close()
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    integration: Integration = load_integration(args.topology)
+    flow = pick_flow(integration, args.flow)
+    config = config_values(args, integration)
+    transport = open_transport(args.broker)
+    plan = compile_plan(integration)
+    ingress = FlowIngress(integration, integration.flows[flow], plan, config)
+    producer = transport.producer()
+    n = 0
+    for payload in read_payloads(args.input):
+        env = ingress.envelope(payload, trigger={"type": "manual"})
+        ingress.send(producer, env)
+        n += 1
+        print(env.execution_id)
+    producer.flush()
+    producer.close()
+    transport.close()
+    print(f"produced {n} event(s) to {plan.flows[flow].first_topic}", file=sys.stderr)
+    return 0

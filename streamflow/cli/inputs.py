@@ -1,0 +1,49 @@
+"""Reading event payloads (JSON or NDJSON) and config values for the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streamflow.errors import ConfigError
+from streamflow.topology.models import Integration
+from streamflow.topology.values import parse_assignments, read_config_file, resolve_config
+
+
+def read_payloads(source: str) -> list[Any]:
+    """A JSON document (an array is many events) or NDJSON (one event per line)."""
+    name = "<stdin>" if source == "-" else source
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read input: {exc.strerror}") from None
+    text = data.strip()
+    if not text:
+        return []
+    try:
+        doc = orjson.loads(text)
+        return doc if isinstance(doc, list) else [doc]
+    except orjson.JSONDecodeError:
+        pass
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{name}:{n}: not JSON: {exc}") from None
+    return out
+
+
+def config_values(args: argparse.Namespace, integration: Integration,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    supplied: dict[str, Any] = dict(extra or {})
+    if getattr(args, "config_file", None):
+        supplied.update(read_config_file(args.config_file))
+    supplied.update(parse_assignments(getattr(args, "config", []) or []))
+    return resolve_config(integration.config, supplied)

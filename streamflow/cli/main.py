@@ -1,0 +1,111 @@
+"""The ``streamflow`` command: parses arguments and calls the layers below; no logic here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from streamflow.errors import ConfigError, FatalError, ValidationFailed
+from streamflow.transport import DEFAULT_BROKER
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
+                   help="a config variable (repeatable)")
+    p.add_argument("--config-file", metavar="FILE", help="YAML/JSON mapping of config variables")
+
+
+def _add_broker(p: argparse.ArgumentParser, default: str | None = DEFAULT_BROKER) -> None:
+    p.add_argument("--broker", default=default, required=default is None,
+                   help="local://DIR (embedded, default local://.streamflow) or kafka://HOST:PORT[,…]")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="streamflow", description="Kafka-native integration flows.")
+    ap.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check topology files; exit 2 with file:line:col lines")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = sub.add_parser("plan", help="print topics, partitions, groups and agents")
+    p.add_argument("topology")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("steps", help="list step and trigger types and their fields")
+    p.add_argument("type", nargs="?", help="show one type in detail")
+
+    p = sub.add_parser("schema", help="write the JSON Schema of the YAML")
+    p.add_argument("--output", default="schemas/integration.schema.json")
+    p.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
+
+    p = sub.add_parser("run", help="one-shot: feed events, run until every execution ended")
+    p.add_argument("topology")
+    p.add_argument("--flow")
+    p.add_argument("--input", default="-", help="JSON or NDJSON file of payloads, - for stdin")
+    p.add_argument("--mocks", help="YAML of mock HTTP services to start on loopback")
+    p.add_argument("--json", action="store_true", help="machine-readable event lines")
+    p.add_argument("--timeout", type=float, default=120.0)
+    _add_broker(p)
+    _add_config(p)
+
+    p = sub.add_parser("serve", help="agents and HTTP endpoints until SIGTERM")
+    p.add_argument("topology")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--flow", action="append", default=[])
+    _add_broker(p)
+    _add_config(p)
+
+    p = sub.add_parser("worker", help="run agents (start more to scale out)")
+    p.add_argument("topology")
+    p.add_argument("--flow", action="append", default=[])
+    p.add_argument("--step", action="append", default=[])
+    p.add_argument("--worker-id", default=None, help="stable id per worker slot (exactly-once)")
+    _add_broker(p)
+    _add_config(p)
+
+    p = sub.add_parser("deploy", help="create or update the topics of the plan (idempotent)")
+    p.add_argument("topology")
+    p.add_argument("--dry-run", action="store_true")
+    _add_broker(p)
+
+    p = sub.add_parser("produce", help="send events to a flow")
+    p.add_argument("topology")
+    p.add_argument("--flow")
+    p.add_argument("--input", default="-")
+    _add_broker(p)
+    _add_config(p)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streamflow.cli import commands
+
+    handler = getattr(commands, f"cmd_{args.command}")
+    try:
+        return int(handler(args))
+    except ValidationFailed as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FatalError as exc:
+        print(f"fatal: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

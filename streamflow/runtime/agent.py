@@ -1,0 +1,131 @@
+"""The agent loop: poll -> process -> produce -> commit. The only I/O loop there is.
+
+Commit order (at-least-once)::
+
+    1. poll a batch; process every record (ChainProcessor) into output messages
+    2. send every output message of the batch to the producer
+    3. when the commit interval has passed (or the input ran dry):
+       flush the producer - wait until the broker confirmed every message
+    4. only then commit, per partition, the offset after the last processed record
+
+A crash between 3 and 4 re-delivers the batch (duplicates downstream, never loss).
+
+Commit order (exactly-once)::
+
+    1. begin a transaction before the first output of an interval
+    2. send every output message inside it
+    3. when the commit interval has passed: send_offsets_to_transaction(positions)
+       and commit the transaction - outputs and input offsets become visible together
+    4. on an abortable error: abort, rewind the consumer to its committed offsets, redo
+
+Records of one partition and one key are processed in order; different keys of a batch
+run concurrently (up to the flow's ``concurrency``) when the agent has async steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from streamflow.runtime.processor import ChainProcessor, Out
+from streamflow.transport.base import Consumer, Producer, Record, TopicPartition, Transport
+
+log = logging.getLogger("streamflow.runtime")
+R = TypeVar("R")
+
+
+class StepAgent:
+    def __init__(
+        self,
+        transport: Transport,
+        processor: ChainProcessor,
+        *,
+        exactly_once: bool,
+        commit_interval: float,
+        max_batch: int,
+        concurrency: int,
+        transactional_id: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.processor = processor
+        self.plan = processor.agent
+        self.exactly_once = exactly_once
+        self.commit_interval = commit_interval
+        self.max_batch = max_batch
+        self.limit = asyncio.Semaphore(concurrency)
+        self.transactional_id = transactional_id
+        self.processed = 0
+        # one thread per agent for blocking broker calls: a shared pool would starve
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
+
+    async def _io(self, fn: Callable[..., R], *args: object) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = await self._io(self.transport.consumer, self.plan.group, [self.plan.input_topic])
+        producer = self.transport.producer(
+            transactional_id=self.transactional_id if self.exactly_once else None
+        )
+        try:
+            await self._loop(consumer, producer, stop)
+        finally:
+            await self._io(producer.close)
+            await self._io(consumer.close)
+            self.io.shutdown(wait=False)
+
+    async def _loop(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
+        pending: dict[TopicPartition, int] = {}
+        in_txn = False
+        last_commit = time.monotonic()
+        while not stop.is_set():
+            wait = max(0.0, min(0.5, self.commit_interval - (time.monotonic() - last_commit)))
+            records = await self._io(consumer.poll, self.max_batch, wait if pending else 0.5)
+            if records:
+                if self.exactly_once and not in_txn:
+                    producer.begin()
+                    in_txn = True
+                for out in await self._process(records):
+                    producer.send(out.topic, out.value, out.key, out.headers)
+                for rec in records:
+                    pending[(rec.topic, rec.partition)] = rec.offset + 1
+                self.processed += len(records)
+            # commit when the interval is up, or at once when the input ran dry
+            due = time.monotonic() - last_commit >= self.commit_interval
+            drained = len(records) < self.max_batch
+            if pending and (due or drained or stop.is_set()):
+                await self._io(self._commit, consumer, producer, pending)
+                pending = {}
+                in_txn = False
+                last_commit = time.monotonic()
+
+    def _commit(self, consumer: Consumer, producer: Producer, offsets: dict[TopicPartition, int]) -> None:
+        if self.exactly_once:
+            producer.commit_transaction(consumer, offsets)
+        else:
+            producer.flush()
+            consumer.commit(offsets)
+
+    async def _process(self, records: Sequence[Record]) -> list[Out]:
+        proc = self.processor
+        if proc.all_sync:
+            outs: list[Out] = []
+            for rec in records:
+                outs.extend(proc.handle_sync(rec))
+            return outs
+        by_key: dict[tuple[int, bytes | None], list[int]] = defaultdict(list)
+        for i, rec in enumerate(records):
+            by_key[(rec.partition, rec.key)].append(i)
+        results: list[list[Out]] = [[] for _ in records]
+
+        async def run_key(indexes: list[int]) -> None:
+            async with self.limit:
+                for i in indexes:
+                    results[i] = await proc.handle(records[i])
+
+        await asyncio.gather(*(run_key(ix) for ix in by_key.values()))
+        return [o for r in results for o in r]

@@ -1,0 +1,139 @@
+"""Build and run the agents of an integration on a transport.
+
+``App`` wires what every agent needs (steps built from their configs, an HTTP session,
+config values) and runs agents as asyncio tasks until ``stop`` is set. It is what
+``streamflow serve``, ``worker`` and ``run`` start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from streamflow.errors import ConfigError
+from streamflow.runtime.agent import StepAgent
+from streamflow.runtime.processor import ChainProcessor, ProcessorOptions
+from streamflow.steps.base import AnyStep, StepContext
+from streamflow.topology.models import Flow, Integration
+from streamflow.topology.plan import AgentPlan, Plan, compile_plan
+from streamflow.topology.registry import STEPS
+from streamflow.transport.base import TopicSpec, Transport
+
+log = logging.getLogger("streamflow.runtime")
+
+
+@dataclass
+class AppOptions:
+    flows: Sequence[str] = ()  # only these flows (default: all)
+    steps: Sequence[str] = ()  # only the agents whose chain holds one of these steps
+    step_events: bool = True
+    trace_payloads: bool = False
+    worker_id: str = "0"  # distinguishes transactional ids of worker processes
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class App:
+    def __init__(self, integration: Integration, transport: Transport,
+                 config: Mapping[str, Any], options: AppOptions | None = None) -> None:
+        self.integration = integration
+        self.transport = transport
+        self.config = dict(config)
+        self.options = options or AppOptions()
+        self.plan: Plan = compile_plan(integration)
+        self._session: aiohttp.ClientSession | None = None
+        self.agents: list[StepAgent] = []
+        unknown = set(self.options.flows) - set(integration.flows)
+        if unknown:
+            raise ConfigError(f"unknown flow(s): {', '.join(sorted(unknown))}; "
+                              f"this integration has: {', '.join(integration.flows)}")
+
+    def topic_specs(self) -> list[TopicSpec]:
+        return [TopicSpec(t.name, t.partitions, t.config) for t in self.plan.topics]
+
+    def deploy(self) -> None:
+        self.transport.ensure_topics(self.topic_specs())
+
+    def http_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100), raise_for_status=False
+            )
+        return self._session
+
+    def build_agents(self) -> list[StepAgent]:
+        agents = []
+        for flow in self.integration.flows.values():
+            if self.options.flows and flow.name not in self.options.flows:
+                continue
+            fplan = self.plan.flows[flow.name]
+            for slot, aplan in enumerate(fplan.agents):
+                if self.options.steps and not set(self.options.steps) & set(aplan.steps):
+                    continue
+                agents.append(self._agent(flow, aplan, slot))
+        if not agents:
+            raise ConfigError("no agent matches the given --flow/--step")
+        self.agents = agents
+        return agents
+
+    def _agent(self, flow: Flow, aplan: AgentPlan, slot: int) -> StepAgent:
+        steps: dict[str, AnyStep] = {}
+        for sid in aplan.steps:
+            node = flow.nodes[sid]
+            factory = STEPS[node.config.type].factory
+            if factory is None:
+                raise ConfigError(f"step type '{node.config.type}' has no implementation installed")
+            ctx = StepContext(self.integration.name, flow.name, node, self.config,
+                              self.options.env, self.http_session,
+                              logging.getLogger(f"streamflow.step.{flow.name}.{sid}"))
+            steps[sid] = factory(node.config, ctx)
+        opts = ProcessorOptions(flow.doc.encoding, self.options.step_events, self.options.trace_payloads)
+        proc = ChainProcessor(flow, self.plan.flows[flow.name], aplan, steps,
+                              self.plan.executions_topic, opts, _stored_results(flow))
+        return StepAgent(
+            self.transport, proc,
+            exactly_once=flow.doc.guarantee == "exactly_once",
+            commit_interval=flow.doc.commit_interval,
+            max_batch=flow.doc.max_batch,
+            concurrency=flow.doc.concurrency,
+            transactional_id=f"{aplan.group}.{self.options.worker_id}",
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every agent until ``stop`` is set; an agent that fails stops the others."""
+        agents = self.agents or self.build_agents()
+        tasks = [asyncio.create_task(a.run(stop), name=a.plan.name) for a in agents]
+        try:
+            done, _ = await asyncio.wait(
+                [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+            for t in done:
+                if t in tasks and t.exception() is not None:
+                    stop.set()
+                    raise t.exception()  # type: ignore[misc]
+            stop.set()
+            await asyncio.gather(*tasks)
+        finally:
+            stop.set()
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._session is not None:
+                await self._session.close()
+
+
+def _stored_results(flow: Flow) -> frozenset[str]:
+    """Steps whose results go into ``steps.<id>``: I/O steps, and any step referenced."""
+    return frozenset(sid for sid, n in flow.nodes.items() if not n.config.pure or sid in flow.referenced)
+
+
+def environment() -> dict[str, str]:
+    """Variables exposed as ``${env.*}``: only those named STREAMFLOW_ENV_*, prefix removed."""
+    return {k.removeprefix("STREAMFLOW_ENV_"): v for k, v in os.environ.items()
+            if k.startswith("STREAMFLOW_ENV_")}

@@ -1,0 +1,46 @@
+"""Execution lifecycle events, written to ``sf.<integration>.executions``.
+
+One JSON object per event, keyed by execution id: ``started``, ``step`` (a step
+finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from streamflow.envelope import Envelope, now_ms
+
+TERMINAL = frozenset({"completed", "filtered", "failed"})
+
+
+@dataclass(slots=True)
+class ExecutionEvent:
+    execution_id: str
+    flow: str
+    event: str
+    step: str = ""
+    instance: str = ""
+    attempt: int = 1
+    ts: int = 0
+    note: str = ""
+    error: str = ""
+    payload: Any = None
+
+    def encode(self) -> bytes:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        return orjson.dumps(d)
+
+    @classmethod
+    def decode(cls, data: bytes) -> ExecutionEvent:
+        return cls(**orjson.loads(data))
+
+
+def event_for(env: Envelope, event: str, *, note: str = "", error: str = "",
+              payload: Any = None) -> ExecutionEvent:
+    return ExecutionEvent(
+        env.execution_id, env.flow, event, env.step, env.instance, env.attempt, now_ms(),
+        note, error, payload,
+    )

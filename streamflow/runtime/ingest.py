@@ -1,0 +1,57 @@
+"""Turn an outside event into an envelope on a flow's first topic (every trigger uses this)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streamflow.envelope import Envelope, encode, new_execution_id
+from streamflow.runtime.events import event_for
+from streamflow.topology.expressions import Template, compile_value
+from streamflow.topology.models import Flow, Integration
+from streamflow.topology.plan import Plan
+from streamflow.transport.base import Producer
+
+
+@dataclass
+class FlowIngress:
+    """Produces trigger events into one flow: the envelope plus its ``started`` event."""
+
+    integration: Integration
+    flow: Flow
+    plan: Plan
+    config: Mapping[str, Any]
+    key: Template | None = None
+
+    def __post_init__(self) -> None:
+        if self.flow.doc.key is not None:
+            self.key = compile_value(self.flow.doc.key)
+
+    def envelope(self, payload: Any, *, trigger: dict[str, Any] | None = None,
+                 instance: str = "", execution_id: str | None = None) -> Envelope:
+        return Envelope(
+            execution_id=execution_id or new_execution_id(),
+            integration=self.integration.name,
+            flow=self.flow.name,
+            step=self.flow.first,
+            payload=payload,
+            instance=instance,
+            trigger=trigger or {},
+        )
+
+    def partition_key(self, env: Envelope) -> bytes:
+        """The flow's ``key`` (prefixed by the instance), else the execution id."""
+        if self.key is None:
+            return env.execution_id.encode()
+        scope = {"payload": env.payload, "config": self.config, "trigger": env.trigger,
+                 "meta": {"execution_id": env.execution_id, "instance": env.instance}}
+        value = self.key.render(scope)
+        text = "" if value is None else str(value)
+        return f"{env.instance}/{text}".encode() if env.instance else text.encode()
+
+    def send(self, producer: Producer, env: Envelope) -> None:
+        fplan = self.plan.flows[self.flow.name]
+        producer.send(fplan.first_topic, encode(env, self.flow.doc.encoding), self.partition_key(env))
+        started = event_for(env, "started", payload=env.payload)
+        producer.send(self.plan.executions_topic, started.encode(), env.execution_id.encode())

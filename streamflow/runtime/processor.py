@@ -1,0 +1,206 @@
+"""Run one envelope through the steps of one agent; say what to produce.
+
+The processor is the runtime's pure core: it takes a consumed record and returns the
+messages to produce (the next step's input, execution events, dead letters). It never
+produces, commits or polls itself; ``agent.py`` does that, in the order it documents.
+
+Failures: ``PoisonMessageError`` (and any failure of a pure step, which would fail the
+same way again) dead-letters at once. A retriable failure of an I/O step is tried again
+after the policy's backoff, up to ``max_attempts``; then it is dead-lettered. Retries here
+block only the failing key: other keys of the batch go on. ``FatalError`` propagates and
+stops the agent without committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from streamflow.envelope import Encoding, Envelope, decode, encode
+from streamflow.errors import FatalError, PoisonMessageError, RetriableError
+from streamflow.runtime.events import event_for
+from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
+from streamflow.steps.base import NEXT, AnyStep, Outcome
+from streamflow.topology.expressions import ExpressionEvalError
+from streamflow.topology.models import Flow, RetryPolicy
+from streamflow.topology.plan import AgentPlan, FlowPlan
+from streamflow.transport.base import Headers, Record
+
+log = logging.getLogger("streamflow.runtime")
+
+
+@dataclass(slots=True)
+class Out:
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Headers | None = None
+
+
+@dataclass(frozen=True)
+class ProcessorOptions:
+    encoding: Encoding = "json"
+    step_events: bool = True  # an execution event after every step
+    trace_payloads: bool = False  # include payloads in execution events (run, tests)
+
+
+class ChainProcessor:
+    def __init__(
+        self,
+        flow: Flow,
+        flow_plan: FlowPlan,
+        agent: AgentPlan,
+        steps: Mapping[str, AnyStep],
+        executions_topic: str,
+        options: ProcessorOptions,
+        store_results: frozenset[str],
+    ) -> None:
+        self.flow = flow
+        self.plan = flow_plan
+        self.agent = agent
+        self.steps = steps
+        self.executions = executions_topic
+        self.opts = options
+        self.store = store_results
+        self.chain = frozenset(agent.steps)
+        self.all_sync = not any(s.is_async for s in steps.values())
+        self.policy: RetryPolicy = flow.doc.retry or DEFAULT_POLICY
+
+    # -- drivers -------------------------------------------------------------------------
+    def handle_sync(self, rec: Record) -> list[Out]:
+        """Fast path for agents whose steps are all synchronous."""
+        outs: list[Out] = []
+        env = self._decode(rec, outs)
+        while env is not None:
+            step = self.steps[env.step]
+            try:
+                outcome = step.process(env)  # type: ignore[union-attr]
+            except FatalError:
+                raise
+            except Exception as exc:
+                self._dead_letter(env, rec, exc, outs)
+                return outs
+            env = self._advance(env, outcome, rec, outs)
+        return outs
+
+    async def handle(self, rec: Record) -> list[Out]:
+        outs: list[Out] = []
+        env = self._decode(rec, outs)
+        while env is not None:
+            step = self.steps[env.step]
+            if not step.is_async:
+                try:
+                    outcome = step.process(env)  # type: ignore[union-attr]
+                except FatalError:
+                    raise
+                except Exception as exc:
+                    self._dead_letter(env, rec, exc, outs)
+                    return outs
+            else:
+                maybe = await self._with_retry(env, rec, outs)
+                if maybe is None:
+                    return outs
+                outcome = maybe
+            env = self._advance(env, outcome, rec, outs)
+        return outs
+
+    # -- pieces ----------------------------------------------------------------------------
+    def _decode(self, rec: Record, outs: list[Out]) -> Envelope | None:
+        try:
+            env = decode(rec.value, self.opts.encoding)
+        except PoisonMessageError as exc:
+            outs.append(self._raw_dead_letter(rec, exc))
+            return None
+        if env.step not in self.chain:
+            self._dead_letter(env, rec, PoisonMessageError(
+                f"envelope is for step '{env.step}', which agent {self.agent.name} does not run"), outs)
+            return None
+        return env
+
+    async def _with_retry(self, env: Envelope, rec: Record, outs: list[Out]) -> Outcome | None:
+        policy = self.flow.nodes[env.step].config.retry or self.policy
+        while True:
+            try:
+                return await self.steps[env.step].process(env)  # type: ignore[no-any-return,misc]
+            except FatalError:
+                raise
+            except (PoisonMessageError, ExpressionEvalError) as exc:
+                self._dead_letter(env, rec, exc, outs)
+                return None
+            except Exception as exc:
+                if env.attempt >= policy.max_attempts:
+                    self._dead_letter(env, rec, exc, outs)
+                    return None
+                retry_after = exc.retry_after if isinstance(exc, RetriableError) else None
+                delay = backoff_delay(policy, env.attempt, retry_after)
+                self._event(env, outs, "retry", error=_describe(exc), note=f"in {delay:.2f}s")
+                await asyncio.sleep(delay)
+                env.attempt += 1
+
+    def _advance(self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out]) -> Envelope | None:
+        sid = env.step
+        env.payload = outcome.payload
+        if sid in self.store and outcome.result is not None:
+            env.steps[sid] = outcome.result
+        if outcome.filtered:
+            self._event(env, outs, "filtered", note=outcome.note)
+            return None
+        if self.opts.step_events:
+            self._event(env, outs, "step", note=outcome.note)
+        nxt = self.flow.nodes[sid].next if outcome.goto == NEXT else outcome.goto
+        if nxt is None:
+            self._event(env, outs, "completed")
+            return None
+        env.step = nxt
+        env.attempt = 1
+        if nxt in self.chain:
+            return env
+        outs.append(Out(self.plan.entry_of[nxt], encode(env, self.opts.encoding), rec.key))
+        return None
+
+    def _event(self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = "") -> None:
+        payload = env.payload if self.opts.trace_payloads else None
+        ev = event_for(env, kind, note=note, error=error, payload=payload)
+        outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
+
+    def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
+        error = _describe(exc)
+        log.warning("dead-lettered execution %s at step %s: %s", env.execution_id, env.step, error,
+                    extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id})
+        headers = _dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
+        outs.append(Out(self.plan.dlq_topic, encode(env, self.opts.encoding), rec.key, headers))
+        self._event(env, outs, "failed", error=error)
+
+    def _raw_dead_letter(self, rec: Record, exc: BaseException) -> Out:
+        log.warning("dead-lettered an undecodable record from %s[%d]@%d: %s",
+                    rec.topic, rec.partition, rec.offset, exc)
+        headers = _dlq_headers(rec, exc, _describe(exc), self.agent.steps[0], 0, "")
+        return Out(self.plan.dlq_topic, rec.value, rec.key, headers)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    if not isinstance(exc, RetriableError | PoisonMessageError | ExpressionEvalError):
+        frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
+        text = f"{exc.__class__.__name__}: {text}{where}"
+    return text
+
+
+def _dlq_headers(rec: Record, exc: BaseException, error: str, step: str, attempt: int,
+                 execution_id: str) -> Headers:
+    return [
+        ("sf-error-type", exc.__class__.__name__.encode()),
+        ("sf-error", error.encode()[:4000]),
+        ("sf-step", step.encode()),
+        ("sf-attempt", str(attempt).encode()),
+        ("sf-origin-topic", rec.topic.encode()),
+        ("sf-origin-partition", str(rec.partition).encode()),
+        ("sf-origin-offset", str(rec.offset).encode()),
+        ("sf-execution-id", execution_id.encode()),
+        ("sf-time", str(time.time_ns() // 1_000_000).encode()),
+    ]

@@ -1,0 +1,93 @@
+"""What a step is to the runtime: ``process(envelope) -> Outcome``, nothing else.
+
+Steps never see a broker, an offset or a commit. A step is built once per agent by the
+factory registered for its type, from its validated config and a ``StepContext`` that
+hands it every resource it may use (config values, logger, HTTP session); steps never
+reach for globals. Pure steps are synchronous; steps that wait on I/O are async.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from streamflow.envelope import Envelope
+from streamflow.topology.models import StepNode
+
+if TYPE_CHECKING:
+    import aiohttp
+
+NEXT = "\x00next"  # Outcome.goto default: continue with the node's next step
+
+
+@dataclass(slots=True)
+class Outcome:
+    payload: Any
+    result: Any = None
+    filtered: bool = False
+    goto: str | None = NEXT  # a step id, None to end the execution, or NEXT
+    note: str = ""  # a short word for traces (e.g. "route big")
+
+
+@dataclass
+class StepContext:
+    integration: str
+    flow: str
+    node: StepNode
+    config: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    http_session: Callable[[], aiohttp.ClientSession] | None = None
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("streamflow.step"))
+
+    @property
+    def step_id(self) -> str:
+        return self.node.config.id
+
+    def scope(self, env: Envelope) -> dict[str, Any]:
+        """The names an expression can read while this step handles ``env``."""
+        return {
+            "payload": env.payload,
+            "config": self.config,
+            "steps": env.steps,
+            "trigger": env.trigger,
+            "meta": {
+                "execution_id": env.execution_id,
+                "integration": env.integration,
+                "flow": env.flow,
+                "step": env.step,
+                "instance": env.instance,
+                "attempt": env.attempt,
+                "created_ms": env.created_ms,
+                **env.meta,
+            },
+            "env": self.env,
+        }
+
+
+class Step:
+    """A synchronous step (pure logic)."""
+
+    is_async = False
+
+    def process(self, env: Envelope) -> Outcome:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class AsyncStep:
+    """A step that awaits I/O; the runtime runs several at once, one per key at a time."""
+
+    is_async = True
+
+    async def process(self, env: Envelope) -> Outcome:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+AnyStep = Step | AsyncStep

@@ -1,0 +1,158 @@
+"""The pure step types: transform, filter, branch, log, delay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from streamflow.envelope import Envelope
+from streamflow.steps.base import NEXT, AsyncStep, Outcome, Step, StepContext
+from streamflow.topology.expressions import compile_expression, compile_value
+from streamflow.topology.models import Duration, Model, StepConfig
+from streamflow.topology.registry import step_config, step_factory
+
+
+@step_config("transform")
+class TransformConfig(StepConfig):
+    """Replace the payload with `output` (a template: one `${…}` keeps its type)."""
+
+    type: Literal["transform"]
+    output: Any = Field(description="the new payload")
+    merge: bool = Field(False, description="merge `output` (a mapping) into the payload")
+    pure: ClassVar[bool] = True
+
+
+class TransformStep(Step):
+    def __init__(self, config: TransformConfig, ctx: StepContext) -> None:
+        self.ctx = ctx
+        self.output = compile_value(config.output)
+        self.merge = config.merge
+
+    def process(self, env: Envelope) -> Outcome:
+        out = self.output.render(self.ctx.scope(env))
+        if self.merge and isinstance(out, dict) and isinstance(env.payload, dict):
+            out = {**env.payload, **out}
+        return Outcome(out, out)
+
+
+@step_factory("transform")
+def _transform(config: TransformConfig, ctx: StepContext) -> TransformStep:
+    return TransformStep(config, ctx)
+
+
+@step_config("filter")
+class FilterConfig(StepConfig):
+    """Continue only when `when` is true; a filtered event is recorded, never lost."""
+
+    type: Literal["filter"]
+    when: str = Field(description="condition, e.g. ${payload.status == 'active'}")
+    pure: ClassVar[bool] = True
+    expression_fields: ClassVar[frozenset[str]] = frozenset({"when"})
+
+
+class FilterStep(Step):
+    def __init__(self, config: FilterConfig, ctx: StepContext) -> None:
+        self.ctx = ctx
+        self.when = compile_expression(config.when)
+
+    def process(self, env: Envelope) -> Outcome:
+        if self.when.render(self.ctx.scope(env)):
+            return Outcome(env.payload, True)
+        return Outcome(env.payload, False, filtered=True, goto=None, note="filtered")
+
+
+@step_factory("filter")
+def _filter(config: FilterConfig, ctx: StepContext) -> FilterStep:
+    return FilterStep(config, ctx)
+
+
+class BranchRoute(Model):
+    when: str = Field(description="condition of this route")
+    steps: list[dict[str, Any]] = Field(description="steps run when it matches")
+
+
+@step_config("branch")
+class BranchConfig(StepConfig):
+    """Run the steps of the first route whose `when` is true, else `default`; then go on."""
+
+    type: Literal["branch"]
+    routes: list[BranchRoute] = Field(min_length=1)
+    default: list[dict[str, Any]] = Field(default_factory=list)
+    pure: ClassVar[bool] = True
+    nested_fields: ClassVar[frozenset[str]] = frozenset({"routes", "default"})
+
+
+class BranchStep(Step):
+    def __init__(self, config: BranchConfig, ctx: StepContext) -> None:
+        self.ctx = ctx
+        node = ctx.node
+        self.conditions = [compile_expression(r.when) for r in config.routes]
+        self.targets = [r.steps[0] if r.steps else node.next for r in node.routes]
+        self.default_target = self.targets[-1] if config.default else node.next
+
+    def process(self, env: Envelope) -> Outcome:
+        scope = self.ctx.scope(env)
+        for i, cond in enumerate(self.conditions):
+            if cond.render(scope):
+                return Outcome(env.payload, {"route": i}, goto=self.targets[i], note=f"route {i}")
+        return Outcome(env.payload, {"route": "default"}, goto=self.default_target, note="default")
+
+
+@step_factory("branch")
+def _branch(config: BranchConfig, ctx: StepContext) -> BranchStep:
+    return BranchStep(config, ctx)
+
+
+@step_config("log")
+class LogConfig(StepConfig):
+    """Write a log line (the payload passes unchanged)."""
+
+    type: Literal["log"]
+    message: str = "${payload}"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    pure: ClassVar[bool] = True
+
+
+class LogStep(Step):
+    def __init__(self, config: LogConfig, ctx: StepContext) -> None:
+        self.ctx = ctx
+        self.message = compile_value(config.message)
+        self.level = logging.getLevelName(config.level.upper())
+
+    def process(self, env: Envelope) -> Outcome:
+        text = self.message.render(self.ctx.scope(env))
+        self.ctx.logger.log(
+            self.level, "%s", text,
+            extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id},
+        )
+        return Outcome(env.payload, None, goto=NEXT)
+
+
+@step_factory("log")
+def _log(config: LogConfig, ctx: StepContext) -> LogStep:
+    return LogStep(config, ctx)
+
+
+@step_config("delay")
+class DelayConfig(StepConfig):
+    """Wait, then continue (other keys keep flowing; this key waits)."""
+
+    type: Literal["delay"]
+    duration: Duration = Field(description="how long, e.g. 500ms, 2s")
+
+
+class DelayStep(AsyncStep):
+    def __init__(self, config: DelayConfig, ctx: StepContext) -> None:
+        self.duration = config.duration
+
+    async def process(self, env: Envelope) -> Outcome:
+        await asyncio.sleep(self.duration)
+        return Outcome(env.payload, None)
+
+
+@step_factory("delay")
+def _delay(config: DelayConfig, ctx: StepContext) -> DelayStep:
+    return DelayStep(config, ctx)

@@ -1,0 +1,153 @@
+"""Pydantic models of the YAML contract (see DESIGN.md, "The YAML contract").
+
+Every model forbids unknown keys and is frozen. Steps and triggers are validated in a
+second pass against the model registered for their ``type`` (``registry.py``), so the
+models here hold them as raw mappings; ``loader.py`` turns the result into the typed
+``Integration`` / ``Flow`` objects the compiler and runtime use.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``500ms``, ``1s``, ``5m``, ``2h``, ``1d`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is like 500ms, 1s, 5m")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration (like 500ms, 1s, 5m, 2h)")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RetryPolicy(Model):
+    """How often and how far apart a failed step is tried again."""
+
+    max_attempts: int = Field(3, ge=1, le=1000)
+    backoff: Literal["fixed", "linear", "exponential"] = "exponential"
+    delay: Duration = 1.0
+    max_delay: Duration = 60.0
+    jitter: bool = True
+
+
+class ConfigVar(Model):
+    """A config variable of an integration: one value per instance (or per `run`)."""
+
+    type: Literal["string", "integer", "number", "boolean", "object", "array"] = "string"
+    default: Any = None
+    secret: bool = False
+    required: bool | None = Field(None, description="default: required when there is no default")
+    description: str = ""
+    enum: list[Any] | None = None
+
+
+class StepConfig(Model):
+    """Fields every step has. Each step type subclasses this with ``type: Literal[...]``."""
+
+    id: Name
+    type: str
+    description: str = ""
+    retry: RetryPolicy | None = None
+
+    # class-level facts about the type, read by the loader and compiler
+    pure: ClassVar[bool] = False  # no side effects: may be fused, never retried for I/O
+    secret_fields: ClassVar[frozenset[str]] = frozenset()  # fields that may use secrets
+    expression_fields: ClassVar[frozenset[str]] = frozenset()  # fields that are bare expressions
+    nested_fields: ClassVar[frozenset[str]] = frozenset()  # fields holding nested steps
+
+
+class TriggerConfig(Model):
+    type: str
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+
+
+class FlowDoc(Model):
+    """A flow as written in YAML (trigger and steps still raw)."""
+
+    name: Name
+    description: str = ""
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    partitions: int = Field(3, ge=1, le=10_000)
+    key: str | None = Field(None, description="partition key expression; ordering is per key")
+    fuse: bool = Field(False, description="run consecutive pure steps in one agent")
+    encoding: Literal["json", "avro"] = "json"
+    commit_interval: Duration = Field(0.1, description="how often offsets are committed")
+    max_batch: int = Field(500, ge=1, le=100_000, description="records per poll")
+    concurrency: int = Field(16, ge=1, le=10_000, description="in-flight async steps per agent")
+    retry: RetryPolicy | None = None
+    trigger: dict[str, Any]
+    steps: list[dict[str, Any]] = Field(min_length=1)
+
+
+class IntegrationDoc(Model):
+    """An integration as written in YAML."""
+
+    api_version: Literal["streamflow/v1"] = Field(alias="apiVersion")
+    kind: Literal["Integration"]
+    name: Name
+    description: str = ""
+    version: str = "1"
+    config: dict[str, ConfigVar] = Field(default_factory=dict)
+    flows: list[FlowDoc] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Route:
+    when: str
+    steps: tuple[str, ...]  # step ids, in order
+
+
+@dataclass
+class StepNode:
+    """One step in a flow's graph, with where an envelope goes after it."""
+
+    config: StepConfig
+    next: str | None  # the following step id; None ends the execution
+    routes: tuple[Route, ...] = ()  # for steps with nested step lists (branch)
+    path: tuple[str | int, ...] = ()  # YAML path, for messages
+
+
+@dataclass
+class Flow:
+    doc: FlowDoc
+    trigger: TriggerConfig
+    first: str  # id of the first step
+    nodes: dict[str, StepNode] = field(default_factory=dict)  # in YAML order
+    referenced: frozenset[str] = frozenset()  # step ids some expression reads as steps.<id>
+
+    @property
+    def name(self) -> str:
+        return self.doc.name
+
+
+@dataclass
+class Integration:
+    doc: IntegrationDoc
+    flows: dict[str, Flow]
+    file: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.doc.name
+
+    @property
+    def config(self) -> dict[str, ConfigVar]:
+        return self.doc.config

@@ -1,0 +1,113 @@
+"""The broker seam: what the runtime needs from Kafka or from the embedded store.
+
+Every method here is synchronous and thread-safe enough to be called from one worker
+thread per agent; the runtime runs them off the event loop. Offsets follow Kafka's
+convention: a committed offset is the *next* offset to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+TopicPartition = tuple[str, int]
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers = field(default_factory=list)
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicChange:
+    name: str
+    action: str  # "create" | "grow" | "unchanged"
+    partitions: int
+    previous: int = 0
+
+
+class DeliveryError(Exception):
+    """The broker did not confirm a produced message; nothing may be committed."""
+
+
+class Consumer(Protocol):
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout`` seconds for the first."""
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit next-offsets to read, synchronously (at-least-once path)."""
+
+    def assignment(self) -> list[TopicPartition]: ...
+
+    def rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset (after an abort)."""
+
+    def seek_to_end(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Queue a message; with a key and no partition, murmur2(key) picks the partition."""
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued message is confirmed; raise DeliveryError if any failed."""
+
+    def begin(self) -> None:
+        """Start a transaction (transactional producers only)."""
+
+    def commit_transaction(
+        self, consumer: Consumer, offsets: Mapping[TopicPartition, int]
+    ) -> None:
+        """Atomically make queued messages visible and commit the consumer's offsets."""
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    url: str
+
+    def ensure_topics(self, specs: Sequence[TopicSpec], *, dry_run: bool = False) -> list[TopicChange]:
+        """Create missing topics, grow partitions; refuse (ConfigError) to shrink."""
+
+    def partitions(self, topic: str) -> int:
+        """Partition count of an existing topic (0 when it does not exist)."""
+
+    def consumer(self, group: str, topics: Sequence[str], *, from_end: bool = False) -> Consumer: ...
+
+    def producer(self, *, transactional_id: str | None = None) -> Producer: ...
+
+    def end_offsets(self, topic: str) -> dict[int, int]: ...
+
+    def close(self) -> None: ...
