@@ -138,6 +138,13 @@ async def _run(args: argparse.Namespace) -> int:
                                   timeout=args.timeout, on_event=writer,
                                   options=AppOptions(trace_payloads=True, env=environment()))
         writer.summary(result)
+        if args.mocks and not args.json:
+            counts: dict[str, int] = {}
+            for call in mocks.calls:
+                label = f"{call.service} {call.method} {call.path} -> {call.status}"
+                counts[label] = counts.get(label, 0) + 1
+            for label, n in counts.items():
+                print(f"  mock {label}  x{n}")
     return 0 if result.ok else 1
 
 

@@ -23,22 +23,13 @@ class TraceWriter:
         self.total = total
         self.ended = 0
         self.verbose = total <= 20  # a per-step trace for small runs, progress for big ones
-        self.first: dict[str, int] = {}
         self.last_progress = time.monotonic()
 
     def __call__(self, ex: Execution, ev: ExecutionEvent) -> None:
         if self.json:
             self.out.write(orjson.dumps(_event_dict(ev)).decode() + "\n")
-        elif self.verbose:
-            start = self.first.setdefault(ev.execution_id, ev.ts)
-            what = ev.step if ev.event in ("step", "retry", "failed", "filtered") else ev.event
-            detail = ev.error or ev.note
-            line = f"  {_MARK.get(ev.event, '·')} {ev.execution_id[:8]} {what:<24} +{ev.ts - start:>5}ms"
-            if detail:
-                line += f"  {detail}"
-            if ev.event in ("completed", "filtered") and ev.payload is not None:
-                line += "\n      " + _short(ev.payload)
-            self.out.write(line + "\n")
+        elif self.verbose and ev.event in ("completed", "filtered", "failed"):
+            self._block(ex)
         if ev.event in ("completed", "filtered", "failed"):
             self.ended += 1
             if not self.verbose and not self.json and time.monotonic() - self.last_progress > 1.0:
@@ -46,11 +37,24 @@ class TraceWriter:
                 print(f"… {self.ended}/{self.total} executions ended", file=sys.stderr)
         self.out.flush()
 
+    def _block(self, ex: Execution) -> None:
+        """One execution, step by step, printed when it has ended."""
+        start = ex.events[0].ts if ex.events else 0
+        lines = [f"execution {ex.execution_id} ({ex.flow})"]
+        for ev in ex.events:
+            what = ev.step if ev.event in ("step", "retry", "failed", "filtered") else ev.event
+            line = f"  {_MARK.get(ev.event, '·')} {what:<24} +{ev.ts - start:>5}ms"
+            if ev.error or ev.note:
+                line += f"  {ev.error or ev.note}"
+            lines.append(line)
+        if ex.events and ex.events[-1].payload is not None:
+            lines.append(f"    output: {_short(ex.events[-1].payload)}")
+        self.out.write("\n".join(lines) + "\n\n")
+
     def summary(self, result: RunResult) -> None:
         counts = result.by_status()
         text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        rate = len(result.executions) / result.seconds if result.seconds > 0 else 0.0
-        msg = f"{len(result.executions)} executions in {result.seconds:.2f}s ({rate:,.0f}/s): {text}"
+        msg = f"{len(result.executions)} executions in {result.seconds:.2f}s: {text}"
         if self.json:
             print(orjson.dumps({"summary": counts, "seconds": result.seconds}).decode(), file=self.out)
         else:

@@ -103,7 +103,7 @@ class HttpStep(AsyncStep):
                 raw = await resp.read()
                 result = {
                     "status": resp.status,
-                    "headers": dict(resp.headers),
+                    "headers": {str(k): v for k, v in resp.headers.items()},
                     "body": _parse_body(raw, resp.content_type),
                 }
         except asyncio.TimeoutError as exc:

@@ -159,7 +159,12 @@ class ChainProcessor:
         env.attempt = 1
         if nxt in self.chain:
             return env
-        outs.append(Out(self.plan.entry_of[nxt], encode(env, self.opts.encoding), rec.key))
+        try:
+            value = encode(env, self.opts.encoding)
+        except (TypeError, ValueError) as exc:
+            self._dead_letter(env, rec, PoisonMessageError(f"cannot encode the envelope: {exc}"), outs)
+            return None
+        outs.append(Out(self.plan.entry_of[nxt], value, rec.key))
         return None
 
     def _event(self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = "") -> None:

@@ -15,6 +15,8 @@ Grammar (anything else is rejected when the topology loads):
   literals     'text' "text" 1 2.5 true false null (True False None) [..] (..) {k: v}
   operators    == != < <= > >= in, not in, and or not, + - * / // %, unary -,
                x if cond else y.  Ordering null against a number is false.
+  step ids     steps.<id> may name a step id with hyphens: steps.push-to-cms.body
+               reads step 'push-to-cms' (write a subtraction with spaces: a - b)
   functions    positional arguments only:
     now() ISO-8601 UTC with millis and 'Z'; now_ms(); uuid() (random v4)
     lower(s) upper(s) trim(s) substr(s, start, end?) replace(s, old, new)
@@ -37,6 +39,7 @@ import ast
 import base64 as _b64
 import hashlib
 import operator as op
+import re
 import time
 import uuid as _uuid
 from collections.abc import Callable, Mapping
@@ -59,6 +62,8 @@ Refs = set[tuple[str, ...]]
 _NC: Any = object()  # marker: "not a compile-time constant"
 _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
 _MAX = 1_000_000  # cap for 'x' * n and [..] * n
+# `steps.push-to-cms` names a step id with hyphens (ids may have them); a subtraction needs spaces
+_HYPHENATED_STEP = re.compile(r"(?<![\w.'\"])steps\.([A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)+)")
 
 
 class ExpressionError(ValueError):
@@ -423,6 +428,7 @@ def _expr(src: str, offset: int, roots: frozenset[str], refs: Refs) -> Fn:
     base = offset + len(src) - len(src.lstrip())
     if not body:
         raise ExpressionError("empty expression", body, offset)
+    body = _HYPHENATED_STEP.sub(lambda m: f"steps[{m.group(1)!r}]", body)
     try:
         tree = ast.parse(body, mode="eval")
         comp = _Compiler(roots, body, base)

@@ -232,6 +232,9 @@ class _Validator:
         self, refs: frozenset[tuple[str, ...]], path: PathT, seen: set[str], secret_ok: bool
     ) -> None:
         for ref in sorted(refs):
+            if ref == ("config",) and not secret_ok and any(self.config.values()):
+                self.fail(path, "this expression may read any config variable, secrets included "
+                                "(they would travel in clear); name the variable: config.<name>")
             if ref[0] == "config" and len(ref) > 1:
                 name = ref[1]
                 if name not in self.config:

@@ -7,7 +7,7 @@ convention: a committed offset is the *next* offset to read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,7 +51,17 @@ class DeliveryError(Exception):
     """The broker did not confirm a produced message; nothing may be committed."""
 
 
+class TransactionAborted(Exception):
+    """The transaction was aborted (abortable error): rewind the consumer and redo."""
+
+
+RevokeHook = Callable[[list[TopicPartition]], None]
+
+
 class Consumer(Protocol):
+    on_revoke: RevokeHook | None
+    """Called inside ``poll`` before partitions are taken away: commit what is done."""
+
     def poll(self, max_records: int, timeout: float) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout`` seconds for the first."""
 

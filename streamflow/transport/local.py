@@ -30,6 +30,7 @@ from streamflow.transport.base import (
     Consumer,
     Headers,
     Record,
+    RevokeHook,
     TopicChange,
     TopicPartition,
     TopicSpec,
@@ -236,6 +237,7 @@ class LocalConsumer:
         self.topics = list(topics)
         self.from_end = from_end
         self.positions: dict[TopicPartition, int] = {}
+        self.on_revoke: RevokeHook | None = None  # a local group never rebalances
         self.rewind()
 
     def assignment(self) -> list[TopicPartition]:

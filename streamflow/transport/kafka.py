@@ -1,0 +1,365 @@
+"""The Kafka transport (confluent-kafka / librdkafka).
+
+``kafka://HOST:PORT[,…]``; any librdkafka setting comes from ``STREAMFLOW_KAFKA_<NAME>``
+variables (``STREAMFLOW_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` sets ``security.protocol``),
+so SASL and TLS pass straight through. Producers are idempotent (``acks=all``) and place
+keys with ``murmur2_random`` as Java clients do. Consumers never auto-commit and read
+``read_committed``; the agent commits after delivery is confirmed (see runtime/agent.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from streamflow.errors import ConfigError, FatalError
+from streamflow.transport.base import (
+    Consumer as ConsumerProto,
+)
+from streamflow.transport.base import (
+    DeliveryError,
+    Headers,
+    Record,
+    RevokeHook,
+    TopicChange,
+    TopicSpec,
+    TransactionAborted,
+)
+from streamflow.transport.base import (
+    TopicPartition as TP,
+)
+
+log = logging.getLogger("streamflow.kafka")
+ENV_PREFIX = "STREAMFLOW_KAFKA_"
+
+
+def client_settings(bootstrap: str) -> dict[str, Any]:
+    """bootstrap.servers plus every STREAMFLOW_KAFKA_* variable (never logged: may hold secrets)."""
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    for key, value in os.environ.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "BOOTSTRAP_SERVERS":
+            conf[key.removeprefix(ENV_PREFIX).lower().replace("_", ".")] = value
+    return conf
+
+
+class KafkaConsumer:
+    def __init__(self, base: dict[str, Any], group: str, topics: Sequence[str], from_end: bool) -> None:
+        conf = {
+            **base,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "latest" if from_end else "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "max.poll.interval.ms": 300_000,
+        }
+        self.group = group
+        self.on_revoke: RevokeHook | None = None
+        self.consumer = Consumer(conf)
+        self.assigned: set[TP] = set()
+        if from_end:
+            self._assign_at_end(topics)
+        else:
+            self.consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
+                                    on_lost=self._lost)
+
+    def _assign_at_end(self, topics: Sequence[str]) -> None:
+        """A reader of new events only (no group membership): positions fixed right now,
+        so nothing produced after this call can be missed."""
+        parts = []
+        for topic in topics:
+            meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in meta.partitions:
+                high = _retry(lambda p=p: self.consumer.get_watermark_offsets(  # type: ignore[misc]
+                    TopicPartition(topic, p), timeout=10)[1])
+                parts.append(TopicPartition(topic, p, high))
+                self.assigned.add((topic, p))
+        self.consumer.assign(parts)
+
+    def _assigned(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self.assigned.update((p.topic, p.partition) for p in parts)
+        log.info("group %s: assigned %s", self.group, _fmt(parts))
+
+    def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        log.info("group %s: revoking %s", self.group, _fmt(parts))
+        if self.on_revoke is not None:
+            self.on_revoke([(p.topic, p.partition) for p in parts])
+        self.assigned.difference_update((p.topic, p.partition) for p in parts)
+
+    def _lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        log.warning("group %s: lost %s (uncommitted work will be redone elsewhere)", self.group, _fmt(parts))
+        self.assigned.difference_update((p.topic, p.partition) for p in parts)
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        msgs = self.consumer.consume(max_records, 0)
+        if not msgs:
+            first = self.consumer.poll(timeout)
+            if first is None:
+                return []
+            msgs = [first, *self.consumer.consume(max_records - 1, 0)]
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                self._error(err)
+                continue
+            out.append(_record(m))
+        return out
+
+    def _error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise FatalError(f"consumer of group {self.group}: {err.str()}")
+        if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise ConfigError(f"consumer of group {self.group}: {err.str()} (run `streamflow deploy`)")
+        log.warning("consumer of group %s: %s", self.group, err.str())
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        if not offsets:
+            return
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() in (KafkaError._NO_OFFSET, KafkaError.REBALANCE_IN_PROGRESS,
+                              KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID):
+                # partitions moved to another member: it will redo this work (at-least-once)
+                log.warning("group %s: commit refused (%s); work will be redone", self.group, err.str())
+                return
+            raise
+
+    def assignment(self) -> list[TP]:
+        return sorted(self.assigned)
+
+    def positions(self) -> list[TopicPartition]:
+        return [p for p in self.consumer.position(self.consumer.assignment()) if p.offset >= 0]
+
+    def rewind(self) -> None:
+        parts = self.consumer.assignment()
+        if not parts:
+            return
+        for p in self.consumer.committed(parts, timeout=30):
+            if p.offset < 0:
+                p.offset = -2  # OFFSET_BEGINNING: nothing committed yet
+            self.consumer.seek(p)
+
+    def seek_to_end(self) -> None:
+        for p in self.consumer.assignment():
+            self.consumer.seek(TopicPartition(p.topic, p.partition, OFFSET_END))
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class KafkaProducer:
+    def __init__(self, base: dict[str, Any], transactional_id: str | None) -> None:
+        conf = {
+            **base,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+            "compression.type": "lz4",
+        }
+        if transactional_id is not None:
+            conf["transactional.id"] = transactional_id
+            conf["transaction.timeout.ms"] = 30_000
+        self.transactional_id = transactional_id
+        self.producer = Producer(conf)
+        self.failed: list[str] = []
+        if transactional_id is not None:
+            self._txn(lambda: self.producer.init_transactions(60))
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failed.append(f"{msg.topic()}: {err.str()}")
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None,
+             headers: Headers | None = None, partition: int | None = None) -> None:
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: serve delivery reports, retry
+
+    def flush(self, timeout: float = 30.0) -> None:
+        left = self.producer.flush(timeout)
+        if left:
+            raise DeliveryError(f"{left} message(s) not confirmed within {timeout:g}s")
+        if self.failed:
+            failed, self.failed = self.failed, []
+            raise DeliveryError(f"{len(failed)} message(s) failed: {failed[0]}")
+
+    def begin(self) -> None:
+        self._txn(self.producer.begin_transaction)
+
+    def commit_transaction(self, consumer: ConsumerProto, offsets: Mapping[TP, int]) -> None:
+        assert isinstance(consumer, KafkaConsumer)
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+        def commit() -> None:
+            if parts:
+                self.producer.send_offsets_to_transaction(
+                    parts, consumer.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(60)
+
+        self._txn(commit)
+        if self.failed:
+            failed, self.failed = self.failed, []
+            raise FatalError(f"committed transaction reported failed deliveries: {failed[0]}")
+
+    def abort(self) -> None:
+        self._txn(lambda: self.producer.abort_transaction(60))
+
+    def _txn(self, call: Any) -> None:
+        """Run a transactional call: retry retriable errors, abort on abortable ones
+        (raising TransactionAborted), stop on fatal ones (fenced by a newer worker)."""
+        for attempt in range(10):
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise FatalError(
+                        f"transactional producer {self.transactional_id}: {err.str()} "
+                        "(another worker with the same --worker-id took over?)") from exc
+                if err.txn_requires_abort():
+                    self.producer.abort_transaction(60)
+                    self.failed = []
+                    raise TransactionAborted(err.str()) from exc
+                if err.retriable() and attempt < 9:
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
+                raise
+
+    def close(self) -> None:
+        if self.transactional_id is None:
+            self.producer.flush(30)
+
+
+class KafkaTransport:
+    def __init__(self, bootstrap: str) -> None:
+        if not bootstrap:
+            raise ConfigError("kafka:// needs HOST:PORT[,HOST:PORT…]")
+        self.url = f"kafka://{bootstrap}"
+        self.base = client_settings(bootstrap)
+        self.admin = AdminClient(self.base)
+
+    def _metadata(self) -> Any:
+        try:
+            return self.admin.list_topics(timeout=15)
+        except KafkaException as exc:
+            raise ConfigError(f"cannot reach Kafka at {self.url}: {exc.args[0].str()}") from None
+
+    def partitions(self, topic: str) -> int:
+        meta = self._metadata().topics.get(topic)
+        return 0 if meta is None or meta.error is not None else len(meta.partitions)
+
+    def ensure_topics(self, specs: Sequence[TopicSpec], *, dry_run: bool = False) -> list[TopicChange]:
+        existing = {name: len(t.partitions) for name, t in self._metadata().topics.items()
+                    if t.error is None}
+        changes, new, grow = [], [], []
+        for spec in specs:
+            have = existing.get(spec.name)
+            if have is None:
+                changes.append(TopicChange(spec.name, "create", spec.partitions))
+                new.append(NewTopic(spec.name, spec.partitions, replication_factor=-1,
+                                    config=dict(spec.config)))
+            elif have < spec.partitions:
+                changes.append(TopicChange(spec.name, "grow", spec.partitions, have))
+                grow.append(NewPartitions(spec.name, spec.partitions))
+            elif have > spec.partitions:
+                raise ConfigError(f"topic {spec.name} has {have} partitions; shrinking to "
+                                  f"{spec.partitions} is not possible (it would reorder keys)")
+            else:
+                changes.append(TopicChange(spec.name, "unchanged", spec.partitions))
+        if dry_run:
+            return changes
+        futures = {**(self.admin.create_topics(new) if new else {}),
+                   **(self.admin.create_partitions(grow) if grow else {})}
+        for name, fut in futures.items():
+            try:
+                fut.result(30)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise ConfigError(f"cannot create or grow topic {name}: {exc.args[0].str()}") from None
+        self._wait_visible([s.name for s in specs])
+        return changes
+
+    def _wait_visible(self, names: list[str]) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            topics = self._metadata().topics
+            if all(n in topics and topics[n].error is None
+                   and all(p.leader >= 0 and p.error is None for p in topics[n].partitions.values())
+                   for n in names):
+                return
+            time.sleep(0.2)
+
+    def consumer(self, group: str, topics: Sequence[str], *, from_end: bool = False) -> KafkaConsumer:
+        return KafkaConsumer(self.base, group, topics, from_end)
+
+    def producer(self, *, transactional_id: str | None = None) -> KafkaProducer:
+        return KafkaProducer(self.base, transactional_id)
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        c = Consumer({**self.base, "group.id": "streamflow-admin", "enable.auto.commit": False})
+        try:
+            meta = c.list_topics(topic, timeout=10).topics[topic]
+            return {p: _retry(lambda p=p: c.get_watermark_offsets(  # type: ignore[misc]
+                TopicPartition(topic, p), timeout=10)[1]) for p in meta.partitions}
+        finally:
+            c.close()
+
+    def close(self) -> None:
+        return None
+
+
+def _retry(call: Any, seconds: float = 30.0) -> Any:
+    """Retry a metadata call through leader elections right after topic creation."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and exc.args[0].code() not in (
+                    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                    KafkaError.UNKNOWN_TOPIC_OR_PART) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _record(m: Message) -> Record:
+    _, ts = m.timestamp()
+    return Record(m.topic(), m.partition(), m.offset(), m.key(), m.value() or b"",
+                  list(m.headers() or ()), ts)
+
+
+def _fmt(parts: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in parts) or "nothing"
