@@ -36,8 +36,10 @@ def topology_files(paths: list[str]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             for f in sorted([*p.rglob("*.yaml"), *p.rglob("*.yml")]):
-                if not any(f.name.startswith(a) or f".{a}." in f.name for a in AUXILIARY) \
-                        and "tests" not in f.parts[len(p.parts):]:
+                if (
+                    not any(f.name.startswith(a) or f".{a}." in f.name for a in AUXILIARY)
+                    and "tests" not in f.parts[len(p.parts) :]
+                ):
                     out.append(f)
         else:
             out.append(p)
@@ -82,8 +84,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_steps(args: argparse.Namespace) -> int:
     load_builtins()
-    kinds: dict[str, Any] = {**{f"step {k}": v.config for k, v in STEPS.items()},
-                             **{f"trigger {k}": v for k, v in TRIGGERS.items()}}
+    kinds: dict[str, Any] = {
+        **{f"step {k}": v.config for k, v in STEPS.items()},
+        **{f"trigger {k}": v for k, v in TRIGGERS.items()},
+    }
     for label, model in sorted(kinds.items()):
         name = label.split()[1]
         if args.type and name != args.type:
@@ -134,9 +138,16 @@ async def _run(args: argparse.Namespace) -> int:
         transport = open_transport(args.broker)
         stack.callback(transport.close)
         writer = TraceWriter(json=args.json, total=len(payloads))
-        result = await run_events(integration, transport, config, payloads, flow=flow,
-                                  timeout=args.timeout, on_event=writer,
-                                  options=AppOptions(trace_payloads=True, env=environment()))
+        result = await run_events(
+            integration,
+            transport,
+            config,
+            payloads,
+            flow=flow,
+            timeout=args.timeout,
+            on_event=writer,
+            options=AppOptions(trace_payloads=True, env=environment()),
+        )
         writer.summary(result)
         if args.mocks and not args.json:
             counts: dict[str, int] = {}
@@ -153,8 +164,14 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
     config = config_values(args, integration)
     transport = open_transport(args.broker)
     worker_id = getattr(args, "worker_id", None) or os.environ.get("STREAMFLOW_WORKER_ID", "0")
-    app = App(integration, transport, config, AppOptions(
-        flows=args.flow, steps=getattr(args, "step", []), worker_id=worker_id, env=environment()))
+    app = App(
+        integration,
+        transport,
+        config,
+        AppOptions(
+            flows=args.flow, steps=getattr(args, "step", []), worker_id=worker_id, env=environment()
+        ),
+    )
     app.deploy()
     app.build_agents()
 
@@ -168,9 +185,12 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
             from streamflow.runtime.http import start_http
 
             site = await start_http(args.host, args.port)
-        print(f"streamflow: {len(app.agents)} agent(s) of {integration.name} running on "
-              f"{transport.url}" + (f", http://{args.host}:{args.port}" if site else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"streamflow: {len(app.agents)} agent(s) of {integration.name} running on "
+            f"{transport.url}" + (f", http://{args.host}:{args.port}" if site else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             await app.run(stop)
         finally:

@@ -40,8 +40,9 @@ def read_payloads(source: str) -> list[Any]:
     return out
 
 
-def config_values(args: argparse.Namespace, integration: Integration,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def config_values(
+    args: argparse.Namespace, integration: Integration, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     supplied: dict[str, Any] = dict(extra or {})
     if getattr(args, "config_file", None):
         supplied.update(read_config_file(args.config_file))

@@ -12,14 +12,23 @@ from streamflow.transport import DEFAULT_BROKER
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
-                   help="a config variable (repeatable)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a config variable (repeatable)",
+    )
     p.add_argument("--config-file", metavar="FILE", help="YAML/JSON mapping of config variables")
 
 
 def _add_broker(p: argparse.ArgumentParser, default: str | None = DEFAULT_BROKER) -> None:
-    p.add_argument("--broker", default=default, required=default is None,
-                   help="local://DIR (embedded, default local://.streamflow) or kafka://HOST:PORT[,…]")
+    p.add_argument(
+        "--broker",
+        default=default,
+        required=default is None,
+        help="local://DIR (embedded, default local://.streamflow) or kafka://HOST:PORT[,…]",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,8 +92,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from streamflow.cli import commands
 
     handler = getattr(commands, f"cmd_{args.command}")

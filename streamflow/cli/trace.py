@@ -11,7 +11,14 @@ import orjson
 from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.runner import Execution, RunResult
 
-_MARK = {"started": "▶", "step": "✓", "retry": "↻", "filtered": "⊘", "failed": "✗", "completed": "■"}
+_MARK = {
+    "started": "▶",
+    "step": "✓",
+    "retry": "↻",
+    "filtered": "⊘",
+    "failed": "✗",
+    "completed": "■",
+}
 
 
 class TraceWriter:
@@ -56,7 +63,9 @@ class TraceWriter:
         text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         msg = f"{len(result.executions)} executions in {result.seconds:.2f}s: {text}"
         if self.json:
-            print(orjson.dumps({"summary": counts, "seconds": result.seconds}).decode(), file=self.out)
+            print(
+                orjson.dumps({"summary": counts, "seconds": result.seconds}).decode(), file=self.out
+            )
         else:
             print(msg, file=self.out)
             for ex in result.executions:

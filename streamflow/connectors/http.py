@@ -9,7 +9,6 @@ status outside ``success_codes`` fails the event for good (dead-lettered, not re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email.utils
 import time
@@ -106,10 +105,14 @@ class HttpStep(AsyncStep):
                     "headers": {str(k): v for k, v in resp.headers.items()},
                     "body": _parse_body(raw, resp.content_type),
                 }
-        except asyncio.TimeoutError as exc:
-            raise RetriableError(f"{self.cfg.method} {_safe(url)} timed out after {self.cfg.timeout}s") from exc
+        except TimeoutError as exc:
+            raise RetriableError(
+                f"{self.cfg.method} {_safe(url)} timed out after {self.cfg.timeout}s"
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise RetriableError(f"{self.cfg.method} {_safe(url)} failed: {exc.__class__.__name__}") from exc
+            raise RetriableError(
+                f"{self.cfg.method} {_safe(url)} failed: {exc.__class__.__name__}"
+            ) from exc
         status = int(result["status"])
         ok = status in self.cfg.success_codes if self.cfg.success_codes else 200 <= status < 300
         if not ok:

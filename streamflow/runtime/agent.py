@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from streamflow.runtime.processor import ChainProcessor, Out
+from streamflow.runtime.processor import Out, Processor
 from streamflow.transport.base import Consumer, Producer, Record, TopicPartition, Transport
 
 log = logging.getLogger("streamflow.runtime")
@@ -43,7 +43,7 @@ class StepAgent:
     def __init__(
         self,
         transport: Transport,
-        processor: ChainProcessor,
+        processor: Processor,
         *,
         exactly_once: bool,
         commit_interval: float,
@@ -103,7 +103,9 @@ class StepAgent:
                 in_txn = False
                 last_commit = time.monotonic()
 
-    def _commit(self, consumer: Consumer, producer: Producer, offsets: dict[TopicPartition, int]) -> None:
+    def _commit(
+        self, consumer: Consumer, producer: Producer, offsets: dict[TopicPartition, int]
+    ) -> None:
         if self.exactly_once:
             producer.commit_transaction(consumer, offsets)
         else:

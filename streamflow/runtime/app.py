@@ -18,7 +18,9 @@ import aiohttp
 
 from streamflow.errors import ConfigError
 from streamflow.runtime.agent import StepAgent
-from streamflow.runtime.processor import ChainProcessor, ProcessorOptions
+from streamflow.runtime.ingest import FlowIngress
+from streamflow.runtime.processor import ChainProcessor, Processor, ProcessorOptions
+from streamflow.runtime.trigger import KafkaTriggerProcessor
 from streamflow.steps.base import AnyStep, StepContext
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import AgentPlan, Plan, compile_plan
@@ -35,12 +37,18 @@ class AppOptions:
     step_events: bool = True
     trace_payloads: bool = False
     worker_id: str = "0"  # distinguishes transactional ids of worker processes
+    triggers: bool = True  # run trigger agents (kafka triggers); `run` feeds events itself
     env: Mapping[str, str] = field(default_factory=dict)
 
 
 class App:
-    def __init__(self, integration: Integration, transport: Transport,
-                 config: Mapping[str, Any], options: AppOptions | None = None) -> None:
+    def __init__(
+        self,
+        integration: Integration,
+        transport: Transport,
+        config: Mapping[str, Any],
+        options: AppOptions | None = None,
+    ) -> None:
         self.integration = integration
         self.transport = transport
         self.config = dict(config)
@@ -50,8 +58,10 @@ class App:
         self.agents: list[StepAgent] = []
         unknown = set(self.options.flows) - set(integration.flows)
         if unknown:
-            raise ConfigError(f"unknown flow(s): {', '.join(sorted(unknown))}; "
-                              f"this integration has: {', '.join(integration.flows)}")
+            raise ConfigError(
+                f"unknown flow(s): {', '.join(sorted(unknown))}; "
+                f"this integration has: {', '.join(integration.flows)}"
+            )
 
     def topic_specs(self) -> list[TopicSpec]:
         return [TopicSpec(t.name, t.partitions, t.config) for t in self.plan.topics]
@@ -72,6 +82,8 @@ class App:
             if self.options.flows and flow.name not in self.options.flows:
                 continue
             fplan = self.plan.flows[flow.name]
+            if fplan.trigger_agent is not None and self.options.triggers and not self.options.steps:
+                agents.append(self._trigger_agent(flow, fplan.trigger_agent))
             for slot, aplan in enumerate(fplan.agents):
                 if self.options.steps and not set(self.options.steps) & set(aplan.steps):
                     continue
@@ -88,20 +100,44 @@ class App:
             factory = STEPS[node.config.type].factory
             if factory is None:
                 raise ConfigError(f"step type '{node.config.type}' has no implementation installed")
-            ctx = StepContext(self.integration.name, flow.name, node, self.config,
-                              self.options.env, self.http_session,
-                              logging.getLogger(f"streamflow.step.{flow.name}.{sid}"))
+            ctx = StepContext(
+                self.integration.name,
+                flow.name,
+                node,
+                self.config,
+                self.options.env,
+                self.http_session,
+                logging.getLogger(f"streamflow.step.{flow.name}.{sid}"),
+            )
             steps[sid] = factory(node.config, ctx)
-        opts = ProcessorOptions(flow.doc.encoding, self.options.step_events, self.options.trace_payloads)
-        proc = ChainProcessor(flow, self.plan.flows[flow.name], aplan, steps,
-                              self.plan.executions_topic, opts, _stored_results(flow))
+        opts = ProcessorOptions(
+            flow.doc.encoding, self.options.step_events, self.options.trace_payloads
+        )
+        proc = ChainProcessor(
+            flow,
+            self.plan.flows[flow.name],
+            aplan,
+            steps,
+            self.plan.executions_topic,
+            opts,
+            _stored_results(flow),
+        )
+        return self._loop_for(flow, proc)
+
+    def _trigger_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
+        ingress = FlowIngress(self.integration, flow, self.plan, self.config)
+        proc = KafkaTriggerProcessor(ingress, aplan, self.options.step_events)
+        return self._loop_for(flow, proc)
+
+    def _loop_for(self, flow: Flow, proc: Processor) -> StepAgent:
         return StepAgent(
-            self.transport, proc,
+            self.transport,
+            proc,
             exactly_once=flow.doc.guarantee == "exactly_once",
             commit_interval=flow.doc.commit_interval,
             max_batch=flow.doc.max_batch,
             concurrency=flow.doc.concurrency,
-            transactional_id=f"{aplan.group}.{self.options.worker_id}",
+            transactional_id=f"{proc.agent.group}.{self.options.worker_id}",
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -130,10 +166,15 @@ class App:
 
 def _stored_results(flow: Flow) -> frozenset[str]:
     """Steps whose results go into ``steps.<id>``: I/O steps, and any step referenced."""
-    return frozenset(sid for sid, n in flow.nodes.items() if not n.config.pure or sid in flow.referenced)
+    return frozenset(
+        sid for sid, n in flow.nodes.items() if not n.config.pure or sid in flow.referenced
+    )
 
 
 def environment() -> dict[str, str]:
     """Variables exposed as ``${env.*}``: only those named STREAMFLOW_ENV_*, prefix removed."""
-    return {k.removeprefix("STREAMFLOW_ENV_"): v for k, v in os.environ.items()
-            if k.startswith("STREAMFLOW_ENV_")}
+    return {
+        k.removeprefix("STREAMFLOW_ENV_"): v
+        for k, v in os.environ.items()
+        if k.startswith("STREAMFLOW_ENV_")
+    }

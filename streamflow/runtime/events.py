@@ -38,9 +38,18 @@ class ExecutionEvent:
         return cls(**orjson.loads(data))
 
 
-def event_for(env: Envelope, event: str, *, note: str = "", error: str = "",
-              payload: Any = None) -> ExecutionEvent:
+def event_for(
+    env: Envelope, event: str, *, note: str = "", error: str = "", payload: Any = None
+) -> ExecutionEvent:
     return ExecutionEvent(
-        env.execution_id, env.flow, event, env.step, env.instance, env.attempt, now_ms(),
-        note, error, payload,
+        env.execution_id,
+        env.flow,
+        event,
+        env.step,
+        env.instance,
+        env.attempt,
+        now_ms(),
+        note,
+        error,
+        payload,
     )

@@ -28,8 +28,14 @@ class FlowIngress:
         if self.flow.doc.key is not None:
             self.key = compile_value(self.flow.doc.key)
 
-    def envelope(self, payload: Any, *, trigger: dict[str, Any] | None = None,
-                 instance: str = "", execution_id: str | None = None) -> Envelope:
+    def envelope(
+        self,
+        payload: Any,
+        *,
+        trigger: dict[str, Any] | None = None,
+        instance: str = "",
+        execution_id: str | None = None,
+    ) -> Envelope:
         return Envelope(
             execution_id=execution_id or new_execution_id(),
             integration=self.integration.name,
@@ -44,14 +50,20 @@ class FlowIngress:
         """The flow's ``key`` (prefixed by the instance), else the execution id."""
         if self.key is None:
             return env.execution_id.encode()
-        scope = {"payload": env.payload, "config": self.config, "trigger": env.trigger,
-                 "meta": {"execution_id": env.execution_id, "instance": env.instance}}
+        scope = {
+            "payload": env.payload,
+            "config": self.config,
+            "trigger": env.trigger,
+            "meta": {"execution_id": env.execution_id, "instance": env.instance},
+        }
         value = self.key.render(scope)
         text = "" if value is None else str(value)
         return f"{env.instance}/{text}".encode() if env.instance else text.encode()
 
     def send(self, producer: Producer, env: Envelope) -> None:
         fplan = self.plan.flows[self.flow.name]
-        producer.send(fplan.first_topic, encode(env, self.flow.doc.encoding), self.partition_key(env))
+        producer.send(
+            fplan.first_topic, encode(env, self.flow.doc.encoding), self.partition_key(env)
+        )
         started = event_for(env, "started", payload=env.payload)
         producer.send(self.plan.executions_topic, started.encode(), env.execution_id.encode())

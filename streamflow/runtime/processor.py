@@ -19,12 +19,13 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from streamflow.envelope import Encoding, Envelope, decode, encode
 from streamflow.errors import FatalError, PoisonMessageError, RetriableError
 from streamflow.runtime.events import event_for
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
-from streamflow.steps.base import NEXT, AnyStep, Outcome
+from streamflow.steps.base import NEXT, AnyStep, AsyncStep, Outcome, Step
 from streamflow.topology.expressions import ExpressionEvalError
 from streamflow.topology.models import Flow, RetryPolicy
 from streamflow.topology.plan import AgentPlan, FlowPlan
@@ -46,6 +47,17 @@ class ProcessorOptions:
     encoding: Encoding = "json"
     step_events: bool = True  # an execution event after every step
     trace_payloads: bool = False  # include payloads in execution events (run, tests)
+
+
+class Processor(Protocol):
+    """What an agent runs on each record it consumes."""
+
+    agent: AgentPlan
+    all_sync: bool
+
+    def handle_sync(self, rec: Record) -> list[Out]: ...
+
+    async def handle(self, rec: Record) -> list[Out]: ...
 
 
 class ChainProcessor:
@@ -77,8 +89,9 @@ class ChainProcessor:
         env = self._decode(rec, outs)
         while env is not None:
             step = self.steps[env.step]
+            assert isinstance(step, Step)
             try:
-                outcome = step.process(env)  # type: ignore[union-attr]
+                outcome = step.process(env)
             except FatalError:
                 raise
             except Exception as exc:
@@ -92,9 +105,9 @@ class ChainProcessor:
         env = self._decode(rec, outs)
         while env is not None:
             step = self.steps[env.step]
-            if not step.is_async:
+            if isinstance(step, Step):
                 try:
-                    outcome = step.process(env)  # type: ignore[union-attr]
+                    outcome = step.process(env)
                 except FatalError:
                     raise
                 except Exception as exc:
@@ -116,8 +129,14 @@ class ChainProcessor:
             outs.append(self._raw_dead_letter(rec, exc))
             return None
         if env.step not in self.chain:
-            self._dead_letter(env, rec, PoisonMessageError(
-                f"envelope is for step '{env.step}', which agent {self.agent.name} does not run"), outs)
+            self._dead_letter(
+                env,
+                rec,
+                PoisonMessageError(
+                    f"envelope is for step '{env.step}', which agent {self.agent.name} does not run"
+                ),
+                outs,
+            )
             return None
         return env
 
@@ -125,7 +144,9 @@ class ChainProcessor:
         policy = self.flow.nodes[env.step].config.retry or self.policy
         while True:
             try:
-                return await self.steps[env.step].process(env)  # type: ignore[no-any-return,misc]
+                step = self.steps[env.step]
+                assert isinstance(step, AsyncStep)
+                return await step.process(env)
             except FatalError:
                 raise
             except (PoisonMessageError, ExpressionEvalError) as exc:
@@ -141,9 +162,13 @@ class ChainProcessor:
                 await asyncio.sleep(delay)
                 env.attempt += 1
 
-    def _advance(self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out]) -> Envelope | None:
+    def _advance(
+        self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out]
+    ) -> Envelope | None:
         sid = env.step
         env.payload = outcome.payload
+        if outcome.emit:
+            outs.extend(Out(e.topic, e.value, e.key, e.headers) for e in outcome.emit)
         if sid in self.store and outcome.result is not None:
             env.steps[sid] = outcome.result
         if outcome.filtered:
@@ -162,28 +187,42 @@ class ChainProcessor:
         try:
             value = encode(env, self.opts.encoding)
         except (TypeError, ValueError) as exc:
-            self._dead_letter(env, rec, PoisonMessageError(f"cannot encode the envelope: {exc}"), outs)
+            self._dead_letter(
+                env, rec, PoisonMessageError(f"cannot encode the envelope: {exc}"), outs
+            )
             return None
         outs.append(Out(self.plan.entry_of[nxt], value, rec.key))
         return None
 
-    def _event(self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = "") -> None:
+    def _event(
+        self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = ""
+    ) -> None:
         payload = env.payload if self.opts.trace_payloads else None
         ev = event_for(env, kind, note=note, error=error, payload=payload)
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
 
     def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
         error = _describe(exc)
-        log.warning("dead-lettered execution %s at step %s: %s", env.execution_id, env.step, error,
-                    extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id})
-        headers = _dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
+        log.warning(
+            "dead-lettered execution %s at step %s: %s",
+            env.execution_id,
+            env.step,
+            error,
+            extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id},
+        )
+        headers = dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
         outs.append(Out(self.plan.dlq_topic, encode(env, self.opts.encoding), rec.key, headers))
         self._event(env, outs, "failed", error=error)
 
     def _raw_dead_letter(self, rec: Record, exc: BaseException) -> Out:
-        log.warning("dead-lettered an undecodable record from %s[%d]@%d: %s",
-                    rec.topic, rec.partition, rec.offset, exc)
-        headers = _dlq_headers(rec, exc, _describe(exc), self.agent.steps[0], 0, "")
+        log.warning(
+            "dead-lettered an undecodable record from %s[%d]@%d: %s",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            exc,
+        )
+        headers = dlq_headers(rec, exc, _describe(exc), self.agent.steps[0], 0, "")
         return Out(self.plan.dlq_topic, rec.value, rec.key, headers)
 
 
@@ -196,8 +235,9 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-def _dlq_headers(rec: Record, exc: BaseException, error: str, step: str, attempt: int,
-                 execution_id: str) -> Headers:
+def dlq_headers(
+    rec: Record, exc: BaseException, error: str, step: str, attempt: int, execution_id: str
+) -> Headers:
     return [
         ("sf-error-type", exc.__class__.__name__.encode()),
         ("sf-error", error.encode()[:4000]),

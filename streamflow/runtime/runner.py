@@ -67,13 +67,16 @@ class RunResult:
 def pick_flow(integration: Integration, flow: str | None) -> str:
     if flow is not None:
         if flow not in integration.flows:
-            raise ConfigError(f"unknown flow '{flow}'; this integration has: "
-                              f"{', '.join(integration.flows)}")
+            raise ConfigError(
+                f"unknown flow '{flow}'; this integration has: {', '.join(integration.flows)}"
+            )
         return flow
     if len(integration.flows) == 1:
         return next(iter(integration.flows))
-    raise ConfigError(f"this integration has several flows ({', '.join(integration.flows)}); "
-                      "choose one with --flow")
+    raise ConfigError(
+        f"this integration has several flows ({', '.join(integration.flows)}); "
+        "choose one with --flow"
+    )
 
 
 async def run_events(
@@ -89,11 +92,14 @@ async def run_events(
 ) -> RunResult:
     flow_name = pick_flow(integration, flow)
     opts = options or AppOptions(trace_payloads=True)
+    opts.triggers = False  # this run feeds the flow itself
     app = App(integration, transport, config, opts)
     app.deploy()
     app.build_agents()
     started = time.monotonic()
-    watcher = transport.consumer(f"sf.run.{uuid.uuid4().hex}", [app.plan.executions_topic], from_end=True)
+    watcher = transport.consumer(
+        f"sf.run.{uuid.uuid4().hex}", [app.plan.executions_topic], from_end=True
+    )
     ingress = FlowIngress(integration, integration.flows[flow_name], app.plan, config)
     executions: dict[str, Execution] = {}
     producer = transport.producer()
@@ -114,8 +120,10 @@ async def run_events(
                 runner.result()  # raises the agent's error
                 raise RuntimeError("agents stopped before the run ended")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(open_ids)} of {len(executions)} executions did not end "
-                                   f"within {timeout:g}s")
+                raise TimeoutError(
+                    f"{len(open_ids)} of {len(executions)} executions did not end "
+                    f"within {timeout:g}s"
+                )
             for rec in await asyncio.to_thread(watcher.poll, 1000, 0.2):
                 ev = ExecutionEvent.decode(rec.value)
                 ex = executions.get(ev.execution_id)

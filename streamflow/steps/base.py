@@ -29,6 +29,17 @@ class Outcome:
     filtered: bool = False
     goto: str | None = NEXT  # a step id, None to end the execution, or NEXT
     note: str = ""  # a short word for traces (e.g. "route big")
+    emit: list[Emit] | None = None  # messages for outside topics, produced in the agent's batch
+
+
+@dataclass(slots=True)
+class Emit:
+    """A message a step asks the runtime to produce (in the flow's transaction, if any)."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None
 
 
 @dataclass

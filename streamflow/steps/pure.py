@@ -125,7 +125,9 @@ class LogStep(Step):
     def process(self, env: Envelope) -> Outcome:
         text = self.message.render(self.ctx.scope(env))
         self.ctx.logger.log(
-            self.level, "%s", text,
+            self.level,
+            "%s",
+            text,
             extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id},
         )
         return Outcome(env.payload, None, goto=NEXT)

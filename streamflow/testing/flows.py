@@ -1,10 +1,10 @@
 """Run a flow or a single step on the embedded transport and collect what happened.
 
-    result = await run_flow("topologies/x/integration.yaml", [{"id": 1}], config={...})
-    assert result.ok
-    assert result.executions[0].output == {...}
+result = await run_flow("topologies/x/integration.yaml", [{"id": 1}], config={...})
+assert result.ok
+assert result.executions[0].output == {...}
 
-    out = run_step(integration, "flow", "step-id", payload)   # one pure step, no broker
+out = run_step(integration, "flow", "step-id", payload)   # one pure step, no broker
 """
 
 from __future__ import annotations
@@ -45,8 +45,15 @@ async def run_flow(
     with tempfile.TemporaryDirectory(prefix="sf-test-") as tmp:
         transport = LocalTransport(directory or tmp)
         try:
-            return await run_events(integration, transport, values, payloads, flow=flow,
-                                    timeout=timeout, options=options or AppOptions(trace_payloads=True))
+            return await run_events(
+                integration,
+                transport,
+                values,
+                payloads,
+                flow=flow,
+                timeout=timeout,
+                options=options or AppOptions(trace_payloads=True),
+            )
         finally:
             transport.close()
 
@@ -69,6 +76,7 @@ def run_step(
     impl = factory(node.config, StepContext(integration.name, flow, node, values))
     if not isinstance(impl, Step):
         raise TypeError(f"step {step} is asynchronous; use run_flow")
-    env = Envelope(new_execution_id(), integration.name, flow, step, payload,
-                   steps=dict(steps or {}))
+    env = Envelope(
+        new_execution_id(), integration.name, flow, step, payload, steps=dict(steps or {})
+    )
     return impl.process(env)

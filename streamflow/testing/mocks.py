@@ -269,20 +269,29 @@ class _Builder:
                 self.fail(spath, f"bad service name {name!r}: use letters, digits, '_' and '-'")
             if sdoc.config is not None:
                 if not _CONFIG_NAME.match(sdoc.config):
-                    self.fail((*spath, "config"), f"bad config variable name {sdoc.config!r}: "
-                              "use letters, digits and '_', not starting with a digit")
+                    self.fail(
+                        (*spath, "config"),
+                        f"bad config variable name {sdoc.config!r}: "
+                        "use letters, digits and '_', not starting with a digit",
+                    )
                 if sdoc.config in configs:
-                    self.fail((*spath, "config"), f"config variable '{sdoc.config}' is "
-                              f"already set by service '{configs[sdoc.config]}'")
+                    self.fail(
+                        (*spath, "config"),
+                        f"config variable '{sdoc.config}' is "
+                        f"already set by service '{configs[sdoc.config]}'",
+                    )
                 configs[sdoc.config] = name
             if sdoc.port:
                 if sdoc.port in ports:
-                    self.fail((*spath, "port"), f"port {sdoc.port} is already used by "
-                              f"service '{ports[sdoc.port]}'")
+                    self.fail(
+                        (*spath, "port"),
+                        f"port {sdoc.port} is already used by service '{ports[sdoc.port]}'",
+                    )
                 ports[sdoc.port] = name
             routes = [self.route(r, (*spath, "routes", i)) for i, r in enumerate(sdoc.routes)]
-            services.append(_Service(name, sdoc.port, sdoc.config,
-                                     [r for r in routes if r is not None]))
+            services.append(
+                _Service(name, sdoc.port, sdoc.config, [r for r in routes if r is not None])
+            )
         return services
 
     def route(self, r: RouteDoc, path: PathT) -> _Route | None:
@@ -315,8 +324,7 @@ class _Builder:
             ok = False
         if not ok:
             return None
-        return _Route(method, r.path, segments, r.status, headers, json_t, body_t,
-                      r.delay, r.times)
+        return _Route(method, r.path, segments, r.status, headers, json_t, body_t, r.delay, r.times)
 
 
 # --------------------------------------------------------------------------- public API
@@ -347,8 +355,9 @@ class MockServices:
     @classmethod
     def _load(cls, data: Any, positions: Positions) -> MockServices:
         if not isinstance(data, dict):
-            raise ValidationFailed([positions.issue((), "a mocks file is a YAML mapping "
-                                                        "with a 'services' key")])
+            raise ValidationFailed(
+                [positions.issue((), "a mocks file is a YAML mapping with a 'services' key")]
+            )
         try:
             doc = MocksDoc.model_validate(data)
         except ValidationError as exc:
@@ -382,8 +391,9 @@ class MockServices:
         except OSError as exc:
             sock.close()
             where = format_path(("services", svc.name, "port"))
-            raise ConfigError(f"{self.source}: {where}: cannot listen on {HOST}:{svc.port}: "
-                              f"{exc.strerror or exc}") from None
+            raise ConfigError(
+                f"{self.source}: {where}: cannot listen on {HOST}:{svc.port}: {exc.strerror or exc}"
+            ) from None
         svc.bound_port = int(sock.getsockname()[1])
 
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
@@ -433,8 +443,9 @@ class MockServices:
 
     def config_values(self) -> dict[str, str]:
         """``{config variable: base URL}`` for every service with ``config:``."""
-        return {s.config: self.base_url(s.name)
-                for s in self._services.values() if s.config is not None}
+        return {
+            s.config: self.base_url(s.name) for s in self._services.values() if s.config is not None
+        }
 
     # -- recorded calls
 
@@ -500,31 +511,50 @@ class MockServices:
 
         if route is None:
             response: web.Response = web.json_response(
-                {"error": "no route matched", "service": svc.name, "method": method,
-                 "path": path},
+                {"error": "no route matched", "service": svc.name, "method": method, "path": path},
                 status=404,
             )
             delay = 0.0
         else:
             route.used += 1
             delay = route.delay
-            scope = {"request": {"method": method, "path": path, "params": params,
-                                 "query": query, "headers": headers, "json": parsed,
-                                 "body": text}}
+            scope = {
+                "request": {
+                    "method": method,
+                    "path": path,
+                    "params": params,
+                    "query": query,
+                    "headers": headers,
+                    "json": parsed,
+                    "body": text,
+                }
+            }
             try:
                 response = _render(route, scope)
             except (ExpressionEvalError, TypeError, ValueError) as exc:
                 # the message may quote request data (headers too): it goes in the
                 # 500 body for the caller, never in the log
-                log.warning("mock service %s: %s %s: route %s: cannot render the response "
-                            "(%s; details in the 500 body)",
-                            svc.name, method, path, route.path, type(exc).__name__)
+                log.warning(
+                    "mock service %s: %s %s: route %s: cannot render the response "
+                    "(%s; details in the 500 body)",
+                    svc.name,
+                    method,
+                    path,
+                    route.path,
+                    type(exc).__name__,
+                )
                 response = web.json_response(
-                    {"error": f"mock response template failed: {exc}", "service": svc.name,
-                     "route": route.path}, status=500)
+                    {
+                        "error": f"mock response template failed: {exc}",
+                        "service": svc.name,
+                        "route": route.path,
+                    },
+                    status=500,
+                )
 
-        self.calls.append(RecordedCall(svc.name, method, path, query, headers, parsed, text,
-                                       response.status, ts))
+        self.calls.append(
+            RecordedCall(svc.name, method, path, query, headers, parsed, text, response.status, ts)
+        )
         log.debug("mock service %s: %s %s -> %d", svc.name, method, path, response.status)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -542,6 +572,7 @@ def _render(route: _Route, scope: Mapping[str, Any]) -> web.Response:
     if route.body is not None:
         if not has_type:
             headers["Content-Type"] = "text/plain; charset=utf-8"
-        return web.Response(status=route.status,
-                            body=_text(route.body.render(scope)).encode(), headers=headers)
+        return web.Response(
+            status=route.status, body=_text(route.body.render(scope)).encode(), headers=headers
+        )
     return web.Response(status=route.status, headers=headers)

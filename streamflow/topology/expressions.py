@@ -50,8 +50,14 @@ from typing import Any, NoReturn
 import orjson
 
 __all__ = [
-    "ROOTS", "ExpressionError", "ExpressionEvalError", "Scope", "Template",
-    "compile_expression", "compile_value", "iter_expression_errors",
+    "ROOTS",
+    "ExpressionError",
+    "ExpressionEvalError",
+    "Scope",
+    "Template",
+    "compile_expression",
+    "compile_value",
+    "iter_expression_errors",
 ]
 
 ROOTS: frozenset[str] = frozenset({"payload", "config", "steps", "trigger", "meta", "env"})
@@ -69,8 +75,9 @@ _HYPHENATED_STEP = re.compile(r"(?<![\w.'\"])steps\.([A-Za-z0-9_]+(?:-[A-Za-z0-9
 class ExpressionError(ValueError):
     """Compile-time problem with an expression (raised when the topology loads)."""
 
-    def __init__(self, message: str, expression: str = "", column: int = 0,
-                 path: Path = ()) -> None:
+    def __init__(
+        self, message: str, expression: str = "", column: int = 0, path: Path = ()
+    ) -> None:
         super().__init__(message)
         self.message, self.expression, self.column, self.path = message, expression, column, path
 
@@ -131,6 +138,7 @@ def _ordered(cmp: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             return cmp(a, b)
         except TypeError:  # e.g. null < 1
             return False
+
     return safe
 
 
@@ -201,21 +209,47 @@ _FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {  # name: (fn, 
     "unbase64": (lambda s: _b64.b64decode(_text(s).strip() + "==").decode(), 1, 1),
 }
 _BINOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
-    ast.Add: op.add, ast.Sub: op.sub, ast.Mult: _mul,
-    ast.Div: op.truediv, ast.FloorDiv: op.floordiv, ast.Mod: _mod,
+    ast.Add: op.add,
+    ast.Sub: op.sub,
+    ast.Mult: _mul,
+    ast.Div: op.truediv,
+    ast.FloorDiv: op.floordiv,
+    ast.Mod: _mod,
 }
 _CMPOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
-    ast.Eq: op.eq, ast.NotEq: op.ne, ast.Lt: _ordered(op.lt), ast.LtE: _ordered(op.le),
-    ast.Gt: _ordered(op.gt), ast.GtE: _ordered(op.ge),
-    ast.In: lambda a, b: _contains(b, a), ast.NotIn: lambda a, b: not _contains(b, a),
+    ast.Eq: op.eq,
+    ast.NotEq: op.ne,
+    ast.Lt: _ordered(op.lt),
+    ast.LtE: _ordered(op.le),
+    ast.Gt: _ordered(op.gt),
+    ast.GtE: _ordered(op.ge),
+    ast.In: lambda a, b: _contains(b, a),
+    ast.NotIn: lambda a, b: not _contains(b, a),
 }
-_SYMBOLS = {"Pow": "**", "MatMult": "@", "BitOr": "|", "BitAnd": "&", "BitXor": "^",
-            "LShift": "<<", "RShift": ">>", "Invert": "~", "Is": "is", "IsNot": "is not"}
+_SYMBOLS = {
+    "Pow": "**",
+    "MatMult": "@",
+    "BitOr": "|",
+    "BitAnd": "&",
+    "BitXor": "^",
+    "LShift": "<<",
+    "RShift": ">>",
+    "Invert": "~",
+    "Is": "is",
+    "IsNot": "is not",
+}
 _CONSTRUCTS = {
-    "Lambda": "lambda", "ListComp": "list comprehension", "SetComp": "set comprehension",
-    "DictComp": "dict comprehension", "GeneratorExp": "generator expression",
-    "JoinedStr": "f-string", "Set": "set literal", "NamedExpr": "assignment expression (:=)",
-    "Starred": "starred expression (*x)", "Await": "await", "Slice": "slice (a[x:y])",
+    "Lambda": "lambda",
+    "ListComp": "list comprehension",
+    "SetComp": "set comprehension",
+    "DictComp": "dict comprehension",
+    "GeneratorExp": "generator expression",
+    "JoinedStr": "f-string",
+    "Set": "set literal",
+    "NamedExpr": "assignment expression (:=)",
+    "Starred": "starred expression (*x)",
+    "Await": "await",
+    "Slice": "slice (a[x:y])",
 }
 
 
@@ -235,6 +269,7 @@ def _getter(root: str, keys: Path) -> Fn:
                 return None
             v = _lookup(v, k)
         return v
+
     return get
 
 
@@ -245,8 +280,11 @@ def _binary(f: Callable[[Any, Any], Any], a: Fn, b: Fn) -> Fn:
 def _static_key(node: ast.expr) -> str | int | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, (str, int)):
         return None if isinstance(node.value, bool) else node.value
-    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-            and isinstance(k := _static_key(node.operand), int)):
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub)
+        and isinstance(k := _static_key(node.operand), int)
+    ):
         return -k
     return None
 
@@ -255,7 +293,7 @@ def _col(text: str, lineno: int, byte_col: int) -> int:
     lines = text.split("\n")
     lineno = max(1, min(lineno, len(lines)))
     head = sum(len(x) + 1 for x in lines[: lineno - 1])
-    return head + len(lines[lineno - 1].encode()[:max(byte_col, 0)].decode(errors="ignore"))
+    return head + len(lines[lineno - 1].encode()[: max(byte_col, 0)].decode(errors="ignore"))
 
 
 class _Compiler:
@@ -312,8 +350,11 @@ class _Compiler:
             return _constfn(_LITERALS[node.id]), _LITERALS[node.id]
         if node.id in _FUNCS:
             self.fail(node, f"function '{node.id}' can only be called, e.g. {node.id}(...)")
-        self.fail(node, f"unknown name '{node.id}'; expected one of: "
-                        f"{', '.join(sorted(self.roots))}, true, false, null")
+        self.fail(
+            node,
+            f"unknown name '{node.id}'; expected one of: "
+            f"{', '.join(sorted(self.roots))}, true, false, null",
+        )
 
     def _Attribute(self, node: ast.Attribute) -> tuple[Fn, Any]:
         if node.attr.startswith("__"):
@@ -352,7 +393,7 @@ class _Compiler:
         if isinstance(node.op, ast.Not):
             return (lambda s: not f(s)), _NC
         if isinstance(node.op, ast.USub):
-            return ((_constfn(-c), -c) if type(c) in (int, float) else ((lambda s: -f(s)), _NC))
+            return (_constfn(-c), -c) if type(c) in (int, float) else ((lambda s: -f(s)), _NC)
         if isinstance(node.op, ast.UAdd):
             return (lambda s: +f(s)), _NC
         self.bad_op(node, node.op)
@@ -388,6 +429,7 @@ class _Compiler:
                     return False
                 left = right
             return True
+
         return compare, _NC
 
     def _IfExp(self, node: ast.IfExp) -> tuple[Fn, Any]:
@@ -396,8 +438,11 @@ class _Compiler:
 
     def _Call(self, node: ast.Call) -> tuple[Fn, Any]:
         if not isinstance(node.func, ast.Name):
-            self.fail(node, f"cannot call '{ast.unparse(node.func)}': only the built-in "
-                            f"functions can be called ({', '.join(_FUNCS)})")
+            self.fail(
+                node,
+                f"cannot call '{ast.unparse(node.func)}': only the built-in "
+                f"functions can be called ({', '.join(_FUNCS)})",
+            )
         name = node.func.id
         if name not in _FUNCS:
             self.fail(node, f"unknown function '{name}'; expected one of: {', '.join(_FUNCS)}")
@@ -452,6 +497,7 @@ def _expr(src: str, offset: int, roots: frozenset[str], refs: Refs) -> Fn:
             raise
         except Exception as e:  # every runtime failure becomes an ExpressionEvalError
             raise ExpressionEvalError(f"{type(e).__name__}: {e}", body) from e
+
     return guarded
 
 
@@ -461,7 +507,7 @@ def _split(s: str) -> list[str | tuple[str, int]]:
     buf, i = "", 0
     while (j := s.find("${", i)) >= 0:
         if j > i and s[j - 1] == "$":  # $${ -> literal ${
-            buf, i = buf + s[i:j - 1] + "${", j + 2
+            buf, i = buf + s[i : j - 1] + "${", j + 2
             continue
         buf += s[i:j]
         depth, quote, k = 0, "", j + 2
@@ -478,8 +524,8 @@ def _split(s: str) -> list[str | tuple[str, int]]:
                 depth += (ch == "{") - (ch == "}")
             k += 1
         else:
-            raise ExpressionError("unterminated '${' (missing '}')", s[j + 2:], j)
-        parts += [buf, (s[j + 2:k], j + 2)] if buf else [(s[j + 2:k], j + 2)]
+            raise ExpressionError("unterminated '${' (missing '}')", s[j + 2 :], j)
+        parts += [buf, (s[j + 2 : k], j + 2)] if buf else [(s[j + 2 : k], j + 2)]
         buf, i = "", k + 1
     buf += s[i:]
     return [*parts, buf] if buf else parts
@@ -495,8 +541,9 @@ def _report(e: ExpressionError, path: Path, errors: Errors | None) -> None:
     errors.append((path, e))
 
 
-def _string(s: str, path: Path, roots: frozenset[str], refs: Refs,
-            errors: Errors | None) -> tuple[Fn | None, Any]:
+def _string(
+    s: str, path: Path, roots: frozenset[str], refs: Refs, errors: Errors | None
+) -> tuple[Fn | None, Any]:
     if "${" not in s:
         return None, s
     try:
@@ -519,14 +566,23 @@ def _string(s: str, path: Path, roots: frozenset[str], refs: Refs,
     return (lambda sc: "".join([x if isinstance(x, str) else _text(x(sc)) for x in fns])), _NC
 
 
-def _value(v: Any, path: Path, roots: frozenset[str], refs: Refs,
-           errors: Errors | None) -> tuple[Fn | None, Any]:
+def _value(
+    v: Any, path: Path, roots: frozenset[str], refs: Refs, errors: Errors | None
+) -> tuple[Fn | None, Any]:
     """Compile any value to (closure, _) or (None, constant value)."""
     if isinstance(v, str):
         return _string(v, path, roots, refs, errors)
     if isinstance(v, Mapping):
-        entries = [(k, x, *_value(x, (*path, k if isinstance(k, (str, int)) else str(k)),
-                                  roots, refs, errors)) for k, x in v.items()]
+        entries = [
+            (
+                k,
+                x,
+                *_value(
+                    x, (*path, k if isinstance(k, (str, int)) else str(k)), roots, refs, errors
+                ),
+            )
+            for k, x in v.items()
+        ]
         if all(f is None for _, _, f, _ in entries):
             same = all(c is x for _, x, _, c in entries)
             return None, v if same else {k: c for k, _, _, c in entries}
@@ -592,8 +648,9 @@ def compile_expression(src: str, *, roots: frozenset[str] = ROOTS) -> Template:
     return Template(src, _expr(text, base, roots, refs), None, refs)
 
 
-def iter_expression_errors(value: Any, *, roots: frozenset[str] = ROOTS
-                           ) -> list[tuple[tuple[str | int, ...], ExpressionError]]:
+def iter_expression_errors(
+    value: Any, *, roots: frozenset[str] = ROOTS
+) -> list[tuple[tuple[str | int, ...], ExpressionError]]:
     """Compile `value` and return every (sub-path, error) instead of raising."""
     errors: Errors = []
     _value(value, (), roots, set(), errors)

@@ -45,5 +45,8 @@ def _nested_steps(schema: dict[str, Any]) -> None:
     """Fields typed as raw step lists (branch routes, default) point at the Step union."""
     for prop in schema.get("properties", {}).values():
         items = prop.get("items")
-        if prop.get("type") == "array" and items == {"additionalProperties": True, "type": "object"}:
+        if prop.get("type") == "array" and items == {
+            "additionalProperties": True,
+            "type": "object",
+        }:
             prop["items"] = {"$ref": "#/$defs/Step"}

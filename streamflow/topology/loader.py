@@ -101,8 +101,13 @@ class _Validator:
     def flow(self, doc: FlowDoc, path: PathT) -> Flow | None:
         trigger = self.typed(doc.trigger, (*path, "trigger"), TRIGGERS, "trigger")
         if isinstance(trigger, TriggerConfig):
-            self.expressions(doc.trigger, (*path, "trigger"), trigger.secret_fields, set(),
-                             roots=frozenset({"config", "env"}))
+            self.expressions(
+                doc.trigger,
+                (*path, "trigger"),
+                trigger.secret_fields,
+                set(),
+                roots=frozenset({"config", "env"}),
+            )
         if doc.key is not None:
             self.expression_field(doc.key, (*path, "key"), set(), bare=False)
         nodes: dict[str, StepNode] = {}
@@ -123,7 +128,9 @@ class _Validator:
         entry = registry.get(kind)
         if entry is None:
             close = difflib.get_close_matches(str(kind), list(registry), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"one of: {', '.join(sorted(registry))}"
+            hint = (
+                f"did you mean '{close[0]}'?" if close else f"one of: {', '.join(sorted(registry))}"
+            )
             self.fail((*path, "type"), f"unknown {what} type '{kind}' ({hint})")
             return None
         model: type[BaseModel] = entry.config if what == "step" else entry
@@ -153,8 +160,14 @@ class _Validator:
             if cfg.id in nodes:
                 self.fail((*spath, "id"), f"duplicate step id '{cfg.id}'")
                 continue
-            self.expressions(raw, spath, cfg.secret_fields, seen, nested=cfg.nested_fields,
-                             bare=cfg.expression_fields)
+            self.expressions(
+                raw,
+                spath,
+                cfg.secret_fields,
+                seen,
+                nested=cfg.nested_fields,
+                bare=cfg.expression_fields,
+            )
             node = StepNode(cfg, None, (), spath)
             nodes[cfg.id] = node
             seen.add(cfg.id)
@@ -165,7 +178,9 @@ class _Validator:
             self.nested(nodes[sid], raws, nodes, seen)
         return ids[0] if ids else after
 
-    def nested(self, node: StepNode, raws: Sequence[Any], nodes: dict[str, StepNode], seen: set[str]) -> None:
+    def nested(
+        self, node: StepNode, raws: Sequence[Any], nodes: dict[str, StepNode], seen: set[str]
+    ) -> None:
         """Nested step lists (branch routes, default) continue with the parent's next step."""
         raw = raws[int(node.path[-1])]
         routes: list[Route] = []
@@ -175,7 +190,9 @@ class _Validator:
                 for j, route in enumerate(value or []):
                     rpath = (*node.path, name, j)
                     before = set(nodes)
-                    self.steps(route.get("steps") or [], (*rpath, "steps"), nodes, set(seen), node.next)
+                    self.steps(
+                        route.get("steps") or [], (*rpath, "steps"), nodes, set(seen), node.next
+                    )
                     routes.append(Route(str(route.get("when", "")), _new_ids(nodes, before)))
             elif value:
                 before = set(nodes)
@@ -202,7 +219,9 @@ class _Validator:
                 if key == "routes":
                     for j, route in enumerate(value or []):
                         if isinstance(route, dict) and "when" in route:
-                            self.expression_field(route["when"], (*fpath, j, "when"), seen, bare=True)
+                            self.expression_field(
+                                route["when"], (*fpath, j, "when"), seen, bare=True
+                            )
                 continue
             if key in bare:
                 self.expression_field(value, fpath, seen, bare=True, secret_ok=key in secret_fields)
@@ -233,8 +252,11 @@ class _Validator:
     ) -> None:
         for ref in sorted(refs):
             if ref == ("config",) and not secret_ok and any(self.config.values()):
-                self.fail(path, "this expression may read any config variable, secrets included "
-                                "(they would travel in clear); name the variable: config.<name>")
+                self.fail(
+                    path,
+                    "this expression may read any config variable, secrets included "
+                    "(they would travel in clear); name the variable: config.<name>",
+                )
             if ref[0] == "config" and len(ref) > 1:
                 name = ref[1]
                 if name not in self.config:
@@ -242,13 +264,19 @@ class _Validator:
                     hint = f" (did you mean '{close[0]}'?)" if close else ""
                     self.fail(path, f"unknown config variable '{name}'{hint}")
                 elif self.config[name] and not secret_ok:
-                    self.fail(path, f"secret config variable '{name}' may not be used here "
-                                    "(it would travel in clear); use it in a field that accepts secrets")
+                    self.fail(
+                        path,
+                        f"secret config variable '{name}' may not be used here "
+                        "(it would travel in clear); use it in a field that accepts secrets",
+                    )
             elif ref[0] == "steps" and len(ref) > 1:
                 self.step_refs.add(ref[1])
             if ref[0] == "steps" and len(ref) > 1 and ref[1] not in seen:
-                self.fail(path, f"unknown step '{ref[1]}' in steps.{ref[1]}: "
-                                "only earlier steps of this flow can be referenced")
+                self.fail(
+                    path,
+                    f"unknown step '{ref[1]}' in steps.{ref[1]}: "
+                    "only earlier steps of this flow can be referenced",
+                )
 
 
 def _new_ids(nodes: dict[str, StepNode], before: set[str]) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ class FlowPlan:
     agents: list[AgentPlan]
     entry_of: dict[str, str]  # step id -> input topic of the agent that runs it
     external_topic: str | None = None  # a kafka trigger's source topic
+    trigger_agent: AgentPlan | None = None  # consumes external_topic into the first step
 
 
 @dataclass
@@ -55,7 +56,11 @@ class Plan:
             "integration": self.integration,
             "executions_topic": self.executions_topic,
             "topics": [asdict(t) for t in self.topics],
-            "agents": [asdict(a) for fp in self.flows.values() for a in fp.agents],
+            "agents": [
+                asdict(a)
+                for fp in self.flows.values()
+                for a in ([fp.trigger_agent] if fp.trigger_agent else []) + fp.agents
+            ],
         }
 
 
@@ -81,8 +86,12 @@ def compile_plan(integration: Integration) -> Plan:
         dlq = f"{prefix}.dlq"
         topics.append(TopicPlan(dlq, parts, "dead letters"))
         external = getattr(flow.trigger, "topic", None) if flow.trigger.type == "kafka" else None
+        trigger_agent = None
+        if external is not None:
+            group = getattr(flow.trigger, "group", None) or f"{prefix}.trigger"
+            trigger_agent = AgentPlan(f"{prefix}.trigger", flow.name, group, external, ())
         flows[flow.name] = FlowPlan(
-            flow.name, entry_of[flow.first], dlq, agents, entry_of, external
+            flow.name, entry_of[flow.first], dlq, agents, entry_of, external, trigger_agent
         )
     executions = f"sf.{name}.executions"
     most = max(f.doc.partitions for f in integration.flows.values())
@@ -92,7 +101,7 @@ def compile_plan(integration: Integration) -> Plan:
 
 def _chains(flow: Flow) -> list[list[str]]:
     """Split the flow's steps into agents (one chain of step ids each)."""
-    preds: dict[str, int] = {sid: 0 for sid in flow.nodes}
+    preds: dict[str, int] = dict.fromkeys(flow.nodes, 0)
     for node in flow.nodes.values():
         targets = {node.next, *(r.steps[0] for r in node.routes if r.steps)}
         for t in targets:

@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "streamflow.topology.triggers",
     "streamflow.steps.pure",
     "streamflow.connectors.http",
+    "streamflow.connectors.kafka",
 )
 
 S = TypeVar("S", bound=type[StepConfig])

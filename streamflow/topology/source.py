@@ -63,17 +63,34 @@ def _construct(node: yaml.Node, path: PathT, marks: dict[PathT, tuple[int, int]]
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) and key is not None:
                 raise ValidationFailed(
-                    [Issue(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                           "", "mapping keys must be scalars")]
+                    [
+                        Issue(
+                            file,
+                            key_node.start_mark.line + 1,
+                            key_node.start_mark.column + 1,
+                            "",
+                            "mapping keys must be scalars",
+                        )
+                    ]
                 )
             if key in out:
                 raise ValidationFailed(
-                    [Issue(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                           format_path((*path, str(key))), f"duplicate key {key!r}")]
+                    [
+                        Issue(
+                            file,
+                            key_node.start_mark.line + 1,
+                            key_node.start_mark.column + 1,
+                            format_path((*path, str(key))),
+                            f"duplicate key {key!r}",
+                        )
+                    ]
                 )
             out[key] = _construct(value_node, (*path, str(key)), marks, file)
             # point at the key, where a reader looks for it
-            marks[(*path, str(key))] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            marks[(*path, str(key))] = (
+                key_node.start_mark.line + 1,
+                key_node.start_mark.column + 1,
+            )
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(v, (*path, i), marks, file) for i, v in enumerate(node.value)]
@@ -99,5 +116,7 @@ def load_yaml(path: str | Path) -> tuple[Any, Positions]:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValidationFailed([Issue(str(p), 1, 1, "", f"cannot read file: {exc.strerror}")]) from None
+        raise ValidationFailed(
+            [Issue(str(p), 1, 1, "", f"cannot read file: {exc.strerror}")]
+        ) from None
     return load_yaml_text(text, str(p))

@@ -57,5 +57,7 @@ class KafkaTrigger(TriggerConfig):
 
     type: Literal["kafka"]
     topic: str
-    group: str | None = Field(None, description="consumer group (default: the flow's trigger agent)")
+    group: str | None = Field(
+        None, description="consumer group (default: the flow's trigger agent)"
+    )
     format: Literal["json", "text", "bytes"] = "json"

@@ -82,7 +82,13 @@ def _coerce(value: Any, var: ConfigVar) -> Any:
             raise ValueError(f"{value!r} is not a boolean")
         parsed = orjson.loads(value)
         value = parsed
-    checks = {"integer": int, "number": (int, float), "boolean": bool, "object": dict, "array": list}
+    checks: dict[str, type | tuple[type, ...]] = {
+        "integer": int,
+        "number": (int, float),
+        "boolean": bool,
+        "object": dict,
+        "array": list,
+    }
     if not isinstance(value, checks[t]) or (t in ("integer", "number") and isinstance(value, bool)):
         raise ValueError(f"expected {t}, got {type(value).__name__}")
     return value

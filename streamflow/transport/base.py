@@ -95,9 +95,7 @@ class Producer(Protocol):
     def begin(self) -> None:
         """Start a transaction (transactional producers only)."""
 
-    def commit_transaction(
-        self, consumer: Consumer, offsets: Mapping[TopicPartition, int]
-    ) -> None:
+    def commit_transaction(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
         """Atomically make queued messages visible and commit the consumer's offsets."""
 
     def abort(self) -> None: ...
@@ -108,13 +106,17 @@ class Producer(Protocol):
 class Transport(Protocol):
     url: str
 
-    def ensure_topics(self, specs: Sequence[TopicSpec], *, dry_run: bool = False) -> list[TopicChange]:
+    def ensure_topics(
+        self, specs: Sequence[TopicSpec], *, dry_run: bool = False
+    ) -> list[TopicChange]:
         """Create missing topics, grow partitions; refuse (ConfigError) to shrink."""
 
     def partitions(self, topic: str) -> int:
         """Partition count of an existing topic (0 when it does not exist)."""
 
-    def consumer(self, group: str, topics: Sequence[str], *, from_end: bool = False) -> Consumer: ...
+    def consumer(
+        self, group: str, topics: Sequence[str], *, from_end: bool = False
+    ) -> Consumer: ...
 
     def producer(self, *, transactional_id: str | None = None) -> Producer: ...
 

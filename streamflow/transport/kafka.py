@@ -24,7 +24,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic  # type: ignore[attr-defined]
 
 from streamflow.errors import ConfigError, FatalError
 from streamflow.transport.base import (
@@ -57,7 +57,9 @@ def client_settings(bootstrap: str) -> dict[str, Any]:
 
 
 class KafkaConsumer:
-    def __init__(self, base: dict[str, Any], group: str, topics: Sequence[str], from_end: bool) -> None:
+    def __init__(
+        self, base: dict[str, Any], group: str, topics: Sequence[str], from_end: bool
+    ) -> None:
         conf = {
             **base,
             "group.id": group,
@@ -77,8 +79,9 @@ class KafkaConsumer:
         if from_end:
             self._assign_at_end(topics)
         else:
-            self.consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
-                                    on_lost=self._lost)
+            self.consumer.subscribe(
+                list(topics), on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+            )
 
     def _assign_at_end(self, topics: Sequence[str]) -> None:
         """A reader of new events only (no group membership): positions fixed right now,
@@ -87,8 +90,8 @@ class KafkaConsumer:
         for topic in topics:
             meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
             for p in meta.partitions:
-                high = _retry(lambda p=p: self.consumer.get_watermark_offsets(  # type: ignore[misc]
-                    TopicPartition(topic, p), timeout=10)[1])
+                tp = TopicPartition(topic, p)
+                high = _retry(lambda tp=tp: self.consumer.get_watermark_offsets(tp, timeout=10)[1])
                 parts.append(TopicPartition(topic, p, high))
                 self.assigned.add((topic, p))
         self.consumer.assign(parts)
@@ -104,7 +107,9 @@ class KafkaConsumer:
         self.assigned.difference_update((p.topic, p.partition) for p in parts)
 
     def _lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        log.warning("group %s: lost %s (uncommitted work will be redone elsewhere)", self.group, _fmt(parts))
+        log.warning(
+            "group %s: lost %s (uncommitted work will be redone elsewhere)", self.group, _fmt(parts)
+        )
         self.assigned.difference_update((p.topic, p.partition) for p in parts)
 
     def poll(self, max_records: int, timeout: float) -> list[Record]:
@@ -129,7 +134,9 @@ class KafkaConsumer:
         if err.fatal():
             raise FatalError(f"consumer of group {self.group}: {err.str()}")
         if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise ConfigError(f"consumer of group {self.group}: {err.str()} (run `streamflow deploy`)")
+            raise ConfigError(
+                f"consumer of group {self.group}: {err.str()} (run `streamflow deploy`)"
+            )
         log.warning("consumer of group %s: %s", self.group, err.str())
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
@@ -140,10 +147,16 @@ class KafkaConsumer:
             self.consumer.commit(offsets=parts, asynchronous=False)
         except KafkaException as exc:
             err = exc.args[0]
-            if err.code() in (KafkaError._NO_OFFSET, KafkaError.REBALANCE_IN_PROGRESS,
-                              KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID):
+            if err.code() in (
+                KafkaError._NO_OFFSET,
+                KafkaError.REBALANCE_IN_PROGRESS,
+                KafkaError.ILLEGAL_GENERATION,
+                KafkaError.UNKNOWN_MEMBER_ID,
+            ):
                 # partitions moved to another member: it will redo this work (at-least-once)
-                log.warning("group %s: commit refused (%s); work will be redone", self.group, err.str())
+                log.warning(
+                    "group %s: commit refused (%s); work will be redone", self.group, err.str()
+                )
                 return
             raise
 
@@ -193,8 +206,14 @@ class KafkaProducer:
         if err is not None:
             self.failed.append(f"{msg.topic()}: {err.str()}")
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None,
-             headers: Headers | None = None, partition: int | None = None) -> None:
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> None:
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
         if headers:
             kwargs["headers"] = headers
@@ -225,7 +244,8 @@ class KafkaProducer:
         def commit() -> None:
             if parts:
                 self.producer.send_offsets_to_transaction(
-                    parts, consumer.consumer.consumer_group_metadata(), 30)
+                    parts, consumer.consumer.consumer_group_metadata(), 30
+                )
             self.producer.commit_transaction(60)
 
         self._txn(commit)
@@ -248,7 +268,8 @@ class KafkaProducer:
                 if err.fatal():
                     raise FatalError(
                         f"transactional producer {self.transactional_id}: {err.str()} "
-                        "(another worker with the same --worker-id took over?)") from exc
+                        "(another worker with the same --worker-id took over?)"
+                    ) from exc
                 if err.txn_requires_abort():
                     self.producer.abort_transaction(60)
                     self.failed = []
@@ -281,34 +302,48 @@ class KafkaTransport:
         meta = self._metadata().topics.get(topic)
         return 0 if meta is None or meta.error is not None else len(meta.partitions)
 
-    def ensure_topics(self, specs: Sequence[TopicSpec], *, dry_run: bool = False) -> list[TopicChange]:
-        existing = {name: len(t.partitions) for name, t in self._metadata().topics.items()
-                    if t.error is None}
+    def ensure_topics(
+        self, specs: Sequence[TopicSpec], *, dry_run: bool = False
+    ) -> list[TopicChange]:
+        existing = {
+            name: len(t.partitions)
+            for name, t in self._metadata().topics.items()
+            if t.error is None
+        }
         changes, new, grow = [], [], []
         for spec in specs:
             have = existing.get(spec.name)
             if have is None:
                 changes.append(TopicChange(spec.name, "create", spec.partitions))
-                new.append(NewTopic(spec.name, spec.partitions, replication_factor=-1,
-                                    config=dict(spec.config)))
+                new.append(
+                    NewTopic(
+                        spec.name, spec.partitions, replication_factor=-1, config=dict(spec.config)
+                    )
+                )
             elif have < spec.partitions:
                 changes.append(TopicChange(spec.name, "grow", spec.partitions, have))
                 grow.append(NewPartitions(spec.name, spec.partitions))
             elif have > spec.partitions:
-                raise ConfigError(f"topic {spec.name} has {have} partitions; shrinking to "
-                                  f"{spec.partitions} is not possible (it would reorder keys)")
+                raise ConfigError(
+                    f"topic {spec.name} has {have} partitions; shrinking to "
+                    f"{spec.partitions} is not possible (it would reorder keys)"
+                )
             else:
                 changes.append(TopicChange(spec.name, "unchanged", spec.partitions))
         if dry_run:
             return changes
-        futures = {**(self.admin.create_topics(new) if new else {}),
-                   **(self.admin.create_partitions(grow) if grow else {})}
+        futures = {
+            **(self.admin.create_topics(new) if new else {}),
+            **(self.admin.create_partitions(grow) if grow else {}),
+        }
         for name, fut in futures.items():
             try:
                 fut.result(30)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise ConfigError(f"cannot create or grow topic {name}: {exc.args[0].str()}") from None
+                    raise ConfigError(
+                        f"cannot create or grow topic {name}: {exc.args[0].str()}"
+                    ) from None
         self._wait_visible([s.name for s in specs])
         return changes
 
@@ -316,13 +351,18 @@ class KafkaTransport:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             topics = self._metadata().topics
-            if all(n in topics and topics[n].error is None
-                   and all(p.leader >= 0 and p.error is None for p in topics[n].partitions.values())
-                   for n in names):
+            if all(
+                n in topics
+                and topics[n].error is None
+                and all(p.leader >= 0 and p.error is None for p in topics[n].partitions.values())
+                for n in names
+            ):
                 return
             time.sleep(0.2)
 
-    def consumer(self, group: str, topics: Sequence[str], *, from_end: bool = False) -> KafkaConsumer:
+    def consumer(
+        self, group: str, topics: Sequence[str], *, from_end: bool = False
+    ) -> KafkaConsumer:
         return KafkaConsumer(self.base, group, topics, from_end)
 
     def producer(self, *, transactional_id: str | None = None) -> KafkaProducer:
@@ -332,8 +372,12 @@ class KafkaTransport:
         c = Consumer({**self.base, "group.id": "streamflow-admin", "enable.auto.commit": False})
         try:
             meta = c.list_topics(topic, timeout=10).topics[topic]
-            return {p: _retry(lambda p=p: c.get_watermark_offsets(  # type: ignore[misc]
-                TopicPartition(topic, p), timeout=10)[1]) for p in meta.partitions}
+            return {
+                p: _retry(
+                    lambda p=p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                )
+                for p in meta.partitions
+            }
         finally:
             c.close()
 
@@ -348,17 +392,31 @@ def _retry(call: Any, seconds: float = 30.0) -> Any:
         try:
             return call()
         except KafkaException as exc:
-            if not exc.args[0].retriable() and exc.args[0].code() not in (
-                    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                    KafkaError.UNKNOWN_TOPIC_OR_PART) or time.monotonic() > deadline:
+            if (
+                not exc.args[0].retriable()
+                and exc.args[0].code()
+                not in (
+                    KafkaError.NOT_LEADER_FOR_PARTITION,
+                    KafkaError.LEADER_NOT_AVAILABLE,
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                )
+            ) or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
 
 def _record(m: Message) -> Record:
     _, ts = m.timestamp()
-    return Record(m.topic(), m.partition(), m.offset(), m.key(), m.value() or b"",
-                  list(m.headers() or ()), ts)
+    headers: Any = m.headers() or []
+    return Record(
+        m.topic() or "",
+        m.partition() or 0,
+        m.offset() or 0,
+        m.key(),
+        m.value() or b"",
+        list(headers),
+        ts,
+    )
 
 
 def _fmt(parts: list[TopicPartition]) -> str:

@@ -16,6 +16,7 @@ meant to be consumed by one process at a time (Kafka is the transport for scale-
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -128,7 +129,9 @@ class LocalBroker:
         changes: list[TopicChange] = []
         with self.write() as db:
             for spec in specs:
-                row = db.execute("SELECT partitions FROM topics WHERE name=?", (spec.name,)).fetchone()
+                row = db.execute(
+                    "SELECT partitions FROM topics WHERE name=?", (spec.name,)
+                ).fetchone()
                 config = orjson.dumps(dict(spec.config)).decode()
                 if row is None:
                     changes.append(TopicChange(spec.name, "create", spec.partitions))
@@ -162,16 +165,16 @@ class LocalBroker:
             if n == 0:
                 raise ConfigError(f"topic {topic} does not exist (run `streamflow deploy`)")
             if partition is None:
-                partition = partition_for(key, n) if key is not None else _round_robin(n)
-            tp = (topic, partition)
+                part = partition_for(key, n) if key is not None else next(_spread) % n
+            else:
+                part = partition
+            tp = (topic, part)
             nxt = ends.get(tp)
             if nxt is None:
-                row = db.execute(
-                    "SELECT next FROM logends WHERE topic=? AND part=?", tp
-                ).fetchone()
+                row = db.execute("SELECT next FROM logends WHERE topic=? AND part=?", tp).fetchone()
                 nxt = int(row[0]) if row else 0
             hdr = orjson.dumps([[k, v.decode("latin-1")] for k, v in headers]) if headers else None
-            rows.append((topic, partition, nxt, key, value, hdr, now))
+            rows.append((topic, part, nxt, key, value, hdr, now))
             ends[tp] = nxt + 1
         db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?)", rows)
         db.executemany(
@@ -201,7 +204,7 @@ class LocalBroker:
             rows = self.conn.execute(
                 "SELECT part, next FROM logends WHERE topic=?", (topic,)
             ).fetchall()
-        ends = {p: 0 for p in range(self.partitions(topic))}
+        ends = dict.fromkeys(range(self.partitions(topic)), 0)
         ends.update({int(p): int(n) for p, n in rows})
         return ends
 
@@ -221,17 +224,13 @@ class LocalBroker:
         return out
 
 
-_rr = 0
-
-
-def _round_robin(n: int) -> int:
-    global _rr
-    _rr += 1
-    return _rr % n
+_spread = itertools.count()  # unkeyed messages go round-robin
 
 
 class LocalConsumer:
-    def __init__(self, broker: LocalBroker, group: str, topics: Sequence[str], from_end: bool) -> None:
+    def __init__(
+        self, broker: LocalBroker, group: str, topics: Sequence[str], from_end: bool
+    ) -> None:
         self.broker = broker
         self.group = group
         self.topics = list(topics)
@@ -338,13 +337,17 @@ class LocalTransport:
         self.url = f"local://{directory}"
         self.broker = LocalBroker.open(self.directory)
 
-    def ensure_topics(self, specs: Sequence[TopicSpec], *, dry_run: bool = False) -> list[TopicChange]:
+    def ensure_topics(
+        self, specs: Sequence[TopicSpec], *, dry_run: bool = False
+    ) -> list[TopicChange]:
         return self.broker.ensure_topics(specs, dry_run)
 
     def partitions(self, topic: str) -> int:
         return self.broker.partitions(topic)
 
-    def consumer(self, group: str, topics: Sequence[str], *, from_end: bool = False) -> LocalConsumer:
+    def consumer(
+        self, group: str, topics: Sequence[str], *, from_end: bool = False
+    ) -> LocalConsumer:
         c = LocalConsumer(LocalBroker.open(self.directory), group, topics, from_end)
         return c
 

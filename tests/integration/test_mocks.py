@@ -32,9 +32,15 @@ SPEC: dict[str, Any] = {
                         "tag": "${request.query.tag}",
                     },
                 },
-                {"method": "GET", "path": "/customers/{id}/orders/{order}",
-                 "json": {"customer": "${request.params.id}", "order": "${request.params.order}",
-                          "method": "${request.method}"}},
+                {
+                    "method": "GET",
+                    "path": "/customers/{id}/orders/{order}",
+                    "json": {
+                        "customer": "${request.params.id}",
+                        "order": "${request.params.order}",
+                        "method": "${request.method}",
+                    },
+                },
                 {"path": "/flaky", "status": 503, "headers": {"Retry-After": 1}, "times": 2},
                 {"path": "/flaky", "body": "ok after ${len(request.body)} bytes"},
                 {"path": "/slow", "delay": "200ms", "body": "done"},
@@ -152,12 +158,12 @@ async def test_unmatched_is_404_and_recorded(
     async with http.get(mocks.base_url("cms") + "/articles") as r:
         assert r.status == 404
     assert [(c.method, c.path, c.status) for c in mocks.calls] == [
-        ("GET", "/nothing-here", 404), ("GET", "/articles", 404)]
+        ("GET", "/nothing-here", 404),
+        ("GET", "/articles", 404),
+    ]
 
 
-async def test_recording_across_services(
-    mocks: MockServices, http: aiohttp.ClientSession
-) -> None:
+async def test_recording_across_services(mocks: MockServices, http: aiohttp.ClientSession) -> None:
     async with http.get(mocks.base_url("crm") + "/ping") as r:
         assert r.status == 200
         assert await r.text() == "null"
@@ -171,7 +177,8 @@ async def test_recording_across_services(
     assert len(mocks.calls_to("cms", "POST")) == 0
     assert len(mocks.calls_to("cms", path="/customers/{id}/orders/{order}")) == 2
     assert [c.path for c in mocks.calls_to("cms", "GET", "/customers/3/orders/4")] == [
-        "/customers/3/orders/4"]
+        "/customers/3/orders/4"
+    ]
 
 
 async def test_from_yaml_file(tmp_path: Path, http: aiohttp.ClientSession) -> None:
@@ -220,16 +227,19 @@ async def test_fixed_port(http: aiohttp.ClientSession) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("services:\n  cms:\n    routes:\n      - path: /a\n        colour: red\n",
-         "unknown key 'colour'"),
+        (
+            "services:\n  cms:\n    routes:\n      - path: /a\n        colour: red\n",
+            "unknown key 'colour'",
+        ),
         ("services:\n  cms:\n    routes:\n      - path: /a\n        status: ok\n", "status"),
         ("services:\n  cms:\n    routes:\n      - path: /a\n        status: '201'\n", "status"),
         ("services:\n  cms:\n    prot: 0\n", "unknown key 'prot'"),
         ("servics: {}\n", "unknown key 'servics'"),
-        ("services:\n  cms:\n    routes:\n      - path: /a\n        json: '${nope.x}'\n",
-         "json"),
-        ("services:\n  cms:\n    routes:\n      - path: /a\n        json: 1\n        body: x\n",
-         "only one of json and body"),
+        ("services:\n  cms:\n    routes:\n      - path: /a\n        json: '${nope.x}'\n", "json"),
+        (
+            "services:\n  cms:\n    routes:\n      - path: /a\n        json: 1\n        body: x\n",
+            "only one of json and body",
+        ),
         ("services:\n  cms:\n    routes:\n      - path: a/{x\n", "path"),
         ("services:\n  cms:\n    routes:\n      - path: /a\n        delay: soon\n", "delay"),
         ("- just a list\n", "mapping"),
@@ -247,13 +257,15 @@ def test_bad_file_raises_config_error(tmp_path: Path, text: str, expected: str) 
 
 def test_bad_file_points_at_the_line(tmp_path: Path) -> None:
     f = tmp_path / "mocks.yaml"
-    f.write_text("services:\n  cms:\n    routes:\n      - path: /a\n        status: ok\n",
-                 encoding="utf-8")
+    f.write_text(
+        "services:\n  cms:\n    routes:\n      - path: /a\n        status: ok\n", encoding="utf-8"
+    )
     with pytest.raises(ConfigError, match=r"mocks\.yaml:5:\d+: services\.cms\.routes\[0\]\.status"):
         MockServices.from_file(f)
 
 
 def test_bad_dict_names_source() -> None:
     with pytest.raises(ConfigError, match="my-mocks"):
-        MockServices.from_dict({"services": {"x": {"routes": [{"path": "/a", "times": 0}]}}},
-                               source="my-mocks")
+        MockServices.from_dict(
+            {"services": {"x": {"routes": [{"path": "/a", "times": 0}]}}}, source="my-mocks"
+        )

@@ -60,7 +60,9 @@ def test_good_topology_loads_and_links_steps(tmp_path: Path) -> None:
 def test_missing_key_points_at_parent(tmp_path: Path) -> None:
     text = GOOD.replace("        url: ${config.api_url}/orders\n", "")
     (msg,) = issues(tmp_path, text)
-    assert msg.startswith(f"{tmp_path}/integration.yaml:15:9: flows[0].steps[1].url: missing required key 'url'")
+    assert msg.startswith(
+        f"{tmp_path}/integration.yaml:15:9: flows[0].steps[1].url: missing required key 'url'"
+    )
 
 
 def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
@@ -70,19 +72,28 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
 
 def test_bad_type_and_unknown_step_type(tmp_path: Path) -> None:
     text = GOOD.replace("kind: Integration\n", "kind: Integration\n").replace(
-        "type: transform\n        output: {id", "type: transfrom\n        output: {id")
+        "type: transform\n        output: {id", "type: transfrom\n        output: {id"
+    )
     (msg,) = issues(tmp_path, text)
-    assert ":13:9: flows[0].steps[0].type: unknown step type 'transfrom' (did you mean 'transform'?)" in msg
-    (msg,) = issues(tmp_path, GOOD.replace("  - name: orders\n", "  - name: orders\n    partitions: many\n"))
+    assert (
+        ":13:9: flows[0].steps[0].type: unknown step type 'transfrom' (did you mean 'transform'?)"
+        in msg
+    )
+    (msg,) = issues(
+        tmp_path, GOOD.replace("  - name: orders\n", "  - name: orders\n    partitions: many\n")
+    )
     assert "flows[0].partitions: Input should be a valid integer" in msg and ":9:5:" in msg
 
 
 def test_unknown_step_reference_and_bad_expression(tmp_path: Path) -> None:
     text = GOOD.replace("${steps.push.body}", "${steps.pusj.body}").replace(
-        '"${payload.total}"', '"${payload.total +}"')
+        '"${payload.total}"', '"${payload.total +}"'
+    )
     msgs = issues(tmp_path, text)
     assert len(msgs) == 2
-    assert any(":14:39: flows[0].steps[0].output.total:" in m and "syntax" in m.lower() for m in msgs)
+    assert any(
+        ":14:39: flows[0].steps[0].output.total:" in m and "syntax" in m.lower() for m in msgs
+    )
     assert any(":23:9: flows[0].steps[2].output: unknown step 'pusj'" in m for m in msgs)
 
 
@@ -93,14 +104,18 @@ def test_later_step_cannot_be_referenced(tmp_path: Path) -> None:
 
 
 def test_duplicate_ids_unknown_config_and_secret_leak(tmp_path: Path) -> None:
-    text = GOOD.replace("id: after", "id: shape").replace(
-        "${config.api_url}/orders", "${config.api_ur}/orders").replace(
-        '{id: "${payload.id}"', '{id: "${config.token}"')
+    text = (
+        GOOD.replace("id: after", "id: shape")
+        .replace("${config.api_url}/orders", "${config.api_ur}/orders")
+        .replace('{id: "${payload.id}"', '{id: "${config.token}"')
+    )
     msgs = issues(tmp_path, text)
     assert any(":21:9: flows[0].steps[2].id: duplicate step id 'shape'" in m for m in msgs)
     assert any("unknown config variable 'api_ur' (did you mean 'api_url'?)" in m for m in msgs)
-    assert any(":14:9: flows[0].steps[0].output: secret config variable 'token' may not be used here" in m
-               for m in msgs)
+    assert any(
+        ":14:9: flows[0].steps[0].output: secret config variable 'token' may not be used here" in m
+        for m in msgs
+    )
 
 
 def test_yaml_syntax_error_has_position(tmp_path: Path) -> None:
@@ -115,10 +130,18 @@ def test_duplicate_yaml_key(tmp_path: Path) -> None:
 
 def test_plan_topics_and_fusion(tmp_path: Path) -> None:
     text = GOOD.replace("    key: ${payload.id}\n", "    key: ${payload.id}\n    fuse: true\n")
-    text = text.replace("      - id: push\n", "      - {id: check, type: filter, when: \"${payload.total > 0}\"}\n      - id: push\n")
+    text = text.replace(
+        "      - id: push\n",
+        '      - {id: check, type: filter, when: "${payload.total > 0}"}\n      - id: push\n',
+    )
     plan = compile_plan(load_integration(write(tmp_path, text)))
     agents = [a.steps for a in plan.flows["orders"].agents]
     assert agents == [("shape", "check"), ("push",), ("after",)]
     names = [t.name for t in plan.topics]
-    assert names == ["sf.shop.orders.shape", "sf.shop.orders.push", "sf.shop.orders.after",
-                     "sf.shop.orders.dlq", "sf.shop.executions"]
+    assert names == [
+        "sf.shop.orders.shape",
+        "sf.shop.orders.push",
+        "sf.shop.orders.after",
+        "sf.shop.orders.dlq",
+        "sf.shop.executions",
+    ]

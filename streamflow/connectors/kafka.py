@@ -1,0 +1,59 @@
+"""The ``kafka_publish`` step: produce to an outside Kafka topic.
+
+The step never touches a producer: it returns the message in ``Outcome.emit`` and the
+agent produces it with the batch, so on an exactly-once flow the publish is part of the
+flow's Kafka transaction (a crash neither loses nor doubles it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import Field
+
+from streamflow.envelope import Envelope
+from streamflow.steps.base import Emit, Outcome, Step, StepContext
+from streamflow.topology.expressions import compile_value
+from streamflow.topology.models import StepConfig
+from streamflow.topology.registry import step_config, step_factory
+
+
+@step_config("kafka_publish")
+class KafkaPublishConfig(StepConfig):
+    """Produce a message to an outside Kafka topic (inside the flow's transaction)."""
+
+    type: Literal["kafka_publish"]
+    topic: str = Field(description="the outside topic (must exist)")
+    key: str | None = Field(None, description="message key template")
+    value: Any = Field("${payload}", description="message value template")
+    headers: dict[str, str] = Field(default_factory=dict)
+    format: Literal["json", "text"] = Field("json", description="how the value is encoded")
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"headers"})
+
+
+class KafkaPublishStep(Step):
+    def __init__(self, config: KafkaPublishConfig, ctx: StepContext) -> None:
+        self.ctx = ctx
+        self.topic = compile_value(config.topic)
+        self.key = compile_value(config.key) if config.key is not None else None
+        self.value = compile_value(config.value)
+        self.headers = compile_value(config.headers)
+        self.text = config.format == "text"
+
+    def process(self, env: Envelope) -> Outcome:
+        scope = self.ctx.scope(env)
+        value = self.value.render(scope)
+        data = str(value).encode() if self.text else orjson.dumps(value)
+        key = None
+        if self.key is not None:
+            k = self.key.render(scope)
+            key = None if k is None else str(k).encode()
+        headers = [(h, str(v).encode()) for h, v in self.headers.render(scope).items()] or None
+        topic = str(self.topic.render(scope))
+        return Outcome(env.payload, {"topic": topic}, emit=[Emit(topic, data, key, headers)])
+
+
+@step_factory("kafka_publish")
+def _kafka_publish(config: KafkaPublishConfig, ctx: StepContext) -> KafkaPublishStep:
+    return KafkaPublishStep(config, ctx)

@@ -1,0 +1,84 @@
+"""The ``kafka`` trigger's agent: outside records in, envelopes on the first step's topic.
+
+It runs in the same agent loop as steps (so it commits after delivery, or in the flow's
+transaction when the flow is exactly-once). A record that cannot be decoded per the
+trigger's ``format`` is dead-lettered and the partition keeps flowing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from streamflow.envelope import encode
+from streamflow.errors import PoisonMessageError
+from streamflow.runtime.events import event_for
+from streamflow.runtime.ingest import FlowIngress
+from streamflow.runtime.processor import Out, dlq_headers
+from streamflow.topology.plan import AgentPlan
+from streamflow.topology.triggers import KafkaTrigger
+from streamflow.transport.base import Record
+
+log = logging.getLogger("streamflow.runtime")
+
+
+class KafkaTriggerProcessor:
+    all_sync = True
+
+    def __init__(self, ingress: FlowIngress, agent: AgentPlan, step_events: bool) -> None:
+        self.ingress = ingress
+        self.agent = agent
+        self.step_events = step_events
+        trigger = ingress.flow.trigger
+        assert isinstance(trigger, KafkaTrigger)
+        self.format = trigger.format
+        fplan = ingress.plan.flows[ingress.flow.name]
+        self.first_topic = fplan.first_topic
+        self.dlq = fplan.dlq_topic
+        self.executions = ingress.plan.executions_topic
+        self.encoding = ingress.flow.doc.encoding
+
+    def _payload(self, rec: Record) -> Any:
+        if self.format == "bytes":
+            return rec.value.hex()
+        if self.format == "text":
+            try:
+                return rec.value.decode()
+            except UnicodeDecodeError as exc:
+                raise PoisonMessageError(f"record is not UTF-8 text: {exc}") from exc
+        try:
+            return orjson.loads(rec.value)
+        except orjson.JSONDecodeError as exc:
+            raise PoisonMessageError(f"record is not valid JSON: {exc}") from exc
+
+    def handle_sync(self, rec: Record) -> list[Out]:
+        try:
+            payload = self._payload(rec)
+        except PoisonMessageError as exc:
+            log.warning(
+                "dead-lettered record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc
+            )
+            headers = dlq_headers(rec, exc, str(exc), "trigger", 0, "")
+            return [Out(self.dlq, rec.value, rec.key, headers)]
+        trigger = {
+            "type": "kafka",
+            "topic": rec.topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "key": rec.key.decode("utf-8", "replace") if rec.key else None,
+            "timestamp_ms": rec.timestamp_ms,
+        }
+        # the execution id is derived from the record's position, so a redelivered record
+        # (at-least-once) keeps its execution id and downstream can deduplicate
+        execution_id = f"{rec.topic}-{rec.partition}-{rec.offset}"
+        env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
+        started = event_for(env, "started")
+        return [
+            Out(self.first_topic, encode(env, self.encoding), self.ingress.partition_key(env)),
+            Out(self.executions, started.encode(), env.execution_id.encode()),
+        ]
+
+    async def handle(self, rec: Record) -> list[Out]:
+        return self.handle_sync(rec)
