@@ -33,7 +33,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from streamflow.runtime.processor import Out, Processor
-from streamflow.transport.base import Consumer, Producer, Record, TopicPartition, Transport
+from streamflow.transport.base import (
+    Consumer,
+    DeliveryError,
+    Producer,
+    Record,
+    TopicPartition,
+    TransactionAborted,
+    Transport,
+)
 
 log = logging.getLogger("streamflow.runtime")
 R = TypeVar("R")
@@ -79,38 +87,46 @@ class StepAgent:
             self.io.shutdown(wait=False)
 
     async def _loop(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
-        pending: dict[TopicPartition, int] = {}
-        in_txn = False
+        self.pending: dict[TopicPartition, int] = {}
+        self.in_txn = False
+        consumer.on_revoke = lambda _parts: self._commit(consumer, producer)
         last_commit = time.monotonic()
         while not stop.is_set():
             wait = max(0.0, min(0.5, self.commit_interval - (time.monotonic() - last_commit)))
-            records = await self._io(consumer.poll, self.max_batch, wait if pending else 0.5)
+            records = await self._io(consumer.poll, self.max_batch, wait if self.pending else 0.5)
             if records:
-                if self.exactly_once and not in_txn:
+                if self.exactly_once and not self.in_txn:
                     producer.begin()
-                    in_txn = True
+                    self.in_txn = True
                 for out in await self._process(records):
                     producer.send(out.topic, out.value, out.key, out.headers)
                 for rec in records:
-                    pending[(rec.topic, rec.partition)] = rec.offset + 1
+                    self.pending[(rec.topic, rec.partition)] = rec.offset + 1
                 self.processed += len(records)
             # commit when the interval is up, or at once when the input ran dry
             due = time.monotonic() - last_commit >= self.commit_interval
             drained = len(records) < self.max_batch
-            if pending and (due or drained or stop.is_set()):
-                await self._io(self._commit, consumer, producer, pending)
-                pending = {}
-                in_txn = False
+            if self.pending and (due or drained or stop.is_set()):
+                await self._io(self._commit, consumer, producer)
                 last_commit = time.monotonic()
 
-    def _commit(
-        self, consumer: Consumer, producer: Producer, offsets: dict[TopicPartition, int]
-    ) -> None:
-        if self.exactly_once:
-            producer.commit_transaction(consumer, offsets)
-        else:
-            producer.flush()
-            consumer.commit(offsets)
+    def _commit(self, consumer: Consumer, producer: Producer) -> None:
+        """Steps 3-4 of the commit order (module docstring). Runs on the agent's I/O thread,
+        also from inside ``poll`` when partitions are being revoked."""
+        offsets, self.pending = self.pending, {}
+        if not offsets:
+            return
+        try:
+            if self.exactly_once:
+                self.in_txn = False
+                producer.commit_transaction(consumer, offsets)
+            else:
+                producer.flush()
+                consumer.commit(offsets)
+        except (TransactionAborted, DeliveryError) as exc:
+            # nothing of this batch is committed: read it again from the committed offsets
+            log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
+            consumer.rewind()
 
     async def _process(self, records: Sequence[Record]) -> list[Out]:
         proc = self.processor
