@@ -18,6 +18,7 @@ from streamflow.errors import ConfigError, Issue, ValidationFailed
 from streamflow.runtime.app import App, AppOptions, environment
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.runner import pick_flow, run_events
+from streamflow.topology.docs import reference_markdown
 from streamflow.topology.jsonschema import integration_schema
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
@@ -83,6 +84,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_steps(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(reference_markdown(), end="")
+        return 0
     load_builtins()
     kinds: dict[str, Any] = {
         **{f"step {k}": v.config for k, v in STEPS.items()},

@@ -45,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("steps", help="list step and trigger types and their fields")
     p.add_argument("type", nargs="?", help="show one type in detail")
+    p.add_argument("--markdown", action="store_true", help="the reference page (docs/steps.md)")
 
     p = sub.add_parser("schema", help="write the JSON Schema of the YAML")
     p.add_argument("--output", default="schemas/integration.schema.json")

@@ -44,19 +44,33 @@ class HttpConfig(StepConfig):
 
     type: Literal["http"]
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
-    url: str
-    headers: dict[str, str] = Field(default_factory=dict)
-    query: dict[str, Any] = Field(default_factory=dict)
+    url: str = Field(description="a template, e.g. ${config.api_url}/orders/${payload.id}")
+    headers: dict[str, str] = Field(default_factory=dict, description="header templates")
+    query: dict[str, Any] = Field(default_factory=dict, description="query parameter templates")
     json_: Any = Field(None, alias="json", description="JSON body (a template)")
     body: str | None = Field(None, description="raw body (a template)")
     form: dict[str, Any] | None = Field(None, description="form-encoded body")
-    auth: HttpAuth | None = None
-    timeout: Duration = 30.0
+    auth: HttpAuth | None = Field(
+        None,
+        description="type bearer (token), basic (username, password), api_key (name, value, in)",
+    )
+    timeout: Duration = Field(30.0, description="whole request, e.g. 10s")
     success_codes: list[int] = Field(default_factory=list, description="default: any 2xx")
-    retry_on: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
+    retry_on: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_ON),
+        description="statuses retried (default 408, 425, 429, 5xx); other failures dead-letter",
+    )
     replace_payload: bool = Field(False, description="the response body becomes the payload")
     idempotency_key: bool = Field(True, description="send Idempotency-Key: <execution>-<step>")
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth", "headers", "query"})
+    example: ClassVar[str] = """- id: push
+  type: http
+  method: POST
+  url: ${config.crm_url}/customers
+  auth: {type: bearer, token: "${config.crm_token}"}
+  json: ${payload}
+  timeout: 10s
+  retry: {max_attempts: 5, backoff: exponential, delay: 1s, max_delay: 30s}"""
 
 
 class HttpStep(AsyncStep):

@@ -30,6 +30,11 @@ class KafkaPublishConfig(StepConfig):
     headers: dict[str, str] = Field(default_factory=dict)
     format: Literal["json", "text"] = Field("json", description="how the value is encoded")
     secret_fields: ClassVar[frozenset[str]] = frozenset({"headers"})
+    example: ClassVar[str] = """- id: out
+  type: kafka_publish
+  topic: erp.orders.enriched
+  key: ${payload.order_id}
+  value: ${payload}"""
 
 
 class KafkaPublishStep(Step):

@@ -67,7 +67,9 @@ class StepAgent:
         self.max_batch = max_batch
         self.limit = asyncio.Semaphore(concurrency)
         self.transactional_id = transactional_id
-        self.processed = 0
+        self.processed = 0  # records processed (produced, maybe not yet committed)
+        self.committed = 0  # records whose offsets are committed
+        self._uncommitted = 0
         # one thread per agent for blocking broker calls: a shared pool would starve
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
 
@@ -103,17 +105,22 @@ class StepAgent:
                 for rec in records:
                     self.pending[(rec.topic, rec.partition)] = rec.offset + 1
                 self.processed += len(records)
-            # commit when the interval is up, or at once when the input ran dry
+                self._uncommitted += len(records)
+            # commit when the interval is up or the input is idle; between commits an
+            # at-least-once agent that drained its input flushes, so the next hop sees
+            # the outputs at once (exactly-once outputs are visible only at commit)
             due = time.monotonic() - last_commit >= self.commit_interval
-            drained = len(records) < self.max_batch
-            if self.pending and (due or drained or stop.is_set()):
+            if self.pending and (due or not records or stop.is_set()):
                 await self._io(self._commit, consumer, producer)
                 last_commit = time.monotonic()
+            elif records and len(records) < self.max_batch and not self.exactly_once:
+                await self._io(producer.flush)
 
     def _commit(self, consumer: Consumer, producer: Producer) -> None:
         """Steps 3-4 of the commit order (module docstring). Runs on the agent's I/O thread,
         also from inside ``poll`` when partitions are being revoked."""
         offsets, self.pending = self.pending, {}
+        count, self._uncommitted = self._uncommitted, 0
         if not offsets:
             return
         try:
@@ -123,6 +130,7 @@ class StepAgent:
             else:
                 producer.flush()
                 consumer.commit(offsets)
+            self.committed += count
         except (TransactionAborted, DeliveryError) as exc:
             # nothing of this batch is committed: read it again from the committed offsets
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)

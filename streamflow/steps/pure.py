@@ -23,6 +23,12 @@ class TransformConfig(StepConfig):
     output: Any = Field(description="the new payload")
     merge: bool = Field(False, description="merge `output` (a mapping) into the payload")
     pure: ClassVar[bool] = True
+    example: ClassVar[str] = """- id: to-crm
+  type: transform
+  output:
+    externalId: ${payload.customer.id}
+    name: "${payload.customer.first_name} ${payload.customer.last_name}"
+    tags: ${split(default(payload.tags, ''), ',')}"""
 
 
 class TransformStep(Step):
@@ -51,6 +57,9 @@ class FilterConfig(StepConfig):
     when: str = Field(description="condition, e.g. ${payload.status == 'active'}")
     pure: ClassVar[bool] = True
     expression_fields: ClassVar[frozenset[str]] = frozenset({"when"})
+    example: ClassVar[str] = """- id: only-active
+  type: filter
+  when: ${payload.status == 'active' and payload.amount > 0}"""
 
 
 class FilterStep(Step):
@@ -79,10 +88,19 @@ class BranchConfig(StepConfig):
     """Run the steps of the first route whose `when` is true, else `default`; then go on."""
 
     type: Literal["branch"]
-    routes: list[BranchRoute] = Field(min_length=1)
-    default: list[dict[str, Any]] = Field(default_factory=list)
+    routes: list[BranchRoute] = Field(min_length=1, description="`when` + `steps`, tried in order")
+    default: list[dict[str, Any]] = Field(
+        default_factory=list, description="steps when no route matches (empty: go on)"
+    )
     pure: ClassVar[bool] = True
     nested_fields: ClassVar[frozenset[str]] = frozenset({"routes", "default"})
+    example: ClassVar[str] = """- id: route
+  type: branch
+  routes:
+    - when: ${payload.amount >= 1000}
+      steps: [{id: big, type: transform, output: {tier: big}}]
+  default:
+    - {id: small, type: transform, output: {tier: small}}"""
 
 
 class BranchStep(Step):
@@ -114,6 +132,9 @@ class LogConfig(StepConfig):
     message: str = "${payload}"
     level: Literal["debug", "info", "warning", "error"] = "info"
     pure: ClassVar[bool] = True
+    example: ClassVar[str] = (
+        """- {id: trace, type: log, message: "order ${payload.id} routed", level: info}"""
+    )
 
 
 class LogStep(Step):
@@ -144,6 +165,7 @@ class DelayConfig(StepConfig):
 
     type: Literal["delay"]
     duration: Duration = Field(description="how long, e.g. 500ms, 2s")
+    example: ClassVar[str] = """- {id: settle, type: delay, duration: 2s}"""
 
 
 class DelayStep(AsyncStep):

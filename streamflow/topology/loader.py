@@ -172,7 +172,8 @@ class _Validator:
             nodes[cfg.id] = node
             seen.add(cfg.id)
             ids.append(cfg.id)
-        for a, b in zip(ids, [*ids[1:], after], strict=True):
+        # ids may be empty when every step of the list is invalid
+        for a, b in zip(ids, [*ids[1:], after][: len(ids)], strict=True):
             nodes[a].next = b
         for sid in ids:
             self.nested(nodes[sid], raws, nodes, seen)

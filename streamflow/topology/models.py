@@ -72,6 +72,7 @@ class StepConfig(Model):
     secret_fields: ClassVar[frozenset[str]] = frozenset()  # fields that may use secrets
     expression_fields: ClassVar[frozenset[str]] = frozenset()  # fields that are bare expressions
     nested_fields: ClassVar[frozenset[str]] = frozenset()  # fields holding nested steps
+    example: ClassVar[str] = ""  # a YAML example for the reference docs
 
 
 class TriggerConfig(Model):

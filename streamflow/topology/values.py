@@ -58,7 +58,7 @@ def resolve_config(
             values[name] = None
         else:
             problems.append(f"config variable '{name}' is required (no default)")
-        if var.enum is not None and name in values and values[name] not in var.enum:
+        if var.enum is not None and values.get(name) is not None and values[name] not in var.enum:
             problems.append(f"config variable '{name}' must be one of {var.enum}")
     if problems:
         raise ConfigError("; ".join(problems))

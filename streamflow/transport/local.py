@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS offsets (grp TEXT, topic TEXT, part INTEGER, off INTE
     PRIMARY KEY (grp, topic, part)) WITHOUT ROWID;
 """
 
+_METADATA_AGE = 5.0  # seconds a partition count is trusted
 _POLL_SLICE = 0.05  # how long to sleep before looking for another process's writes
 _Pending = tuple[str, int | None, bytes | None, bytes, Headers]
 
@@ -83,6 +84,7 @@ class LocalBroker:
         self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
         self.conn.executescript(_SCHEMA)
         self._partitions: dict[str, int] = {}
+        self._partitions_read = 0.0
         self.local_version = 0  # bumped on every write of this process
 
     def release(self) -> None:
@@ -114,7 +116,12 @@ class LocalBroker:
         return int(row[0]), self.local_version
 
     def partitions(self, topic: str) -> int:
+        """Partition count, cached for a few seconds (another process may grow a topic,
+        as Kafka clients learn it from their next metadata refresh)."""
         n = self._partitions.get(topic)
+        if n is not None and time.monotonic() - self._partitions_read > _METADATA_AGE:
+            self._partitions.clear()
+            n = None
         if n is None:
             with self.lock:
                 row = self.conn.execute(
@@ -122,6 +129,8 @@ class LocalBroker:
                 ).fetchone()
             n = int(row[0]) if row else 0
             if n:
+                if not self._partitions:
+                    self._partitions_read = time.monotonic()
                 self._partitions[topic] = n
         return n
 
@@ -166,8 +175,10 @@ class LocalBroker:
                 raise ConfigError(f"topic {topic} does not exist (run `streamflow deploy`)")
             if partition is None:
                 part = partition_for(key, n) if key is not None else next(_spread) % n
-            else:
+            elif 0 <= partition < n:
                 part = partition
+            else:
+                raise ConfigError(f"topic {topic} has no partition {partition} (it has {n})")
             tp = (topic, part)
             nxt = ends.get(tp)
             if nxt is None:
@@ -325,7 +336,10 @@ class LocalProducer:
         self.pending = []
 
     def close(self) -> None:
-        self.flush()
+        if self.transactional:
+            self.pending = []  # an open transaction is aborted, never half-published
+        else:
+            self.flush()
         self.broker.release()
 
 
