@@ -25,6 +25,7 @@ lint: $(STAMP)
 test: $(STAMP) lint  ## lint, type-check, then every test (Kafka tests start a local broker)
 	$(BIN)/streamflow validate topologies/
 	$(BIN)/streamflow schema --check
+	$(BIN)/streamflow steps --markdown | diff -u docs/steps.md - || (echo "docs/steps.md is out of date: streamflow steps --markdown > docs/steps.md"; exit 1)
 	$(BIN)/pytest -q -ra
 
 unit: $(STAMP)
