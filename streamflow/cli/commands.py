@@ -102,7 +102,11 @@ def cmd_steps(args: argparse.Namespace) -> int:
             for fname, f in model.model_fields.items():
                 if fname == "type":
                     continue
-                req = "required" if f.is_required() else f"default {f.default!r}"
+                req = (
+                    "required"
+                    if f.is_required()
+                    else f"default {f.get_default(call_default_factory=True)!r}"
+                )
                 desc = f" — {f.description}" if f.description else ""
                 print(f"    {f.alias or fname:<18} {req}{desc}")
     return 0

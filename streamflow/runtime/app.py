@@ -21,7 +21,7 @@ from streamflow.runtime.agent import StepAgent
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.processor import ChainProcessor, Processor, ProcessorOptions
 from streamflow.runtime.trigger import KafkaTriggerProcessor
-from streamflow.steps.base import AnyStep, StepContext
+from streamflow.steps.base import AnyStep, Resources, StepContext
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import AgentPlan, Plan, compile_plan
 from streamflow.topology.registry import STEPS
@@ -55,6 +55,7 @@ class App:
         self.options = options or AppOptions()
         self.plan: Plan = compile_plan(integration)
         self._session: aiohttp.ClientSession | None = None
+        self.resources = Resources()
         self.agents: list[StepAgent] = []
         unknown = set(self.options.flows) - set(integration.flows)
         if unknown:
@@ -108,6 +109,7 @@ class App:
                 self.options.env,
                 self.http_session,
                 logging.getLogger(f"streamflow.step.{flow.name}.{sid}"),
+                self.resources,
             )
             steps[sid] = factory(node.config, ctx)
         opts = ProcessorOptions(
@@ -160,6 +162,9 @@ class App:
                 if not t.done():
                     t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for agent in agents:
+                await agent.processor.close()
+            await self.resources.aclose()
             if self._session is not None:
                 await self._session.close()
 

@@ -59,6 +59,8 @@ class Processor(Protocol):
 
     async def handle(self, rec: Record) -> list[Out]: ...
 
+    async def close(self) -> None: ...
+
 
 class ChainProcessor:
     def __init__(
@@ -81,6 +83,10 @@ class ChainProcessor:
         self.chain = frozenset(agent.steps)
         self.all_sync = not any(s.is_async for s in steps.values())
         self.policy: RetryPolicy = flow.doc.retry or DEFAULT_POLICY
+
+    async def close(self) -> None:
+        for step in self.steps.values():
+            await step.close()
 
     # -- drivers -------------------------------------------------------------------------
     def handle_sync(self, rec: Record) -> list[Out]:

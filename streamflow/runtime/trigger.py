@@ -82,3 +82,6 @@ class KafkaTriggerProcessor:
 
     async def handle(self, rec: Record) -> list[Out]:
         return self.handle_sync(rec)
+
+    async def close(self) -> None:
+        return None

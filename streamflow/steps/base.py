@@ -9,9 +9,9 @@ reach for globals. Pure steps are synchronous; steps that wait on I/O are async.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamflow.envelope import Envelope
 from streamflow.topology.models import StepNode
@@ -42,6 +42,52 @@ class Emit:
     headers: list[tuple[str, bytes]] | None = None
 
 
+T = TypeVar("T")
+
+
+class Resources:
+    """Shared resources of one App (connection pools, clients), created on first use and
+    closed when the App stops. Steps get them through their StepContext, never globals."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    def get(
+        self, key: str, create: Callable[[], T], close: Callable[[T], Awaitable[None]] | None = None
+    ) -> T:
+        if key not in self._items:
+            item = create()
+            self._items[key] = item
+            if close is not None:
+                self._closers.append(lambda: close(item))
+        return self._items[key]  # type: ignore[no-any-return]
+
+    async def aget(
+        self,
+        key: str,
+        create: Callable[[], Awaitable[T]],
+        close: Callable[[T], Awaitable[None]] | None = None,
+    ) -> T:
+        """Like ``get`` for resources built by a coroutine (e.g. a database pool)."""
+        if key not in self._items:
+            item = await create()
+            if key in self._items:  # another task won the race
+                if close is not None:
+                    await close(item)
+            else:
+                self._items[key] = item
+                if close is not None:
+                    self._closers.append(lambda: close(item))
+        return self._items[key]  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        closers, self._closers = self._closers, []
+        self._items.clear()
+        for close in reversed(closers):
+            await close()
+
+
 @dataclass
 class StepContext:
     integration: str
@@ -51,6 +97,7 @@ class StepContext:
     env: Mapping[str, str] = field(default_factory=dict)
     http_session: Callable[[], aiohttp.ClientSession] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("streamflow.step"))
+    resources: Resources = field(default_factory=Resources)
 
     @property
     def step_id(self) -> str:
