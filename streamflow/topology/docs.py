@@ -36,7 +36,7 @@ def reference_markdown() -> str:
 def _section(name: str, model: type[BaseModel], skip: set[str]) -> str:
     doc = (model.__doc__ or "").strip()
     lines = [f"### `{name}`\n", f"{doc}\n" if doc else ""]
-    secret = getattr(model, "secret_fields", frozenset())
+    secret: frozenset[str] = getattr(model, "secret_fields", frozenset())
     rows = [
         (f.alias or fname, f, fname in secret)
         for fname, f in model.model_fields.items()
