@@ -168,6 +168,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
+    metrics_port = getattr(args, "metrics_port", None)
+    if metrics_port is not None:
+        with_http = True
+        args.host, args.port = "0.0.0.0", metrics_port
     integration = load_integration(args.topology)
     config = config_values(args, integration)
     transport = open_transport(args.broker)

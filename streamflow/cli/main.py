@@ -74,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", action="append", default=[])
     p.add_argument("--step", action="append", default=[])
     p.add_argument("--worker-id", default=None, help="stable id per worker slot (exactly-once)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics and /healthz on this port (all interfaces)")
     _add_broker(p)
     _add_config(p)
 

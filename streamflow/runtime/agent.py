@@ -44,6 +44,7 @@ from streamflow.transport.base import (
 )
 
 log = logging.getLogger("streamflow.runtime")
+LAG_INTERVAL = 5.0  # seconds between consumer-lag readings
 R = TypeVar("R")
 
 
@@ -67,6 +68,8 @@ class StepAgent:
         self.max_batch = max_batch
         self.limit = asyncio.Semaphore(concurrency)
         self.transactional_id = transactional_id
+        self.metrics = processor.metrics
+        self.next_lag_check = 0.0
         self.processed = 0  # records processed (produced, maybe not yet committed)
         self.committed = 0  # records whose offsets are committed
         self._uncommitted = 0
@@ -100,8 +103,11 @@ class StepAgent:
                 if self.exactly_once and not self.in_txn:
                     producer.begin()
                     self.in_txn = True
+                self.metrics.consumed.inc(len(records))
+                self.metrics.in_flight.set(len(records))
                 for out in await self._process(records):
                     producer.send(out.topic, out.value, out.key, out.headers)
+                self.metrics.in_flight.set(0)
                 for rec in records:
                     self.pending[(rec.topic, rec.partition)] = rec.offset + 1
                 self.processed += len(records)
@@ -115,6 +121,10 @@ class StepAgent:
                 last_commit = time.monotonic()
             elif records and len(records) < self.max_batch and not self.exactly_once:
                 await self._io(producer.flush)
+            if time.monotonic() >= self.next_lag_check:
+                self.next_lag_check = time.monotonic() + LAG_INTERVAL
+                for (topic, part), lag in (await self._io(consumer.lag)).items():
+                    self.metrics.lag(topic, part, lag)
 
     def _commit(self, consumer: Consumer, producer: Producer) -> None:
         """Steps 3-4 of the commit order (module docstring). Runs on the agent's I/O thread,
@@ -123,15 +133,20 @@ class StepAgent:
         count, self._uncommitted = self._uncommitted, 0
         if not offsets:
             return
+        started = time.perf_counter()
         try:
             if self.exactly_once:
                 self.in_txn = False
                 producer.commit_transaction(consumer, offsets)
+                self.metrics.commits.inc()
             else:
                 producer.flush()
                 consumer.commit(offsets)
             self.committed += count
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except (TransactionAborted, DeliveryError) as exc:
+            if self.exactly_once:
+                self.metrics.aborts.inc()
             # nothing of this batch is committed: read it again from the committed offsets
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
             consumer.rewind()

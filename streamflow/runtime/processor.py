@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from streamflow.envelope import Encoding, Envelope, decode, encode
+from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import FatalError, PoisonMessageError, RetriableError
 from streamflow.runtime.events import event_for
+from streamflow.runtime.metrics import StepMetrics
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
 from streamflow.steps.base import NEXT, AnyStep, AsyncStep, Outcome, Step
 from streamflow.topology.expressions import ExpressionEvalError
@@ -54,6 +55,7 @@ class Processor(Protocol):
 
     agent: AgentPlan
     all_sync: bool
+    metrics: StepMetrics
 
     def handle_sync(self, rec: Record) -> list[Out]: ...
 
@@ -83,6 +85,8 @@ class ChainProcessor:
         self.chain = frozenset(agent.steps)
         self.all_sync = not any(s.is_async for s in steps.values())
         self.policy: RetryPolicy = flow.doc.retry or DEFAULT_POLICY
+        self.metrics = StepMetrics(flow_plan.integration, flow.name, agent.steps[0])
+        self.counters = {sid: self.metrics.for_step(sid) for sid in steps}
 
     async def close(self) -> None:
         for step in self.steps.values():
@@ -96,6 +100,7 @@ class ChainProcessor:
         while env is not None:
             step = self.steps[env.step]
             assert isinstance(step, Step)
+            started = time.perf_counter()
             try:
                 outcome = step.process(env)
             except FatalError:
@@ -103,6 +108,7 @@ class ChainProcessor:
             except Exception as exc:
                 self._dead_letter(env, rec, exc, outs)
                 return outs
+            self.counters[env.step].duration.observe(time.perf_counter() - started)
             env = self._advance(env, outcome, rec, outs)
         return outs
 
@@ -111,6 +117,7 @@ class ChainProcessor:
         env = self._decode(rec, outs)
         while env is not None:
             step = self.steps[env.step]
+            started = time.perf_counter()
             if isinstance(step, Step):
                 try:
                     outcome = step.process(env)
@@ -124,6 +131,7 @@ class ChainProcessor:
                 if maybe is None:
                     return outs
                 outcome = maybe
+            self.counters[env.step].duration.observe(time.perf_counter() - started)
             env = self._advance(env, outcome, rec, outs)
         return outs
 
@@ -164,6 +172,8 @@ class ChainProcessor:
                     return None
                 retry_after = exc.retry_after if isinstance(exc, RetriableError) else None
                 delay = backoff_delay(policy, env.attempt, retry_after)
+                self.counters[env.step].retried.inc()
+                self.counters[env.step].failed(exc.__class__.__name__)
                 self._event(env, outs, "retry", error=_describe(exc), note=f"in {delay:.2f}s")
                 await asyncio.sleep(delay)
                 env.attempt += 1
@@ -178,12 +188,15 @@ class ChainProcessor:
         if sid in self.store and outcome.result is not None:
             env.steps[sid] = outcome.result
         if outcome.filtered:
+            self.counters[sid].filtered.inc()
             self._event(env, outs, "filtered", note=outcome.note)
             return None
         if self.opts.step_events:
             self._event(env, outs, "step", note=outcome.note)
         nxt = self.flow.nodes[sid].next if outcome.goto == NEXT else outcome.goto
         if nxt is None:
+            self.metrics.completed.inc()
+            self.metrics.latency.observe(max(0, now_ms() - env.created_ms) / 1000)
             self._event(env, outs, "completed")
             return None
         env.step = nxt
@@ -198,6 +211,7 @@ class ChainProcessor:
             )
             return None
         outs.append(Out(self.plan.entry_of[nxt], value, rec.key))
+        self.metrics.produced.inc()
         return None
 
     def _event(
@@ -209,6 +223,10 @@ class ChainProcessor:
 
     def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
         error = _describe(exc)
+        counters = self.counters.get(env.step)
+        if counters is not None:
+            counters.dead_lettered.inc()
+            counters.failed(exc.__class__.__name__)
         log.warning(
             "dead-lettered execution %s at step %s: %s",
             env.execution_id,

@@ -16,6 +16,7 @@ from streamflow.envelope import encode
 from streamflow.errors import PoisonMessageError
 from streamflow.runtime.events import event_for
 from streamflow.runtime.ingest import FlowIngress
+from streamflow.runtime.metrics import TRIGGER_FIRINGS, StepMetrics
 from streamflow.runtime.processor import Out, dlq_headers
 from streamflow.topology.plan import AgentPlan
 from streamflow.topology.triggers import KafkaTrigger
@@ -39,6 +40,8 @@ class KafkaTriggerProcessor:
         self.dlq = fplan.dlq_topic
         self.executions = ingress.plan.executions_topic
         self.encoding = ingress.flow.doc.encoding
+        self.metrics = StepMetrics(fplan.integration, ingress.flow.name, "trigger")
+        self.firings = TRIGGER_FIRINGS.labels(fplan.integration, ingress.flow.name, "kafka")
 
     def _payload(self, rec: Record) -> Any:
         if self.format == "bytes":
@@ -75,6 +78,7 @@ class KafkaTriggerProcessor:
         execution_id = f"{rec.topic}-{rec.partition}-{rec.offset}"
         env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
         started = event_for(env, "started")
+        self.firings.inc()
         return [
             Out(self.first_topic, encode(env, self.encoding), self.ingress.partition_key(env)),
             Out(self.executions, started.encode(), env.execution_id.encode()),

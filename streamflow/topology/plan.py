@@ -35,6 +35,7 @@ class AgentPlan:
 
 @dataclass
 class FlowPlan:
+    integration: str
     flow: str
     first_topic: str
     dlq_topic: str
@@ -91,7 +92,7 @@ def compile_plan(integration: Integration) -> Plan:
             group = getattr(flow.trigger, "group", None) or f"{prefix}.trigger"
             trigger_agent = AgentPlan(f"{prefix}.trigger", flow.name, group, external, ())
         flows[flow.name] = FlowPlan(
-            flow.name, entry_of[flow.first], dlq, agents, entry_of, external, trigger_agent
+            name, flow.name, entry_of[flow.first], dlq, agents, entry_of, external, trigger_agent
         )
     executions = f"sf.{name}.executions"
     most = max(f.doc.partitions for f in integration.flows.values())

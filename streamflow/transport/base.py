@@ -75,6 +75,9 @@ class Consumer(Protocol):
 
     def seek_to_end(self) -> None: ...
 
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records between this consumer's position and the log end, per assigned partition."""
+
     def close(self) -> None: ...
 
 

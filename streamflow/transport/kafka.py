@@ -175,6 +175,16 @@ class KafkaConsumer:
                 p.offset = -2  # OFFSET_BEGINNING: nothing committed yet
             self.consumer.seek(p)
 
+    def lag(self) -> dict[TP, int]:
+        out = {}
+        for p in self.consumer.position(self.consumer.assignment()):
+            try:
+                _, high = self.consumer.get_watermark_offsets(p, timeout=2, cached=False)
+            except KafkaException:
+                continue
+            out[(p.topic, p.partition)] = max(0, high - p.offset) if p.offset >= 0 else high
+        return out
+
     def seek_to_end(self) -> None:
         for p in self.consumer.assignment():
             self.consumer.seek(TopicPartition(p.topic, p.partition, OFFSET_END))

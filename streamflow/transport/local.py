@@ -269,6 +269,13 @@ class LocalConsumer:
             for p, end in self.broker.end_offsets(topic).items():
                 self.positions[(topic, p)] = end
 
+    def lag(self) -> dict[TopicPartition, int]:
+        out = {}
+        for topic in self.topics:
+            for p, end in self.broker.end_offsets(topic).items():
+                out[(topic, p)] = max(0, end - self.positions.get((topic, p), 0))
+        return out
+
     def poll(self, max_records: int, timeout: float) -> list[Record]:
         deadline = time.monotonic() + timeout
         while True:
