@@ -6,6 +6,7 @@
     ├── ConfigError            refuse to start; the CLI exits 2
     │   └── ValidationFailed   a topology has problems (a list of Issue, each file:line:col)
     ├── RetriableError         try again later, per the step's retry policy (retry_after: seconds)
+    │   └── CircuitOpenError   the target's circuit breaker is open: pause, don't burn attempts
     ├── PoisonMessageError     this message can never succeed: dead-letter it, commit past it
     └── FatalError             stop the agent without committing; non-zero exit
 
@@ -55,6 +56,10 @@ class RetriableError(StreamFlowError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CircuitOpenError(RetriableError):
+    """The circuit breaker of the step's target is open; ``retry_after`` says until when."""
 
 
 class PoisonMessageError(StreamFlowError):

@@ -7,21 +7,27 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import signal
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from streamflow.cli.inputs import config_values, read_payloads
 from streamflow.cli.trace import TraceWriter
-from streamflow.errors import ConfigError, Issue, ValidationFailed
+from streamflow.envelope import decode
+from streamflow.errors import ConfigError, Issue, PoisonMessageError, ValidationFailed
+from streamflow.runtime import dlq
 from streamflow.runtime.app import App, AppOptions, environment
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.runner import pick_flow, run_events
 from streamflow.topology.docs import reference_markdown
 from streamflow.topology.jsonschema import integration_schema
 from streamflow.topology.loader import load_integration
-from streamflow.topology.models import Integration
+from streamflow.topology.models import Integration, parse_duration
 from streamflow.topology.plan import compile_plan
 from streamflow.topology.registry import STEPS, TRIGGERS, load_builtins
 from streamflow.transport import open_transport
@@ -78,8 +84,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for fp in plan.flows.values():
         if fp.external_topic:
             print(f"  {fp.flow}: trigger reads external topic {fp.external_topic}")
-        for a in fp.agents:
-            print(f"  {a.group:<{width}}  steps: {' -> '.join(a.steps)}")
+        for a in fp.all_agents():
+            role = "steps: " + " -> ".join(a.steps)
+            if a in fp.retry_agents:
+                role = f"re-delivers retries of step {a.steps[0]} when due"
+            elif a is fp.compensate_agent:
+                role = "runs saga compensations in reverse order"
+            elif a is fp.trigger_agent:
+                role = f"reads {a.input_topic} into step {fp.agents[0].steps[0]}"
+            print(f"  {a.group:<{width}}  {role}")
     return 0
 
 
@@ -259,3 +272,78 @@ def cmd_produce(args: argparse.Namespace) -> int:
     transport.close()
     print(f"produced {n} event(s) to {plan.flows[flow].first_topic}", file=sys.stderr)
     return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    integration = load_integration(args.topology)
+    flow = pick_flow(integration, args.flow)
+    plan = compile_plan(integration)
+    transport = open_transport(args.broker)
+    try:
+        letters = dlq.read_dead_letters(transport, plan, flow)
+        since = None
+        if args.since:
+            since = int((time.time() - parse_duration(args.since)) * 1000)
+        chosen = dlq.select(letters, ids=args.ids, step=args.step, error=args.error, since_ms=since)
+        if args.dlq_command == "list":
+            _print_dead_letters(chosen, args.json)
+        elif args.dlq_command == "show":
+            for d in chosen:
+                _show_dead_letter(d, integration.flows[flow].doc.encoding)
+        else:
+            if args.all:
+                chosen = dlq.unreplayed(transport, plan, flow, chosen)
+            elif not args.ids and not (args.step or args.error or args.since):
+                raise ConfigError(
+                    "name the dead letters to replay (IDs, --step, --error, --since) or use --all"
+                )
+            edit = _edit_in_editor if args.edit else None
+            ids = dlq.replay(
+                transport, plan, integration.flows[flow], chosen, edit=edit, mark_all=args.all
+            )
+            for eid in ids:
+                print(eid)
+            print(f"replayed {len(ids)} dead letter(s)", file=sys.stderr)
+    finally:
+        transport.close()
+    return 0
+
+
+def _print_dead_letters(letters: list[dlq.DeadLetter], as_json: bool) -> None:
+    rows = [d.summary() for d in letters]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    if not rows:
+        print("no dead letters")
+        return
+    print(f"{'ID':<10} {'TIME':<20} {'STEP':<20} {'ATT':>3}  {'ERROR':<22} EXECUTION / MESSAGE")
+    for r in rows:
+        print(
+            f"{r['id']:<10} {r['time']:<20} {r['step']:<20} {r['attempt']:>3}  "
+            f"{r['error_type']:<22} {r['execution_id']}\n{'':>58}{r['error'][:200]}"
+        )
+
+
+def _show_dead_letter(d: dlq.DeadLetter, encoding: str) -> None:
+    print(json.dumps(d.summary(), indent=2))
+    try:
+        env = decode(d.record.value, encoding)  # type: ignore[arg-type]
+        print(json.dumps(env.to_dict(), indent=2, default=str))
+    except PoisonMessageError:
+        print(f"raw record (not an envelope): {d.record.value[:2000]!r}")
+
+
+def _edit_in_editor(payload: Any) -> Any:
+    editor = os.environ.get("EDITOR", "vi")
+    with tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False) as f:
+        json.dump(payload, f, indent=2)
+        path = f.name
+    try:
+        subprocess.run([*shlex.split(editor), path], check=True)
+        return json.loads(Path(path).read_text())
+    except (subprocess.CalledProcessError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"edited payload not used: {exc}") from None
+    finally:
+        os.unlink(path)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from streamflow.errors import ConfigError, FatalError, ValidationFailed
 from streamflow.transport import DEFAULT_BROKER
@@ -29,6 +30,37 @@ def _add_broker(p: argparse.ArgumentParser, default: str | None = DEFAULT_BROKER
         required=default is None,
         help="local://DIR (embedded, default local://.streamflow) or kafka://HOST:PORT[,…]",
     )
+
+
+def _add_dlq(sub: Any) -> None:
+    p = sub.add_parser("dlq", help="list, show and replay dead letters")
+    dsub = p.add_subparsers(dest="dlq_command", required=True)
+    for name, text in (
+        ("list", "list dead letters"),
+        ("show", "show dead letters in full"),
+        ("replay", "send dead letters back to the step where they failed"),
+    ):
+        d = dsub.add_parser(name, help=text)
+        d.add_argument("topology")
+        d.add_argument("--flow")
+        d.add_argument(
+            "ids",
+            nargs="*",
+            metavar="ID",
+            help="PARTITION:OFFSET or execution id (default: all that match)",
+        )
+        d.add_argument("--step", help="only dead letters of this step")
+        d.add_argument("--error", help="only those whose error contains this text")
+        d.add_argument("--since", help="only those newer than this (e.g. 30m, 2h)")
+        d.add_argument("--json", action="store_true")
+        _add_broker(d)
+        if name == "replay":
+            d.add_argument(
+                "--all",
+                action="store_true",
+                help="replay every dead letter not replayed by --all before",
+            )
+            d.add_argument("--edit", action="store_true", help="edit each payload in $EDITOR first")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,8 +106,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", action="append", default=[])
     p.add_argument("--step", action="append", default=[])
     p.add_argument("--worker-id", default=None, help="stable id per worker slot (exactly-once)")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="serve /metrics and /healthz on this port (all interfaces)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /healthz on this port (all interfaces)",
+    )
     _add_broker(p)
     _add_config(p)
 
@@ -90,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default="-")
     _add_broker(p)
     _add_config(p)
+    _add_dlq(sub)
     return ap
 
 

@@ -8,10 +8,12 @@ from typing import Any, TextIO
 
 import orjson
 
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.runner import Execution, RunResult
 
 _MARK = {
+    "compensated": "↺",
+    "compensation_failed": "✗",
     "started": "▶",
     "step": "✓",
     "retry": "↻",
@@ -35,9 +37,9 @@ class TraceWriter:
     def __call__(self, ex: Execution, ev: ExecutionEvent) -> None:
         if self.json:
             self.out.write(orjson.dumps(_event_dict(ev)).decode() + "\n")
-        elif self.verbose and ev.event in ("completed", "filtered", "failed"):
+        elif self.verbose and is_terminal(ev.event, ev.note):
             self._block(ex)
-        if ev.event in ("completed", "filtered", "failed"):
+        if is_terminal(ev.event, ev.note):
             self.ended += 1
             if not self.verbose and not self.json and time.monotonic() - self.last_progress > 1.0:
                 self.last_progress = time.monotonic()
@@ -69,8 +71,8 @@ class TraceWriter:
         else:
             print(msg, file=self.out)
             for ex in result.executions:
-                if ex.status == "failed":
-                    print(f"  ✗ {ex.execution_id} failed: {ex.error}", file=self.out)
+                if ex.status in ("failed", "compensated", "compensation_failed"):
+                    print(f"  ✗ {ex.execution_id} {ex.status}: {ex.error}", file=self.out)
 
 
 def _event_dict(ev: ExecutionEvent) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from streamflow.runtime.processor import Out, Processor
+from streamflow.runtime.processor import Deferred, Out, Processor
 from streamflow.transport.base import (
     Consumer,
     DeliveryError,
@@ -93,25 +93,32 @@ class StepAgent:
 
     async def _loop(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
         self.pending: dict[TopicPartition, int] = {}
+        self.paused_until: dict[TopicPartition, float] = {}
         self.in_txn = False
         consumer.on_revoke = lambda _parts: self._commit(consumer, producer)
         last_commit = time.monotonic()
         while not stop.is_set():
-            wait = max(0.0, min(0.5, self.commit_interval - (time.monotonic() - last_commit)))
-            records = await self._io(consumer.poll, self.max_batch, wait if self.pending else 0.5)
+            # wait for records no longer than until the next commit or the next resume
+            wait = 0.5
+            if self.pending:
+                wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
+            if self.paused_until:
+                wait = min(wait, min(self.paused_until.values()) - time.monotonic())
+            records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
             if records:
                 if self.exactly_once and not self.in_txn:
                     producer.begin()
                     self.in_txn = True
                 self.metrics.consumed.inc(len(records))
                 self.metrics.in_flight.set(len(records))
-                for out in await self._process(records):
+                outs, done = await self._process(records)
+                for out in outs:
                     producer.send(out.topic, out.value, out.key, out.headers)
                 self.metrics.in_flight.set(0)
-                for rec in records:
-                    self.pending[(rec.topic, rec.partition)] = rec.offset + 1
-                self.processed += len(records)
-                self._uncommitted += len(records)
+                self._advance_offsets(consumer, records, done)
+                self.processed += sum(done)
+                self._uncommitted += sum(done)
+            self._resume_due(consumer)
             # commit when the interval is up or the input is idle; between commits an
             # at-least-once agent that drained its input flushes, so the next hop sees
             # the outputs at once (exactly-once outputs are visible only at commit)
@@ -151,13 +158,26 @@ class StepAgent:
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
             consumer.rewind()
 
-    async def _process(self, records: Sequence[Record]) -> list[Out]:
+    async def _process(self, records: Sequence[Record]) -> tuple[list[Out], list[bool]]:
+        """Outputs of the batch, and which records were handled. A record whose processor
+        raised ``Deferred`` is not handled: it and every later record of its partition
+        (or of every partition, for scope "all") are read again once the deferral ends."""
         proc = self.processor
+        done = [False] * len(records)
+        self.deferred: dict[TopicPartition, float] = {}
+        self.defer_all: float | None = None
         if proc.all_sync:
             outs: list[Out] = []
-            for rec in records:
-                outs.extend(proc.handle_sync(rec))
-            return outs
+            for i, rec in enumerate(records):
+                tp = (rec.topic, rec.partition)
+                if self.defer_all is not None or tp in self.deferred:
+                    continue
+                try:
+                    outs.extend(proc.handle_sync(rec))
+                    done[i] = True
+                except Deferred as d:
+                    self._defer(tp, d)
+            return outs, done
         by_key: dict[tuple[int, bytes | None], list[int]] = defaultdict(list)
         for i, rec in enumerate(records):
             by_key[(rec.partition, rec.key)].append(i)
@@ -166,7 +186,54 @@ class StepAgent:
         async def run_key(indexes: list[int]) -> None:
             async with self.limit:
                 for i in indexes:
-                    results[i] = await proc.handle(records[i])
+                    tp = (records[i].topic, records[i].partition)
+                    if self.defer_all is not None or tp in self.deferred:
+                        return
+                    try:
+                        results[i] = await proc.handle(records[i])
+                        done[i] = True
+                    except Deferred as d:
+                        self._defer(tp, d)
+                        return
 
         await asyncio.gather(*(run_key(ix) for ix in by_key.values()))
-        return [o for r in results for o in r]
+        return [o for r in results for o in r], done
+
+    def _defer(self, tp: TopicPartition, d: Deferred) -> None:
+        if d.all_partitions:
+            self.defer_all = max(self.defer_all or 0.0, d.until)
+        else:
+            self.deferred[tp] = max(self.deferred.get(tp, 0.0), d.until)
+
+    def _advance_offsets(
+        self, consumer: Consumer, records: Sequence[Record], done: list[bool]
+    ) -> None:
+        """Pending offsets move to the first record not handled (per partition); deferred
+        partitions are sought back to it and paused until the deferral ends."""
+        first_open: dict[TopicPartition, int] = {}
+        for rec, ok in zip(records, done, strict=True):
+            tp = (rec.topic, rec.partition)
+            if not ok:
+                first_open.setdefault(tp, rec.offset)
+            elif tp not in first_open:
+                self.pending[tp] = rec.offset + 1
+        if self.defer_all is not None:
+            until = self.defer_all
+            for tp in consumer.assignment():
+                self.paused_until[tp] = until
+            consumer.pause(consumer.assignment())
+        for tp, until in self.deferred.items():
+            self.paused_until[tp] = until
+            consumer.pause([tp])
+        for tp, offset in first_open.items():
+            consumer.seek(tp, offset)
+
+    def _resume_due(self, consumer: Consumer) -> None:
+        if not self.paused_until:
+            return
+        now = time.monotonic()
+        due = [tp for tp, until in self.paused_until.items() if until <= now]
+        if due:
+            for tp in due:
+                del self.paused_until[tp]
+            consumer.resume(due)

@@ -20,9 +20,11 @@ from streamflow.errors import ConfigError
 from streamflow.runtime.agent import StepAgent
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.processor import ChainProcessor, Processor, ProcessorOptions
+from streamflow.runtime.retrying import RetryProcessor
+from streamflow.runtime.saga import CompensationProcessor
 from streamflow.runtime.trigger import KafkaTriggerProcessor
 from streamflow.steps.base import AnyStep, Resources, StepContext
-from streamflow.topology.models import Flow, Integration
+from streamflow.topology.models import Flow, Integration, StepConfig, StepNode
 from streamflow.topology.plan import AgentPlan, Plan, compile_plan
 from streamflow.topology.registry import STEPS
 from streamflow.transport.base import TopicSpec, Transport
@@ -85,36 +87,64 @@ class App:
             fplan = self.plan.flows[flow.name]
             if fplan.trigger_agent is not None and self.options.triggers and not self.options.steps:
                 agents.append(self._trigger_agent(flow, fplan.trigger_agent))
-            for slot, aplan in enumerate(fplan.agents):
-                if self.options.steps and not set(self.options.steps) & set(aplan.steps):
-                    continue
-                agents.append(self._agent(flow, aplan, slot))
+            wanted = set(self.options.steps)
+            for aplan in fplan.agents:
+                if not wanted or wanted & set(aplan.steps):
+                    agents.append(self._agent(flow, aplan))
+            for aplan in fplan.retry_agents:
+                if not wanted or wanted & set(aplan.steps):
+                    agents.append(self._loop_for(flow, RetryProcessor(fplan, aplan)))
+            if fplan.compensate_agent is not None and (not wanted or "compensate" in wanted):
+                agents.append(self._compensation_agent(flow, fplan.compensate_agent))
         if not agents:
             raise ConfigError("no agent matches the given --flow/--step")
         self.agents = agents
         return agents
 
-    def _agent(self, flow: Flow, aplan: AgentPlan, slot: int) -> StepAgent:
-        steps: dict[str, AnyStep] = {}
-        for sid in aplan.steps:
-            node = flow.nodes[sid]
-            factory = STEPS[node.config.type].factory
-            if factory is None:
-                raise ConfigError(f"step type '{node.config.type}' has no implementation installed")
-            ctx = StepContext(
-                self.integration.name,
-                flow.name,
-                node,
-                self.config,
-                self.options.env,
-                self.http_session,
-                logging.getLogger(f"streamflow.step.{flow.name}.{sid}"),
-                self.resources,
-            )
-            steps[sid] = factory(node.config, ctx)
-        opts = ProcessorOptions(
+    def _build_step(self, flow: Flow, node: StepNode, config: StepConfig) -> AnyStep:
+        factory = STEPS[config.type].factory
+        if factory is None:
+            raise ConfigError(f"step type '{config.type}' has no implementation installed")
+        ctx = StepContext(
+            self.integration.name,
+            flow.name,
+            node,
+            self.config,
+            self.options.env,
+            self.http_session,
+            logging.getLogger(f"streamflow.step.{flow.name}.{config.id}"),
+            self.resources,
+        )
+        step: AnyStep = factory(config, ctx)
+        return step
+
+    def _options(self, flow: Flow) -> ProcessorOptions:
+        return ProcessorOptions(
             flow.doc.encoding, self.options.step_events, self.options.trace_payloads
         )
+
+    def _compensation_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
+        steps = {
+            sid: self._build_step(flow, node, node.compensation)
+            for sid, node in flow.nodes.items()
+            if node.compensation is not None
+        }
+        proc = CompensationProcessor(
+            flow,
+            self.plan.flows[flow.name],
+            aplan,
+            steps,
+            self.plan.executions_topic,
+            self._options(flow),
+        )
+        return self._loop_for(flow, proc)
+
+    def _agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
+        steps = {
+            sid: self._build_step(flow, flow.nodes[sid], flow.nodes[sid].config)
+            for sid in aplan.steps
+        }
+        opts = self._options(flow)
         proc = ChainProcessor(
             flow,
             self.plan.flows[flow.name],

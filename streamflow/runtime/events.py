@@ -13,7 +13,12 @@ import orjson
 
 from streamflow.envelope import Envelope, now_ms
 
-TERMINAL = frozenset({"completed", "filtered", "failed"})
+TERMINAL = frozenset({"completed", "filtered", "failed", "compensated", "compensation_failed"})
+
+
+def is_terminal(kind: str, note: str) -> bool:
+    """Has the execution ended? A failure followed by compensations has not, yet."""
+    return kind in TERMINAL and not (kind == "failed" and note == "compensating")
 
 
 @dataclass(slots=True)

@@ -17,22 +17,33 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
-from streamflow.errors import FatalError, PoisonMessageError, RetriableError
+from streamflow.errors import CircuitOpenError, FatalError, PoisonMessageError, RetriableError
 from streamflow.runtime.events import event_for
-from streamflow.runtime.metrics import StepMetrics
+from streamflow.runtime.metrics import BREAKER_STATE, StepMetrics
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
 from streamflow.steps.base import NEXT, AnyStep, AsyncStep, Outcome, Step
+from streamflow.steps.breaker import STATE_VALUE, CircuitBreaker
 from streamflow.topology.expressions import ExpressionEvalError
 from streamflow.topology.models import Flow, RetryPolicy
 from streamflow.topology.plan import AgentPlan, FlowPlan
 from streamflow.transport.base import Headers, Record
 
 log = logging.getLogger("streamflow.runtime")
+
+
+class Deferred(Exception):
+    """Not now: read this record again at ``until`` (time.monotonic()). The agent pauses the
+    record's partition (or, with ``all_partitions``, every partition: an open circuit)."""
+
+    def __init__(self, until: float, *, all_partitions: bool = False) -> None:
+        super().__init__(f"deferred until {until:.3f}")
+        self.until = until
+        self.all_partitions = all_partitions
 
 
 @dataclass(slots=True)
@@ -87,6 +98,29 @@ class ChainProcessor:
         self.policy: RetryPolicy = flow.doc.retry or DEFAULT_POLICY
         self.metrics = StepMetrics(flow_plan.integration, flow.name, agent.steps[0])
         self.counters = {sid: self.metrics.for_step(sid) for sid in steps}
+        self.breakers = {
+            sid: CircuitBreaker(cfg, self._breaker_logger(sid))
+            for sid in steps
+            if (cfg := flow.nodes[sid].config.breaker) is not None
+        }
+
+    def _breaker_logger(self, sid: str) -> Callable[[str, str], None]:
+        gauge = BREAKER_STATE.labels(self.plan.integration, self.flow.name, sid, sid)
+        gauge.set(0)
+
+        def on_change(old: str, new: str) -> None:
+            gauge.set(STATE_VALUE[new])
+            level = logging.WARNING if new == "open" else logging.INFO
+            log.log(
+                level,
+                "circuit breaker of step %s: %s -> %s",
+                sid,
+                old,
+                new,
+                extra={"flow": self.flow.name, "step": sid},
+            )
+
+        return on_change
 
     async def close(self) -> None:
         for step in self.steps.values():
@@ -101,15 +135,18 @@ class ChainProcessor:
             step = self.steps[env.step]
             assert isinstance(step, Step)
             started = time.perf_counter()
+            before = env.payload
             try:
                 outcome = step.process(env)
             except FatalError:
                 raise
             except Exception as exc:
-                self._dead_letter(env, rec, exc, outs)
-                return outs
+                fallback = self._give_up(env, rec, exc, outs)
+                if fallback is None:
+                    return outs
+                outcome = fallback
             self.counters[env.step].duration.observe(time.perf_counter() - started)
-            env = self._advance(env, outcome, rec, outs)
+            env = self._advance(env, outcome, rec, outs, before)
         return outs
 
     async def handle(self, rec: Record) -> list[Out]:
@@ -118,21 +155,24 @@ class ChainProcessor:
         while env is not None:
             step = self.steps[env.step]
             started = time.perf_counter()
+            before = env.payload
             if isinstance(step, Step):
                 try:
                     outcome = step.process(env)
                 except FatalError:
                     raise
                 except Exception as exc:
-                    self._dead_letter(env, rec, exc, outs)
-                    return outs
+                    fallback = self._give_up(env, rec, exc, outs)
+                    if fallback is None:
+                        return outs
+                    outcome = fallback
             else:
                 maybe = await self._with_retry(env, rec, outs)
                 if maybe is None:
                     return outs
                 outcome = maybe
             self.counters[env.step].duration.observe(time.perf_counter() - started)
-            env = self._advance(env, outcome, rec, outs)
+            env = self._advance(env, outcome, rec, outs, before)
         return outs
 
     # -- pieces ----------------------------------------------------------------------------
@@ -155,34 +195,85 @@ class ChainProcessor:
         return env
 
     async def _with_retry(self, env: Envelope, rec: Record, outs: list[Out]) -> Outcome | None:
-        policy = self.flow.nodes[env.step].config.retry or self.policy
+        """Run an I/O step. A retriable failure goes to the step's retry topic (the
+        partition keeps flowing) or, on an `ordered` flow, is retried here after the
+        backoff (holding this key). An open circuit defers the whole agent."""
+        node = self.flow.nodes[env.step]
+        policy = node.config.retry or self.policy
+        retry_topic = self.plan.retry_topic_of.get(env.step)
+        step = self.steps[env.step]
+        assert isinstance(step, AsyncStep)
+        breaker = self.breakers.get(env.step)
         while True:
             try:
-                step = self.steps[env.step]
-                assert isinstance(step, AsyncStep)
-                return await step.process(env)
+                if breaker is not None and (wait := breaker.before_call()) is not None:
+                    raise CircuitOpenError(f"circuit of step {env.step} is open", wait)
+                outcome = await step.process(env)
+                if breaker is not None:
+                    breaker.success()
+                return outcome
             except FatalError:
                 raise
+            except CircuitOpenError as exc:
+                if node.config.fallback is not None:
+                    return self._give_up(env, rec, exc, outs)
+                raise Deferred(
+                    time.monotonic() + (exc.retry_after or 1.0), all_partitions=True
+                ) from exc
             except (PoisonMessageError, ExpressionEvalError) as exc:
-                self._dead_letter(env, rec, exc, outs)
-                return None
+                if breaker is not None:
+                    breaker.success()  # the target answered; the event is what's wrong
+                return self._give_up(env, rec, exc, outs)
             except Exception as exc:
+                if breaker is not None:
+                    breaker.failure()
                 if env.attempt >= policy.max_attempts:
-                    self._dead_letter(env, rec, exc, outs)
-                    return None
+                    return self._give_up(env, rec, exc, outs)
                 retry_after = exc.retry_after if isinstance(exc, RetriableError) else None
                 delay = backoff_delay(policy, env.attempt, retry_after)
                 self.counters[env.step].retried.inc()
                 self.counters[env.step].failed(exc.__class__.__name__)
-                self._event(env, outs, "retry", error=_describe(exc), note=f"in {delay:.2f}s")
-                await asyncio.sleep(delay)
+                error = describe(exc)
                 env.attempt += 1
+                if retry_topic is not None:
+                    due = now_ms() + int(delay * 1000)
+                    headers = [("sf-due", str(due).encode()), ("sf-error", error.encode()[:2000])]
+                    self._event(
+                        env,
+                        outs,
+                        "retry",
+                        error=error,
+                        note=f"attempt {env.attempt} in {delay:.2f}s",
+                    )
+                    outs.append(Out(retry_topic, encode(env, self.opts.encoding), rec.key, headers))
+                    return None
+                self._event(
+                    env, outs, "retry", error=error, note=f"attempt {env.attempt} in {delay:.2f}s"
+                )
+                await asyncio.sleep(delay)
+
+    def _give_up(
+        self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]
+    ) -> Outcome | None:
+        """Retries ran out or the failure is final: the step's fallback, else the DLQ."""
+        fallback = self.flow.nodes[env.step].config.fallback
+        if fallback is None:
+            self._dead_letter(env, rec, exc, outs)
+            return None
+        error = describe(exc)
+        self.counters[env.step].failed(exc.__class__.__name__)
+        self._event(env, outs, "retry", error=error, note=f"fallback to {fallback}")
+        return Outcome(
+            env.payload, {"error": error, "fallback": True}, goto=fallback, note="fallback"
+        )
 
     def _advance(
-        self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out]
+        self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out], before: Any
     ) -> Envelope | None:
         sid = env.step
         env.payload = outcome.payload
+        if self.flow.nodes[sid].compensation is not None and outcome.note != "fallback":
+            env.saga.append({"step": sid, "payload": before})
         if outcome.emit:
             outs.extend(Out(e.topic, e.value, e.key, e.headers) for e in outcome.emit)
         if sid in self.store and outcome.result is not None:
@@ -222,7 +313,7 @@ class ChainProcessor:
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
 
     def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
-        error = _describe(exc)
+        error = describe(exc)
         counters = self.counters.get(env.step)
         if counters is not None:
             counters.dead_lettered.inc()
@@ -236,7 +327,12 @@ class ChainProcessor:
         )
         headers = dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
         outs.append(Out(self.plan.dlq_topic, encode(env, self.opts.encoding), rec.key, headers))
-        self._event(env, outs, "failed", error=error)
+        if env.saga and self.plan.compensate_topic is not None:
+            # the execution failed for good: undo its completed compensable steps
+            self._event(env, outs, "failed", error=error, note="compensating")
+            outs.append(Out(self.plan.compensate_topic, encode(env, self.opts.encoding), rec.key))
+        else:
+            self._event(env, outs, "failed", error=error)
 
     def _raw_dead_letter(self, rec: Record, exc: BaseException) -> Out:
         log.warning(
@@ -246,11 +342,11 @@ class ChainProcessor:
             rec.offset,
             exc,
         )
-        headers = dlq_headers(rec, exc, _describe(exc), self.agent.steps[0], 0, "")
+        headers = dlq_headers(rec, exc, describe(exc), self.agent.steps[0], 0, "")
         return Out(self.plan.dlq_topic, rec.value, rec.key, headers)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     text = str(exc) or exc.__class__.__name__
     if not isinstance(exc, RetriableError | PoisonMessageError | ExpressionEvalError):
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []

@@ -16,7 +16,7 @@ from typing import Any
 
 from streamflow.errors import ConfigError
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import TERMINAL, ExecutionEvent
+from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.topology.models import Integration
 from streamflow.transport.base import Transport
@@ -32,7 +32,7 @@ class Execution:
     @property
     def status(self) -> str:
         for ev in reversed(self.events):
-            if ev.event in TERMINAL:
+            if is_terminal(ev.event, ev.note):
                 return ev.event
         return "running"
 
@@ -132,7 +132,7 @@ async def run_events(
                 ex.events.append(ev)
                 if on_event is not None:
                     on_event(ex, ev)
-                if ev.event in TERMINAL:
+                if is_terminal(ev.event, ev.note):
                     open_ids.discard(ev.execution_id)
     finally:
         stop.set()

@@ -6,6 +6,12 @@ compiles every ``${…}`` expression, and checks references: step ids are unique
 flow, ``steps.<id>`` names an earlier step, ``config.<name>`` a declared variable, and a
 secret variable is used only in fields that accept secrets (never in data that would
 travel on a topic). All problems are collected; ``ValidationFailed`` carries them.
+
+Named ``connections:`` are validated in pass 2 too (against the model registered for
+their ``type``; their expressions may read only ``config`` and ``env``). Step models are
+validated with a context, ``{"directory": <the topology file's folder>, "connections":
+{name: validated connection}}``, so a step can resolve ``connection: <name>`` and paths
+relative to its topology (see ``streamflow.connectors.connections``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from streamflow.errors import Issue, ValidationFailed
 from streamflow.topology import expressions
 from streamflow.topology.models import (
+    ConnectionConfig,
     Flow,
     FlowDoc,
     Integration,
@@ -29,10 +36,10 @@ from streamflow.topology.models import (
     StepNode,
     TriggerConfig,
 )
-from streamflow.topology.registry import STEPS, TRIGGERS, load_builtins
+from streamflow.topology.registry import CONNECTIONS, STEPS, TRIGGERS, load_builtins
 from streamflow.topology.source import PathT, Positions, load_yaml
 
-_NOT_TEMPLATED = frozenset({"id", "type", "description"})
+_NOT_TEMPLATED = frozenset({"id", "type", "description", "compensate", "fallback", "breaker"})
 
 
 def load_integration(path: str | Path) -> Integration:
@@ -75,6 +82,9 @@ class _Validator:
         self.issues: list[Issue] = []
         self.config: dict[str, bool] = {}  # declared variable -> secret
         self.step_refs: set[str] = set()  # steps.<id> read by the current flow
+        file = Path(positions.file)
+        directory = file.resolve().parent if file.is_file() else Path.cwd()
+        self.context: dict[str, Any] = {"directory": directory, "connections": {}}
 
     def fail(self, path: PathT, message: str) -> None:
         self.issues.append(self.pos.issue(path, message))
@@ -87,6 +97,7 @@ class _Validator:
         except ValidationError as exc:
             raise ValidationFailed(pydantic_issues(exc, self.pos, (), IntegrationDoc)) from None
         self.config = {name: var.secret for name, var in doc.config.items()}
+        self.context["connections"] = self.connections(doc)
         flows: dict[str, Flow] = {}
         for i, fdoc in enumerate(doc.flows):
             if fdoc.name in flows:
@@ -97,6 +108,18 @@ class _Validator:
         if self.issues:
             raise ValidationFailed(self.issues)
         return Integration(doc, flows, self.pos.file)
+
+    def connections(self, doc: IntegrationDoc) -> dict[str, ConnectionConfig]:
+        out: dict[str, ConnectionConfig] = {}
+        for name, raw in doc.connections.items():
+            path: PathT = ("connections", name)
+            cfg = self.typed(raw, path, CONNECTIONS, "connection")
+            if isinstance(cfg, ConnectionConfig):
+                out[name] = cfg
+                self.expressions(
+                    raw, path, cfg.secret_fields, set(), roots=frozenset({"config", "env"})
+                )
+        return out
 
     def flow(self, doc: FlowDoc, path: PathT) -> Flow | None:
         trigger = self.typed(doc.trigger, (*path, "trigger"), TRIGGERS, "trigger")
@@ -113,6 +136,7 @@ class _Validator:
         nodes: dict[str, StepNode] = {}
         self.step_refs = set()
         first = self.steps(doc.steps, (*path, "steps"), nodes, set(), None)
+        self.fallbacks(nodes)
         if not isinstance(trigger, TriggerConfig) or first is None:
             return None
         return Flow(doc, trigger, first, nodes, frozenset(self.step_refs))
@@ -135,7 +159,7 @@ class _Validator:
             return None
         model: type[BaseModel] = entry.config if what == "step" else entry
         try:
-            return model.model_validate(raw)
+            return model.model_validate(raw, context=self.context)
         except ValidationError as exc:
             self.issues.extend(pydantic_issues(exc, self.pos, path, model))
             return None
@@ -167,6 +191,7 @@ class _Validator:
                 seen,
                 nested=cfg.nested_fields,
                 bare=cfg.expression_fields,
+                roots=expressions.ROOTS | getattr(cfg, "expression_roots", frozenset()),
             )
             node = StepNode(cfg, None, (), spath)
             nodes[cfg.id] = node
@@ -177,7 +202,37 @@ class _Validator:
             nodes[a].next = b
         for sid in ids:
             self.nested(nodes[sid], raws, nodes, seen)
+            self.compensation(nodes[sid], raws[int(nodes[sid].path[-1])], seen)
         return ids[0] if ids else after
+
+    def compensation(self, node: StepNode, raw: dict[str, Any], seen: set[str]) -> None:
+        """A `compensate:` is an inline step (its id defaults to `<step>-compensate`)."""
+        comp = raw.get("compensate")
+        if comp is None:
+            return
+        path = (*node.path, "compensate")
+        if isinstance(comp, dict) and "id" not in comp:
+            comp = {"id": f"{node.config.id}-compensate", **comp}
+        cfg = self.typed(comp, path, STEPS, "step")
+        if isinstance(cfg, StepConfig):
+            if cfg.compensate is not None or cfg.nested_fields:
+                self.fail(path, "a compensation is a single step (no compensate or nested steps)")
+                return
+            self.expressions(
+                comp, path, cfg.secret_fields, seen | {node.config.id}, bare=cfg.expression_fields
+            )
+            node.compensation = cfg
+
+    def fallbacks(self, nodes: dict[str, StepNode]) -> None:
+        for sid, node in nodes.items():
+            if node.config.breaker is not None and node.config.pure:
+                self.fail((*node.path, "breaker"), "a pure step has no target to break")
+            target = node.config.fallback
+            if target is not None and (target not in nodes or target == sid):
+                self.fail(
+                    (*node.path, "fallback"),
+                    f"fallback '{target}' is not another step of this flow",
+                )
 
     def nested(
         self, node: StepNode, raws: Sequence[Any], nodes: dict[str, StepNode], seen: set[str]

@@ -48,6 +48,14 @@ class RetryPolicy(Model):
     jitter: bool = True
 
 
+class BreakerConfig(Model):
+    """Circuit breaker of an I/O step (``breaker:``)."""
+
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open it")
+    reset_timeout: Duration = Field(30.0, description="how long it stays open before probing")
+    half_open_calls: int = Field(1, ge=1, description="trial calls while half-open")
+
+
 class ConfigVar(Model):
     """A config variable of an integration: one value per instance (or per `run`)."""
 
@@ -66,6 +74,17 @@ class StepConfig(Model):
     type: str
     description: str = ""
     retry: RetryPolicy | None = None
+    compensate: dict[str, Any] | None = Field(
+        None, description="saga: the step that undoes this one when the execution fails for good"
+    )
+    fallback: str | None = Field(
+        None, description="step id to continue at when retries run out or the circuit is open"
+    )
+    breaker: BreakerConfig | None = Field(
+        None,
+        description="circuit breaker of an I/O step: failure_threshold (5), reset_timeout (30s), "
+        "half_open_calls (1); while open the agent pauses its partitions",
+    )
 
     # class-level facts about the type, read by the loader and compiler
     pure: ClassVar[bool] = False  # no side effects: may be fused, never retried for I/O
@@ -78,6 +97,14 @@ class StepConfig(Model):
 class TriggerConfig(Model):
     type: str
     secret_fields: ClassVar[frozenset[str]] = frozenset()
+
+
+class ConnectionConfig(Model):
+    """A named connection (``connections:``): settings steps share with ``connection: <name>``.
+    Each connection type subclasses this with ``type: Literal[...]`` (see registry.py)."""
+
+    type: str
+    secret_fields: ClassVar[frozenset[str]] = frozenset()  # fields that may use secrets
 
 
 class FlowDoc(Model):
@@ -94,6 +121,10 @@ class FlowDoc(Model):
     max_batch: int = Field(500, ge=1, le=100_000, description="records per poll")
     concurrency: int = Field(16, ge=1, le=10_000, description="in-flight async steps per agent")
     retry: RetryPolicy | None = None
+    ordered: bool = Field(
+        False,
+        description="retries block their partition (keeps per-key order) instead of a retry topic",
+    )
     trigger: dict[str, Any]
     steps: list[dict[str, Any]] = Field(min_length=1)
 
@@ -107,6 +138,11 @@ class IntegrationDoc(Model):
     description: str = ""
     version: str = "1"
     config: dict[str, ConfigVar] = Field(default_factory=dict)
+    connections: dict[Name, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named connections (type http, postgres, sqlite, smtp) that steps "
+        "reference with `connection: <name>`; validated against their type's model",
+    )
     flows: list[FlowDoc] = Field(min_length=1)
 
 
@@ -124,6 +160,7 @@ class StepNode:
     next: str | None  # the following step id; None ends the execution
     routes: tuple[Route, ...] = ()  # for steps with nested step lists (branch)
     path: tuple[str | int, ...] = ()  # YAML path, for messages
+    compensation: StepConfig | None = None  # saga: validated `compensate:` step
 
 
 @dataclass

@@ -43,6 +43,16 @@ class FlowPlan:
     entry_of: dict[str, str]  # step id -> input topic of the agent that runs it
     external_topic: str | None = None  # a kafka trigger's source topic
     trigger_agent: AgentPlan | None = None  # consumes external_topic into the first step
+    retry_agents: list[AgentPlan] = field(default_factory=list)  # one per I/O step
+    retry_topic_of: dict[str, str] = field(default_factory=dict)  # step id -> its .retry topic
+    compensate_topic: str | None = None  # set when some step has `compensate:`
+    compensate_agent: AgentPlan | None = None
+
+    def all_agents(self) -> list[AgentPlan]:
+        """Trigger agent, step agents, retry agents, compensation agent."""
+        head = [self.trigger_agent] if self.trigger_agent else []
+        tail = [self.compensate_agent] if self.compensate_agent else []
+        return [*head, *self.agents, *self.retry_agents, *tail]
 
 
 @dataclass
@@ -57,11 +67,7 @@ class Plan:
             "integration": self.integration,
             "executions_topic": self.executions_topic,
             "topics": [asdict(t) for t in self.topics],
-            "agents": [
-                asdict(a)
-                for fp in self.flows.values()
-                for a in ([fp.trigger_agent] if fp.trigger_agent else []) + fp.agents
-            ],
+            "agents": [asdict(a) for fp in self.flows.values() for a in fp.all_agents()],
         }
 
 
@@ -84,15 +90,43 @@ def compile_plan(integration: Integration) -> Plan:
             agents.append(AgentPlan(topic, flow.name, topic, topic, tuple(chain)))
             for sid in chain:
                 entry_of[sid] = topic
+        retry_agents, retry_topic_of = [], {}
+        if not flow.doc.ordered:
+            for chain in _chains(flow):
+                node = flow.nodes[chain[0]]
+                if node.config.pure:
+                    continue  # pure steps fail the same way again: never retried
+                rtopic = f"{prefix}.{chain[0]}.retry"
+                topics.append(TopicPlan(rtopic, parts, f"delayed retries of step {chain[0]}"))
+                retry_agents.append(AgentPlan(rtopic, flow.name, rtopic, rtopic, (chain[0],)))
+                retry_topic_of[chain[0]] = rtopic
         dlq = f"{prefix}.dlq"
         topics.append(TopicPlan(dlq, parts, "dead letters"))
+        compensate_topic = compensate_agent = None
+        if any(n.compensation is not None for n in flow.nodes.values()):
+            compensate_topic = f"{prefix}.compensate"
+            topics.append(TopicPlan(compensate_topic, parts, "saga compensations"))
+            compensate_agent = AgentPlan(
+                compensate_topic, flow.name, compensate_topic, compensate_topic, ("compensate",)
+            )
         external = getattr(flow.trigger, "topic", None) if flow.trigger.type == "kafka" else None
         trigger_agent = None
         if external is not None:
             group = getattr(flow.trigger, "group", None) or f"{prefix}.trigger"
             trigger_agent = AgentPlan(f"{prefix}.trigger", flow.name, group, external, ())
         flows[flow.name] = FlowPlan(
-            name, flow.name, entry_of[flow.first], dlq, agents, entry_of, external, trigger_agent
+            name,
+            flow.name,
+            entry_of[flow.first],
+            dlq,
+            agents,
+            entry_of,
+            external,
+            trigger_agent,
+            retry_agents,
+            retry_topic_of,
+            compensate_topic,
+            compensate_agent,
         )
     executions = f"sf.{name}.executions"
     most = max(f.doc.partitions for f in integration.flows.values())

@@ -1,7 +1,9 @@
 """The registry of step and trigger types.
 
 Each type registers a name, a pydantic config model (``extra="forbid"``) and, for
-steps, a factory that builds the running step. The config model drives validation,
+steps, a factory that builds the running step. Connection types (the integration's
+``connections:``, named settings that steps reference with ``connection: <name>``) are
+registered the same way, with ``connection_config``. The config model drives validation,
 ``streamflow steps``, the JSON Schema and the docs. A name registered twice is an
 error at import. Built-in types are imported on first use; third-party types come in
 through the ``streamflow.steps`` / ``streamflow.triggers`` entry-point groups (each
@@ -16,17 +18,24 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from streamflow.topology.models import StepConfig, TriggerConfig
+from streamflow.topology.models import ConnectionConfig, StepConfig, TriggerConfig
 
 BUILTIN_MODULES = (
     "streamflow.topology.triggers",
     "streamflow.steps.pure",
+    "streamflow.connectors.connections",
     "streamflow.connectors.http",
+    "streamflow.connectors.graphql",
     "streamflow.connectors.kafka",
+    "streamflow.connectors.sql",
+    "streamflow.connectors.email",
+    "streamflow.connectors.files",
+    "streamflow.connectors.code",
 )
 
 S = TypeVar("S", bound=type[StepConfig])
 T = TypeVar("T", bound=type[TriggerConfig])
+C = TypeVar("C", bound=type[ConnectionConfig])
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -43,6 +52,7 @@ class StepType:
 
 STEPS: dict[str, StepType] = {}
 TRIGGERS: dict[str, type[TriggerConfig]] = {}
+CONNECTIONS: dict[str, type[ConnectionConfig]] = {}
 _loaded = False
 
 
@@ -76,6 +86,18 @@ def trigger_config(name: str) -> Callable[[T], T]:
         if name in TRIGGERS:
             raise DuplicateTypeError(f"trigger type {name!r} is registered twice")
         TRIGGERS[name] = model
+        return model
+
+    return register
+
+
+def connection_config(name: str) -> Callable[[C], C]:
+    """Class decorator: register a connection model under ``name``."""
+
+    def register(model: C) -> C:
+        if name in CONNECTIONS:
+            raise DuplicateTypeError(f"connection type {name!r} is registered twice")
+        CONNECTIONS[name] = model
         return model
 
     return register

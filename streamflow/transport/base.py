@@ -75,6 +75,14 @@ class Consumer(Protocol):
 
     def seek_to_end(self) -> None: ...
 
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        """Stop fetching these partitions (their position is kept) until ``resume``."""
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` on (a record not processed now is read again)."""
+
     def lag(self) -> dict[TopicPartition, int]:
         """Records between this consumer's position and the log end, per assigned partition."""
 
@@ -124,5 +132,14 @@ class Transport(Protocol):
     def producer(self, *, transactional_id: str | None = None) -> Producer: ...
 
     def end_offsets(self, topic: str) -> dict[int, int]: ...
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The group's committed offsets on ``topic`` (partitions without one are absent)."""
+
+    def commit_group(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Set a group's committed offsets (the group must have no active members)."""
+
+    def read_all(self, topic: str) -> list[Record]:
+        """Every record now in ``topic``, partition by partition (no consumer group)."""
 
     def close(self) -> None: ...

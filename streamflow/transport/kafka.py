@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
     KafkaError,
@@ -174,6 +175,15 @@ class KafkaConsumer:
             if p.offset < 0:
                 p.offset = -2  # OFFSET_BEGINNING: nothing committed yet
             self.consumer.seek(p)
+
+    def pause(self, partitions: Sequence[TP]) -> None:
+        self.consumer.pause([TopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: Sequence[TP]) -> None:
+        self.consumer.resume([TopicPartition(t, p) for t, p in partitions])
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.consumer.seek(TopicPartition(tp[0], tp[1], offset))
 
     def lag(self) -> dict[TP, int]:
         out = {}
@@ -388,6 +398,58 @@ class KafkaTransport:
                 )
                 for p in meta.partitions
             }
+        finally:
+            c.close()
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        c = Consumer({**self.base, "group.id": group, "enable.auto.commit": False})
+        try:
+            parts = [TopicPartition(topic, p) for p in self.end_offsets(topic)]
+            return {
+                tp.partition: tp.offset for tp in c.committed(parts, timeout=30) if tp.offset >= 0
+            }
+        finally:
+            c.close()
+
+    def commit_group(self, group: str, offsets: Mapping[TP, int]) -> None:
+        c = Consumer({**self.base, "group.id": group, "enable.auto.commit": False})
+        try:
+            c.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        finally:
+            c.close()
+
+    def read_all(self, topic: str) -> list[Record]:
+        ends = self.end_offsets(topic)
+        c = Consumer(
+            {
+                **self.base,
+                "group.id": "streamflow-reader",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+            out: list[Record] = []
+            done = {p for p, end in ends.items() if end == 0}
+            deadline = time.monotonic() + 60
+            while len(done) < len(ends) and time.monotonic() < deadline:
+                for m in c.consume(1000, 0.5):
+                    if m.error() is not None:
+                        continue
+                    rec = _record(m)
+                    out.append(rec)
+                    if rec.offset + 1 >= ends[rec.partition]:
+                        done.add(rec.partition)
+                # transaction markers and aborted records occupy offsets too
+                for p in set(ends) - done:
+                    pos = c.position([TopicPartition(topic, p)])[0].offset
+                    if pos >= ends[p]:
+                        done.add(p)
+            return out
         finally:
             c.close()
 

@@ -248,6 +248,8 @@ class LocalConsumer:
         self.from_end = from_end
         self.positions: dict[TopicPartition, int] = {}
         self.on_revoke: RevokeHook | None = None  # a local group never rebalances
+        self.paused: set[TopicPartition] = set()
+        self._turn = 0
         self.rewind()
 
     def assignment(self) -> list[TopicPartition]:
@@ -263,6 +265,15 @@ class LocalConsumer:
             ends = self.broker.end_offsets(topic) if self.from_end else {}
             for p in range(n):
                 self.positions[(topic, p)] = committed.get(p, ends.get(p, 0))
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self.paused.difference_update(partitions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
 
     def seek_to_end(self) -> None:
         for topic in self.topics:
@@ -281,8 +292,12 @@ class LocalConsumer:
         while True:
             version = self.broker.data_version()
             out: list[Record] = []
-            for tp, pos in self.positions.items():
-                recs = self.broker.read(tp, pos, max_records - len(out))
+            order = list(self.positions)
+            self._turn = (self._turn + 1) % max(1, len(order))  # no partition starves another
+            for tp in order[self._turn :] + order[: self._turn]:
+                if tp in self.paused:
+                    continue
+                recs = self.broker.read(tp, self.positions[tp], max_records - len(out))
                 if recs:
                     self.positions[tp] = recs[-1].offset + 1
                     out.extend(recs)
@@ -377,6 +392,25 @@ class LocalTransport:
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         return self.broker.end_offsets(topic)
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        return self.broker.committed(group, topic)
+
+    def commit_group(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        with self.broker.write() as db:
+            self.broker.commit_offsets(db, group, offsets)
+
+    def read_all(self, topic: str) -> list[Record]:
+        out: list[Record] = []
+        for p, end in self.broker.end_offsets(topic).items():
+            pos = 0
+            while pos < end:
+                batch = self.broker.read((topic, p), pos, 1000)
+                if not batch:
+                    break
+                out.extend(batch)
+                pos = batch[-1].offset + 1
+        return out
 
     def close(self) -> None:
         self.broker.release()

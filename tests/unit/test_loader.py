@@ -142,6 +142,7 @@ def test_plan_topics_and_fusion(tmp_path: Path) -> None:
         "sf.shop.orders.shape",
         "sf.shop.orders.push",
         "sf.shop.orders.after",
+        "sf.shop.orders.push.retry",
         "sf.shop.orders.dlq",
         "sf.shop.executions",
     ]

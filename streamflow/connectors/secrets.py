@@ -1,0 +1,73 @@
+"""Keep secrets out of error messages and logs.
+
+A connector collects the secret values it renders (tokens, passwords, the password in a
+DSN) in a ``Masker`` and passes every message it raises or logs through ``mask``. Error
+messages travel on topics (dead-letter headers, execution events), so a message that
+quoted a secret would leak it; masking is done where the message is made.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+MASK = "***"
+_MIN_SECRET = 3  # shorter strings would mask ordinary text; they are not secrets anyway
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^@/\s]*)@", re.I)
+_KEY_VALUE = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<pw>'[^']*'|\S+)", re.I)
+
+
+class Masker:
+    """The secret strings one step may put into a message, and how to hide them."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *values: str | None) -> None:
+        for value in values:
+            if isinstance(value, str) and len(value) >= _MIN_SECRET:
+                self._secrets.add(value)
+                # a DSN's password may also appear on its own (e.g. in a driver's message)
+                pw = dsn_password(value)
+                if pw and len(pw) >= _MIN_SECRET:
+                    self._secrets.add(pw)
+
+    def mask(self, text: str) -> str:
+        out = mask_urls(text)
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in out:
+                out = out.replace(secret, MASK)
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+
+def mask_urls(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host``; ``password=x`` -> ``***``."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    return _KEY_VALUE.sub(lambda m: f"{m.group('head')}{MASK}", text)
+
+
+def dsn_password(dsn: str) -> str | None:
+    if "://" not in dsn:
+        return None
+    try:
+        return urlsplit(dsn).password
+    except ValueError:
+        return None
+
+
+def safe_dsn(dsn: str) -> str:
+    """A DSN fit for messages: scheme, host, port and database, never the password."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return mask_urls(dsn)
+    if parts.scheme.startswith("sqlite"):
+        return f"{parts.scheme}://{parts.path}"
+    return f"{parts.scheme}://{host}{port}{parts.path}"

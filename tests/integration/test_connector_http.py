@@ -1,0 +1,302 @@
+"""http step extensions against real aiohttp servers on loopback: OAuth2 (a real token
+endpoint that counts token requests), response cache, for_each, connections, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from streamflow.errors import PoisonMessageError, RetriableError, ValidationFailed
+
+SECRET = "cl1ent-s3cret-value"
+OAUTH_CONFIG = {
+    "api": {"type": "string"},
+    "client_secret": {"type": "string", "secret": True},
+}
+
+
+class TokenEndpoint:
+    """Issues tok-1, tok-2, ... to client 'app' with the right secret; an API that
+    accepts only tokens issued here (and not revoked)."""
+
+    def __init__(self, expires_in: int = 3600) -> None:
+        self.expires_in = expires_in
+        self.issued: list[str] = []
+        self.revoked: set[str] = set()
+        self.forms: list[dict[str, str]] = []
+        self.refresh_tokens = {"r-0"}
+
+    async def __call__(self, call: Any) -> web.Response:
+        if call.path == "/oauth/token":
+            form = call.form
+            self.forms.append(form)
+            if form.get("grant_type") == "refresh_token":
+                if form.get("refresh_token") not in self.refresh_tokens:
+                    return web.json_response({"error": "invalid_grant"}, status=400)
+            elif form.get("client_id") != "app" or form.get("client_secret") != SECRET:
+                return web.json_response({"error": "invalid_client"}, status=401)
+            token = f"tok-{len(self.issued) + 1}"
+            self.issued.append(token)
+            body = {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
+            if form.get("grant_type") == "refresh_token":
+                body["refresh_token"] = f"r-{len(self.issued)}"
+                self.refresh_tokens = {body["refresh_token"]}
+            return web.json_response(body)
+        auth = call.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ")
+        if token not in self.issued or token in self.revoked:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"ok": True, "path": call.path, "token": token})
+
+
+def oauth_step(step_id: str, **extra: Any) -> dict[str, Any]:
+    step: dict[str, Any] = {
+        "id": step_id,
+        "type": "http",
+        "method": "POST",
+        "url": "${config.api}/customers",
+        "json": "${payload}",
+        "auth": {
+            "type": "oauth2",
+            "token_url": "${config.api}/oauth/token",
+            "client_id": "app",
+            "client_secret": "${config.client_secret}",
+            "scope": "customers:write",
+        },
+    }
+    step.update(extra)
+    return step
+
+
+async def test_oauth2_token_is_cached_and_shared(step_runner: Any, http_server: Any) -> None:
+    tokens = TokenEndpoint()
+    server = await http_server(tokens)
+    runner = await step_runner(
+        [oauth_step("a"), oauth_step("b", url="${config.api}/other")],
+        config=OAUTH_CONFIG,
+        values={"api": server.url, "client_secret": SECRET},
+    )
+    for i in range(3):
+        assert (await runner.run("a", {"n": i})).result["status"] == 200
+    assert (await runner.run("b", {})).result["body"]["path"] == "/other"
+    assert len(server.to("/oauth/token")) == 1  # one token for both steps
+    assert tokens.forms[0] == {
+        "grant_type": "client_credentials",
+        "client_id": "app",
+        "client_secret": SECRET,
+        "scope": "customers:write",
+    }
+    assert {c.headers["Authorization"] for c in server.calls if c.path != "/oauth/token"} == {
+        "Bearer tok-1"
+    }
+
+
+async def test_oauth2_refreshes_before_expiry(step_runner: Any, http_server: Any) -> None:
+    # expires_in (20s) is inside the refresh margin (30s): each call needs a new token
+    tokens = TokenEndpoint(expires_in=20)
+    server = await http_server(tokens)
+    runner = await step_runner(
+        [oauth_step("a")], config=OAUTH_CONFIG, values={"api": server.url, "client_secret": SECRET}
+    )
+    for _ in range(3):
+        await runner.run("a", {})
+    assert tokens.issued == ["tok-1", "tok-2", "tok-3"]
+    assert [c.headers["Authorization"] for c in server.to("/customers")] == [
+        "Bearer tok-1",
+        "Bearer tok-2",
+        "Bearer tok-3",
+    ]
+
+
+async def test_oauth2_401_gets_a_new_token_once(step_runner: Any, http_server: Any) -> None:
+    tokens = TokenEndpoint()
+    server = await http_server(tokens)
+    runner = await step_runner(
+        [oauth_step("a")], config=OAUTH_CONFIG, values={"api": server.url, "client_secret": SECRET}
+    )
+    await runner.run("a", {})
+    tokens.revoked.add("tok-1")  # revoked early, though not expired
+    out = await runner.run("a", {})
+    assert out.result["body"]["token"] == "tok-2"
+    assert len(server.to("/oauth/token")) == 2
+
+
+async def test_oauth2_refresh_token_grant_rotates(step_runner: Any, http_server: Any) -> None:
+    tokens = TokenEndpoint(expires_in=1)
+    server = await http_server(tokens)
+    step = oauth_step("a")
+    step["auth"] = {
+        "type": "oauth2",
+        "token_url": "${config.api}/oauth/token",
+        "client_id": "app",
+        "grant": "refresh_token",
+        "refresh_token": "r-0",
+        "client_auth": "basic",
+    }
+    runner = await step_runner([step], config=OAUTH_CONFIG, values={"api": server.url,
+                                                                   "client_secret": SECRET})
+    await runner.run("a", {})
+    await runner.run("a", {})  # expired: refreshed with the rotated refresh token r-1
+    assert [f["refresh_token"] for f in tokens.forms] == ["r-0", "r-1"]
+    assert server.to("/oauth/token")[0].headers["Authorization"].startswith("Basic ")
+
+
+async def test_oauth2_refused_credentials_are_masked(
+    step_runner: Any, http_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await http_server(TokenEndpoint())
+    wrong = "wr0ng-s3cret-value"
+    runner = await step_runner(
+        [oauth_step("a")], config=OAUTH_CONFIG, values={"api": server.url, "client_secret": wrong}
+    )
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(RetriableError, match="answered 401 \\(invalid_client\\)") as info:
+        await runner.run("a", {})
+    assert wrong not in str(info.value)
+    assert wrong not in caplog.text
+    assert server.to("/customers") == []
+
+
+async def test_static_auth_kinds(step_runner: Any, http_server: Any) -> None:
+    async def echo(call: Any) -> web.Response:
+        return web.json_response({"auth": call.headers.get("Authorization"),
+                                  "key": call.headers.get("X-Key"), "q": call.query})
+
+    server = await http_server(echo)
+    runner = await step_runner(
+        """
+        - id: basic
+          type: http
+          url: ${config.api}/x
+          auth: {type: basic, username: u, password: p}
+        - id: header
+          type: http
+          url: ${config.api}/x
+          auth: {type: api_key, name: X-Key, value: k1}
+        - id: query
+          type: http
+          url: ${config.api}/x
+          auth: {type: api_key, name: key, value: k2, in: query}
+        """,
+        config={"api": {"type": "string"}},
+        values={"api": server.url},
+    )  # fmt: skip
+    assert (await runner.run("basic", {})).result["body"]["auth"] == "Basic dTpw"
+    assert (await runner.run("header", {})).result["body"]["key"] == "k1"
+    assert (await runner.run("query", {})).result["body"]["q"] == {"key": "k2"}
+
+
+async def test_response_cache_on_2xx_only(step_runner: Any, http_server: Any) -> None:
+    async def lookup(call: Any) -> web.Response:
+        if call.path.endswith("/missing"):
+            return web.json_response({"error": "nope"}, status=404)
+        return web.json_response({"id": call.path.rsplit("/", 1)[1], "n": len(server.calls)})
+
+    server = await http_server(lookup)
+    runner = await step_runner(
+        """
+        - id: get
+          type: http
+          url: ${config.api}/customers/${payload.id}
+          cache: {ttl: 5m}
+        """,
+        config={"api": {"type": "string"}},
+        values={"api": server.url},
+    )
+    first = await runner.run("get", {"id": "1"})
+    again = await runner.run("get", {"id": "1"})
+    other = await runner.run("get", {"id": "2"})
+    assert again.result == first.result
+    assert other.result["body"]["id"] == "2"
+    assert [c.path for c in server.calls] == ["/customers/1", "/customers/2"]
+    for _ in range(2):
+        with pytest.raises(PoisonMessageError, match="404"):
+            await runner.run("get", {"id": "missing"})
+    assert len(server.to("/customers/missing")) == 2  # errors are not cached
+
+
+async def test_for_each_posts_every_item(step_runner: Any, http_server: Any) -> None:
+    async def create(call: Any) -> web.Response:
+        return web.json_response({"created": call.json["email"]}, status=201)
+
+    server = await http_server(create)
+    runner = await step_runner(
+        """
+        - id: push
+          type: http
+          method: POST
+          url: ${config.api}/customers
+          for_each: ${payload.records}
+          json: {email: "${item.email}", source: "${payload.source}"}
+        """,
+        config={"api": {"type": "string"}},
+        values={"api": server.url},
+    )
+    out = await runner.run(
+        "push", {"source": "csv", "records": [{"email": "a@x.io"}, {"email": "b@x.io"}]}
+    )
+    assert out.result["count"] == 2
+    assert [r["body"]["created"] for r in out.result["responses"]] == ["a@x.io", "b@x.io"]
+    assert [c.json for c in server.calls] == [
+        {"email": "a@x.io", "source": "csv"},
+        {"email": "b@x.io", "source": "csv"},
+    ]
+    keys = [c.headers["Idempotency-Key"] for c in server.calls]
+    assert len(set(keys)) == 2 and keys[0].endswith("-push-0") and keys[1].endswith("-push-1")
+
+
+async def test_named_http_connection_with_limit(step_runner: Any, http_server: Any) -> None:
+    in_flight = {"now": 0, "max": 0}
+
+    async def slow(call: Any) -> web.Response:
+        in_flight["now"] += 1
+        in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        await asyncio.sleep(0.02)
+        in_flight["now"] -= 1
+        return web.json_response({"auth": call.headers.get("Authorization"),
+                                  "h": call.headers.get("X-Tenant")})
+
+    server = await http_server(slow)
+    runner = await step_runner(
+        """
+        - {id: a, type: http, connection: crm, url: /things}
+        - {id: b, type: http, connection: crm, url: things/b, headers: {X-Tenant: mine}}
+        """,
+        config={"api": {"type": "string"}, "token": {"type": "string", "secret": True}},
+        values={"api": server.url + "/v1/", "token": "t0ken-value"},
+        connections={"crm": {"type": "http", "base_url": "${config.api}", "pool_size": 1,
+                             "headers": {"X-Tenant": "acme"},
+                             "auth": {"type": "bearer", "token": "${config.token}"}}},
+    )  # fmt: skip
+    outs = await asyncio.gather(*(runner.run("a" if i % 2 else "b", {}) for i in range(6)))
+    assert in_flight["max"] == 1  # pool_size 1: one request at a time, across both steps
+    assert {c.path for c in server.calls} == {"/v1/things", "/v1/things/b"}
+    assert {o.result["body"]["auth"] for o in outs} == {"Bearer t0ken-value"}
+    assert sorted({o.result["body"]["h"] for o in outs}) == ["acme", "mine"]
+
+
+async def test_connection_validation(step_runner: Any) -> None:
+    with pytest.raises(ValidationFailed, match="unknown connection 'nope'"):
+        await step_runner([{"id": "a", "type": "http", "connection": "nope", "url": "/x"}])
+    with pytest.raises(ValidationFailed, match=r"connections\.crm\.auth: Value error, auth type "
+                       "oauth2 needs token_url"):
+        await step_runner(
+            [{"id": "a", "type": "http", "connection": "crm", "url": "/x"}],
+            connections={"crm": {"type": "http", "base_url": "http://x",
+                                 "auth": {"type": "oauth2", "client_id": "c"}}},
+        )  # fmt: skip
+    with pytest.raises(ValidationFailed, match="secret config variable 's' may not be used"):
+        await step_runner(
+            [{"id": "a", "type": "http", "connection": "crm", "url": "/x"}],
+            config={"s": {"type": "string", "secret": True}},
+            connections={"crm": {"type": "http", "base_url": "http://x/${config.s}"}},
+        )
+    with pytest.raises(ValidationFailed, match=r"unknown name 'payload'|payload"):
+        await step_runner(
+            [{"id": "a", "type": "http", "connection": "crm", "url": "/x"}],
+            connections={"crm": {"type": "http", "base_url": "${payload.x}"}},
+        )
