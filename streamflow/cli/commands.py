@@ -20,16 +20,18 @@ from streamflow.cli.inputs import config_values, read_payloads
 from streamflow.cli.trace import TraceWriter
 from streamflow.envelope import decode
 from streamflow.errors import ConfigError, Issue, PoisonMessageError, ValidationFailed
-from streamflow.runtime import dlq
+from streamflow.runtime import dlq, instances
 from streamflow.runtime.app import App, AppOptions, environment
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.runner import pick_flow, run_events
+from streamflow.runtime.vault import new_key
 from streamflow.topology.docs import reference_markdown
 from streamflow.topology.jsonschema import integration_schema
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration, parse_duration
 from streamflow.topology.plan import compile_plan
 from streamflow.topology.registry import STEPS, TRIGGERS, load_builtins
+from streamflow.topology.values import parse_assignments, read_config_file
 from streamflow.transport import open_transport
 
 AUXILIARY = ("mocks", "events", "config", "tests")
@@ -186,7 +188,8 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
         with_http = True
         args.host, args.port = "0.0.0.0", metrics_port
     integration = load_integration(args.topology)
-    config = config_values(args, integration)
+    # events of instances carry their own config: --config is needed only for the others
+    config = config_values(args, integration, allow_missing=True)
     transport = open_transport(args.broker)
     worker_id = getattr(args, "worker_id", None) or os.environ.get("STREAMFLOW_WORKER_ID", "0")
     app = App(
@@ -194,7 +197,11 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
         transport,
         config,
         AppOptions(
-            flows=args.flow, steps=getattr(args, "step", []), worker_id=worker_id, env=environment()
+            flows=args.flow,
+            steps=getattr(args, "step", []),
+            worker_id=worker_id,
+            env=environment(),
+            instances=True,
         ),
     )
     app.deploy()
@@ -256,14 +263,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     integration: Integration = load_integration(args.topology)
     flow = pick_flow(integration, args.flow)
-    config = config_values(args, integration)
     transport = open_transport(args.broker)
+    if args.instance:
+        if f"{integration.name}/{args.instance}" not in instances.read_instances(transport):
+            raise ConfigError(
+                f"no instance {args.instance} of {integration.name} "
+                "(`streamflow instance deploy` first)"
+            )
+        config: dict[str, Any] = {}
+    else:
+        config = config_values(args, integration)
     plan = compile_plan(integration)
     ingress = FlowIngress(integration, integration.flows[flow], plan, config)
     producer = transport.producer()
     n = 0
     for payload in read_payloads(args.input):
-        env = ingress.envelope(payload, trigger={"type": "manual"})
+        env = ingress.envelope(payload, trigger={"type": "manual"}, instance=args.instance)
         ingress.send(producer, env)
         n += 1
         print(env.execution_id)
@@ -347,3 +362,54 @@ def _edit_in_editor(payload: Any) -> Any:
         raise ConfigError(f"edited payload not used: {exc}") from None
     finally:
         os.unlink(path)
+
+
+def cmd_instance(args: argparse.Namespace) -> int:
+    if args.instance_command == "key":
+        print(new_key())
+        return 0
+    integration = load_integration(args.topology)
+    transport = open_transport(args.broker)
+    try:
+        if args.instance_command == "deploy":
+            supplied: dict[str, Any] = {}
+            if args.config_file:
+                supplied.update(read_config_file(args.config_file))
+            supplied.update(parse_assignments(args.config))
+            record, created = instances.deploy_instance(
+                transport, integration, args.instance, supplied, upgrade=args.upgrade
+            )
+            verb = "deployed" if created else "updated"
+            print(
+                f"{verb} instance {record.instance} of {record.integration} "
+                f"(version {record.version})"
+            )
+        elif args.instance_command == "remove":
+            record = instances.remove_instance(transport, integration, args.instance)
+            print(f"removed instance {record.instance} of {record.integration}")
+        else:
+            table = instances.read_instances(transport)
+            mine = [r for r in table.values() if r.integration == integration.name]
+            if args.instance_command == "show":
+                mine = [r for r in mine if r.instance == args.instance]
+                if not mine:
+                    raise ConfigError(f"no instance {args.instance} of {integration.name}")
+            for r in sorted(mine, key=lambda r: r.instance):
+                row = {
+                    "instance": r.instance,
+                    "integration": r.integration,
+                    "version": r.version,
+                    "deployed": time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.deployed_ms / 1000)
+                    ),
+                    "config": r.masked(),
+                }
+                if args.json or args.instance_command == "show":
+                    print(json.dumps(row, indent=None if args.json else 2))
+                else:
+                    print(f"{r.instance:<24} version {r.version:<8} deployed {row['deployed']}")
+            if not mine and args.instance_command == "list":
+                print(f"no instances of {integration.name}")
+    finally:
+        transport.close()
+    return 0

@@ -41,10 +41,14 @@ def read_payloads(source: str) -> list[Any]:
 
 
 def config_values(
-    args: argparse.Namespace, integration: Integration, extra: dict[str, Any] | None = None
+    args: argparse.Namespace,
+    integration: Integration,
+    extra: dict[str, Any] | None = None,
+    *,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     supplied: dict[str, Any] = dict(extra or {})
     if getattr(args, "config_file", None):
         supplied.update(read_config_file(args.config_file))
     supplied.update(parse_assignments(getattr(args, "config", []) or []))
-    return resolve_config(integration.config, supplied)
+    return resolve_config(integration.config, supplied, allow_missing=allow_missing)

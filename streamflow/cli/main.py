@@ -63,6 +63,48 @@ def _add_dlq(sub: Any) -> None:
             d.add_argument("--edit", action="store_true", help="edit each payload in $EDITOR first")
 
 
+def _add_instance(sub: Any) -> None:
+    p = sub.add_parser(
+        "instance", help="deploy an integration per customer: deploy, list, show, remove"
+    )
+    isub = p.add_subparsers(dest="instance_command", required=True)
+    d = isub.add_parser(
+        "deploy", help="validate config values, encrypt secrets, record the instance"
+    )
+    d.add_argument("topology")
+    d.add_argument("--instance", required=True, help="the instance id (e.g. the customer)")
+    d.add_argument("--upgrade", action="store_true", help="move the instance to this version")
+    _add_broker(d)
+    _add_config(d)
+    for name, text in (
+        ("list", "instances of the integration"),
+        ("show", "one instance, secrets masked"),
+        ("remove", "remove an instance (its flows stop accepting its events)"),
+    ):
+        c = isub.add_parser(name, help=text)
+        c.add_argument("topology")
+        if name != "list":
+            c.add_argument("--instance", required=True)
+        c.add_argument("--json", action="store_true")
+        _add_broker(c)
+    isub.add_parser("key", help="print a new STREAMFLOW_SECRET_KEY")
+
+
+def _add_deploy_produce(sub: Any) -> None:
+    p = sub.add_parser("deploy", help="create or update the topics of the plan (idempotent)")
+    p.add_argument("topology")
+    p.add_argument("--dry-run", action="store_true")
+    _add_broker(p)
+
+    p = sub.add_parser("produce", help="send events to a flow")
+    p.add_argument("topology")
+    p.add_argument("--flow")
+    p.add_argument("--input", default="-")
+    p.add_argument("--instance", default="", help="the events belong to this deployed instance")
+    _add_broker(p)
+    _add_config(p)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="streamflow", description="Kafka-native integration flows.")
     ap.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
@@ -115,18 +157,9 @@ def parser() -> argparse.ArgumentParser:
     _add_broker(p)
     _add_config(p)
 
-    p = sub.add_parser("deploy", help="create or update the topics of the plan (idempotent)")
-    p.add_argument("topology")
-    p.add_argument("--dry-run", action="store_true")
-    _add_broker(p)
-
-    p = sub.add_parser("produce", help="send events to a flow")
-    p.add_argument("topology")
-    p.add_argument("--flow")
-    p.add_argument("--input", default="-")
-    _add_broker(p)
-    _add_config(p)
+    _add_deploy_produce(sub)
     _add_dlq(sub)
+    _add_instance(sub)
     return ap
 
 

@@ -111,7 +111,7 @@ class CodeStep(AsyncStep):
             "steps": env.steps,
             "trigger": env.trigger,
             "meta": scope["meta"],
-            "config": self.ctx.config,
+            "config": self.ctx.config_of(env),
             "options": self.options.render(scope),
             "logger": self.ctx.logger,
         }

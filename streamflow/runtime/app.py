@@ -19,6 +19,7 @@ import aiohttp
 from streamflow.errors import ConfigError
 from streamflow.runtime.agent import StepAgent
 from streamflow.runtime.ingest import FlowIngress
+from streamflow.runtime.instances import InstanceTable
 from streamflow.runtime.processor import ChainProcessor, Processor, ProcessorOptions
 from streamflow.runtime.retrying import RetryProcessor
 from streamflow.runtime.saga import CompensationProcessor
@@ -40,6 +41,7 @@ class AppOptions:
     trace_payloads: bool = False
     worker_id: str = "0"  # distinguishes transactional ids of worker processes
     triggers: bool = True  # run trigger agents (kafka triggers); `run` feeds events itself
+    instances: bool = False  # follow sf.instances and resolve each envelope's instance config
     env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -58,6 +60,7 @@ class App:
         self.plan: Plan = compile_plan(integration)
         self._session: aiohttp.ClientSession | None = None
         self.resources = Resources()
+        self.instances: InstanceTable | None = None
         self.agents: list[StepAgent] = []
         unknown = set(self.options.flows) - set(integration.flows)
         if unknown:
@@ -80,6 +83,8 @@ class App:
         return self._session
 
     def build_agents(self) -> list[StepAgent]:
+        if self.options.instances and self.instances is None:
+            self.instances = InstanceTable(self.transport, self.integration)
         agents = []
         for flow in self.integration.flows.values():
             if self.options.flows and flow.name not in self.options.flows:
@@ -114,6 +119,7 @@ class App:
             self.http_session,
             logging.getLogger(f"streamflow.step.{flow.name}.{config.id}"),
             self.resources,
+            self.instances.config if self.instances is not None else None,
         )
         step: AnyStep = factory(config, ctx)
         return step
@@ -176,6 +182,8 @@ class App:
         """Run every agent until ``stop`` is set; an agent that fails stops the others."""
         agents = self.agents or self.build_agents()
         tasks = [asyncio.create_task(a.run(stop), name=a.plan.name) for a in agents]
+        if self.instances is not None:
+            tasks.append(asyncio.create_task(self._follow_instances(stop), name="instances"))
         try:
             done, _ = await asyncio.wait(
                 [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
@@ -195,8 +203,18 @@ class App:
             for agent in agents:
                 await agent.processor.close()
             await self.resources.aclose()
+            if self.instances is not None:
+                self.instances.close()
             if self._session is not None:
                 await self._session.close()
+
+    async def _follow_instances(self, stop: asyncio.Event) -> None:
+        """Keep the instance table live (deploys and removals take effect within ~1 s)."""
+        assert self.instances is not None
+        table = self.instances
+        while not stop.is_set():
+            await asyncio.to_thread(table.refresh, 0.5)
+            await asyncio.sleep(0.5)
 
 
 def _stored_results(flow: Flow) -> frozenset[str]:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamflow.envelope import Envelope
+from streamflow.errors import PoisonMessageError
 from streamflow.topology.models import StepNode
+from streamflow.topology.values import MISSING
 
 if TYPE_CHECKING:
     import aiohttp
@@ -98,6 +100,18 @@ class StepContext:
     http_session: Callable[[], aiohttp.ClientSession] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("streamflow.step"))
     resources: Resources = field(default_factory=Resources)
+    config_for: Callable[[str], Mapping[str, Any]] | None = None  # an instance's config
+
+    def config_of(self, env: Envelope) -> Mapping[str, Any]:
+        """The config values for this envelope: its instance's, else the run's."""
+        if env.instance and self.config_for is not None:
+            return self.config_for(env.instance)
+        if MISSING in self.config:
+            raise PoisonMessageError(
+                f"config variable(s) {', '.join(self.config[MISSING])} not set: the event "
+                "belongs to no instance and the worker got no --config for them"
+            )
+        return self.config
 
     @property
     def step_id(self) -> str:
@@ -107,7 +121,7 @@ class StepContext:
         """The names an expression can read while this step handles ``env``."""
         return {
             "payload": env.payload,
-            "config": self.config,
+            "config": self.config_of(env),
             "steps": env.steps,
             "trigger": env.trigger,
             "meta": {

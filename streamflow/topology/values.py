@@ -36,11 +36,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+MISSING = "__missing__"  # key of the list of required variables left unset (allow_missing)
+
+
 def resolve_config(
-    variables: Mapping[str, ConfigVar], supplied: Mapping[str, Any], *, strict: bool = True
+    variables: Mapping[str, ConfigVar],
+    supplied: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Defaults applied, types coerced (strings from the command line), unknown and missing
-    names refused with one message listing every problem."""
+    names refused with one message listing every problem. With ``allow_missing`` a required
+    variable may stay unset (a worker whose events come from instances); the names left
+    unset are listed under the ``MISSING`` key."""
+    missing: list[str] = []
     problems = []
     unknown = sorted(set(supplied) - set(variables))
     if unknown and strict:
@@ -56,12 +66,16 @@ def resolve_config(
             values[name] = var.default
         elif var.required is False:
             values[name] = None
+        elif allow_missing:
+            missing.append(name)
         else:
             problems.append(f"config variable '{name}' is required (no default)")
         if var.enum is not None and values.get(name) is not None and values[name] not in var.enum:
             problems.append(f"config variable '{name}' must be one of {var.enum}")
     if problems:
         raise ConfigError("; ".join(problems))
+    if missing:
+        values[MISSING] = missing
     return values
 
 

@@ -127,7 +127,9 @@ class Transport(Protocol):
 
     def consumer(
         self, group: str, topics: Sequence[str], *, from_end: bool = False
-    ) -> Consumer: ...
+    ) -> Consumer:
+        """A member of consumer ``group``; with group ``""`` a reader of every partition
+        that belongs to no group and commits nothing (from the beginning, or ``from_end``)."""
 
     def producer(self, *, transactional_id: str | None = None) -> Producer: ...
 

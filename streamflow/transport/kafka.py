@@ -63,7 +63,7 @@ class KafkaConsumer:
     ) -> None:
         conf = {
             **base,
-            "group.id": group,
+            "group.id": group or "streamflow-reader",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "latest" if from_end else "earliest",
@@ -77,23 +77,27 @@ class KafkaConsumer:
         self.on_revoke: RevokeHook | None = None
         self.consumer = Consumer(conf)
         self.assigned: set[TP] = set()
-        if from_end:
-            self._assign_at_end(topics)
+        if from_end or not group:
+            self._assign(topics, at_end=from_end)
         else:
             self.consumer.subscribe(
                 list(topics), on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
             )
 
-    def _assign_at_end(self, topics: Sequence[str]) -> None:
-        """A reader of new events only (no group membership): positions fixed right now,
-        so nothing produced after this call can be missed."""
+    def _assign(self, topics: Sequence[str], *, at_end: bool) -> None:
+        """A reader without group membership, from the beginning or of new events only
+        (positions fixed right now, so nothing produced after this call is missed)."""
         parts = []
         for topic in topics:
             meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
             for p in meta.partitions:
                 tp = TopicPartition(topic, p)
-                high = _retry(lambda tp=tp: self.consumer.get_watermark_offsets(tp, timeout=10)[1])
-                parts.append(TopicPartition(topic, p, high))
+                start = OFFSET_BEGINNING
+                if at_end:
+                    start = _retry(
+                        lambda tp=tp: self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+                    )
+                parts.append(TopicPartition(topic, p, start))
                 self.assigned.add((topic, p))
         self.consumer.assign(parts)
 

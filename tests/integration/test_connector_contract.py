@@ -147,6 +147,7 @@ def test_every_type_with_secret_fields_has_a_case() -> None:
     assert with_secrets == set(SECRET_CASES) | set(NO_ERROR_PATH)
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 @pytest.mark.parametrize("name", sorted(SECRET_CASES))
 async def test_secrets_never_in_errors_or_logs(
     name: str,

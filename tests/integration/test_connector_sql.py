@@ -354,3 +354,21 @@ async def test_secret_dsn_only_in_secret_fields(step_runner: Any) -> None:
               "params": {"a": "${config.db_dsn}"}}],
             config=DB,
         )
+
+
+async def test_timeout_is_retriable_and_the_pool_recovers(
+    step_runner: Any, postgres_url: str
+) -> None:
+    runner = await step_runner(
+        """
+        - {id: slow, type: sql, dsn: "${config.db_dsn}", query: "SELECT pg_sleep(30)",
+           timeout: 300ms, pool_size: 1}
+        - {id: quick, type: sql, dsn: "${config.db_dsn}", query: "SELECT 1 AS one",
+           pool_size: 1, result: first}
+        """,
+        config=DB,
+        values={"db_dsn": postgres_url},
+    )
+    with pytest.raises(RetriableError, match=r"no answer within 0\.3s"):
+        await runner.run("slow", {})
+    assert (await runner.run("quick", {})).result == {"row": {"one": 1}, "count": 1}
