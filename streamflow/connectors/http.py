@@ -201,7 +201,9 @@ class HttpStep(AsyncStep):
         status = resp.status
         ok = status in self.cfg.success_codes if self.cfg.success_codes else 200 <= status < 300
         if not ok:
-            msg = self.caller.mask(f"{self.cfg.method} {safe_url(url)} answered {status}")
+            body = resp.as_result().get("body")
+            detail = "" if body is None else f": {str(body)[:300]}"  # the server's reason
+            msg = self.caller.mask(f"{self.cfg.method} {safe_url(url)} answered {status}{detail}")
             if status in self.retry_on:
                 raise RetriableError(msg, retry_after(resp.headers.get("Retry-After")))
             raise PoisonMessageError(msg)

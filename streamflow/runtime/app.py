@@ -20,6 +20,7 @@ from streamflow.errors import ConfigError
 from streamflow.runtime.agent import StepAgent
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.instances import InstanceTable
+from streamflow.runtime.logs import register_secrets
 from streamflow.runtime.processor import ChainProcessor, Processor, ProcessorOptions
 from streamflow.runtime.retrying import RetryProcessor
 from streamflow.runtime.saga import CompensationProcessor
@@ -61,6 +62,7 @@ class App:
         self._session: aiohttp.ClientSession | None = None
         self.resources = Resources()
         self.instances: InstanceTable | None = None
+        register_secrets(self.config.get(n) for n, v in integration.config.items() if v.secret)
         self.agents: list[StepAgent] = []
         unknown = set(self.options.flows) - set(integration.flows)
         if unknown:

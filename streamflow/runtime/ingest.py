@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamflow.envelope import Envelope, encode, new_execution_id
+from streamflow.runtime import tracing
 from streamflow.runtime.events import event_for
 from streamflow.topology.expressions import Template, compile_value
 from streamflow.topology.models import Flow, Integration
@@ -35,6 +36,7 @@ class FlowIngress:
         trigger: dict[str, Any] | None = None,
         instance: str = "",
         execution_id: str | None = None,
+        trace: str = "",
     ) -> Envelope:
         return Envelope(
             execution_id=execution_id or new_execution_id(),
@@ -44,6 +46,7 @@ class FlowIngress:
             payload=payload,
             instance=instance,
             trigger=trigger or {},
+            trace=trace if tracing.valid_traceparent(trace) else tracing.new_traceparent(),
         )
 
     def partition_key(self, env: Envelope) -> bytes:
@@ -62,8 +65,9 @@ class FlowIngress:
 
     def send(self, producer: Producer, env: Envelope) -> None:
         fplan = self.plan.flows[self.flow.name]
+        headers = [("traceparent", env.trace.encode())] if tracing.enabled() else None
         producer.send(
-            fplan.first_topic, encode(env, self.flow.doc.encoding), self.partition_key(env)
+            fplan.first_topic, encode(env, self.flow.doc.encoding), self.partition_key(env), headers
         )
         started = event_for(env, "started", payload=env.payload)
         producer.send(self.plan.executions_topic, started.encode(), env.execution_id.encode())

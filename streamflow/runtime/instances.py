@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from streamflow.errors import ConfigError, PoisonMessageError
+from streamflow.runtime.logs import register_secrets
 from streamflow.runtime.vault import Vault, is_sealed
 from streamflow.topology.models import Integration
 from streamflow.topology.values import resolve_config
@@ -190,9 +191,11 @@ class InstanceTable:
             raise PoisonMessageError(
                 f"unknown or removed instance '{instance}' of {self.integration.name}"
             )
-        values = resolve_config(
-            self.integration.config, unseal_config(record, self.vault), strict=False
+        unsealed = unseal_config(record, self.vault)
+        register_secrets(
+            unsealed[n] for n, v in self.integration.config.items() if v.secret and n in unsealed
         )
+        values = resolve_config(self.integration.config, unsealed, strict=False)
         with self.lock:
             self.resolved[instance] = values
         return values

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import CircuitOpenError, FatalError, PoisonMessageError, RetriableError
+from streamflow.runtime import tracing
 from streamflow.runtime.events import event_for
 from streamflow.runtime.metrics import BREAKER_STATE, StepMetrics
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
@@ -98,6 +99,7 @@ class ChainProcessor:
         self.policy: RetryPolicy = flow.doc.retry or DEFAULT_POLICY
         self.metrics = StepMetrics(flow_plan.integration, flow.name, agent.steps[0])
         self.counters = {sid: self.metrics.for_step(sid) for sid in steps}
+        self.traced = tracing.enabled()
         self.breakers = {
             sid: CircuitBreaker(cfg, self._breaker_logger(sid))
             for sid in steps
@@ -137,7 +139,7 @@ class ChainProcessor:
             started = time.perf_counter()
             before = env.payload
             try:
-                outcome = step.process(env)
+                outcome = self._call(step, env)
             except FatalError:
                 raise
             except Exception as exc:
@@ -158,7 +160,7 @@ class ChainProcessor:
             before = env.payload
             if isinstance(step, Step):
                 try:
-                    outcome = step.process(env)
+                    outcome = self._call(step, env)
                 except FatalError:
                     raise
                 except Exception as exc:
@@ -174,6 +176,12 @@ class ChainProcessor:
             self.counters[env.step].duration.observe(time.perf_counter() - started)
             env = self._advance(env, outcome, rec, outs, before)
         return outs
+
+    def _call(self, step: Step, env: Envelope) -> Outcome:
+        if not self.traced:
+            return step.process(env)
+        with tracing.step_span(env, self.plan.integration):
+            return step.process(env)
 
     # -- pieces ----------------------------------------------------------------------------
     def _decode(self, rec: Record, outs: list[Out]) -> Envelope | None:
@@ -208,7 +216,11 @@ class ChainProcessor:
             try:
                 if breaker is not None and (wait := breaker.before_call()) is not None:
                     raise CircuitOpenError(f"circuit of step {env.step} is open", wait)
-                outcome = await step.process(env)
+                if self.traced:
+                    with tracing.step_span(env, self.plan.integration):
+                        outcome = await step.process(env)
+                else:
+                    outcome = await step.process(env)
                 if breaker is not None:
                     breaker.success()
                 return outcome
@@ -301,7 +313,8 @@ class ChainProcessor:
                 env, rec, PoisonMessageError(f"cannot encode the envelope: {exc}"), outs
             )
             return None
-        outs.append(Out(self.plan.entry_of[nxt], value, rec.key))
+        headers = [("traceparent", env.trace.encode())] if self.traced and env.trace else None
+        outs.append(Out(self.plan.entry_of[nxt], value, rec.key, headers))
         self.metrics.produced.inc()
         return None
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import FatalError, PoisonMessageError
+from streamflow.runtime import tracing
 from streamflow.runtime.events import event_for
 from streamflow.runtime.metrics import StepMetrics
 from streamflow.runtime.processor import Out, ProcessorOptions, describe, dlq_headers
@@ -84,9 +85,12 @@ class CompensationProcessor:
         policy = self.flow.nodes[parent].compensation.retry or DEFAULT_POLICY  # type: ignore[union-attr]
         while True:
             try:
-                outcome: Outcome = (
-                    await step.process(env) if isinstance(step, AsyncStep) else step.process(env)
-                )
+                with tracing.step_span(env, self.plan.integration):
+                    outcome: Outcome = (
+                        await step.process(env)
+                        if isinstance(step, AsyncStep)
+                        else step.process(env)
+                    )
                 self.counters[parent].compensated.inc()
                 self._event(env, outs, "step", note=f"compensated {parent}")
                 if outcome.result is not None:

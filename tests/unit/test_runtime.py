@@ -308,7 +308,9 @@ async def test_exhausted_retries_fail_and_same_key_goes_on(
 
     server = await serve(handler)
     result = await run_flow(
-        topology(tmp_path, http_flow(key="${payload.customer}", ordered=ordered), config=HTTP_CONFIG),
+        topology(
+            tmp_path, http_flow(key="${payload.customer}", ordered=ordered), config=HTTP_CONFIG
+        ),
         [
             {"id": "first", "customer": "c1", "fail": True},
             {"id": "second", "customer": "c1", "fail": False},
