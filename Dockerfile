@@ -4,7 +4,8 @@
 #   docker build --build-arg EXTRAS=otel -t REGISTRY/streamflow:0.1.0 .   # with optional extras
 #   docker run --rm REGISTRY/streamflow:0.1.0 validate /etc/streamflow/topology.yaml
 #
-# Every dependency ships as a binary wheel for this base, so no compiler is installed.
+# Every dependency ships as a binary wheel for this base, so no compiler is installed
+# (check that still holds when adding one).
 # The Helm chart (helm/streamflow) runs this image with a read-only root filesystem and an
 # emptyDir on /tmp; probes come from the chart, so the image has no HEALTHCHECK.
 FROM python:3.11-slim

@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit e2e kafka kafka-stop bench bench-quick schema clean
+.PHONY: demo test lint typecheck unit e2e kafka kafka-stop bench bench-quick schema helm-check clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,12 +20,14 @@ demo: $(STAMP)  ## run the web-form example on the embedded transport and print 
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamflow tests bench
-	$(BIN)/mypy streamflow tests/kafka_broker.py
+	$(BIN)/mypy streamflow tests/kafka_broker.py tests/integration/test_helm.py
 
 test: $(STAMP) lint  ## lint, type-check, then every test (Kafka tests start a local broker)
 	$(BIN)/streamflow validate topologies/
+	$(BIN)/streamflow test topologies/
 	$(BIN)/streamflow schema --check
 	$(BIN)/streamflow steps --markdown | diff -u docs/steps.md - || (echo "docs/steps.md is out of date: streamflow steps --markdown > docs/steps.md"; exit 1)
+	bash scripts/helm-check.sh
 	$(BIN)/pytest -q -ra
 
 unit: $(STAMP)
@@ -37,11 +39,14 @@ kafka: $(STAMP)  ## start (or reuse) a single-node Apache Kafka broker on 127.0.
 kafka-stop:
 	bash scripts/kafka.sh stop
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.run
+bench: $(STAMP)  ## full benchmark run -> bench/results, docs/benchmarks.md (BENCH_ARGS="--only ceiling,sf-1step")
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-bench-quick: $(STAMP)
-	$(BIN)/python -m bench.run --quick
+bench-quick: $(STAMP)  ## the same on a few thousand events: checks the harness (< 5 min)
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+
+helm-check:  ## helm lint + helm template of helm/streamflow with every examples/*.yaml (builds helm once)
+	bash scripts/helm-check.sh
 
 schema: $(STAMP)
 	$(BIN)/streamflow schema

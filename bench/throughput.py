@@ -3,16 +3,20 @@
     python -m bench.throughput --broker local://.bench --events 20000 --steps 1
     python -m bench.throughput --broker kafka://127.0.0.1:9092 --events 100000 --steps 3 --fuse
 
-Preloads N keyed ~500-byte JSON events (fixed seed) into the flow's first topic, then
-runs every agent of the flow in this process and times until the last agent has
-processed all N. Prints events/s and process CPU time per event. This is not a test:
-no assertion on speed anywhere; see docs/benchmarks.md for results.
+Preloads N keyed ~500-byte JSON events (fixed seed, the data of bench/common.py) into the
+flow's first topic, then runs every agent of the flow in this process and times until
+the last agent has committed all N (the clock starts when the first record is processed,
+so consumer-group joins are not counted). Prints events/s, process CPU time per event and peak
+RSS as one JSON line. This is the *step-only* reference of bench.run (no kafka trigger,
+no kafka_publish); the end-to-end harness is bench/run.py. Not a test: no assertion on
+speed anywhere; see docs/benchmarks.md for results.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import resource
@@ -22,54 +26,31 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.common import BATCH, PARTITIONS, SEED, event
+from bench.topologies import integration_yaml, steps_yaml
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
 
-STEPS_1 = """      - id: enrich
-        type: transform
-        output: {id: "${payload.id}", user: "${payload.user}", total: "${payload.amount * 1.2}",
-                 note: "${payload.note}"}
-"""
-STEPS_3 = (
-    STEPS_1
-    + """      - {id: keep, type: filter, when: "${payload.total >= 0}"}
-      - id: shape
-        type: transform
-        output: {id: "${payload.id}", gross: "${payload.total}", who: "${upper(payload.user)}"}
-"""
-)
-
 
 def topology(name: str, steps: int, guarantee: str, fuse: bool, interval: str) -> str:
-    return f"""apiVersion: streamflow/v1
-kind: Integration
-name: {name}
-flows:
-  - name: f
-    partitions: 6
-    key: ${{payload.user}}
-    guarantee: {guarantee}
-    commit_interval: {interval}
-    fuse: {str(fuse).lower()}
-    max_batch: 1000
-    trigger: {{type: manual}}
-    steps:
-{STEPS_1 if steps == 1 else STEPS_3}"""
+    return integration_yaml(
+        name,
+        trigger="{type: manual}",
+        steps=steps_yaml(steps),
+        guarantee=guarantee,
+        commit_interval=interval,
+        fuse=fuse,
+        max_batch=BATCH,
+        partitions=PARTITIONS,
+    )
 
 
-def events(n: int, seed: int = 42) -> list[dict[str, Any]]:
+def events(n: int, seed: int = SEED) -> list[dict[str, Any]]:
+    """The same events as bench.run's backlog (bench/common.py), as payloads."""
     rnd = random.Random(seed)
-    return [
-        {
-            "id": i,
-            "user": f"user-{rnd.randrange(1000)}",
-            "amount": round(rnd.random() * 500, 2),
-            "note": "x" * 380,
-        }
-        for i in range(n)
-    ]
+    return [event(i, rnd) for i in range(n)]
 
 
 def cpu() -> float:
@@ -78,9 +59,16 @@ def cpu() -> float:
 
 
 async def measure(
-    broker: str, n: int, steps: int, guarantee: str, fuse: bool, interval: str, step_events: bool
+    broker: str,
+    n: int,
+    steps: int,
+    guarantee: str,
+    fuse: bool,
+    interval: str,
+    step_events: bool,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    name = f"bench-{uuid.uuid4().hex[:6]}"
+    name = name or f"bench-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "t.yaml"
         path.write_text(topology(name, steps, guarantee, fuse, interval))
@@ -100,15 +88,23 @@ async def measure(
     stop = asyncio.Event()
     c0, t0 = cpu(), time.perf_counter()
     task = asyncio.create_task(app.run(stop))
+    # the clock starts at the first record processed: consumer-group joins are not draining
+    first: tuple[float, float] | None = None
     while last.committed < n:
         if task.done():
             task.result()
+        if first is None and any(a.processed for a in agents):
+            first = (cpu(), time.perf_counter())
         await asyncio.sleep(0.01)
-    seconds = time.perf_counter() - t0
-    used = cpu() - c0
+    t1, c1 = time.perf_counter(), cpu()
+    c_first, t_first = first or (c0, t0)
+    seconds = t1 - t_first
+    used = c1 - c_first
     stop.set()
     await task
     transport.close()
+    if broker.startswith("kafka://"):
+        drop_topics(broker.removeprefix("kafka://"), [t.name for t in app.plan.topics])
     return {
         "broker": broker.split(":", maxsplit=1)[0],
         "events": n,
@@ -118,10 +114,34 @@ async def measure(
         "commit_interval": interval,
         "step_events": step_events,
         "agents": len(agents),
+        "startup_s": round(t_first - t0, 3),
         "seconds": round(seconds, 3),
         "events_per_s": round(n / seconds),
         "cpu_us_per_event": round(used / n * 1e6, 1),
+        "rss_peak_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """VmHWM (ru_maxrss also counts the parent's RSS when this process was vfork-spawned)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def drop_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete the flow's topics after a Kafka run (best effort)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # referenced until the end
+    for fut in admin.delete_topics(names).values():
+        with contextlib.suppress(KafkaException):
+            fut.result(30)
 
 
 def main() -> None:
@@ -135,6 +155,7 @@ def main() -> None:
     )
     ap.add_argument("--commit-interval", default="100ms")
     ap.add_argument("--no-step-events", action="store_true")
+    ap.add_argument("--name", help="integration name (default: bench-<random>)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         broker = args.broker or f"local://{tmp}"
@@ -147,6 +168,7 @@ def main() -> None:
                 args.fuse,
                 args.commit_interval,
                 not args.no_step_events,
+                args.name,
             )
         )
     print(json.dumps(result))

@@ -17,8 +17,8 @@
 #
 # Environment:
 #   HELM_VERSION     helm release to build (default v3.16.4)
-#   STREAMFLOW_TOOLS tool cache (default ~/.cache/streamflow-tools): bin/, go/ (module and
-#                    build caches of the helm build)
+#   STREAMFLOW_TOOLS tool cache (default ~/.cache/streamflow-tools): bin/helm; go/ holds
+#                    the Go module and build caches while building, emptied afterwards
 #   GO               go binary (default: go on PATH, else /usr/local/go/bin/go)
 #   HELM_TOPOLOGY    topology rendered into the chart (default the order-routing example)
 #   HELM_RENDER_DIR  where rendered manifests go (default: mktemp -d)
@@ -46,7 +46,11 @@ no_helm() {
 is_helm3() { [[ "$("$1" version --template '{{.Version}}' 2>/dev/null)" == v3.* ]]; }
 
 find_go() {
-  if [[ -n "${GO:-}" ]]; then echo "$GO"; return; fi
+  if [[ -n "${GO:-}" ]]; then
+    command -v "$GO" >/dev/null || return 1
+    command -v "$GO"
+    return
+  fi
   if command -v go >/dev/null; then command -v go; return; fi
   if [[ -x /usr/local/go/bin/go ]]; then echo /usr/local/go/bin/go; return; fi
   return 1
@@ -70,10 +74,14 @@ build_helm() {
   local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
   ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
   ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
-  if ! "$go" install -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2; then
-    no_helm "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION failed"
-  fi
+  local status=0 buildlog="$TOOLS/helm-build.log"
+  "$go" install -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+    >"$buildlog" 2>&1 || status=$?
+  grep -v '^go: downloading' "$buildlog" >&2 || true
+  (( status == 0 )) || no_helm "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION failed (see $buildlog)"
   log "built $bin/helm ($HELM_VERSION, Kubernetes 1.$minor) in $((SECONDS - started)) s"
+  # Only the binary is worth keeping: drop the ~1.3 GB of module and build caches.
+  "$go" clean -cache -modcache >/dev/null 2>&1 || true
 }
 
 ensure_helm() {

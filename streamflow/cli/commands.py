@@ -22,6 +22,7 @@ from streamflow.envelope import decode
 from streamflow.errors import ConfigError, Issue, PoisonMessageError, ValidationFailed
 from streamflow.runtime import dlq, instances
 from streamflow.runtime.app import App, AppOptions, environment
+from streamflow.runtime.gateway import Gateway, has_sync_webhooks, manual_trigger
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.runner import pick_flow, run_events
 from streamflow.runtime.vault import new_key
@@ -184,6 +185,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
     metrics_port = getattr(args, "metrics_port", None)
+    serve = with_http and metrics_port is None  # serve: the gateway beside the agents
     if metrics_port is not None:
         with_http = True
         args.host, args.port = "0.0.0.0", metrics_port
@@ -202,10 +204,17 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
             worker_id=worker_id,
             env=environment(),
             instances=True,
+            # `response: sync` webhooks answer with the output carried by `completed`
+            trace_payloads=serve and has_sync_webhooks(integration),
         ),
     )
     app.deploy()
     app.build_agents()
+    gateway = (
+        Gateway(integration, transport, config, env=environment(), flows=args.flow)
+        if serve
+        else None
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -213,13 +222,16 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         site = None
-        if with_http:
+        port = getattr(args, "port", None)  # `worker` has no --port without --metrics-port
+        if gateway is not None:
+            port = await gateway.start(args.host, args.port)
+        elif with_http:
             from streamflow.runtime.http import start_http
 
             site = await start_http(args.host, args.port)
         print(
             f"streamflow: {len(app.agents)} agent(s) of {integration.name} running on "
-            f"{transport.url}" + (f", http://{args.host}:{args.port}" if site else ""),
+            f"{transport.url}" + (f", http://{args.host}:{port}" if with_http else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -228,8 +240,51 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
         finally:
             if site is not None:
                 await site.stop()
+            if gateway is not None:
+                await gateway.stop()
 
     try:
+        asyncio.run(main())
+    finally:
+        transport.close()
+    print("streamflow: stopped cleanly", file=sys.stderr)
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    integration = load_integration(args.topology)
+    config = config_values(args, integration, allow_missing=True)
+    transport = open_transport(args.broker)
+    try:
+        App(integration, transport, config, AppOptions(flows=args.flow)).deploy()
+        gateway = Gateway(
+            integration,
+            transport,
+            config,
+            env=environment(),
+            flows=args.flow,
+            produce_timeout=args.produce_timeout,
+        )
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            port = await gateway.start(args.host, args.port)
+            base = f"http://{args.host}:{port}"
+            print(
+                f"streamflow: gateway of {integration.name} on {base} ({transport.url})",
+                file=sys.stderr,
+                flush=True,
+            )
+            for flow in gateway.webhooks:
+                print(f"  webhook {base}/webhooks/{integration.name}/{flow}", file=sys.stderr)
+            try:
+                await stop.wait()
+            finally:
+                await gateway.stop()
+
         asyncio.run(main())
     finally:
         transport.close()
@@ -265,7 +320,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     flow = pick_flow(integration, args.flow)
     transport = open_transport(args.broker)
     if args.instance:
-        if f"{integration.name}/{args.instance}" not in instances.read_instances(transport):
+        if f"{integration.name}/{args.instance}" not in instances.live(
+            instances.read_instances(transport)
+        ):
             raise ConfigError(
                 f"no instance {args.instance} of {integration.name} "
                 "(`streamflow instance deploy` first)"
@@ -278,7 +335,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     producer = transport.producer()
     n = 0
     for payload in read_payloads(args.input):
-        env = ingress.envelope(payload, trigger={"type": "manual"}, instance=args.instance)
+        env = ingress.envelope(
+            payload, trigger=manual_trigger(integration.flows[flow]), instance=args.instance
+        )
         ingress.send(producer, env)
         n += 1
         print(env.execution_id)
@@ -380,15 +439,24 @@ def cmd_instance(args: argparse.Namespace) -> int:
                 transport, integration, args.instance, supplied, upgrade=args.upgrade
             )
             verb = "deployed" if created else "updated"
+            started = instances.start_lifecycle_flows(
+                transport, integration, record, "deploy", args.public_url
+            )
             print(
                 f"{verb} instance {record.instance} of {record.integration} "
                 f"(version {record.version})"
             )
+            for eid in started:
+                print(f"started deploy flow: execution {eid}")
         elif args.instance_command == "remove":
             record = instances.remove_instance(transport, integration, args.instance)
+            for eid in instances.start_lifecycle_flows(
+                transport, integration, record, "remove", args.public_url
+            ):
+                print(f"started remove flow: execution {eid}")
             print(f"removed instance {record.instance} of {record.integration}")
         else:
-            table = instances.read_instances(transport)
+            table = instances.live(instances.read_instances(transport))
             mine = [r for r in table.values() if r.integration == integration.name]
             if args.instance_command == "show":
                 mine = [r for r in mine if r.instance == args.instance]
@@ -413,3 +481,19 @@ def cmd_instance(args: argparse.Namespace) -> int:
     finally:
         transport.close()
     return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from streamflow.testing import cases
+
+    files = cases.load_test_files(args.paths)  # ValidationFailed: exit 2, file:line:col
+    reporter = cases.Reporter()
+    results = asyncio.run(
+        cases.run_test_files(files, select=args.select, on_result=reporter.case)
+    )
+    reporter.summary(results)
+    if args.junit_xml:
+        cases.write_junit_xml(results, args.junit_xml)
+    if not results:
+        raise ConfigError(f"no test case matches -k {args.select!r}")
+    return 0 if all(r.passed for r in results) else 1

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from streamflow.errors import ConfigError, FatalError, ValidationFailed
+from streamflow.runtime import tracing
+from streamflow.runtime.instances import PUBLIC_URL_ENV
+from streamflow.runtime.logs import configure_logging
 from streamflow.transport import DEFAULT_BROKER
 
 
@@ -74,6 +77,11 @@ def _add_instance(sub: Any) -> None:
     d.add_argument("topology")
     d.add_argument("--instance", required=True, help="the instance id (e.g. the customer)")
     d.add_argument("--upgrade", action="store_true", help="move the instance to this version")
+    d.add_argument(
+        "--public-url",
+        default=os.environ.get(PUBLIC_URL_ENV, "http://127.0.0.1:8080"),
+        help=f"the gateway's public base URL for webhook links (${PUBLIC_URL_ENV})",
+    )
     _add_broker(d)
     _add_config(d)
     for name, text in (
@@ -85,6 +93,10 @@ def _add_instance(sub: Any) -> None:
         c.add_argument("topology")
         if name != "list":
             c.add_argument("--instance", required=True)
+        if name == "remove":
+            c.add_argument(
+                "--public-url", default=os.environ.get(PUBLIC_URL_ENV, "http://127.0.0.1:8080")
+            )
         c.add_argument("--json", action="store_true")
         _add_broker(c)
     isub.add_parser("key", help="print a new STREAMFLOW_SECRET_KEY")
@@ -105,9 +117,40 @@ def _add_deploy_produce(sub: Any) -> None:
     _add_config(p)
 
 
+def _add_gateway(sub: Any) -> None:
+    p = sub.add_parser(
+        "gateway", help="webhooks, schedule/poll/file triggers, /readyz, /metrics (no agents)"
+    )
+    p.add_argument("topology")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="0: any free port")
+    p.add_argument("--flow", action="append", default=[])
+    p.add_argument(
+        "--produce-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a webhook waits for the broker's confirmation before 503",
+    )
+    _add_broker(p)
+    _add_config(p)
+
+
+def _add_test(sub: Any) -> None:
+    p = sub.add_parser("test", help="run flow test cases (tests.yaml) on the embedded transport")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="test files or directories")
+    p.add_argument("-k", dest="select", metavar="TEXT", help="only cases whose id contains TEXT")
+    p.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="streamflow", description="Kafka-native integration flows.")
     ap.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    ap.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="json: one JSON object per line (for log shippers)",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check topology files; exit 2 with file:line:col lines")
@@ -143,6 +186,8 @@ def parser() -> argparse.ArgumentParser:
     _add_broker(p)
     _add_config(p)
 
+    _add_gateway(sub)
+
     p = sub.add_parser("worker", help="run agents (start more to scale out)")
     p.add_argument("topology")
     p.add_argument("--flow", action="append", default=[])
@@ -160,16 +205,14 @@ def parser() -> argparse.ArgumentParser:
     _add_deploy_produce(sub)
     _add_dlq(sub)
     _add_instance(sub)
+    _add_test(sub)
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
+    tracing.configure()
     from streamflow.cli import commands
 
     handler = getattr(commands, f"cmd_{args.command}")

@@ -19,7 +19,8 @@ Commit order (exactly-once)::
     4. on an abortable error: abort, rewind the consumer to its committed offsets, redo
 
 Records of one partition and one key are processed in order; different keys of a batch
-run concurrently (up to the flow's ``concurrency``) when the agent has async steps.
+run concurrently (up to the flow's ``concurrency``) when the agent has async steps;
+on an ``ordered: true`` flow the records of a partition run one after the other.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from streamflow.runtime.processor import Deferred, Out, Processor
+from streamflow.runtime.processor import ChainProcessor, Deferred, Out, Processor
 from streamflow.transport.base import (
     Consumer,
     DeliveryError,
@@ -179,8 +180,10 @@ class StepAgent:
                     self._defer(tp, d)
             return outs, done
         by_key: dict[tuple[int, bytes | None], list[int]] = defaultdict(list)
+        # an ordered flow retries in place: the whole partition waits, not only the key
+        ordered = isinstance(proc, ChainProcessor) and proc.flow.doc.ordered
         for i, rec in enumerate(records):
-            by_key[(rec.partition, rec.key)].append(i)
+            by_key[(rec.partition, None if ordered else rec.key)].append(i)
         results: list[list[Out]] = [[] for _ in records]
 
         async def run_key(indexes: list[int]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError
 from streamflow.runtime.agent import StepAgent
 from streamflow.runtime.ingest import FlowIngress
@@ -121,7 +122,7 @@ class App:
             self.http_session,
             logging.getLogger(f"streamflow.step.{flow.name}.{config.id}"),
             self.resources,
-            self.instances.config if self.instances is not None else None,
+            self._instance_config if self.instances is not None else None,
         )
         step: AnyStep = factory(config, ctx)
         return step
@@ -209,6 +210,13 @@ class App:
                 self.instances.close()
             if self._session is not None:
                 await self._session.close()
+
+    def _instance_config(self, env: Envelope) -> Mapping[str, Any]:
+        """The config of the envelope's instance; a removed instance's only for the flows
+        its removal triggers (they unregister what the instance set up)."""
+        assert self.instances is not None
+        removing = env.trigger.get("type") == "remove"
+        return self.instances.config(env.instance, removing=removing)
 
     async def _follow_instances(self, stop: asyncio.Event) -> None:
         """Keep the instance table live (deploys and removals take effect within ~1 s)."""

@@ -39,6 +39,7 @@ class InstanceRecord:
     version: str
     config: dict[str, Any]  # secret values sealed
     deployed_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    removed_ms: int | None = None  # removed: kept so removal flows still see its config
 
     @property
     def key(self) -> str:
@@ -88,7 +89,7 @@ def unseal_config(record: InstanceRecord, vault: Vault | None) -> dict[str, Any]
 
 
 def read_instances(transport: Transport) -> dict[str, InstanceRecord]:
-    """The current instances (the latest record per key; tombstones remove)."""
+    """The latest record per key (removed ones included, see ``live``; tombstones drop)."""
     if not transport.partitions(INSTANCES_TOPIC):
         return {}
     table: dict[str, InstanceRecord] = {}
@@ -123,6 +124,8 @@ def deploy_instance(
     vault = Vault.from_env(required=needs_key)
     transport.ensure_topics([INSTANCES_SPEC])
     existing = read_instances(transport).get(f"{integration.name}/{instance}")
+    if existing is not None and existing.removed_ms is not None:
+        existing = None  # deploying a removed instance again starts it afresh
     version = integration.doc.version
     if existing is not None and existing.version != version and not upgrade:
         raise ConfigError(
@@ -144,13 +147,19 @@ def remove_instance(
     transport: Transport, integration: Integration, instance: str
 ) -> InstanceRecord:
     existing = read_instances(transport).get(f"{integration.name}/{instance}")
-    if existing is None:
+    if existing is None or existing.removed_ms is not None:
         raise ConfigError(f"no instance {instance} of {integration.name}")
+    existing.removed_ms = time.time_ns() // 1_000_000
     producer = transport.producer()
-    producer.send(INSTANCES_TOPIC, b"", existing.key.encode())
+    producer.send(INSTANCES_TOPIC, existing.encode(), existing.key.encode())
     producer.flush()
     producer.close()
     return existing
+
+
+def live(table: Mapping[str, InstanceRecord]) -> dict[str, InstanceRecord]:
+    """The instances that are deployed (not removed)."""
+    return {k: r for k, r in table.items() if r.removed_ms is None}
 
 
 class InstanceTable:
@@ -181,12 +190,15 @@ class InstanceTable:
                 self.resolved = {}
             timeout = 0.0
 
-    def config(self, instance: str) -> dict[str, Any]:
-        """The config of an instance of this integration, decrypted, defaults applied."""
-        resolved = self.resolved.get(instance)
-        if resolved is not None:
-            return resolved
+    def config(self, instance: str, *, removing: bool = False) -> dict[str, Any]:
+        """The config of an instance of this integration, decrypted, defaults applied.
+        A removed instance has none, except for the flows its removal triggers."""
         record = self.records.get(f"{self.integration.name}/{instance}")
+        if record is not None and record.removed_ms is not None and not removing:
+            record = None
+        resolved = self.resolved.get(instance)
+        if resolved is not None and record is not None:
+            return resolved
         if record is None:
             raise PoisonMessageError(
                 f"unknown or removed instance '{instance}' of {self.integration.name}"
@@ -202,3 +214,54 @@ class InstanceTable:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+PUBLIC_URL_ENV = "STREAMFLOW_PUBLIC_URL"
+
+
+def webhook_urls(integration: Integration, instance: str, public_url: str) -> dict[str, str]:
+    """The instance's webhook URL of every flow with a webhook trigger, by flow name."""
+    base = public_url.rstrip("/")
+    return {
+        name: f"{base}/webhooks/{instance}/{integration.name}/{name}"
+        for name, flow in integration.flows.items()
+        if flow.trigger.type == "webhook"
+    }
+
+
+def start_lifecycle_flows(
+    transport: Transport,
+    integration: Integration,
+    record: InstanceRecord,
+    kind: str,
+    public_url: str,
+) -> list[str]:
+    """Start every flow triggered by the instance's ``deploy`` or ``remove``; returns the
+    execution ids. The payload carries the instance's webhook URLs and its config (secrets
+    masked: flows read them through ``${config.…}``)."""
+    from streamflow.runtime.ingest import FlowIngress
+    from streamflow.topology.plan import compile_plan
+
+    flows = [f for f in integration.flows.values() if f.trigger.type == kind]
+    if not flows:
+        return []
+    plan = compile_plan(integration)
+    transport.ensure_topics([TopicSpec(t.name, t.partitions, t.config) for t in plan.topics])
+    payload = {
+        "instance": record.instance,
+        "integration": record.integration,
+        "version": record.version,
+        "event": kind,
+        "config": record.masked(),
+        "webhook_urls": webhook_urls(integration, record.instance, public_url),
+    }
+    producer = transport.producer()
+    ids = []
+    for flow in flows:
+        ingress = FlowIngress(integration, flow, plan, {})
+        env = ingress.envelope(dict(payload), trigger={"type": kind}, instance=record.instance)
+        ingress.send(producer, env)
+        ids.append(env.execution_id)
+    producer.flush()
+    producer.close()
+    return ids

@@ -100,12 +100,12 @@ class StepContext:
     http_session: Callable[[], aiohttp.ClientSession] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("streamflow.step"))
     resources: Resources = field(default_factory=Resources)
-    config_for: Callable[[str], Mapping[str, Any]] | None = None  # an instance's config
+    config_for: Callable[[Envelope], Mapping[str, Any]] | None = None  # its instance's config
 
     def config_of(self, env: Envelope) -> Mapping[str, Any]:
         """The config values for this envelope: its instance's, else the run's."""
         if env.instance and self.config_for is not None:
-            return self.config_for(env.instance)
+            return self.config_for(env)
         if MISSING in self.config:
             raise PoisonMessageError(
                 f"config variable(s) {', '.join(self.config[MISSING])} not set: the event "

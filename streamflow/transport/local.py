@@ -337,6 +337,8 @@ class LocalProducer:
         self.pending.append((topic, partition, key, value, headers or []))
 
     def flush(self, timeout: float = 30.0) -> None:
+        if self.transactional:
+            return  # as in Kafka: a transaction's messages appear at commit_transaction only
         if not self.pending:
             return
         pending, self.pending = self.pending, []

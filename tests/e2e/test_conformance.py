@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streamflow.errors import ConfigError
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.runner import RunResult, run_events
@@ -27,11 +28,17 @@ from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.values import resolve_config
 from streamflow.transport import open_transport
-from streamflow.transport.base import Record, TopicSpec, Transport
+from streamflow.transport.base import Consumer, Record, TopicChange, TopicSpec, Transport
+from streamflow.transport.partitioner import partition_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "topologies"
 RUN_TIMEOUT = 90.0  # against hangs only
+
+# the conftest's broker_url params, with the Kafka one marked (so `-m "not kafka"` works)
+pytestmark = pytest.mark.parametrize(
+    "broker_url", ["local", pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True
+)
 
 
 @pytest.fixture
@@ -278,3 +285,119 @@ async def test_poison_record_is_dead_lettered_and_the_partition_flows_on(
     assert rec.header("sf-origin-topic") == topic.encode()
     assert rec.header("sf-origin-partition") == b"0"
     assert rec.header("sf-origin-offset") == b"0"
+
+
+# -- the Transport protocol itself --------------------------------------------------------------
+
+
+def _poll(consumer: Consumer, n: int, settle: float = 0.5) -> list[Record]:
+    """At least ``n`` records (or fail after RUN_TIMEOUT), then whatever comes in ``settle`` s."""
+    out: list[Record] = []
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while len(out) < n:
+        assert time.monotonic() < deadline, f"timed out with {len(out)} of {n} record(s)"
+        out.extend(consumer.poll(500, 0.3))
+    end = time.monotonic() + settle
+    while time.monotonic() < end:
+        out.extend(consumer.poll(500, 0.2))
+    return out
+
+
+def test_topic_changes(transport: Transport, unique: str) -> None:
+    a, b = f"cf.{unique}.a", f"cf.{unique}.b"
+    assert transport.ensure_topics([TopicSpec(a, 2), TopicSpec(b, 1)], dry_run=True) == [
+        TopicChange(a, "create", 2),
+        TopicChange(b, "create", 1),
+    ]
+    assert (transport.partitions(a), transport.partitions(b)) == (0, 0)
+    transport.ensure_topics([TopicSpec(a, 2), TopicSpec(b, 1)])
+    assert transport.ensure_topics([TopicSpec(a, 3), TopicSpec(b, 1)]) == [
+        TopicChange(a, "grow", 3, 2),
+        TopicChange(b, "unchanged", 1),
+    ]
+    assert transport.end_offsets(a) == {0: 0, 1: 0, 2: 0}
+    with pytest.raises(ConfigError, match=rf"^topic {a} has 3 partitions; shrinking to 1 "):
+        transport.ensure_topics([TopicSpec(a, 1)])
+    assert transport.partitions(a) == 3
+
+
+def test_keys_land_on_the_same_partitions(transport: Transport, unique: str) -> None:
+    topic = f"cf.{unique}.keys"
+    transport.ensure_topics([TopicSpec(topic, 5)])
+    keys = [f"k{i}".encode() for i in range(40)]
+    producer = transport.producer()
+    for seq in range(3):
+        for k in keys:
+            producer.send(topic, b"%s:%d" % (k, seq), k)
+    producer.flush()
+    producer.close()
+    consumer = transport.consumer(f"cf.{unique}.g", [topic])
+    try:
+        recs = _poll(consumer, 3 * len(keys))
+    finally:
+        consumer.close()
+    assert len(recs) == 3 * len(keys)
+    order: dict[bytes, list[bytes]] = {}
+    for r in recs:
+        assert r.key is not None
+        assert r.partition == partition_for(r.key, 5)
+        order.setdefault(r.key, []).append(r.value)
+    assert order == {k: [b"%s:%d" % (k, s) for s in range(3)] for k in keys}
+
+
+def test_group_commit_resume_and_rewind(transport: Transport, unique: str) -> None:
+    topic, group = f"cf.{unique}.t", f"cf.{unique}.g"
+    transport.ensure_topics([TopicSpec(topic, 1)])
+    producer = transport.producer()
+    for i in range(6):
+        producer.send(topic, b"%d" % i)
+    producer.flush()
+    first = transport.consumer(group, [topic])
+    try:
+        assert [r.offset for r in _poll(first, 6)] == list(range(6))
+        first.commit({(topic, 0): 4})
+    finally:
+        first.close()
+    second = transport.consumer(group, [topic])
+    try:
+        assert [r.offset for r in _poll(second, 2)] == [4, 5]
+        second.rewind()
+        assert [r.offset for r in _poll(second, 2)] == [4, 5]
+    finally:
+        second.close()
+
+
+def test_transactions_commit_atomically_and_abort_cleanly(
+    transport: Transport, unique: str
+) -> None:
+    source, sink, group = f"cf.{unique}.in", f"cf.{unique}.out", f"cf.{unique}.g"
+    transport.ensure_topics([TopicSpec(source, 1), TopicSpec(sink, 1)])
+    plain = transport.producer()
+    for i in range(4):
+        plain.send(source, b"%d" % i)
+    plain.flush()
+    plain.close()
+    consumer = transport.consumer(group, [source])
+    producer = transport.producer(transactional_id=f"cf.{unique}.tx")
+    try:
+        recs = _poll(consumer, 4)
+        producer.begin()
+        producer.send(sink, b"aborted")
+        producer.flush()  # flushed, but still inside the transaction
+        producer.abort()
+        consumer.rewind()
+        assert [r.offset for r in _poll(consumer, 4)] == [r.offset for r in recs]
+        producer.begin()
+        producer.send(sink, b"committed")
+        producer.commit_transaction(consumer, {(source, 0): 3})
+    finally:
+        producer.close()
+        consumer.close()
+    watcher = transport.consumer(f"cf.{unique}.watch", [sink])
+    resumed = transport.consumer(group, [source])
+    try:
+        assert [r.value for r in _poll(watcher, 1)] == [b"committed"]
+        assert [r.offset for r in _poll(resumed, 1)] == [3]
+    finally:
+        watcher.close()
+        resumed.close()

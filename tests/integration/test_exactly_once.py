@@ -6,15 +6,18 @@ is SIGKILLed several times at random points while output grows; each time it res
 under the same ``--worker-id``, so its transactional ids fence the dead process and abort
 its open transactions. A ``read_committed`` reader of the output topic must then see
 every number exactly once (``exactly_once``), or at least once (``at_least_once``; the
-duplicates are counted and printed).
+duplicates are counted and printed). A second test runs two workers on a live stream
+through joins, a SIGKILL and a SIGTERM (partitions change hands mid-transaction).
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -52,16 +55,26 @@ flows:
 """
 
 
-def _produce_numbers(transport: KafkaTransport, topic: str) -> None:
+def _produce_numbers(transport: KafkaTransport, topic: str, per_second: float = 0.0) -> None:
+    """Every number once; at ``per_second`` (a live stream) or all at once."""
     producer = transport.producer()
+    started = time.monotonic()
     for i in range(N):
         producer.send(topic, orjson.dumps({"n": i}), str(i).encode())
+        if per_second and i % 100 == 99:
+            producer.flush(60)
+            time.sleep(max(0.0, started + (i + 1) / per_second - time.monotonic()))
     producer.flush(120)
     producer.close()
     assert sum(transport.end_offsets(topic).values()) == N
 
 
-Action = tuple[int, str, Callable[[], None]]  # (at this many outputs, label, do it)
+@dataclass
+class Action:
+    at: int  # once this many outputs are visible
+    label: str
+    act: Callable[[], None]
+    ready: Callable[[], bool] = lambda: True  # and this holds
 
 
 class ScriptedRun:
@@ -96,7 +109,7 @@ class ScriptedRun:
 
     def until_all_seen(self, actions: list[Action], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        todo = sorted(actions, key=lambda a: a[0])
+        todo = sorted(actions, key=lambda a: a.at)
         while len(self.seen) < N:
             if time.monotonic() > deadline:
                 missing = sorted(set(range(N)) - set(self.seen))
@@ -111,15 +124,16 @@ class ScriptedRun:
             total = sum(self.seen.values())
             if (
                 todo
-                and total >= todo[0][0]
+                and total >= todo[0].at
+                and todo[0].ready()
                 # the running workers wrote output (not only the reader's backlog)
                 and self.sink_end() >= self.log_end + MIN_PROGRESS
             ):
-                _, label, act = todo.pop(0)
-                act()
-                self.done.append(f"{label} at {total} outputs")
+                action = todo.pop(0)
+                action.act()
+                self.done.append(f"{action.label} at {total} outputs")
                 self.log_end = self.sink_end()
-        assert not todo, f"all output seen before these actions ran: {todo}"
+        assert not todo, f"all output seen before these ran: {[a.label for a in todo]}"
 
     def settle(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -146,7 +160,7 @@ class ScriptedRun:
 
 
 def _setup(
-    kafka_bootstrap: str, unique: str, tmp_path: Path, guarantee: str
+    kafka_bootstrap: str, unique: str, tmp_path: Path, guarantee: str, *, feed: bool = True
 ) -> tuple[KafkaTransport, Path, str]:
     transport = KafkaTransport(kafka_bootstrap)
     source, sink = f"eos.{unique}.in", f"eos.{unique}.out"
@@ -161,7 +175,8 @@ def _setup(
             sink=sink,
         )
     )
-    _produce_numbers(transport, source)
+    if feed:
+        _produce_numbers(transport, source)
     return transport, topology, sink
 
 
@@ -185,7 +200,9 @@ def test_kill_9_loses_and_doubles_nothing(
     started = time.monotonic()
     try:
         worker.start()
-        run.until_all_seen([(n, "kill -9", kill_and_restart) for n in kill_at], OVERALL_TIMEOUT)
+        run.until_all_seen(
+            [Action(n, "kill -9", kill_and_restart) for n in kill_at], OVERALL_TIMEOUT
+        )
         finished = time.monotonic() - started
         run.settle(SETTLE)  # the worker keeps running: nothing more may show up
         assert worker.alive(), f"worker died:\n{worker.log_tail()}"
@@ -203,34 +220,47 @@ def test_kill_9_loses_and_doubles_nothing(
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_exactly_once_through_rebalances(kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
-    """Two workers: one joins mid-stream (the other hands partitions over inside its
-    transaction), is SIGKILLed, comes back, then the first leaves with SIGTERM."""
-    transport, topology, sink = _setup(kafka_bootstrap, unique, tmp_path, "exactly_once")
+    """Two workers on a live stream: the second joins (the first hands partitions over
+    inside its open transaction), is SIGKILLed while it holds partitions, comes back,
+    then the first leaves with SIGTERM and the second takes everything."""
+    transport, topology, sink = _setup(
+        kafka_bootstrap, unique, tmp_path, "exactly_once", feed=False
+    )
+    source = f"eos.{unique}.in"
     broker = f"kafka://{kafka_bootstrap}"
     w0 = Worker(topology, broker, "w0", tmp_path, log_level="INFO")
     w1 = Worker(topology, broker, "w1", tmp_path, log_level="INFO")
     run = ScriptedRun(transport, [w0, w1], sink, f"eos-check.{unique}")
+    groups = [f"sf.eos-{unique}.squares.{g}" for g in ("trigger", "square", "publish")]
+
+    def holds_some(w: Worker) -> Callable[[], bool]:
+        return lambda: all(w.assignments(g) for g in groups)
 
     def term_w0() -> None:
         assert w0.stop(60) == 0, w0.log_tail()
 
-    actions: list[Action] = [
-        (N // 10, "w1 joins", w1.start),
-        (N * 3 // 10, "kill -9 w1", w1.kill),
-        (N * 4 // 10, "w1 restarts", w1.start),
-        (N * 6 // 10, "SIGTERM w0", term_w0),
+    actions = [
+        Action(N // 10, "w1 joins", w1.start),
+        Action(N * 3 // 10, "kill -9 w1", w1.kill, holds_some(w1)),
+        Action(N * 4 // 10, "w1 restarts", w1.start),
+        Action(N * 6 // 10, "SIGTERM w0", term_w0, holds_some(w1)),
     ]
+    feeder = threading.Thread(target=_produce_numbers, args=(transport, source, N / 40))
     started = time.monotonic()
     try:
         w0.start()
+        feeder.start()
         run.until_all_seen(actions, OVERALL_TIMEOUT)
         finished = time.monotonic() - started
         run.settle(SETTLE)
         assert w1.alive(), w1.log_tail()
+        # the restarted w1 ended up with every partition of every agent
+        for g in groups:
+            assert {p for _, p in w1.assignments(g)} == set(range(PARTITIONS)), run.logs()
     finally:
+        if feeder.ident is not None:
+            feeder.join(120)
         run.close()
 
     duplicates, extra = run.report("exactly_once, 2 workers", finished)
-    group = f"sf.eos-{unique}.squares.square"
-    assert w1.ever_assigned(group) and w0.ever_assigned(group), run.logs()
     assert not duplicates, f"{extra} duplicates, e.g. {sorted(duplicates.items())[:10]}"

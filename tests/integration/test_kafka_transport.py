@@ -15,12 +15,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamflow.cli.main import main as cli
 from streamflow.errors import ConfigError
 from streamflow.transport import open_transport
 from streamflow.transport.base import Consumer, Record, TopicChange, TopicSpec, Transport
 from streamflow.transport.kafka import KafkaTransport
 from streamflow.transport.partitioner import partition_for
+from tests.integration.workers import run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -355,20 +355,14 @@ flows:
 """
 
 
-def _deploy(
-    capsys: pytest.CaptureFixture[str], path: Path, broker: str, *extra: str
-) -> tuple[int, str, str]:
-    code = cli(["deploy", str(path), "--broker", broker, *extra])
-    out, err = capsys.readouterr()
-    return code, out, err
+def _deploy(path: Path, broker: str, *extra: str) -> tuple[int, str, str]:
+    """`streamflow deploy` as a subprocess (in-process, main() would reconfigure logging)."""
+    res = run_cli("deploy", str(path), "--broker", broker, *extra)
+    return res.returncode, res.stdout, res.stderr
 
 
 def test_deploy_command(
-    transport: Transport,
-    kafka_bootstrap: str,
-    unique: str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    transport: Transport, kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
     name = f"deploy-{unique}"
     topics = [
@@ -384,31 +378,31 @@ def test_deploy_command(
         path.write_text(DEPLOY_YAML.format(name=name, partitions=partitions))
 
     write(2)
-    code, out, _ = _deploy(capsys, path, broker, "--dry-run")
+    code, out, _ = _deploy(path, broker, "--dry-run")
     assert code == 0
     assert out.splitlines() == [f"would create {t} (2 partitions)" for t in topics]
     assert [transport.partitions(t) for t in topics] == [0, 0, 0, 0], "dry run created topics"
 
-    code, out, _ = _deploy(capsys, path, broker)
+    code, out, _ = _deploy(path, broker)
     assert code == 0
     assert out.splitlines() == [f"create {t} (2 partitions)" for t in topics]
     assert [transport.partitions(t) for t in topics] == [2, 2, 2, 2]
 
-    code, out, _ = _deploy(capsys, path, broker)
+    code, out, _ = _deploy(path, broker)
     assert (code, out) == (0, "all 4 topics up to date; nothing to change\n")
 
     write(5)
-    code, out, _ = _deploy(capsys, path, broker, "--dry-run")
+    code, out, _ = _deploy(path, broker, "--dry-run")
     assert code == 0
     assert out.splitlines() == [f"would grow {t} (5 partitions from 2)" for t in topics]
     assert [transport.partitions(t) for t in topics] == [2, 2, 2, 2], "dry run grew topics"
-    code, out, _ = _deploy(capsys, path, broker)
+    code, out, _ = _deploy(path, broker)
     assert code == 0
     assert out.splitlines() == [f"grow {t} (5 partitions from 2)" for t in topics]
     assert [transport.partitions(t) for t in topics] == [5, 5, 5, 5]
 
     write(3)
-    code, out, err = _deploy(capsys, path, broker)
+    code, out, err = _deploy(path, broker)
     assert code == 2
     assert out == ""
     assert f"error: topic {topics[0]} has 5 partitions; shrinking to 3 is not possible" in err

@@ -65,6 +65,7 @@ class Worker:
         self.proc: subprocess.Popen[str] | None = None
         self.starts = 0
         self.lines: list[str] = []
+        self.start_line = 0  # index in ``lines`` where the latest start's output begins
         self.lock = threading.Lock()
         self._reader: threading.Thread | None = None
 
@@ -75,6 +76,8 @@ class Worker:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "worker still running"
         self.starts += 1
+        with self.lock:
+            self.start_line = len(self.lines)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             streamflow_cmd(
@@ -150,7 +153,7 @@ class Worker:
     def assignments(self, group: str) -> set[TopicPartition]:
         """Partitions of ``group`` this worker holds according to its log (latest start)."""
         held: set[TopicPartition] = set()
-        for line in self.snapshot():
+        for line in self.snapshot()[self.start_line :]:
             m = _ASSIGN.search(line)
             if m is None or m.group(1) != group:
                 continue

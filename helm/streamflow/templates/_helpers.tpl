@@ -254,6 +254,11 @@ kafka://$(STREAMFLOW_KAFKA_BOOTSTRAP_SERVERS)
   secret:
     secretName: {{ .root.Values.config.existingSecret }}
 {{- end }}
+{{- if .withConfig }}
+{{- with .root.Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "streamflow.volumeMounts" -}}
@@ -272,6 +277,11 @@ kafka://$(STREAMFLOW_KAFKA_BOOTSTRAP_SERVERS)
 - name: config
   mountPath: /etc/streamflow/config
   readOnly: true
+{{- end }}
+{{- if .withConfig }}
+{{- with .root.Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 {{- end -}}
 

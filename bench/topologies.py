@@ -1,0 +1,73 @@
+"""The StreamFlow side of the pipelines in bench/common.py, as YAML text.
+
+``steps_yaml`` is shared by the end-to-end contestants (kafka trigger -> steps ->
+kafka_publish) and by the step-only drain of bench/throughput.py (manual trigger, no
+publish), so both measure the same transforms.
+"""
+
+from __future__ import annotations
+
+STEP_1 = """      - id: enrich
+        type: transform
+        output: {id: "${payload.id}", user: "${payload.user}", total: "${payload.amount * 1.2}",
+                 note: "${payload.note}", ts: "${payload.ts}"}
+"""
+STEP_3 = (
+    STEP_1
+    + """      - {id: keep, type: filter, when: "${payload.total >= 0}"}
+      - id: shape
+        type: transform
+        output: {id: "${payload.id}", gross: "${payload.total}", who: "${upper(payload.user)}",
+                 ts: "${payload.ts}"}
+"""
+)
+
+
+def http_step(url: str) -> str:
+    return f"""      - id: call
+        type: http
+        method: POST
+        url: {url}
+        json: ${{payload}}
+"""
+
+
+def publish_step(topic: str) -> str:
+    return f"""      - id: out
+        type: kafka_publish
+        topic: {topic}
+        key: ${{trigger.key}}
+        value: ${{payload}}
+"""
+
+
+def steps_yaml(steps: int) -> str:
+    return STEP_1 if steps == 1 else STEP_3
+
+
+def integration_yaml(
+    name: str,
+    *,
+    trigger: str,
+    steps: str,
+    guarantee: str = "at_least_once",
+    commit_interval: str = "100ms",
+    fuse: bool = False,
+    max_batch: int = 1000,
+    partitions: int = 6,
+) -> str:
+    """One flow ``f``: ``trigger`` is a flow-mapping, e.g. ``{type: kafka, topic: t}``."""
+    return f"""apiVersion: streamflow/v1
+kind: Integration
+name: {name}
+flows:
+  - name: f
+    partitions: {partitions}
+    key: ${{payload.user}}
+    guarantee: {guarantee}
+    commit_interval: {commit_interval}
+    fuse: {str(fuse).lower()}
+    max_batch: {max_batch}
+    trigger: {trigger}
+    steps:
+{steps}"""

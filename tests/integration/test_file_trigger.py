@@ -1,0 +1,223 @@
+"""The file trigger on a real folder: each dropped file is emitted once, across restarts
+and across a crash between emitting and moving; partial files wait until complete.
+Also: every trigger type can be fed by ``streamflow run --input``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamflow.envelope import Envelope, decode
+from streamflow.runtime.app import App
+from streamflow.runtime.filewatch import FileRunner
+from streamflow.runtime.ingest import FlowIngress
+from streamflow.topology.loader import load_integration
+from streamflow.topology.models import Integration
+from streamflow.topology.plan import compile_plan
+from streamflow.transport import open_transport
+from streamflow.transport.base import Transport
+
+
+def file_integration(tmp_path: Path, trigger: str, name: str = "files") -> Integration:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"""
+apiVersion: streamflow/v1
+kind: Integration
+name: {name}
+flows:
+  - name: inbox
+    partitions: 1
+    trigger: {trigger}
+    steps:
+      - {{id: keep, type: transform, output: "${{payload}}"}}
+"""
+    )
+    return load_integration(path)
+
+
+def emitted(transport: Transport, integration: Integration) -> list[Envelope]:
+    topic = compile_plan(integration).flows["inbox"].first_topic
+    return [decode(r.value) for r in transport.read_all(topic)]
+
+
+class Watcher:
+    """A FileRunner in this process; ``start``/``stop`` as a process restart would."""
+
+    def __init__(self, integration: Integration, transport: Transport) -> None:
+        self.integration, self.transport = integration, transport
+        self.stop_event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        flow = self.integration.flows["inbox"]
+        ingress = FlowIngress(self.integration, flow, compile_plan(self.integration), {})
+        self.stop_event = asyncio.Event()
+        self.task = asyncio.create_task(FileRunner(ingress, self.transport).run(self.stop_event))
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        assert self.task is not None
+        await self.task
+
+    async def until(
+        self, done: Callable[[list[Envelope]], bool], timeout: float = 30
+    ) -> list[Envelope]:
+        deadline = time.monotonic() + timeout
+        while True:
+            envs = await asyncio.to_thread(emitted, self.transport, self.integration)
+            if done(envs):
+                return envs
+            assert self.task is not None and not self.task.done(), "the watcher stopped"
+            assert time.monotonic() < deadline, f"timed out with {len(envs)} event(s)"
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Callable[[str], tuple[Integration, Transport, Watcher]]:
+    made: list[Transport] = []
+
+    def make(trigger: str) -> tuple[Integration, Transport, Watcher]:
+        integration = file_integration(tmp_path, trigger)
+        transport = open_transport(f"local://{tmp_path / 'broker'}")
+        made.append(transport)
+        App(integration, transport, {}).deploy()
+        return integration, transport, Watcher(integration, transport)
+
+    return make
+
+
+async def test_each_dropped_file_is_emitted_once_across_restarts(
+    tmp_path: Path, setup: Callable[[str], tuple[Integration, Transport, Watcher]]
+) -> None:
+    inbox = tmp_path / "inbox"
+    _, _, watcher = setup("{type: file, path: inbox, pattern: '*.json', every: 200ms}")
+    inbox.mkdir()
+    (inbox / "a.json").write_text(json.dumps({"n": 1}))
+    (inbox / "b.json").write_text(json.dumps({"n": 2}))
+    (inbox / "notes.txt").write_text("not matched")
+    watcher.start()
+    envs = await watcher.until(lambda e: len(e) >= 2)
+    assert sorted(e.payload["n"] for e in envs) == [1, 2]
+    a = next(e for e in envs if e.payload["n"] == 1)
+    assert a.trigger["name"] == "a.json"
+    assert a.trigger["size"] == len(json.dumps({"n": 1}))
+    assert a.execution_id == f"inbox-{a.trigger['sha256'][:24]}"
+    await asyncio.sleep(0.5)
+    await watcher.stop()
+    assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["a.json", "b.json"]
+    assert (inbox / "notes.txt").exists()
+
+    (inbox / "c.json").write_text(json.dumps({"n": 3}))
+    watcher.start()
+    envs = await watcher.until(lambda e: len(e) >= 3)
+    await asyncio.sleep(0.6)
+    await watcher.stop()
+    envs = emitted(watcher.transport, watcher.integration)
+    assert sorted(e.payload["n"] for e in envs) == [1, 2, 3]
+
+
+async def test_a_crash_between_emitting_and_moving_does_not_emit_again(
+    tmp_path: Path, setup: Callable[[str], tuple[Integration, Transport, Watcher]]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _, transport, watcher = setup("{type: file, path: inbox, every: 200ms}")
+    (inbox / "a.json").write_text('{"n": 1}')
+    watcher.start()
+    await watcher.until(lambda e: len(e) >= 1)
+    await asyncio.sleep(0.3)
+    await watcher.stop()
+    # as if the process had died after the transaction and before the move
+    shutil.move(str(inbox / "processed" / "a.json"), str(inbox / "a.json"))
+    watcher.start()
+    deadline = time.monotonic() + 5
+    while (inbox / "a.json").exists():
+        assert time.monotonic() < deadline, "the file was never moved"
+        await asyncio.sleep(0.1)
+    await watcher.stop()
+    assert len(emitted(transport, watcher.integration)) == 1
+    # the same name with new content is a new event
+    (inbox / "a.json").write_text('{"n": 2}')
+    watcher.start()
+    envs = await watcher.until(lambda e: len(e) >= 2)
+    await watcher.stop()
+    assert [e.payload["n"] for e in envs] == [1, 2]
+
+
+async def test_a_file_being_written_is_taken_only_when_complete(
+    tmp_path: Path, setup: Callable[[str], tuple[Integration, Transport, Watcher]]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _, _, watcher = setup(
+        "{type: file, path: inbox, pattern: '*.ndjson', format: ndjson, split: true, every: 400ms}"
+    )
+    watcher.start()
+    with (inbox / "big.ndjson").open("w") as f:
+        for i in range(20):
+            f.write(json.dumps({"i": i}) + "\n")
+            f.flush()
+            await asyncio.sleep(0.1)  # writes keep coming faster than two scans
+    envs = await watcher.until(lambda e: len(e) >= 20)
+    await asyncio.sleep(0.5)
+    await watcher.stop()
+    assert [e.payload["i"] for e in envs] == list(range(20))
+    assert [e.trigger["index"] for e in envs] == list(range(20))
+    assert len({e.execution_id for e in envs}) == 20
+
+
+async def test_ready_suffix_csv_split_and_a_bad_file(
+    tmp_path: Path, setup: Callable[[str], tuple[Integration, Transport, Watcher]]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    integration, transport, watcher = setup(
+        "{type: file, path: inbox, pattern: '*.csv', format: csv, split: true, "
+        "ready_suffix: .done, every: 200ms}"
+    )
+    (inbox / "rows.csv").write_text("id,name\n1,Ada\n2,Grace\n")
+    (inbox / "bad.csv").write_bytes(b"\xff\xfe not utf-8")
+    watcher.start()
+    await asyncio.sleep(1.0)
+    assert emitted(transport, integration) == []  # no marker yet: not taken
+    (inbox / "rows.csv.done").write_text("")
+    (inbox / "bad.csv.done").write_text("")
+    envs = await watcher.until(lambda e: len(e) >= 2)
+    await asyncio.sleep(0.5)
+    await watcher.stop()
+    assert [e.payload for e in envs] == [{"id": "1", "name": "Ada"}, {"id": "2", "name": "Grace"}]
+    assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["rows.csv", "rows.csv.done"]
+    assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["bad.csv", "bad.csv.done"]
+
+
+TRIGGERS = {
+    "webhook": "{type: webhook}",
+    "schedule": "{type: schedule, every: 1h}",
+    "poll": "{type: poll, http: {url: 'http://127.0.0.1:9/x'}, cursor: {field: id}}",
+    "file": "{type: file, path: inbox}",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TRIGGERS))
+def test_every_trigger_type_can_be_fed_by_run_input(tmp_path: Path, kind: str) -> None:
+    integration = file_integration(tmp_path, TRIGGERS[kind], name=f"fed-{kind}")
+    events = tmp_path / "events.ndjson"
+    events.write_text('{"id": 1}\n{"id": 2}\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamflow.cli.main", "run", integration.file, "--input",
+         str(events), "--broker", f"local://{tmp_path / 'broker'}", "--json"],
+        capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    done = [e["payload"] for e in lines if e.get("event") == "completed"]
+    assert sorted(d["id"] for d in done) == [1, 2], proc.stdout

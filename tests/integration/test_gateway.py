@@ -1,0 +1,396 @@
+"""The webhook gateway with real HTTP clients: a running ``Gateway`` on loopback, the
+flow's agents beside it, and the broker read back to check what was (not) produced.
+
+Each refused request (401, 405, 413, 400, 422) must leave the flow's first topic and the
+executions topic empty; an accepted one (202) must run to completion. The core cases run
+on both transports (``broker_url``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from streamflow.envelope import decode
+from streamflow.runtime.app import App, AppOptions
+from streamflow.runtime.events import ExecutionEvent
+from streamflow.runtime.gateway import Gateway, has_sync_webhooks
+from streamflow.topology.loader import load_integration
+from streamflow.topology.models import Integration
+from streamflow.topology.values import resolve_config
+from streamflow.transport import open_transport
+from streamflow.transport.base import Record, Transport
+
+SECRET = "s3cret-webhook-key"
+TOKEN = "tok-123456"
+
+ORDER_SCHEMA = {
+    "type": "object",
+    "required": ["id", "amount"],
+    "properties": {"id": {"type": "string"}, "amount": {"type": "number", "minimum": 0}},
+}
+
+
+def topology_text(name: str) -> str:
+    return f"""
+apiVersion: streamflow/v1
+kind: Integration
+name: {name}
+config:
+  webhook_secret: {{type: string, secret: true}}
+  api_token: {{type: string, secret: true}}
+flows:
+  - name: orders
+    partitions: 2
+    trigger:
+      type: webhook
+      signature:
+        header: X-Signature
+        secret: ${{config.webhook_secret}}
+        prefix: "sha256="
+        timestamp_header: X-Timestamp
+        tolerance: 60s
+      schema: schemas/order.json
+      max_body: 2048
+    steps:
+      - id: shape
+        type: transform
+        output:
+          order: ${{payload.id}}
+          total: ${{payload.amount}}
+          via: ${{trigger.method}}
+  - name: echo
+    partitions: 1
+    trigger:
+      type: webhook
+      methods: [POST, PUT]
+      response: sync
+      timeout: 30s
+      auth: {{type: bearer, token: "${{config.api_token}}"}}
+    steps:
+      - id: double
+        type: transform
+        output: {{doubled: "${{payload.n * 2}}"}}
+"""
+
+
+@dataclass
+class Running:
+    base: str
+    integration: Integration
+    transport: Transport
+    gateway: Gateway
+    session: aiohttp.ClientSession
+
+    def topic(self, flow: str) -> str:
+        return self.gateway.plan.flows[flow].first_topic
+
+    def records(self, flow: str) -> list[Record]:
+        return self.transport.read_all(self.topic(flow))
+
+    def events(self) -> list[ExecutionEvent]:
+        recs = self.transport.read_all(self.gateway.plan.executions_topic)
+        return [ExecutionEvent.decode(r.value) for r in recs]
+
+    async def post_order(
+        self, doc: Any, *, secret: str = SECRET, stamp: float | None = None, **headers: str
+    ) -> aiohttp.ClientResponse:
+        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        ts = str(int(time.time() if stamp is None else stamp))
+        sig = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        hdrs = {
+            "Content-Type": "application/json",
+            "X-Timestamp": ts,
+            "X-Signature": f"sha256={sig}",
+            **headers,
+        }
+        name = self.integration.name
+        return await self.session.post(
+            f"{self.base}/webhooks/{name}/orders", data=body, headers=hdrs
+        )
+
+
+async def wait_for(check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(check)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def gateway(
+    broker_url: str, tmp_path: Path, unique: str
+) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    """``running = await gateway(agents=True)``: a gateway (and agents) on the broker."""
+    stack: list[Callable[[], Awaitable[None]]] = []
+
+    async def start(*, agents: bool = False, **options: Any) -> Running:
+        (tmp_path / "schemas").mkdir(exist_ok=True)
+        (tmp_path / "schemas" / "order.json").write_text(json.dumps(ORDER_SCHEMA))
+        path = tmp_path / "integration.yaml"
+        path.write_text(topology_text(f"gw-{unique}"))
+        integration = load_integration(path)
+        config = resolve_config(integration.config, {"webhook_secret": SECRET, "api_token": TOKEN})
+        transport = open_transport(broker_url)
+        # as `serve` does: `completed` events carry the output sync webhooks answer with
+        app_options = AppOptions(trace_payloads=has_sync_webhooks(integration))
+        app = App(integration, transport, config, app_options)
+        await asyncio.to_thread(app.deploy)
+        gw = Gateway(integration, transport, config, **options)
+        port = await gw.start("127.0.0.1", 0)
+        session = aiohttp.ClientSession()
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(stop)) if agents else None
+
+        async def close() -> None:
+            stop.set()
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+            await session.close()
+            await gw.stop()
+            transport.close()
+
+        stack.append(close)
+        return Running(f"http://127.0.0.1:{port}", integration, transport, gw, session)
+
+    yield start
+    for close in reversed(stack):
+        await close()
+
+
+both = pytest.mark.parametrize(
+    "broker_url", ["local", pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True
+)
+local = pytest.mark.parametrize("broker_url", ["local"], indirect=True)
+
+
+@both
+async def test_a_signed_valid_request_is_accepted_and_its_execution_completes(
+    gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    gw = await gateway(agents=True)
+    resp = await gw.post_order({"id": "o-1", "amount": 12.5}, **{"X-Trace": "abc"})
+    assert resp.status == 202, await resp.text()
+    execution_id = (await resp.json())["execution_id"]
+
+    def completed() -> ExecutionEvent | None:
+        return next(
+            (e for e in gw.events() if e.execution_id == execution_id and e.event == "completed"),
+            None,
+        )
+
+    await wait_for(completed)
+    [rec] = gw.records("orders")
+    env = decode(rec.value)
+    assert env.execution_id == execution_id
+    assert env.payload == {"id": "o-1", "amount": 12.5}
+    assert env.trigger["type"] == "webhook"
+    assert env.trigger["method"] == "POST"
+    assert env.trigger["path"] == f"/webhooks/{gw.integration.name}/orders"
+    assert env.trigger["headers"]["x-trace"] == "abc"
+    assert "x-signature" not in env.trigger["headers"]
+
+
+@both
+async def test_refused_requests_produce_nothing(
+    gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    gw = await gateway()
+    good = {"id": "o-2", "amount": 3}
+
+    wrong_secret = await gw.post_order(good, secret="not-the-secret")
+    assert wrong_secret.status == 401
+    stale = await gw.post_order(good, stamp=time.time() - 3600)
+    assert stale.status == 401
+    assert "timestamp" in (await stale.json())["error"]
+
+    invalid = await gw.post_order({"id": 7, "amount": -1})
+    assert invalid.status == 422
+    errors = (await invalid.json())["errors"]
+    assert {e["path"] for e in errors} == {"/id", "/amount"}
+    assert any("is not of type 'string'" in e["message"] for e in errors)
+
+    too_large = await gw.post_order({"id": "o-3", "amount": 1, "pad": "x" * 4000})
+    assert too_large.status == 413
+
+    not_json = await gw.post_order(b"{not json")
+    assert not_json.status == 400
+
+    name = gw.integration.name
+    wrong_method = await gw.session.put(f"{gw.base}/webhooks/{name}/orders", json=good)
+    assert wrong_method.status == 405
+    assert wrong_method.headers["Allow"] == "POST"
+
+    assert gw.records("orders") == []
+    assert gw.events() == []
+
+
+@local
+async def test_an_oversized_body_without_content_length_is_refused(
+    gateway: Callable[..., Awaitable[Running]], broker_url: str
+) -> None:
+    gw = await gateway()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 1000  # chunked transfer: the size is known only while reading
+
+    name = gw.integration.name
+    resp = await gw.session.post(f"{gw.base}/webhooks/{name}/orders", data=chunks())
+    assert resp.status == 413
+    assert gw.records("orders") == []
+
+
+@local
+async def test_bearer_auth_and_a_sync_response(
+    gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    gw = await gateway(agents=True)
+    url = f"{gw.base}/webhooks/{gw.integration.name}/echo"
+    missing = await gw.session.post(url, json={"n": 1})
+    assert missing.status == 401
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = await gw.session.post(url, json={"n": 1}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401
+    assert gw.records("echo") == []
+
+    resp = await gw.session.put(url, json={"n": 21}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["status"] == "completed"
+    assert body["output"] == {"doubled": 42}
+    [rec] = gw.records("echo")
+    assert "authorization" not in decode(rec.value).trigger["headers"]
+
+
+@local
+async def test_an_idempotency_key_keeps_the_execution_id(
+    gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    gw = await gateway()
+    first = await gw.post_order({"id": "o-9", "amount": 1}, **{"Idempotency-Key": "k-1"})
+    again = await gw.post_order({"id": "o-9", "amount": 1}, **{"Idempotency-Key": "k-1"})
+    other = await gw.post_order({"id": "o-9", "amount": 1}, **{"Idempotency-Key": "k-2"})
+    ids = [(await r.json())["execution_id"] for r in (first, again, other)]
+    assert ids[0] == ids[1] != ids[2]
+
+
+@local
+async def test_routes_probes_and_metrics(gateway: Callable[..., Awaitable[Running]]) -> None:
+    gw = await gateway()
+    s, name = gw.session, gw.integration.name
+    assert (await s.get(f"{gw.base}/healthz")).status == 200
+    ready = await s.get(f"{gw.base}/readyz")
+    assert ready.status == 200, await ready.text()
+    assert (await s.post(f"{gw.base}/webhooks/{name}/nope", json={})).status == 404
+    assert (await s.post(f"{gw.base}/webhooks/other/orders", json={})).status == 404
+    unknown = await s.post(f"{gw.base}/webhooks/acme/{name}/orders", json={})
+    assert unknown.status == 404
+    assert "unknown instance" in (await unknown.json())["error"]
+    await gw.post_order({"id": 1})  # 422
+    metrics = await (await s.get(f"{gw.base}/metrics")).text()
+    assert f'streamflow_gateway_requests_total{{route="{name}/orders",status="422"}} 1.0' in metrics
+
+
+@local
+async def test_an_instance_url_uses_the_instance_config(
+    gateway: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamflow.runtime.instances import deploy_instance
+    from streamflow.runtime.vault import ENV_KEY, new_key
+
+    monkeypatch.setenv(ENV_KEY, new_key())
+    gw = await gateway()
+    other_secret = "acme-own-secret"
+    await asyncio.to_thread(
+        deploy_instance,
+        gw.transport,
+        gw.integration,
+        "acme",
+        {"webhook_secret": other_secret, "api_token": "x-token"},
+    )
+    name = gw.integration.name
+    url = f"{gw.base}/webhooks/acme/{name}/orders"
+    body = json.dumps({"id": "a-1", "amount": 2}).encode()
+    ts = str(int(time.time()))
+
+    def signed(secret: str) -> dict[str, str]:
+        mac = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        return {"X-Timestamp": ts, "X-Signature": f"sha256={mac}"}
+
+    async def accepted() -> bool:
+        resp = await gw.session.post(url, data=body, headers=signed(other_secret))
+        return resp.status == 202
+
+    deadline = time.monotonic() + 30
+    while not await accepted():  # the gateway follows sf.instances in the background
+        assert time.monotonic() < deadline, "the instance never became known"
+        await asyncio.sleep(0.2)
+    wrong = await gw.session.post(url, data=body, headers=signed(SECRET))
+    assert wrong.status == 401  # the integration's secret is not the instance's
+    [rec] = gw.records("orders")
+    assert decode(rec.value).instance == "acme"
+
+
+@pytest.mark.kafka
+async def test_an_unreachable_broker_answers_503_and_not_ready(tmp_path: Path) -> None:
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "order.json").write_text(json.dumps(ORDER_SCHEMA))
+    path = tmp_path / "integration.yaml"
+    path.write_text(topology_text("gw-down"))
+    integration = load_integration(path)
+    config = resolve_config(integration.config, {"webhook_secret": SECRET, "api_token": TOKEN})
+    transport = open_transport("kafka://127.0.0.1:1")  # nothing listens there
+    gw = Gateway(
+        integration, transport, config, flows=["orders"], produce_timeout=3.0, triggers=False
+    )
+    gw.instances = lambda _: None  # no sf.instances to follow on a dead broker
+    port = await gw.start("127.0.0.1", 0)
+    running = Running(
+        f"http://127.0.0.1:{port}", integration, transport, gw, aiohttp.ClientSession()
+    )
+    try:
+        ready = await running.session.get(f"{running.base}/readyz")
+        assert ready.status == 503
+        resp = await running.post_order({"id": "o-1", "amount": 1})
+        assert resp.status == 503
+        assert "nothing was accepted" in (await resp.json())["error"]
+    finally:
+        await running.session.close()
+        await gw.stop()
+
+
+def test_webhook_config_problems_are_validation_errors(tmp_path: Path) -> None:
+    from streamflow.errors import ValidationFailed
+
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "bad.json").write_text('{"type": "no-such-type"}')
+    for trigger, message in [
+        ("{type: webhook, schema: schemas/missing.json}", "cannot read schema file"),
+        ("{type: webhook, schema: schemas/bad.json}", "not a valid JSON Schema"),
+        ("{type: webhook, schema: ../outside.json}", "outside the topology's folder"),
+        ("{type: webhook, auth: {type: bearer}}", "needs `token`"),
+        ("{type: webhook, signature: {header: 'X Sig', secret: x}}", "not an HTTP header"),
+    ]:
+        path = tmp_path / "t.yaml"
+        path.write_text(
+            "apiVersion: streamflow/v1\nkind: Integration\nname: t\nflows:\n"
+            f"  - name: f\n    trigger: {trigger}\n"
+            "    steps: [{id: s, type: transform, output: '${payload}'}]\n"
+        )
+        with pytest.raises(ValidationFailed, match=message):
+            load_integration(path)
