@@ -115,10 +115,11 @@ def summary(results: dict[str, Any]) -> str:
 
 def _table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| contestant | pipeline | guarantee | agents | events/s | CPU µs/event | cores used "
-        "| peak RSS MiB | p50 ms | p99 ms | at events/s | step-only events/s "
+        "| contestant | pipeline | guarantee | agents | events/s | drain s | CPU µs/event "
+        "| cores used | peak RSS MiB | p50 ms | p99 ms | at events/s | step-only events/s "
         "| step-only CPU µs/event |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for r in results["rows"]:
         guarantee = GUARANTEE.get(r["guarantee"], r["guarantee"])
@@ -130,13 +131,14 @@ def _table(results: dict[str, Any]) -> list[str]:
         )
         if not r.get("ok"):
             err = str(r.get("error") or "failed").splitlines()[0].replace("|", "\\|")[:160]
-            lines.append(head + f"| **error**: {err} | | | | | | | | |")
+            lines.append(head + f"| **error**: {err} | | | | | | | | | |")
             continue
         d, lat = r["drain"], r.get("latency") or {}
         so = r.get("step_only") or {}
         lines.append(
             head
-            + f"| {_num(d['events_per_s'])} | {_num(d['cpu_us_per_event'], 1)} "
+            + f"| {_num(d['events_per_s'])} | {_num(d['seconds'], 2)} "
+            + f"| {_num(d['cpu_us_per_event'], 1)} "
             + f"| {_num(d['cores_used'], 2)} | {_num(r['rss_peak_mb'])} "
             + f"| {_num(lat.get('p50_ms'), 1)} | {_num(lat.get('p99_ms'), 1)}{_late(lat)} "
             + f"| {_num(lat.get('rate'))} | {_num(so.get('events_per_s'))} "
@@ -243,6 +245,11 @@ def render(results: dict[str, Any], source: str = "") -> str:
         *_ratio_table(results),
         "",
     ]
+    warned = [r for r in results["rows"] if r.get("warnings")]
+    if warned:
+        out += ["Warnings:", ""]
+        out += [f"- `{r['name']}`: {w}" for r in warned for w in r["warnings"]]
+        out += [""]
     failed = [r for r in results["rows"] if not r.get("ok")]
     if failed:
         out += ["## Errors", ""]

@@ -441,6 +441,11 @@ class Trial:
         finally:
             cpu0, t0 = child.cpu(), time.perf_counter()
             child.signal(signal.SIGCONT)
+        if self.row["preload_s"] > 5:
+            self.row.setdefault("warnings", []).append(
+                f"the backlog took {self.row['preload_s']} s to produce while the child was "
+                "frozen: a consumer-group session may have expired (a rebalance in the drain)"
+            )
         target = len(self.ctx.warmup) + n
         t1, cpu1 = wait_for(child, watch, self.transactional, target, max(120.0, n / 200), "drain")
         seconds = t1 - t0

@@ -104,7 +104,8 @@ async def measure(
     await task
     transport.close()
     if broker.startswith("kafka://"):
-        drop_topics(broker.removeprefix("kafka://"), [t.name for t in app.plan.topics])
+        groups = [a.group for fp in app.plan.flows.values() for a in fp.all_agents()]
+        drop_topics(broker.removeprefix("kafka://"), [t.name for t in app.plan.topics], groups)
     return {
         "broker": broker.split(":", maxsplit=1)[0],
         "events": n,
@@ -133,13 +134,16 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def drop_topics(bootstrap: str, names: list[str]) -> None:
-    """Delete the flow's topics after a Kafka run (best effort)."""
+def drop_topics(bootstrap: str, names: list[str], groups: list[str]) -> None:
+    """Delete the flow's topics and consumer groups after a Kafka run (best effort)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})  # referenced until the end
     for fut in admin.delete_topics(names).values():
+        with contextlib.suppress(KafkaException):
+            fut.result(30)
+    for fut in admin.delete_consumer_groups(groups).values():
         with contextlib.suppress(KafkaException):
             fut.result(30)
 

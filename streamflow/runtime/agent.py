@@ -133,6 +133,8 @@ class StepAgent:
                 self.next_lag_check = time.monotonic() + LAG_INTERVAL
                 for (topic, part), lag in (await self._io(consumer.lag)).items():
                     self.metrics.lag(topic, part, lag)
+        if self.pending:  # stopped right after a batch: commit it, or it is redone on restart
+            await self._io(self._commit, consumer, producer)
 
     def _commit(self, consumer: Consumer, producer: Producer) -> None:
         """Steps 3-4 of the commit order (module docstring). Runs on the agent's I/O thread,

@@ -172,28 +172,46 @@ class InstanceTable:
         self.records: dict[str, InstanceRecord] = {}
         self.resolved: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
+        self.poll_lock = threading.Lock()
+        self.seen: dict[int, int] = {}  # partition -> offset after the last record applied
         transport.ensure_topics([INSTANCES_SPEC])
         self.consumer: Consumer = transport.consumer("", [INSTANCES_TOPIC])
         self.refresh(timeout=0.0)
 
     def refresh(self, timeout: float = 0.5) -> None:
         """Apply what arrived on the topic since the last call."""
-        while True:
-            records = self.consumer.poll(1000, timeout)
-            if not records:
+        with self.poll_lock:
+            while True:
+                records = self.consumer.poll(1000, timeout)
+                if not records:
+                    return
+                with self.lock:
+                    table = dict(self.records)
+                    for rec in records:
+                        _apply(table, rec.key, rec.value)
+                        self.seen[rec.partition] = rec.offset + 1
+                    self.records = table
+                    self.resolved = {}
+                timeout = 0.0
+
+    def catch_up(self, timeout: float = 5.0) -> None:
+        """Read the topic up to its end as of now: an event may name an instance whose
+        record was written just before it (deploy flows do), before the background
+        refresh saw it."""
+        ends = self.transport.end_offsets(INSTANCES_TOPIC)
+        deadline = time.monotonic() + timeout
+        while any(self.seen.get(p, 0) < end for p, end in ends.items()):
+            if time.monotonic() > deadline:
                 return
-            with self.lock:
-                table = dict(self.records)
-                for rec in records:
-                    _apply(table, rec.key, rec.value)
-                self.records = table
-                self.resolved = {}
-            timeout = 0.0
+            self.refresh(0.1)
 
     def config(self, instance: str, *, removing: bool = False) -> dict[str, Any]:
         """The config of an instance of this integration, decrypted, defaults applied.
         A removed instance has none, except for the flows its removal triggers."""
-        record = self.records.get(f"{self.integration.name}/{instance}")
+        key = f"{self.integration.name}/{instance}"
+        if key not in self.records:
+            self.catch_up()
+        record = self.records.get(key)
         if record is not None and record.removed_ms is not None and not removing:
             record = None
         resolved = self.resolved.get(instance)

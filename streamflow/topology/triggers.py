@@ -378,3 +378,23 @@ class FileTrigger(TriggerConfig):
         if "${" in v or Path(v).is_absolute():
             return v
         return str(_directory(info) / v)
+
+
+@trigger_config("deploy")
+class DeployTrigger(TriggerConfig):
+    """Runs when an instance is deployed (`streamflow instance deploy`): the payload has
+    `instance`, `integration`, `version`, `config` (secrets masked) and `webhook_urls`
+    (the instance's URL of every webhook flow, by flow name) - e.g. to register them."""
+
+    type: Literal["deploy"]
+    example: ClassVar[str] = """trigger: {type: deploy}"""
+
+
+@trigger_config("remove")
+class RemoveTrigger(TriggerConfig):
+    """Runs when an instance is removed (`streamflow instance remove`), with the same
+    payload as `deploy` and the instance's config still readable - e.g. to unregister
+    its webhooks. The instance's webhooks answer 404 from then on."""
+
+    type: Literal["remove"]
+    example: ClassVar[str] = """trigger: {type: remove}"""

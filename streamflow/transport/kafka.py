@@ -192,9 +192,11 @@ class KafkaConsumer:
     def lag(self) -> dict[TP, int]:
         out = {}
         for p in self.consumer.position(self.consumer.assignment()):
-            try:
-                _, high = self.consumer.get_watermark_offsets(p, timeout=2, cached=False)
+            try:  # cached: the high watermark of the last fetch response, no broker call
+                _, high = self.consumer.get_watermark_offsets(p, cached=True)
             except KafkaException:
+                continue
+            if high < 0:
                 continue
             out[(p.topic, p.partition)] = max(0, high - p.offset) if p.offset >= 0 else high
         return out
@@ -216,6 +218,8 @@ class KafkaProducer:
             "linger.ms": 5,
             "partitioner": "murmur2_random",
             "compression.type": "lz4",
+            # a missing topic is an error, as on the embedded transport: `streamflow deploy`
+            "allow.auto.create.topics": False,
         }
         if transactional_id is not None:
             conf["transactional.id"] = transactional_id

@@ -670,3 +670,31 @@ async def test_fallback_when_the_circuit_is_open(tmp_path: Path, serve: Serve) -
     errors = sorted(ex.output["error"] for ex in result.executions)
     assert sum("503" in e for e in errors) == 1
     assert sum(bool(re.search("circuit .* open", e)) for e in errors) == 2
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_a_stopped_run_has_committed_everything_it_processed(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """Stopping the agents right after the last execution ended must not leave processed
+    records uncommitted: a restart (e.g. to drain replayed dead letters) would run them
+    again and call the targets twice."""
+    target = await serve(always_ok)
+    retry = "{max_attempts: 2, delay: 10ms}"
+    path = write_topology(tmp_path, http_flow(retry, partitions=2))
+    for run in range(3):  # the window is short: give it a few chances
+        broker = tmp_path / f"broker-{run}"
+        result = await run_flow(
+            path, [{"id": f"s{i}"} for i in range(4)], config={"api": target.url}, directory=broker
+        )
+        assert result.ok
+        transport = LocalTransport(broker)
+        try:
+            for topic in ("sf.fx.f.call", "sf.fx.f.after"):
+                ends = {p: e for p, e in transport.end_offsets(topic).items() if e}
+                committed = transport.committed(topic, topic)  # the agent's group
+                assert {p: committed.get(p, 0) for p in ends} == ends, (run, topic)
+        finally:
+            transport.close()
