@@ -22,7 +22,7 @@ from streamflow.envelope import decode
 from streamflow.errors import ConfigError, Issue, PoisonMessageError, ValidationFailed
 from streamflow.runtime import dlq, instances
 from streamflow.runtime.app import App, AppOptions, environment
-from streamflow.runtime.gateway import Gateway, has_sync_webhooks, manual_trigger
+from streamflow.runtime.gateway import Gateway, manual_trigger
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.runner import pick_flow, run_events
 from streamflow.runtime.vault import new_key
@@ -204,8 +204,6 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
             worker_id=worker_id,
             env=environment(),
             instances=True,
-            # `response: sync` webhooks answer with the output carried by `completed`
-            trace_payloads=serve and has_sync_webhooks(integration),
         ),
     )
     app.deploy()

@@ -100,6 +100,8 @@ class ChainProcessor:
         self.metrics = StepMetrics(flow_plan.integration, flow.name, agent.steps[0])
         self.counters = {sid: self.metrics.for_step(sid) for sid in steps}
         self.traced = tracing.enabled()
+        # a `response: sync` webhook answers with the output carried by `completed`
+        self.output_on_completed = getattr(flow.trigger, "response", None) == "sync"
         self.breakers = {
             sid: CircuitBreaker(cfg, self._breaker_logger(sid))
             for sid in steps
@@ -300,7 +302,7 @@ class ChainProcessor:
         if nxt is None:
             self.metrics.completed.inc()
             self.metrics.latency.observe(max(0, now_ms() - env.created_ms) / 1000)
-            self._event(env, outs, "completed")
+            self._completed(env, outs)
             return None
         env.step = nxt
         env.attempt = 1
@@ -317,6 +319,11 @@ class ChainProcessor:
         outs.append(Out(self.plan.entry_of[nxt], value, rec.key, headers))
         self.metrics.produced.inc()
         return None
+
+    def _completed(self, env: Envelope, outs: list[Out]) -> None:
+        payload = env.payload if self.opts.trace_payloads or self.output_on_completed else None
+        ev = event_for(env, "completed", payload=payload)
+        outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
 
     def _event(
         self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = ""

@@ -14,6 +14,8 @@ from typing import Any
 from streamflow.topology.models import Flow, Integration
 
 COMPACTED = {"cleanup.policy": "compact"}
+# triggers run by a leader keep their state (and elect the leader) on a compacted topic
+STATE_TOPIC_SUFFIX = {"schedule": "schedule", "poll": "cursor", "file": "files"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,16 @@ def compile_plan(integration: Integration) -> Plan:
                 retry_topic_of[chain[0]] = rtopic
         dlq = f"{prefix}.dlq"
         topics.append(TopicPlan(dlq, parts, "dead letters"))
+        suffix = STATE_TOPIC_SUFFIX.get(flow.trigger.type)
+        if suffix is not None:
+            topics.append(
+                TopicPlan(
+                    f"{prefix}.{suffix}",
+                    1,
+                    f"{flow.trigger.type} trigger state and leader",
+                    COMPACTED,
+                )
+            )
         compensate_topic = compensate_agent = None
         if any(n.compensation is not None for n in flow.nodes.values()):
             compensate_topic = f"{prefix}.compensate"
