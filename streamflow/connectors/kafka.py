@@ -30,6 +30,9 @@ class KafkaPublishConfig(StepConfig):
     headers: dict[str, str] = Field(default_factory=dict)
     format: Literal["json", "text"] = Field("json", description="how the value is encoded")
     secret_fields: ClassVar[frozenset[str]] = frozenset({"headers"})
+    # its message is produced with the agent's batch (in the flow's transaction): no side
+    # effect outside the batch, so it may be fused with its neighbours like a pure step
+    pure: ClassVar[bool] = True
     example: ClassVar[str] = """- id: out
   type: kafka_publish
   topic: erp.orders.enriched

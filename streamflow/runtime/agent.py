@@ -116,6 +116,7 @@ class StepAgent:
                 for out in outs:
                     producer.send(out.topic, out.value, out.key, out.headers)
                 self.metrics.in_flight.set(0)
+                self.processor.flush_metrics()
                 self._advance_offsets(consumer, records, done)
                 self.processed += sum(done)
                 self._uncommitted += sum(done)

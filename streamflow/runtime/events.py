@@ -35,8 +35,7 @@ class ExecutionEvent:
     payload: Any = None
 
     def encode(self) -> bytes:
-        d = {k: getattr(self, k) for k in self.__slots__}
-        return orjson.dumps(d)
+        return orjson.dumps(self)  # orjson serialises dataclasses natively
 
     @classmethod
     def decode(cls, data: bytes) -> ExecutionEvent:

@@ -38,5 +38,8 @@ class RetryProcessor:
     async def handle(self, rec: Record) -> list[Out]:
         return self.handle_sync(rec)
 
+    def flush_metrics(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None

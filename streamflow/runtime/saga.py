@@ -126,6 +126,9 @@ class CompensationProcessor:
         ev = event_for(env, kind, note=note, error=error, payload=payload)
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
 
+    def flush_metrics(self) -> None:
+        return None
+
     async def close(self) -> None:
         for step in self.compensations.values():
             await step.close()

@@ -87,5 +87,8 @@ class KafkaTriggerProcessor:
     async def handle(self, rec: Record) -> list[Out]:
         return self.handle_sync(rec)
 
+    def flush_metrics(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None

@@ -116,6 +116,8 @@ def _text(v: Any) -> str:
 
 def _lookup(v: Any, k: Any) -> Any:
     try:
+        if type(v) is dict:  # the hot case, without an ABC isinstance check
+            return v.get(k)
         if isinstance(v, Mapping):
             return v.get(k)
         if type(k) is int and isinstance(v, (list, tuple, str)):
@@ -265,9 +267,12 @@ def _getter(root: str, keys: Path) -> Fn:
     def get(s: Scope) -> Any:
         v = s.get(root)
         for k in keys:
-            if v is None:
+            if type(v) is dict:
+                v = v.get(k)
+            elif v is None:
                 return None
-            v = _lookup(v, k)
+            else:
+                v = _lookup(v, k)
         return v
 
     return get
