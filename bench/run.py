@@ -84,6 +84,7 @@ class Contestant:
     guarantee: str = "at_least_once"
     commit_interval: float = 0.1
     fuse: bool = False
+    events: str = "steps"  # execution events: steps | lifecycle
     peer: str | None = None  # venv name (bench/venvs.py)
     module: str | None = None  # peer script
 
@@ -102,6 +103,11 @@ CONTESTANTS = [
     Contestant(
         "sf-1step-eos-1s", "StreamFlow 1-step exactly-once 1 s", "streamflow", "1-step",
         guarantee="exactly_once", commit_interval=1.0,
+    ),
+    Contestant("sf-1step-fused", "StreamFlow 1-step fused", "streamflow", "1-step", fuse=True),
+    Contestant(
+        "sf-1step-fused-lifecycle", "StreamFlow 1-step fused, lifecycle events", "streamflow",
+        "1-step", fuse=True, events="lifecycle",
     ),
     Contestant("sf-3step", "StreamFlow 3-step", "streamflow", "3-step"),
     Contestant("sf-3step-fused", "StreamFlow 3-step fused", "streamflow", "3-step", fuse=True),
@@ -284,6 +290,7 @@ def streamflow_files(
         guarantee=c.guarantee,
         commit_interval=f"{round(c.commit_interval * 1000)}ms",
         fuse=c.fuse,
+        events=c.events,
         max_batch=BATCH,
         partitions=PARTITIONS,
     )

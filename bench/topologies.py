@@ -55,6 +55,7 @@ def integration_yaml(
     fuse: bool = False,
     max_batch: int = 1000,
     partitions: int = 6,
+    events: str = "steps",
 ) -> str:
     """One flow ``f``: ``trigger`` is a flow-mapping, e.g. ``{type: kafka, topic: t}``."""
     return f"""apiVersion: streamflow/v1
@@ -67,6 +68,7 @@ flows:
     guarantee: {guarantee}
     commit_interval: {commit_interval}
     fuse: {str(fuse).lower()}
+    events: {events}
     max_batch: {max_batch}
     trigger: {trigger}
     steps:

@@ -370,9 +370,18 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                     "name the dead letters to replay (IDs, --step, --error, --since) or use --all"
                 )
             edit = _edit_in_editor if args.edit else None
+            skipped: list[str] = []
             ids = dlq.replay(
-                transport, plan, integration.flows[flow], chosen, edit=edit, mark_all=args.all
+                transport,
+                plan,
+                integration.flows[flow],
+                chosen,
+                edit=edit,
+                mark_all=args.all,
+                skipped=skipped,
             )
+            for why in skipped:
+                print(f"skipped: {why}", file=sys.stderr)
             for eid in ids:
                 print(eid)
             print(f"replayed {len(ids)} dead letter(s)", file=sys.stderr)
@@ -486,9 +495,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     files = cases.load_test_files(args.paths)  # ValidationFailed: exit 2, file:line:col
     reporter = cases.Reporter()
-    results = asyncio.run(
-        cases.run_test_files(files, select=args.select, on_result=reporter.case)
-    )
+    results = asyncio.run(cases.run_test_files(files, select=args.select, on_result=reporter.case))
     reporter.summary(results)
     if args.junit_xml:
         cases.write_junit_xml(results, args.junit_xml)

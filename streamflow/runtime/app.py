@@ -128,9 +128,8 @@ class App:
         return step
 
     def _options(self, flow: Flow) -> ProcessorOptions:
-        return ProcessorOptions(
-            flow.doc.encoding, self.options.step_events, self.options.trace_payloads
-        )
+        step_events = self.options.step_events and flow.doc.events == "steps"
+        return ProcessorOptions(flow.doc.encoding, step_events, self.options.trace_payloads)
 
     def _compensation_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
         steps = {
@@ -149,25 +148,29 @@ class App:
         return self._loop_for(flow, proc)
 
     def _agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
+        return self._loop_for(flow, self._chain(flow, aplan))
+
+    def _chain(self, flow: Flow, aplan: AgentPlan) -> ChainProcessor:
         steps = {
             sid: self._build_step(flow, flow.nodes[sid], flow.nodes[sid].config)
             for sid in aplan.steps
         }
-        opts = self._options(flow)
-        proc = ChainProcessor(
+        return ChainProcessor(
             flow,
             self.plan.flows[flow.name],
             aplan,
             steps,
             self.plan.executions_topic,
-            opts,
+            self._options(flow),
             _stored_results(flow),
         )
-        return self._loop_for(flow, proc)
 
     def _trigger_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
         ingress = FlowIngress(self.integration, flow, self.plan, self.config)
-        proc = KafkaTriggerProcessor(ingress, aplan, self.options.step_events)
+        chain = None
+        if flow.doc.fuse:  # the trigger runs the first agent's steps itself: one hop less
+            chain = self._chain(flow, self.plan.flows[flow.name].agents[0])
+        proc = KafkaTriggerProcessor(ingress, aplan, self._options(flow).step_events, chain)
         return self._loop_for(flow, proc)
 
     def _loop_for(self, flow: Flow, proc: Processor) -> StepAgent:

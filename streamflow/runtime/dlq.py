@@ -107,21 +107,32 @@ def replay(
     *,
     edit: Callable[[Any], Any] | None = None,
     mark_all: bool = False,
+    skipped: list[str] | None = None,
 ) -> list[str]:
-    """Send each dead letter back to its step; returns the replayed execution ids."""
+    """Send each dead letter back to its step; returns the replayed execution ids.
+
+    A letter that cannot be replayed (a raw record, a failed compensation) is an error when
+    named; with ``mark_all`` it is passed over and described in ``skipped``. ``mark_all``
+    records as replayed exactly the letters read, not what arrived since."""
     fplan = plan.flows[flow.name]
     producer = transport.producer()
     replayed = []
     for d in letters:
-        if d.step not in fplan.entry_of:
-            raise ConfigError(
-                f"dead letter {d.id} failed at '{d.step}', which is not a step of "
-                f"flow {flow.name} now (a raw record or a compensation): cannot replay"
-            )
         try:
-            env: Envelope = decode(d.record.value, flow.doc.encoding)
-        except PoisonMessageError as exc:
-            raise ConfigError(f"dead letter {d.id} holds no envelope ({exc})") from None
+            if d.step not in fplan.entry_of:
+                raise ConfigError(
+                    f"dead letter {d.id} failed at '{d.step}', which is not a step of "
+                    f"flow {flow.name} now (a raw record or a compensation): cannot replay"
+                )
+            try:
+                env: Envelope = decode(d.record.value, flow.doc.encoding)
+            except PoisonMessageError as exc:
+                raise ConfigError(f"dead letter {d.id} holds no envelope ({exc})") from None
+        except ConfigError as exc:
+            if not mark_all or skipped is None:
+                raise
+            skipped.append(str(exc))
+            continue
         if edit is not None:
             env.payload = edit(env.payload)
         env.step = d.step
@@ -133,9 +144,11 @@ def replay(
         replayed.append(env.execution_id)
     producer.flush()
     producer.close()
-    if mark_all:
+    if mark_all and letters:
         topic = fplan.dlq_topic
-        transport.commit_group(
-            f"{topic}.replay", {(topic, p): end for p, end in transport.end_offsets(topic).items()}
-        )
+        done: dict[tuple[str, int], int] = {}
+        for d in letters:
+            tp = (topic, d.record.partition)
+            done[tp] = max(done.get(tp, 0), d.record.offset + 1)
+        transport.commit_group(f"{topic}.replay", done)
     return replayed

@@ -148,17 +148,28 @@ class ChainProcessor:
         """Fast path for agents whose steps are all synchronous."""
         outs: list[Out] = []
         env = self._decode(rec, outs)
+        if env is not None:
+            self.run_sync(env, rec, outs)
+        return outs
+
+    async def handle(self, rec: Record) -> list[Out]:
+        outs: list[Out] = []
+        env = self._decode(rec, outs)
+        if env is not None:
+            await self.run(env, rec, outs)
+        return outs
+
+    def run_sync(self, env: Envelope | None, rec: Record, outs: list[Out]) -> None:
+        """Run ``env`` from its step through this agent's chain (all steps synchronous);
+        ``rec`` is the record it came from (its key places the outputs)."""
         while env is not None:
             before = env.payload
             outcome = self._sync_step(env, rec, outs)
             if outcome is None:
                 break
             env = self._advance(env, outcome, rec, outs, before)
-        return outs
 
-    async def handle(self, rec: Record) -> list[Out]:
-        outs: list[Out] = []
-        env = self._decode(rec, outs)
+    async def run(self, env: Envelope | None, rec: Record, outs: list[Out]) -> None:
         while env is not None:
             before = env.payload
             if isinstance(self.steps[env.step], Step):
@@ -170,7 +181,6 @@ class ChainProcessor:
             if outcome is None:
                 break
             env = self._advance(env, outcome, rec, outs, before)
-        return outs
 
     def _sync_step(self, env: Envelope, rec: Record, outs: list[Out]) -> Outcome | None:
         """Run a pure step: a failure would repeat, so it goes to the fallback or the DLQ."""
@@ -253,6 +263,7 @@ class ChainProcessor:
                 self.counters[env.step].failed(exc.__class__.__name__)
                 error = describe(exc)
                 env.attempt += 1
+                env.meta["last_error"] = error  # the next attempt can read ${meta.last_error}
                 if retry_topic is not None:
                     due = now_ms() + int(delay * 1000)
                     headers = [("sf-due", str(due).encode()), ("sf-error", error.encode()[:2000])]

@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
-from streamflow.envelope import encode
+from streamflow.envelope import Envelope, encode
 from streamflow.errors import PoisonMessageError
 from streamflow.runtime.events import event_for
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.metrics import TRIGGER_FIRINGS, StepMetrics
-from streamflow.runtime.processor import Out, dlq_headers
+from streamflow.runtime.processor import ChainProcessor, Out, dlq_headers
 from streamflow.topology.plan import AgentPlan
 from streamflow.topology.triggers import KafkaTrigger
 from streamflow.transport.base import Record
@@ -26,9 +26,16 @@ log = logging.getLogger("streamflow.runtime")
 
 
 class KafkaTriggerProcessor:
-    all_sync = True
+    """With ``chain`` (a flow with ``fuse: true``) the envelope runs straight through the
+    first agent's steps in this agent, instead of a hop through the first step's topic."""
 
-    def __init__(self, ingress: FlowIngress, agent: AgentPlan, step_events: bool) -> None:
+    def __init__(
+        self,
+        ingress: FlowIngress,
+        agent: AgentPlan,
+        step_events: bool,
+        chain: ChainProcessor | None = None,
+    ) -> None:
         self.ingress = ingress
         self.agent = agent
         self.step_events = step_events
@@ -40,6 +47,8 @@ class KafkaTriggerProcessor:
         self.dlq = fplan.dlq_topic
         self.executions = ingress.plan.executions_topic
         self.encoding = ingress.flow.doc.encoding
+        self.chain = chain
+        self.all_sync = chain.all_sync if chain is not None else True
         self.metrics = StepMetrics(fplan.integration, ingress.flow.name, "trigger")
         self.firings = TRIGGER_FIRINGS.labels(fplan.integration, ingress.flow.name, "kafka")
 
@@ -57,6 +66,20 @@ class KafkaTriggerProcessor:
             raise PoisonMessageError(f"record is not valid JSON: {exc}") from exc
 
     def handle_sync(self, rec: Record) -> list[Out]:
+        outs, env, keyed = self._start(rec)
+        if env is not None and self.chain is not None:
+            self.chain.run_sync(env, keyed, outs)
+        return outs
+
+    async def handle(self, rec: Record) -> list[Out]:
+        outs, env, keyed = self._start(rec)
+        if env is not None and self.chain is not None:
+            await self.chain.run(env, keyed, outs)
+        return outs
+
+    def _start(self, rec: Record) -> tuple[list[Out], Envelope | None, Record]:
+        """The envelope of an outside record and its ``started`` event (plus, unfused, the
+        envelope on the first step's topic); a record that can't be read: a dead letter."""
         try:
             payload = self._payload(rec)
         except PoisonMessageError as exc:
@@ -64,7 +87,7 @@ class KafkaTriggerProcessor:
                 "dead-lettered record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc
             )
             headers = dlq_headers(rec, exc, str(exc), "trigger", 0, "")
-            return [Out(self.dlq, rec.value, rec.key, headers)]
+            return [Out(self.dlq, rec.value, rec.key, headers)], None, rec
         trigger = {
             "type": "kafka",
             "topic": rec.topic,
@@ -79,13 +102,15 @@ class KafkaTriggerProcessor:
         env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
         started = event_for(env, "started")
         self.firings.inc()
-        return [
-            Out(self.first_topic, encode(env, self.encoding), self.ingress.partition_key(env)),
-            Out(self.executions, started.encode(), env.execution_id.encode()),
-        ]
-
-    async def handle(self, rec: Record) -> list[Out]:
-        return self.handle_sync(rec)
+        key = self.ingress.partition_key(env)
+        outs = [Out(self.executions, started.encode(), env.execution_id.encode())]
+        if self.chain is None:
+            outs.append(Out(self.first_topic, encode(env, self.encoding), key))
+        # the flow's key places every output downstream, not the outside record's key
+        keyed = Record(
+            rec.topic, rec.partition, rec.offset, key, rec.value, rec.headers, rec.timestamp_ms
+        )
+        return outs, env, keyed
 
     def flush_metrics(self) -> None:
         return None

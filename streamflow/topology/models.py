@@ -121,6 +121,11 @@ class FlowDoc(Model):
     max_batch: int = Field(500, ge=1, le=100_000, description="records per poll")
     concurrency: int = Field(16, ge=1, le=10_000, description="in-flight async steps per agent")
     retry: RetryPolicy | None = None
+    events: Literal["steps", "lifecycle"] = Field(
+        "steps",
+        description="execution events: `steps` (also one per step done) or `lifecycle` "
+        "(started, retry, filtered, failed, completed): half the messages on a busy flow",
+    )
     ordered: bool = Field(
         False,
         description="retries block their partition (keeps per-key order) instead of a retry topic",
