@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from streamflow.errors import ConfigError
+from streamflow.runtime.payloads import parse_payloads
 from streamflow.topology.models import Integration
 from streamflow.topology.values import parse_assignments, read_config_file, resolve_config
 
@@ -21,23 +20,7 @@ def read_payloads(source: str) -> list[Any]:
         data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read input: {exc.strerror}") from None
-    text = data.strip()
-    if not text:
-        return []
-    try:
-        doc = orjson.loads(text)
-        return doc if isinstance(doc, list) else [doc]
-    except orjson.JSONDecodeError:
-        pass
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{name}:{n}: not JSON: {exc}") from None
-    return out
+    return parse_payloads(data, name)
 
 
 def config_values(

@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO, TypeVar, get_args
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamflow.envelope import decode
@@ -62,6 +61,7 @@ from streamflow.errors import ConfigError, Issue, PoisonMessageError, Validation
 from streamflow.runtime.app import AppOptions, environment
 from streamflow.runtime.dlq import DeadLetter
 from streamflow.runtime.events import ExecutionEvent
+from streamflow.runtime.payloads import parse_payloads
 from streamflow.runtime.runner import Execution, RunResult, pick_flow, run_events
 from streamflow.testing.mocks import MockServices, RecordedCall
 from streamflow.topology.expressions import (
@@ -259,21 +259,7 @@ def read_events(path: Path) -> list[Any]:
         text = path.read_bytes().strip()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read events: {exc.strerror}") from None
-    if not text:
-        return []
-    try:
-        doc = orjson.loads(text)
-        return doc if isinstance(doc, list) else [doc]
-    except orjson.JSONDecodeError:
-        pass
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not JSON: {exc}") from None
-    return out
+    return parse_payloads(text, str(path))
 
 
 def load_test_files(paths: Sequence[str | Path]) -> list[TestFile]:
