@@ -197,7 +197,11 @@ class WebhookEndpoint:
             digest = hashlib.sha256(f"{self.path}\x00{key}".encode()).hexdigest()[:24]
             execution_id = f"{self.ingress.flow.name}-{digest}"
         return self.ingress.envelope(
-            payload, trigger=trigger, instance=self.instance, execution_id=execution_id
+            payload,
+            trigger=trigger,
+            instance=self.instance,
+            execution_id=execution_id,
+            trace=headers.get("traceparent", ""),  # continue the caller's W3C trace
         )
 
 

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
@@ -22,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from streamflow.runtime import tracing
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.events import ExecutionEvent
-from streamflow.runtime.ingest import FlowIngress
+from streamflow.runtime.gateway import Gateway
 from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
 from streamflow.transport.local import LocalTransport
@@ -68,7 +69,7 @@ def wait_for(url: str, timeout: float = 30.0) -> str:
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                return resp.read().decode()
+                return str(resp.read().decode())
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -116,40 +117,51 @@ def test_metrics_endpoint_has_every_metric_the_dashboard_queries(tmp_path: Path)
 
 
 @pytest.mark.kafka
-async def test_one_trace_spans_the_trigger_and_three_steps_on_kafka(
+async def test_one_trace_spans_a_webhook_and_three_steps_on_kafka(
     kafka_bootstrap: str, tmp_path: Path, unique: str
 ) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.configure(provider)
+    caller_trace = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
     try:
-        integration = load_integration(write(tmp_path, f"trace-{unique}", THREE_STEPS))
+        path = write(tmp_path, f"trace-{unique}", THREE_STEPS)
+        path.write_text(path.read_text().replace("{type: manual}", "{type: webhook}"))
+        integration = load_integration(path)
         transport = open_transport(f"kafka://{kafka_bootstrap}")
-        app = App(integration, transport, {"api": "x", "token": "y"}, AppOptions())
+        config = {"api": "x", "token": "y"}
+        app = App(integration, transport, config, AppOptions())
         app.deploy()
-        ingress = FlowIngress(integration, integration.flows["f"], app.plan, {})
-        env = ingress.envelope({"id": "t1"}, trace="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01")
-        producer = transport.producer()
-        ingress.send(producer, env)
-        producer.flush()
+        gateway = Gateway(integration, transport, config, triggers=False)
+        gateway.instances = lambda _: None
+        port = await gateway.start("127.0.0.1", 0)
         stop = asyncio.Event()
         task = asyncio.create_task(app.run(stop))
-        deadline = time.monotonic() + 60
-        while len(exporter.get_finished_spans()) < 3 and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        stop.set()
-        await task
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{port}/webhooks/{integration.name}/f"
+                async with http.post(url, json={"id": "t1"},
+                                     headers={"traceparent": caller_trace}) as resp:
+                    assert resp.status == 202, await resp.text()
+                    execution_id = (await resp.json())["execution_id"]
+            deadline = time.monotonic() + 60
+            while len(exporter.get_finished_spans()) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await task
+            await gateway.stop()
     finally:
         tracing.disable()
     spans = sorted(exporter.get_finished_spans(), key=lambda s: s.start_time or 0)
     assert [s.name for s in spans] == ["f/one", "f/two", "f/three"]
-    assert {s.context.trace_id for s in spans} == {int("ab" * 16, 16)}  # the trigger's trace
+    assert {s.context.trace_id for s in spans} == {int("ab" * 16, 16)}  # the caller's trace
     assert spans[0].parent is not None and spans[0].parent.span_id == int("cd" * 8, 16)
     for parent, child in itertools.pairwise(spans):
         assert child.parent is not None and child.parent.span_id == parent.context.span_id
     assert spans[2].attributes is not None
-    assert spans[2].attributes["streamflow.execution_id"] == env.execution_id
+    assert spans[2].attributes["streamflow.execution_id"] == execution_id
 
 
 async def test_json_logs_carry_context_and_mask_secrets(tmp_path: Path) -> None:
