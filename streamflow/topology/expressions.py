@@ -36,18 +36,11 @@ Grammar (anything else is rejected when the topology loads):
 from __future__ import annotations
 
 import ast
-import base64 as _b64
-import hashlib
-import operator as op
 import re
-import time
-import uuid as _uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, NoReturn
 
-import orjson
+from streamflow.topology.exprfuncs import BINOPS, CMPOPS, FUNCS, lookup, text
 
 __all__ = [
     "ROOTS",
@@ -67,7 +60,6 @@ Path = tuple[str | int, ...]
 Refs = set[tuple[str, ...]]
 _NC: Any = object()  # marker: "not a compile-time constant"
 _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
-_MAX = 1_000_000  # cap for 'x' * n and [..] * n
 # `steps.push-to-cms` names a step id with hyphens (ids may have them); a subtraction needs spaces
 _HYPHENATED_STEP = re.compile(r"(?<![\w.'\"])steps\.([A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)+)")
 
@@ -97,137 +89,6 @@ class ExpressionEvalError(ValueError):
         return f"{self.message} (in ${{{self.expression}}})"
 
 
-# --------------------------------------------------------------- runtime helpers
-def _json_default(o: Any) -> Any:
-    return dict(o) if isinstance(o, Mapping) else str(o)
-
-
-def _dumps(v: Any) -> str:
-    return orjson.dumps(v, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def _text(v: Any) -> str:
-    if type(v) is str:
-        return v
-    if v is None or v is True or v is False:
-        return "" if v is None else "true" if v else "false"
-    return _dumps(v) if isinstance(v, (Mapping, list, tuple)) else str(v)
-
-
-def _lookup(v: Any, k: Any) -> Any:
-    try:
-        if type(v) is dict:  # the hot case, without an ABC isinstance check
-            return v.get(k)
-        if isinstance(v, Mapping):
-            return v.get(k)
-        if type(k) is int and isinstance(v, (list, tuple, str)):
-            return v[k]
-    except (TypeError, IndexError):
-        pass
-    return None
-
-
-def _contains(container: Any, item: Any) -> bool:
-    try:
-        return item in container
-    except TypeError:
-        return False
-
-
-def _ordered(cmp: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    def safe(a: Any, b: Any) -> Any:
-        try:
-            return cmp(a, b)
-        except TypeError:  # e.g. null < 1
-            return False
-
-    return safe
-
-
-def _mul(a: Any, b: Any) -> Any:
-    for seq, n in ((a, b), (b, a)):
-        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX:
-            raise ValueError(f"repetition result too large (> {_MAX})")
-    return a * b
-
-
-def _mod(a: Any, b: Any) -> Any:
-    if isinstance(a, str):  # no printf-style formatting
-        raise TypeError("'%' is only supported for numbers")
-    return a % b
-
-
-def _strfn(f: Callable[..., Any]) -> Callable[..., Any]:
-    return lambda s, *a: None if s is None else f(_text(s), *a)
-
-
-def _int(x: Any) -> Any:
-    if isinstance(x, str):
-        return int(x) if x.strip().lstrip("+-").isdigit() else int(float(x))
-    return None if x is None else int(x)
-
-
-def _round(x: Any, n: int | None = None) -> Any:
-    if x is None:
-        return None
-    q = Decimal(str(x)).quantize(Decimal(1).scaleb(-(n or 0)), rounding=ROUND_HALF_UP)
-    return int(q) if n is None or n <= 0 else float(q)
-
-
-_FALSY = frozenset({"", "false", "0", "no", "off", "null", "none"})
-_FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {  # name: (fn, min, max args)
-    "now": (lambda: datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z", 0, 0),
-    "now_ms": (lambda: time.time_ns() // 1_000_000, 0, 0),
-    "uuid": (lambda: str(_uuid.uuid4()), 0, 0),
-    "lower": (_strfn(str.lower), 1, 1),
-    "upper": (_strfn(str.upper), 1, 1),
-    "trim": (_strfn(str.strip), 1, 1),
-    "substr": (_strfn(lambda s, a, b=None: s[a:b]), 2, 3),
-    "replace": (_strfn(lambda s, old, new: s.replace(_text(old), _text(new))), 3, 3),
-    "startswith": (lambda s, p: s is not None and _text(s).startswith(_text(p)), 2, 2),
-    "endswith": (lambda s, p: s is not None and _text(s).endswith(_text(p)), 2, 2),
-    "contains": (_contains, 2, 2),
-    "split": (lambda s, sep=None: [] if s is None else _text(s).split(sep), 1, 2),
-    "join": (lambda xs, sep: "" if xs is None else _text(sep).join(map(_text, xs)), 2, 2),
-    "concat": (lambda *xs: "".join(map(_text, xs)), 1, None),
-    "len": (lambda x: 0 if x is None else len(x), 1, 1),
-    "keys": (lambda d: list(d.keys()) if isinstance(d, Mapping) else [], 1, 1),
-    "values": (lambda d: list(d.values()) if isinstance(d, Mapping) else [], 1, 1),
-    "str": (_text, 1, 1),
-    "int": (_int, 1, 1),
-    "float": (lambda x: None if x is None else float(x), 1, 1),
-    "bool": (lambda x: x.strip().lower() not in _FALSY if isinstance(x, str) else bool(x), 1, 1),
-    "round": (_round, 1, 2),
-    "abs": (abs, 1, 1),
-    "min": (lambda *a: min(a[0]) if len(a) == 1 else min(a), 1, None),
-    "max": (lambda *a: max(a[0]) if len(a) == 1 else max(a), 1, None),
-    "sum": (lambda xs: 0 if xs is None else sum(xs), 1, 1),
-    "default": (lambda x, fallback: fallback if x is None or x == "" else x, 2, 2),
-    "coalesce": (lambda *xs: next((x for x in xs if x is not None), None), 1, None),
-    "json": (_dumps, 1, 1),
-    "parse_json": (lambda s: None if s is None else orjson.loads(s), 1, 1),
-    "sha256": (lambda s: hashlib.sha256(_text(s).encode()).hexdigest(), 1, 1),
-    "base64": (lambda s: _b64.b64encode(_text(s).encode()).decode("ascii"), 1, 1),
-    "unbase64": (lambda s: _b64.b64decode(_text(s).strip() + "==").decode(), 1, 1),
-}
-_BINOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
-    ast.Add: op.add,
-    ast.Sub: op.sub,
-    ast.Mult: _mul,
-    ast.Div: op.truediv,
-    ast.FloorDiv: op.floordiv,
-    ast.Mod: _mod,
-}
-_CMPOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
-    ast.Eq: op.eq,
-    ast.NotEq: op.ne,
-    ast.Lt: _ordered(op.lt),
-    ast.LtE: _ordered(op.le),
-    ast.Gt: _ordered(op.gt),
-    ast.GtE: _ordered(op.ge),
-    ast.In: lambda a, b: _contains(b, a),
-    ast.NotIn: lambda a, b: not _contains(b, a),
-}
 _SYMBOLS = {
     "Pow": "**",
     "MatMult": "@",
@@ -262,7 +123,7 @@ def _constfn(v: Any) -> Fn:
 
 def _getter(root: str, keys: Path) -> Fn:
     if len(keys) <= 1:
-        return (lambda s: _lookup(s.get(root), keys[0])) if keys else (lambda s: s.get(root))
+        return (lambda s: lookup(s.get(root), keys[0])) if keys else (lambda s: s.get(root))
 
     def get(s: Scope) -> Any:
         v = s.get(root)
@@ -272,7 +133,7 @@ def _getter(root: str, keys: Path) -> Fn:
             elif v is None:
                 return None
             else:
-                v = _lookup(v, k)
+                v = lookup(v, k)
         return v
 
     return get
@@ -353,7 +214,7 @@ class _Compiler:
     def _Name(self, node: ast.Name) -> tuple[Fn, Any]:
         if node.id in _LITERALS:
             return _constfn(_LITERALS[node.id]), _LITERALS[node.id]
-        if node.id in _FUNCS:
+        if node.id in FUNCS:
             self.fail(node, f"function '{node.id}' can only be called, e.g. {node.id}(...)")
         self.fail(
             node,
@@ -365,10 +226,10 @@ class _Compiler:
         if node.attr.startswith("__"):
             self.fail(node, f"attribute '{node.attr}' is not allowed (names starting with '__')")
         v, k = self.f(node.value), node.attr
-        return (lambda s: _lookup(v(s), k)), _NC
+        return (lambda s: lookup(v(s), k)), _NC
 
     def _Subscript(self, node: ast.Subscript) -> tuple[Fn, Any]:
-        return _binary(_lookup, self.f(node.value), self.f(node.slice)), _NC
+        return _binary(lookup, self.f(node.value), self.f(node.slice)), _NC
 
     def _List(self, node: ast.List | ast.Tuple) -> tuple[Fn, Any]:
         compiled = [self.c(e) for e in node.elts]
@@ -404,7 +265,7 @@ class _Compiler:
         self.bad_op(node, node.op)
 
     def _BinOp(self, node: ast.BinOp) -> tuple[Fn, Any]:
-        fn = _BINOPS.get(type(node.op))
+        fn = BINOPS.get(type(node.op))
         if fn is None:
             self.bad_op(node, node.op)
         return _binary(fn, self.f(node.left), self.f(node.right)), _NC
@@ -418,9 +279,9 @@ class _Compiler:
 
     def _Compare(self, node: ast.Compare) -> tuple[Fn, Any]:
         for o in node.ops:
-            if type(o) not in _CMPOPS:
+            if type(o) not in CMPOPS:
                 self.bad_op(node, o, "; use == or !=")
-        ops = [_CMPOPS[type(o)] for o in node.ops]
+        ops = [CMPOPS[type(o)] for o in node.ops]
         fns = [self.f(node.left), *(self.f(c) for c in node.comparators)]
         if len(ops) == 1:
             return _binary(ops[0], fns[0], fns[1]), _NC
@@ -446,14 +307,14 @@ class _Compiler:
             self.fail(
                 node,
                 f"cannot call '{ast.unparse(node.func)}': only the built-in "
-                f"functions can be called ({', '.join(_FUNCS)})",
+                f"functions can be called ({', '.join(FUNCS)})",
             )
         name = node.func.id
-        if name not in _FUNCS:
-            self.fail(node, f"unknown function '{name}'; expected one of: {', '.join(_FUNCS)}")
+        if name not in FUNCS:
+            self.fail(node, f"unknown function '{name}'; expected one of: {', '.join(FUNCS)}")
         if node.keywords:
             self.fail(node, f"keyword arguments are not allowed (in {name}(...))")
-        fn, lo, hi = _FUNCS[name]
+        fn, lo, hi = FUNCS[name]
         if len(node.args) < lo or (hi is not None and len(node.args) > hi):
             want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
             self.fail(node, f"{name}() takes {want} argument(s), got {len(node.args)}")
@@ -568,7 +429,7 @@ def _string(
     if all(isinstance(x, str) for x in items):
         return None, "".join(x for x in items if isinstance(x, str))
     fns = tuple(items)
-    return (lambda sc: "".join([x if isinstance(x, str) else _text(x(sc)) for x in fns])), _NC
+    return (lambda sc: "".join([x if isinstance(x, str) else text(x(sc)) for x in fns])), _NC
 
 
 def _value(
