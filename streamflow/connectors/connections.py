@@ -29,11 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from streamflow.connectors.auth import HttpAuth
-from streamflow.topology.models import ConnectionConfig, Duration
+from streamflow.topology.models import ConnectionConfig, Duration, StepConfig
 from streamflow.topology.registry import connection_config
 
 
@@ -180,3 +180,32 @@ def smtp_fields(conn: ConnectionConfig) -> dict[str, Any]:
         "from": conn.from_,
         "timeout": conn.timeout,
     }
+
+
+FieldsOf = Callable[[ConnectionConfig], dict[str, Any]]
+"""What a connection gives a step: its settings as the step's field values."""
+
+
+class ConnectedStep(StepConfig):
+    """A step that may take its settings from a named connection (``connection: <name>``):
+    the validators that resolve and check it, written once. Subclasses set
+    ``connection_kinds`` and ``connection_fields``."""
+
+    connection_kinds: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def connection_fields(
+        cls, info: ValidationInfo
+    ) -> Callable[[ConnectionConfig], dict[str, Any]]:
+        raise NotImplementedError
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_connection(cls, data: Any, info: ValidationInfo) -> Any:
+        return fill_from_connection(data, info, cls.connection_kinds, cls.connection_fields(info))
+
+    @field_validator("connection", check_fields=False)
+    @classmethod
+    def _connection_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        check_connection(v, info, cls.connection_kinds)
+        return v

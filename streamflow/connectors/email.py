@@ -19,15 +19,15 @@ from email.utils import formatdate, getaddresses
 from typing import Any, ClassVar, Literal
 
 import aiosmtplib
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
-from streamflow.connectors.connections import check_connection, fill_from_connection, smtp_fields
+from streamflow.connectors.connections import ConnectedStep, FieldsOf, smtp_fields
 from streamflow.connectors.secrets import Masker
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import Duration, StepConfig
+from streamflow.topology.models import Duration
 from streamflow.topology.registry import step_config, step_factory
 
 _KINDS = ("smtp",)
@@ -35,7 +35,7 @@ _DEFAULT_PORT = {"starttls": 587, "tls": 465, "none": 25}
 
 
 @step_config("email")
-class EmailConfig(StepConfig):
+class EmailConfig(ConnectedStep):
     """Send an email over SMTP (STARTTLS, TLS or plain; optional login)."""
 
     type: Literal["email"]
@@ -74,16 +74,11 @@ class EmailConfig(StepConfig):
   text: "Hello ${payload.first_name}, your account ${payload.id} is ready."
   html: "<p>Hello <b>${payload.first_name}</b>, your account is ready.</p>\""""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_connection(cls, data: Any, info: ValidationInfo) -> Any:
-        return fill_from_connection(data, info, _KINDS, smtp_fields)
+    connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
-    @field_validator("connection")
     @classmethod
-    def _connection_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
-        check_connection(v, info, _KINDS)
-        return v
+    def connection_fields(cls, info: ValidationInfo) -> FieldsOf:
+        return smtp_fields
 
     @model_validator(mode="after")
     def _complete(self) -> EmailConfig:

@@ -18,17 +18,17 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.auth import HttpAuth
-from streamflow.connectors.connections import check_connection, fill_from_connection, http_fields
+from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
 from streamflow.connectors.http import DEFAULT_RETRY_ON
 from streamflow.connectors.httpclient import HttpCaller, join_url, retry_after, safe_url
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import Duration, Model, StepConfig
+from streamflow.topology.models import Duration, Model
 from streamflow.topology.registry import step_config, step_factory
 
 _KINDS = ("http",)
@@ -52,7 +52,7 @@ class Paginate(Model):
 
 
 @step_config("graphql")
-class GraphqlConfig(StepConfig):
+class GraphqlConfig(ConnectedStep):
     """Send a GraphQL query or mutation; `errors` in the answer fail the event."""
 
     type: Literal["graphql"]
@@ -89,16 +89,11 @@ class GraphqlConfig(StepConfig):
     variable: after
     max_pages: 20"""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_connection(cls, data: Any, info: ValidationInfo) -> Any:
-        return fill_from_connection(data, info, _KINDS, http_fields)
+    connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
-    @field_validator("connection")
     @classmethod
-    def _connection_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
-        check_connection(v, info, _KINDS)
-        return v
+    def connection_fields(cls, info: ValidationInfo) -> FieldsOf:
+        return http_fields
 
     @model_validator(mode="after")
     def _endpoint(self) -> GraphqlConfig:

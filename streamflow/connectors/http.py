@@ -28,16 +28,16 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.auth import HttpAuth
-from streamflow.connectors.connections import check_connection, fill_from_connection, http_fields
+from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
 from streamflow.connectors.httpclient import HttpCaller, join_url, retry_after, safe_url
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, compile_value
-from streamflow.topology.models import Duration, Model, StepConfig
+from streamflow.topology.models import Duration, Model
 from streamflow.topology.registry import step_config, step_factory
 
 __all__ = ["HttpAuth", "HttpConfig", "HttpStep"]
@@ -53,7 +53,7 @@ class ResponseCache(Model):
 
 
 @step_config("http")
-class HttpConfig(StepConfig):
+class HttpConfig(ConnectedStep):
     """Call an HTTP endpoint; the response is stored as steps.<id>."""
 
     type: Literal["http"]
@@ -102,16 +102,11 @@ class HttpConfig(StepConfig):
   timeout: 10s
   retry: {max_attempts: 5, backoff: exponential, delay: 1s, max_delay: 30s}"""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_connection(cls, data: Any, info: ValidationInfo) -> Any:
-        return fill_from_connection(data, info, _KINDS, http_fields)
+    connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
-    @field_validator("connection")
     @classmethod
-    def _connection_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
-        check_connection(v, info, _KINDS)
-        return v
+    def connection_fields(cls, info: ValidationInfo) -> FieldsOf:
+        return http_fields
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpConfig:

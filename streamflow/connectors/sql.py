@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.connections import (
-    check_connection,
+    ConnectedStep,
+    FieldsOf,
     context_directory,
-    fill_from_connection,
     sql_fields,
 )
 from streamflow.connectors.secrets import Masker
@@ -39,7 +39,7 @@ from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import Duration, StepConfig
+from streamflow.topology.models import Duration
 from streamflow.topology.registry import step_config, step_factory
 
 _KINDS = ("postgres", "sqlite")
@@ -47,7 +47,7 @@ _MAX_PARAMS = 30_000  # below PostgreSQL's 32767 bound parameters per statement
 
 
 @step_config("sql")
-class SqlConfig(StepConfig):
+class SqlConfig(ConnectedStep):
     """Run SQL on PostgreSQL or SQLite with bound parameters; one transaction per call."""
 
     type: Literal["sql"]
@@ -100,16 +100,11 @@ class SqlConfig(StepConfig):
   result: first
   camel_case: true"""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_connection(cls, data: Any, info: ValidationInfo) -> Any:
-        return fill_from_connection(data, info, _KINDS, sql_fields(context_directory(info)))
+    connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
-    @field_validator("connection")
     @classmethod
-    def _connection_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
-        check_connection(v, info, _KINDS)
-        return v
+    def connection_fields(cls, info: ValidationInfo) -> FieldsOf:
+        return sql_fields(context_directory(info))
 
     @model_validator(mode="after")
     def _complete(self) -> SqlConfig:
