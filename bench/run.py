@@ -336,10 +336,11 @@ def wait_for(
     deadline = time.monotonic() + timeout
     last = 0
     while True:
-        now, cpu = time.perf_counter(), child.cpu()
         last = output_count(watch, transactional, target)
         if last >= target:
-            return now, cpu
+            # Timed once the count is confirmed (after the watermark round trips), so a
+            # fast contestant never reads as 0 s.
+            return time.perf_counter(), child.cpu()
         if not child.alive():
             raise ContestantError(
                 f"{what}: child exited ({child.status}) with {last}/{target} outputs:\n"
@@ -434,7 +435,7 @@ class Trial:
         self.child = child = Child(cmd, s.logdir / f"{c.name}.log", child_env())
         self.row["log"] = str(child.log_path)
         ready, _ = wait_for(child, watch, self.transactional, len(self.ctx.warmup), 180, "warm-up")
-        self.row["startup_s"] = round(ready - spawned, 2)
+        self.row["startup_s"] = round(ready - spawned, 3)
         return child, watch
 
     def drain(self, child: Child, watch: OutputWatch) -> float:
