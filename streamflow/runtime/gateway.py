@@ -42,6 +42,7 @@ from streamflow.runtime.instances import InstanceTable
 from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, send_all
 from streamflow.runtime.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGER_FIRINGS
 from streamflow.runtime.poller import PollRunner
+from streamflow.runtime.s3watch import S3Runner
 from streamflow.runtime.schedule import ScheduleRunner
 from streamflow.runtime.webhook import Refusal, WebhookEndpoint
 from streamflow.topology.models import Flow, Integration
@@ -56,6 +57,7 @@ RUNNERS: dict[str, type[LeaderTrigger]] = {
     "schedule": ScheduleRunner,
     "poll": PollRunner,
     "file": FileRunner,
+    "s3": S3Runner,
 }
 READY_TIMEOUT = 2.0
 MAX_BATCH = 1000

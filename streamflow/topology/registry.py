@@ -31,6 +31,8 @@ BUILTIN_MODULES = (
     "streamflow.connectors.email",
     "streamflow.connectors.files",
     "streamflow.connectors.code",
+    "streamflow.connectors.aws",
+    "streamflow.connectors.s3",
 )
 
 S = TypeVar("S", bound=type[StepConfig])
