@@ -163,8 +163,8 @@ def azurite() -> Iterator[AzureServer]:
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         _unavailable("AZURITE", str(exc))
     port = free_port()
-    argv = [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-            "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent"]  # fmt: skip
+    argv = [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--silent",
+            "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry"]  # fmt: skip
     try:
         server = Server("azurite", argv, port, "/")
     except (OSError, RuntimeError) as exc:
