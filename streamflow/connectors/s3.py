@@ -79,7 +79,9 @@ class S3Config(ConnectedStep, AwsSettings, ObjectFields):
     secret_fields: ClassVar[frozenset[str]] = frozenset(AWS_SECRETS)
     example: ClassVar[str] = """- id: fetch
   type: s3
-  connection: store              # connections: {store: {type: s3, region: eu-west-1, ...}}
+  region: eu-west-1              # or connection: <an s3 connection>
+  access_key_id: ${config.aws_key_id}
+  secret_access_key: ${config.aws_secret}
   operation: get
   bucket: ${trigger.bucket}
   key: ${payload.key}

@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "streamflow.connectors.code",
     "streamflow.connectors.aws",
     "streamflow.connectors.s3",
+    "streamflow.connectors.azure",
 )
 
 S = TypeVar("S", bound=type[StepConfig])
