@@ -12,12 +12,14 @@ limited to ``sdk_attempts`` (default 2); after that the step's retry policy deci
 Failures are classified by ``s3_failure``: throttling (``SlowDown``, ``Throttling``),
 ``RequestTimeout``, 408/429/5xx and connection errors are retriable; every other answer
 (``NoSuchKey``, ``NoSuchBucket``, ``AccessDenied``, 403, 404, a bad request) fails the
-event for good. Messages go through the step's ``Masker`` (keys, session token).
+event for good. Messages go through the step's ``Masker`` (keys, session token), and the
+SDK's loggers are kept at INFO or above: its DEBUG output holds request headers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -96,6 +98,7 @@ def s3_client(
         import boto3
         from botocore.config import Config
 
+        quiet_sdk_loggers("boto3", "botocore", "s3transfer")
         session = boto3.session.Session(
             aws_access_key_id=settings.get("access_key_id") or None,
             aws_secret_access_key=settings.get("secret_access_key") or None,
@@ -116,6 +119,15 @@ def s3_client(
         )
 
     return resources.get(key, create)
+
+
+def quiet_sdk_loggers(*names: str, level: int = logging.INFO) -> None:
+    """An SDK's DEBUG log holds request headers (Authorization, X-Amz-Security-Token) and
+    signing steps: keep its loggers at ``level`` or above, whatever the root level."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < level:
+            logger.setLevel(level)
 
 
 def s3_failure(exc: BaseException, what: str, masker: Masker) -> StreamFlowError:
@@ -176,6 +188,7 @@ def sigv4_headers(
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
+    quiet_sdk_loggers("botocore")
     creds = Credentials(
         str(auth["access_key_id"]),
         str(auth["secret_access_key"]),

@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qsl
 
 from pydantic import Field, ValidationInfo, model_validator
 
+from streamflow.connectors.aws import quiet_sdk_loggers
 from streamflow.connectors.connections import ConnectedStep, FieldsOf
 from streamflow.connectors.objects import ObjectFields, decode_body, encode_body, local_path
 from streamflow.connectors.secrets import Masker
@@ -152,7 +155,8 @@ def azure_failure(exc: BaseException, what: str, masker: Masker) -> StreamFlowEr
         raw = getattr(exc, "error_code", None) or getattr(exc, "reason", "") or ""
         code = str(getattr(raw, "value", raw))
         first = str(exc.message or "").splitlines()[0] if exc.message else ""
-        text = masker.mask(f"{what}: {status} {code}: {first}".rstrip(": "))
+        head = " ".join(str(x) for x in (status or "", code) if x)
+        text = masker.mask(f"{what}: " + ": ".join(x for x in (head, first) if x))
         poison = (ResourceNotFoundError, ResourceExistsError, ClientAuthenticationError)
         if not isinstance(exc, poison) and (status in (408, 429) or status >= 500):
             return RetriableError(text)
@@ -173,6 +177,8 @@ def azure_client(
 
     def create() -> Any:
         from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
+
+        quiet_sdk_loggers("azure", level=logging.WARNING)  # INFO: every request, URL, headers
 
         options: dict[str, Any] = {
             # one quick retry (the SDK's default waits 15s first); then the step's policy
@@ -204,6 +210,20 @@ def azure_client(
         await client.close()
 
     return resources.get("azure-blob\x00" + digest, create, close)
+
+
+def azure_masker(settings: Mapping[str, Any]) -> Masker:
+    """The secrets of these settings, and their parts that a message may quote alone: the
+    AccountKey and SharedAccessSignature of a connection string, the sig of a SAS."""
+    masker = Masker(str(settings[k]) for k in AZURE_SECRETS if settings.get(k))
+    for part in str(settings.get("connection_string") or "").split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
+            masker.add(value.strip())
+            masker.add(*(v for k, v in parse_qsl(value.strip().lstrip("?")) if k == "sig"))
+    sas = str(settings.get("sas_token") or "").lstrip("?")
+    masker.add(*(v for k, v in parse_qsl(sas) if k == "sig"))
+    return masker
 
 
 def _iso(value: Any) -> Any:
@@ -239,7 +259,7 @@ class AzureBlobStep(AsyncStep):
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
         settings = self.settings.render(scope)
-        masker = Masker(str(settings[k]) for k in AZURE_SECRETS if settings.get(k))
+        masker = azure_masker(settings)
         container = str(self.container.render(scope) or "")
         op = self.cfg.operation
         name = str(self.blob.render(scope) or "") if op != "list" else ""
