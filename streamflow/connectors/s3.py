@@ -14,8 +14,8 @@ worker threads. Its result (``steps.<id>``):
 * ``list``: ``{bucket, prefix, objects: [{key, size, etag, last_modified}], prefixes,
   count, truncated}``; at most ``max_keys`` objects (pages followed).
 * ``delete``: ``{bucket, key, deleted: true}`` (S3 answers the same for a missing key).
-* ``copy``: ``{bucket, key, source_bucket, source_key, etag}`` (multipart copy for large
-  objects); ``head``: ``get`` without the body.
+* ``copy``: ``{bucket, key, source_bucket, source_key, etag}`` (CopyObject; a source above
+  its 5 GiB limit is copied in parts); ``head``: ``get`` without the body.
 
 With ``replace_payload: true`` the body (get) or the result (others) becomes the payload.
 Failures: see ``aws.py`` (throttling and 5xx retriable; NoSuchKey, AccessDenied and
@@ -168,12 +168,23 @@ class S3Step(AsyncStep):
         source_key = str(self.source_key.render(scope) or "")
         if not source_key:
             raise PoisonMessageError(f"step {self.cfg.id}: the source key is empty")
-        client.copy(
-            {"Bucket": source_bucket, "Key": source_key}, bucket, key, Config=self.transfer()
-        )
-        head = client.head_object(Bucket=bucket, Key=key)
-        return {"bucket": bucket, "key": key, "source_bucket": source_bucket,
-                "source_key": source_key, "etag": etag(head.get("ETag"))}  # fmt: skip
+        return self.copy(client, bucket, key, source_bucket, source_key)
+
+    def copy(self, client: Any, bucket: str, key: str, src_bucket: str, src_key: str) -> Any:
+        """One CopyObject; a source above its 5 GiB limit is copied in parts instead."""
+        from botocore.exceptions import ClientError
+
+        source = {"Bucket": src_bucket, "Key": src_key}
+        try:
+            done = client.copy_object(CopySource=source, Bucket=bucket, Key=key)
+            tag = (done.get("CopyObjectResult") or {}).get("ETag")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidRequest":
+                raise
+            client.copy(source, bucket, key, Config=self.transfer())
+            tag = client.head_object(Bucket=bucket, Key=key).get("ETag")
+        return {"bucket": bucket, "key": key, "source_bucket": src_bucket,
+                "source_key": src_key, "etag": etag(tag)}  # fmt: skip
 
     def transfer(self) -> Any:
         from boto3.s3.transfer import TransferConfig
@@ -235,16 +246,14 @@ class S3Step(AsyncStep):
             if content_type:
                 extra["ContentType"] = str(content_type)
             client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer())
-            size = path.stat().st_size
-        else:
-            data, default_type = encode_body(
-                self.content.render(scope), key, cfg.format, cfg.encoding, cfg.csv
-            )
-            extra["ContentType"] = str(content_type or default_type)
-            client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
-            size = len(data)
-        head = client.head_object(Bucket=bucket, Key=key)
-        return {"bucket": bucket, "key": key, "etag": etag(head.get("ETag")), "size": size}
+            tag = client.head_object(Bucket=bucket, Key=key).get("ETag")
+            return {"bucket": bucket, "key": key, "etag": etag(tag), "size": path.stat().st_size}
+        data, default_type = encode_body(
+            self.content.render(scope), key, cfg.format, cfg.encoding, cfg.csv
+        )
+        extra["ContentType"] = str(content_type or default_type)
+        done = client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
+        return {"bucket": bucket, "key": key, "etag": etag(done.get("ETag")), "size": len(data)}
 
     def list(self, client: Any, bucket: str, prefix: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
