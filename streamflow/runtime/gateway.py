@@ -91,6 +91,7 @@ def manual_trigger(flow: Flow) -> dict[str, Any]:
         "schedule": {"tick": "", "epoch": now // 1000, "fired_ms": now, "late_ms": 0},
         "poll": {"source": "http" if getattr(flow.trigger, "http", None) else "sql"},
         "file": {"path": "", "name": "", "size": 0, "sha256": "", "modified": ""},
+        "s3": {"bucket": "", "key": "", "etag": ""},
         "kafka": {
             "topic": getattr(flow.trigger, "topic", ""),
             "partition": -1,

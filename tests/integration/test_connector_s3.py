@@ -190,3 +190,33 @@ def test_validation_errors_point_at_the_yaml(tmp_path: Path) -> None:
     assert "unknown connection 'nope'" in text
     assert "give both access_key_id and secret_access_key" in text
     assert all(i.file == str(path) and i.line > 1 for i in info.value.issues), text
+
+
+def test_s3_trigger_validation_points_at_the_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "integration.yaml"
+    path.write_text(
+        """apiVersion: streamflow/v1
+kind: Integration
+name: drops
+config:
+  key: {type: string, secret: true}
+connections:
+  db: {type: sqlite, path: x.db}
+flows:
+  - name: a
+    trigger: {type: s3, connection: db, bucket: b}
+    steps: [{id: s, type: log}]
+  - name: b
+    trigger: {type: s3, bucket: b, every: 100ms, access_key_id: x}
+    steps: [{id: s, type: log}]
+  - name: c
+    trigger: {type: s3, bucket: "${config.key}"}
+    steps: [{id: s, type: log}]
+"""
+    )
+    with pytest.raises(ValidationFailed) as info:
+        load_integration(path)
+    issues = {i.line: i.message for i in info.value.issues}
+    assert "connection 'db' is of type sqlite" in issues[10], issues
+    assert "`every` is at least 1s" in issues[13], issues
+    assert any("secret" in m for line, m in issues.items() if line == 16), issues
