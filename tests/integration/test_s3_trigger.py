@@ -101,15 +101,17 @@ async def test_each_new_object_is_emitted_once_across_restarts_and_processes(
     s3 = moto_s3.client()
     s3.put_object(Bucket=bucket, Key="incoming/a.csv", Body=b"id\n1\n")
     s3.put_object(Bucket=bucket, Key="incoming/b.csv", Body=b"id\n2\n")
+    s3.put_object(Bucket=bucket, Key="incoming/b c ü.csv", Body=b"id\n9\n")  # any UTF-8 key
     s3.put_object(Bucket=bucket, Key="incoming/notes.txt", Body=b"not a csv")
+    s3.put_object(Bucket=bucket, Key="incoming/sub/", Body=b"")  # a "folder" marker
     s3.put_object(Bucket=bucket, Key="other/c.csv", Body=b"id\n3\n")
     integration = s3_integration(tmp_path, f"s3t-{unique}", moto_s3, bucket, "")
     transport = open_transport(broker_url)
     App(integration, transport, {}).deploy()
     try:
         # two runners at once (two gateway processes): one leads, each object once
-        envs = await run_until(integration, transport, lambda e: len(e) >= 2, runners=2)
-        assert keys(envs) == ["incoming/a.csv", "incoming/b.csv"]
+        envs = await run_until(integration, transport, lambda e: len(e) >= 3, runners=2)
+        assert keys(envs) == ["incoming/a.csv", "incoming/b c ü.csv", "incoming/b.csv"]
         first = envs[0]
         assert first.payload["bucket"] == bucket
         assert first.payload["size"] == 5 and first.payload["etag"]
@@ -119,13 +121,13 @@ async def test_each_new_object_is_emitted_once_across_restarts_and_processes(
         # version of a known key are
         s3.put_object(Bucket=bucket, Key="incoming/d.csv", Body=b"id\n4\n")
         s3.put_object(Bucket=bucket, Key="incoming/a.csv", Body=b"id\n1\n5\n")
-        envs = await run_until(integration, transport, lambda e: len(e) >= 4)
-        assert sorted(keys(envs)[2:]) == ["incoming/a.csv", "incoming/d.csv"]
-        assert len({e.execution_id for e in envs}) == 4
+        envs = await run_until(integration, transport, lambda e: len(e) >= 5)
+        assert sorted(keys(envs)[3:]) == ["incoming/a.csv", "incoming/d.csv"]
+        assert len({e.execution_id for e in envs}) == 5
 
         # one more restart with nothing new: nothing is emitted
-        envs = await run_until(integration, transport, lambda e: len(e) >= 4)
-        assert len(envs) == 4
+        envs = await run_until(integration, transport, lambda e: len(e) >= 5)
+        assert len(envs) == 5
     finally:
         transport.close()
 
