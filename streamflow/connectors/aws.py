@@ -118,7 +118,10 @@ def s3_client(
             config=config,
         )
 
-    return resources.get(key, create)
+    async def close(client: Any) -> None:
+        client.close()  # its connection pool
+
+    return resources.get(key, create, close)
 
 
 def quiet_sdk_loggers(*names: str, level: int = logging.INFO) -> None:
