@@ -1,6 +1,9 @@
 """HTTP authentication for the ``http`` and ``graphql`` steps and ``http`` connections.
 
-``bearer``, ``basic`` and ``api_key`` put a credential on each request. ``oauth2`` gets an
+``bearer``, ``basic`` and ``api_key`` put a credential on each request. ``aws_sigv4``
+signs each request (method, URL with its query, signed headers, body) with AWS Signature
+Version 4 using botocore's signer, so any AWS API (Lambda, API Gateway, S3, ...) can be
+called; the secret key never leaves the process. ``oauth2`` gets an
 access token from ``token_url`` (grant ``client_credentials`` or ``refresh_token``) and
 caches it in a ``TokenSource`` shared by every step of the App with the same token URL,
 client id and scope (``StepContext.resources``), so one token serves them all. The token is
@@ -24,19 +27,23 @@ from streamflow.errors import RetriableError
 from streamflow.steps.base import Resources
 from streamflow.topology.models import Duration, Model
 
-AUTH_SECRETS = ("token", "password", "value", "client_secret", "refresh_token")
+AUTH_SECRETS = (
+    "token", "password", "value", "client_secret", "refresh_token",
+    "access_key_id", "secret_access_key", "session_token",
+)  # fmt: skip
 _REQUIRED = {
     "bearer": ("token",),
     "basic": ("username",),
     "api_key": ("value",),
     "oauth2": ("token_url", "client_id"),
+    "aws_sigv4": ("service", "region", "access_key_id", "secret_access_key"),
 }
 
 
 class HttpAuth(Model):
-    """How a request authenticates: bearer, basic, api_key or oauth2."""
+    """How a request authenticates: bearer, basic, api_key, oauth2 or aws_sigv4."""
 
-    type: Literal["bearer", "basic", "api_key", "oauth2"]
+    type: Literal["bearer", "basic", "api_key", "oauth2", "aws_sigv4"]
     token: str | None = Field(None, description="bearer token")
     username: str | None = None
     password: str | None = None
@@ -54,6 +61,11 @@ class HttpAuth(Model):
         "body", description="oauth2: client credentials in the form body or a Basic header"
     )
     refresh_margin: Duration = Field(30.0, description="oauth2: refresh this long before expiry")
+    service: str | None = Field(None, description="aws_sigv4: e.g. lambda, execute-api, s3")
+    region: str | None = Field(None, description="aws_sigv4: e.g. eu-west-1")
+    access_key_id: str | None = Field(None, description="aws_sigv4")
+    secret_access_key: str | None = Field(None, description="aws_sigv4")
+    session_token: str | None = Field(None, description="aws_sigv4: temporary credentials")
 
     @model_validator(mode="after")
     def _complete(self) -> HttpAuth:

@@ -6,8 +6,9 @@ classified for the retry policy: connection errors, timeouts and the ``retry_on`
 statuses (default 408, 425, 429, 5xx; ``Retry-After`` honoured) are retriable; any other
 status outside ``success_codes`` fails the event for good (dead-lettered, not retried).
 
-Auth is ``bearer``, ``basic``, ``api_key`` or ``oauth2`` (client credentials or refresh
-token; the token is cached per App and refreshed before it expires, see ``auth.py``).
+Auth is ``bearer``, ``basic``, ``api_key``, ``oauth2`` (client credentials or refresh
+token; the token is cached per App and refreshed before it expires, see ``auth.py``) or
+``aws_sigv4`` (AWS Signature Version 4, for any AWS API).
 ``connection: <name>`` takes base URL, auth, headers, timeout and a concurrency limit
 from the integration's ``connections:``; a relative ``url`` is joined to ``base_url``.
 
@@ -69,7 +70,8 @@ class HttpConfig(ConnectedStep):
     auth: HttpAuth | None = Field(
         None,
         description="type bearer (token), basic (username, password), api_key (name, value, "
-        "in), oauth2 (token_url, client_id, client_secret, scope, grant, refresh_token)",
+        "in), oauth2 (token_url, client_id, client_secret, scope, grant, refresh_token), "
+        "aws_sigv4 (service, region, access_key_id, secret_access_key, session_token)",
     )
     timeout: Duration = Field(30.0, description="whole request, e.g. 10s")
     success_codes: list[int] = Field(default_factory=list, description="default: any 2xx")

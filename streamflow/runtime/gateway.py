@@ -42,6 +42,7 @@ from streamflow.runtime.instances import InstanceTable
 from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, send_all
 from streamflow.runtime.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGER_FIRINGS
 from streamflow.runtime.poller import PollRunner
+from streamflow.runtime.s3watch import S3Runner
 from streamflow.runtime.schedule import ScheduleRunner
 from streamflow.runtime.webhook import Refusal, WebhookEndpoint
 from streamflow.topology.models import Flow, Integration
@@ -56,6 +57,7 @@ RUNNERS: dict[str, type[LeaderTrigger]] = {
     "schedule": ScheduleRunner,
     "poll": PollRunner,
     "file": FileRunner,
+    "s3": S3Runner,
 }
 READY_TIMEOUT = 2.0
 MAX_BATCH = 1000
@@ -89,6 +91,7 @@ def manual_trigger(flow: Flow) -> dict[str, Any]:
         "schedule": {"tick": "", "epoch": now // 1000, "fired_ms": now, "late_ms": 0},
         "poll": {"source": "http" if getattr(flow.trigger, "http", None) else "sql"},
         "file": {"path": "", "name": "", "size": 0, "sha256": "", "modified": ""},
+        "s3": {"bucket": "", "key": "", "etag": ""},
         "kafka": {
             "topic": getattr(flow.trigger, "topic", ""),
             "partition": -1,

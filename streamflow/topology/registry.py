@@ -31,6 +31,9 @@ BUILTIN_MODULES = (
     "streamflow.connectors.email",
     "streamflow.connectors.files",
     "streamflow.connectors.code",
+    "streamflow.connectors.aws",
+    "streamflow.connectors.s3",
+    "streamflow.connectors.azure",
 )
 
 S = TypeVar("S", bound=type[StepConfig])

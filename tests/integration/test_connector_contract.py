@@ -61,6 +61,10 @@ def test_connection_types_round_trip(name: str) -> None:
         "postgres": {"type": "postgres", "dsn": "postgresql://u:p@127.0.0.1:1/db"},
         "sqlite": {"type": "sqlite", "path": "x.db"},
         "smtp": {"type": "smtp", "host": "127.0.0.1", "from": "a@x.io"},
+        "s3": {"type": "s3", "endpoint_url": "http://127.0.0.1:1", "region": "eu-west-1",
+               "access_key_id": "k", "secret_access_key": "s", "addressing_style": "path"},
+        "azure_blob": {"type": "azure_blob", "account_url": "http://127.0.0.1:1/acct",
+                       "account_name": "acct", "account_key": "a2V5"},
     }[name]  # fmt: skip
     cfg = model.model_validate(minimal)
     assert model.model_validate(cfg.model_dump(by_alias=True)) == cfg
@@ -132,11 +136,84 @@ async def email_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
     return await runner.run("s", {})
 
 
+async def _quoting_server(http_server: Any) -> Any:
+    """Answers every call with an XML error (as S3 and Azure do) quoting the request's
+    credentials: its Authorization, security token and query string."""
+
+    async def handler(call: Any) -> web.Response:
+        headers = call.headers
+        quoted = " ".join(
+            [headers.get("Authorization", ""), headers.get("X-Amz-Security-Token", ""),
+             str(call.query)]
+        )  # fmt: skip
+        body = f"<Error><Code>AccessDenied</Code><Message>refused {quoted}</Message></Error>"
+        return web.Response(status=403, text=body, content_type="application/xml")
+
+    return await http_server(handler)
+
+
+_SECRET_CONFIG = {"secret": {"type": "string", "secret": True}, "api": {"type": "string"}}
+
+
+async def s3_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    server = await _quoting_server(http_server)
+    runner = await step_runner(
+        [{"id": "s", "type": "s3", "operation": "put", "bucket": "bkt", "key": "k",
+          "endpoint_url": "${config.api}", "addressing_style": "path",
+          "access_key_id": "${config.secret}", "secret_access_key": "${config.secret}",
+          "session_token": "${config.secret}"}],
+        config=_SECRET_CONFIG, values={"api": server.url, "secret": SECRET},
+    )  # fmt: skip
+    return await runner.run("s", {"x": 1})
+
+
+async def azure_blob_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    server = await _quoting_server(http_server)
+    runner = await step_runner(
+        [{"id": "s", "type": "azure_blob", "operation": "put", "container": "ccc",
+          "blob": "k", "account_url": "${config.api}/acct",
+          "sas_token": "sv=1&sig=${config.secret}"}],
+        config=_SECRET_CONFIG, values={"api": server.url, "secret": SECRET},
+    )  # fmt: skip
+    return await runner.run("s", {"x": 1})
+
+
+async def azure_blob_key_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    """An account key that is not base64: the SDK's complaint must not quote it."""
+    runner = await step_runner(
+        [{"id": "s", "type": "azure_blob", "container": "ccc", "blob": "k",
+          "connection_string": "DefaultEndpointsProtocol=http;AccountName=acct;"
+          "AccountKey=${config.secret};BlobEndpoint=${config.api}/acct;"}],
+        config=_SECRET_CONFIG, values={"api": "http://127.0.0.1:1", "secret": SECRET},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
+async def aws_sigv4_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    server = await _quoting_server(http_server)
+    runner = await step_runner(
+        [{"id": "s", "type": "http", "url": "${config.api}/2015-03-31/functions/f/invocations",
+          "method": "POST", "json": {"a": 1}, "retry_on": [],
+          "auth": {"type": "aws_sigv4", "service": "lambda", "region": "eu-west-1",
+                   "access_key_id": "${config.secret}", "secret_access_key": "${config.secret}",
+                   "session_token": "${config.secret}"}}],
+        config=_SECRET_CONFIG, values={"api": server.url, "secret": SECRET},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
 SECRET_CASES: dict[str, Case] = {
     "http": http_case,
     "graphql": graphql_case,
     "sql": sql_case,
     "email": email_case,
+    "s3": s3_case,
+    "azure_blob": azure_blob_case,
+}
+# more cases for the same step types: other credentials that can leak the same way
+EXTRA_SECRET_CASES: dict[str, Case] = {
+    "azure_blob (account key)": azure_blob_key_case,
+    "http (aws_sigv4)": aws_sigv4_case,
 }
 # secret fields that never reach an error: they are delivered where they belong
 NO_ERROR_PATH = {"kafka_publish": "headers go onto the published message, never into errors"}
@@ -148,7 +225,7 @@ def test_every_type_with_secret_fields_has_a_case() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-@pytest.mark.parametrize("name", sorted(SECRET_CASES))
+@pytest.mark.parametrize("name", sorted(SECRET_CASES) + sorted(EXTRA_SECRET_CASES))
 async def test_secrets_never_in_errors_or_logs(
     name: str,
     step_runner: Any,
@@ -158,7 +235,8 @@ async def test_secrets_never_in_errors_or_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with pytest.raises(StreamFlowError) as info:
-        await SECRET_CASES[name](step_runner, http_server, smtp_server_factory)
+        case = SECRET_CASES.get(name) or EXTRA_SECRET_CASES[name]
+        await case(step_runner, http_server, smtp_server_factory)
     assert SECRET not in str(info.value)
     assert SECRET not in repr(info.value.args)
     assert SECRET not in caplog.text

@@ -204,6 +204,7 @@ TRIGGERS = {
     "schedule": "{type: schedule, every: 1h}",
     "poll": "{type: poll, http: {url: 'http://127.0.0.1:9/x'}, cursor: {field: id}}",
     "file": "{type: file, path: inbox}",
+    "s3": "{type: s3, bucket: drops, prefix: incoming/}",
 }
 
 
