@@ -16,6 +16,10 @@ from typing import Any
 
 import orjson
 
+from streamflow.topology.exprdates import ARG_CHECKS, DATE_FUNCS
+
+__all__ = ["ARG_CHECKS", "BINOPS", "CMPOPS", "FUNCS", "lookup", "text"]
+
 _MAX = 1_000_000  # cap for 'x' * n and [..] * n
 
 
@@ -132,6 +136,7 @@ FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {  # name: (fn, m
     "base64": (lambda s: _b64.b64encode(text(s).encode()).decode("ascii"), 1, 1),
     "unbase64": (lambda s: _b64.b64decode(text(s).strip() + "==").decode(), 1, 1),
 }
+FUNCS.update(DATE_FUNCS)
 BINOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
     ast.Add: op.add,
     ast.Sub: op.sub,
