@@ -18,10 +18,18 @@ so a retry sends every request again: the keys let the API see the repeats.
 
 ``cache: {ttl: 60s}`` keeps 2xx results in memory (per step) under ``key`` (default:
 method, URL and query), so repeated lookups do not hit the API.
+
+``paginate:`` reads every page of a list endpoint (``Link`` header, a next URL or cursor in
+the body, page or offset numbers; see ``paginate.py``): the result is ``{status, headers,
+items, pages, complete}`` (``headers``/``status`` of the last page) and, with
+``replace_payload``, the items become the payload. In its templates ``response`` (and
+``steps.<this step>``) is the page just read. A failing page fails the step; a retry reads
+from the first page again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -32,7 +40,14 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.auth import HttpAuth
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
-from streamflow.connectors.httpclient import HttpCaller, join_url, retry_after, safe_url
+from streamflow.connectors.httpclient import (
+    HttpCaller,
+    Response,
+    join_url,
+    retry_after,
+    safe_url,
+)
+from streamflow.connectors.paginate import Pager, Paginate, PaginationError
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
@@ -42,6 +57,7 @@ from streamflow.topology.registry import step_config, step_factory
 
 __all__ = ["HttpAuth", "HttpConfig", "HttpStep"]
 
+log = logging.getLogger("streamflow.step")
 DEFAULT_RETRY_ON = (408, 425, 429, *range(500, 600))
 _KINDS = ("http",)
 
@@ -86,8 +102,14 @@ class HttpConfig(ConnectedStep):
         None, ge=1, le=10_000, description="requests in flight (per connection, else per step)"
     )
     cache: ResponseCache | None = Field(None, description="reuse 2xx results: {ttl, key}")
+    paginate: Paginate | None = Field(
+        None,
+        description="read every page: style link (Link header), next (URL), cursor, page, "
+        "offset; items, max_pages; the result is {status, headers, items, pages, complete}",
+    )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth", "headers", "query"})
-    expression_roots: ClassVar[frozenset[str]] = frozenset({"item"})
+    expression_roots: ClassVar[frozenset[str]] = frozenset({"item", "response"})
+    self_reference_fields: ClassVar[frozenset[str]] = frozenset({"paginate"})
     example: ClassVar[str] = """- id: push
   type: http
   method: POST
@@ -112,6 +134,10 @@ class HttpConfig(ConnectedStep):
     def _one_body(self) -> HttpConfig:
         if (self.json_ is not None) + (self.body is not None) + (self.form is not None) > 1:
             raise ValueError("use only one of json, body, form")
+        if self.paginate is not None and self.for_each is not None:
+            raise ValueError("paginate and for_each do not combine (one walk per event)")
+        if self.paginate is not None and self.cache is not None:
+            raise ValueError("paginate and cache do not combine")
         return self
 
 
@@ -143,6 +169,7 @@ class HttpStep(AsyncStep):
         self.form = template(config.form)
         self.for_each = compile_value(config.for_each) if config.for_each is not None else None
         self.retry_on = frozenset(config.retry_on)
+        self.pager = Pager(config.paginate, roots) if config.paginate is not None else None
         self.cache: OrderedDict[str, tuple[float, dict[str, Any]]] | None = None
         self.cache_key = None
         if config.cache is not None:
@@ -151,6 +178,12 @@ class HttpStep(AsyncStep):
 
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
+        if self.pager is not None:
+            result = await self.walk(env, scope)
+            payload = result["items"] if self.cfg.replace_payload else env.payload
+            n, pages = len(result["items"]), result["pages"]
+            more = "" if result["complete"] else " (max_pages reached)"
+            return Outcome(payload, result, note=f"{n} item(s) in {pages} page(s){more}")
         if self.for_each is None:
             result = await self.call(env, scope, None)
             payload = result["body"] if self.cfg.replace_payload else env.payload
@@ -172,11 +205,7 @@ class HttpStep(AsyncStep):
         self, env: Envelope, scope: Mapping[str, Any], index: int | None
     ) -> dict[str, Any]:
         url = join_url(self.base_url.render(scope), str(self.url.render(scope)))
-        headers = {k: str(v) for k, v in self.headers.render(scope).items()}
         query = {k: str(v) for k, v in self.query.render(scope).items() if v is not None}
-        if self.cfg.idempotency_key:
-            suffix = "" if index is None else f"-{index}"
-            headers.setdefault("Idempotency-Key", f"{env.execution_id}-{self.cfg.id}{suffix}")
         key = None
         if self.cache is not None:
             key = self.key(url, query, scope)
@@ -184,6 +213,24 @@ class HttpStep(AsyncStep):
             if hit is not None and hit[0] > time.monotonic():
                 self.cache.move_to_end(key)
                 return hit[1]
+        suffix = "" if index is None else f"-{index}"
+        resp = await self.fetch(env, scope, suffix, url, query)
+        result = resp.as_result()
+        if self.cache is not None and key is not None and 200 <= resp.status < 300:
+            assert self.cfg.cache is not None
+            self.cache[key] = (time.monotonic() + self.cfg.cache.ttl, result)
+            self.cache.move_to_end(key)
+            while len(self.cache) > self.cfg.cache.max_entries:
+                self.cache.popitem(last=False)
+        return result
+
+    async def fetch(
+        self, env: Envelope, scope: Mapping[str, Any], suffix: str, url: str, query: dict[str, str]
+    ) -> Response:
+        """One request; a status outside success_codes raises (retriable or poison)."""
+        headers = {k: str(v) for k, v in self.headers.render(scope).items()}
+        if self.cfg.idempotency_key:
+            headers.setdefault("Idempotency-Key", f"{env.execution_id}-{self.cfg.id}{suffix}")
         data: Any = None
         if self.json is not None:
             data = orjson.dumps(self.json.render(scope))
@@ -196,20 +243,53 @@ class HttpStep(AsyncStep):
         status = resp.status
         ok = status in self.cfg.success_codes if self.cfg.success_codes else 200 <= status < 300
         if not ok:
-            body = resp.as_result().get("body")
+            body = resp.body
             detail = "" if body is None else f": {str(body)[:300]}"  # the server's reason
             msg = self.caller.mask(f"{self.cfg.method} {safe_url(url)} answered {status}{detail}")
             if status in self.retry_on:
                 raise RetriableError(msg, retry_after(resp.headers.get("Retry-After")))
             raise PoisonMessageError(msg)
-        result = resp.as_result()
-        if self.cache is not None and key is not None and 200 <= status < 300:
-            assert self.cfg.cache is not None
-            self.cache[key] = (time.monotonic() + self.cfg.cache.ttl, result)
-            self.cache.move_to_end(key)
-            while len(self.cache) > self.cfg.cache.max_entries:
-                self.cache.popitem(last=False)
-        return result
+        return resp
+
+    async def walk(self, env: Envelope, scope: Mapping[str, Any]) -> dict[str, Any]:
+        """Every page (see paginate.py): {status, headers, items, pages, complete}."""
+        assert self.pager is not None
+        url = join_url(self.base_url.render(scope), str(self.url.render(scope)))
+        query = {k: str(v) for k, v in self.query.render(scope).items() if v is not None}
+        state = self.pager.begin(url, query)
+        items: list[Any] = []
+        own = self.cfg.id
+
+        def page_scope(response: Mapping[str, Any]) -> Mapping[str, Any]:
+            steps = {**(scope.get("steps") or {}), own: response}
+            return {**scope, "steps": steps, "response": response}
+
+        while True:
+            req = state.request
+            resp = await self.fetch(env, scope, f"-p{state.number + 1}", req.url, req.query)
+            result = resp.as_result()
+            try:
+                found = self.pager.items(resp.body)
+                items.extend(found)
+                more = self.pager.advance(state, result, resp.next_link, found, page_scope)
+            except PaginationError as exc:
+                raise PoisonMessageError(
+                    self.caller.mask(f"step {own}: page {state.number + 1}: {exc}")
+                ) from None
+            if not more:
+                complete = True
+                break
+            if state.number >= self.pager.cfg.max_pages:
+                complete = False
+                log.warning("step %s: stopped after max_pages=%d", own, state.number)
+                break
+        return {
+            "status": result["status"],
+            "headers": result["headers"],
+            "items": items,
+            "pages": state.number,
+            "complete": complete,
+        }
 
     def key(self, url: str, query: dict[str, str], scope: Mapping[str, Any]) -> str:
         if self.cache_key is not None:
