@@ -129,7 +129,7 @@ class _Validator:
                 (*path, "trigger"),
                 trigger.secret_fields,
                 set(),
-                roots=frozenset({"config", "env"}),
+                roots=frozenset({"config", "env"}) | getattr(trigger, "expression_roots", set()),
             )
         if doc.key is not None:
             self.expression_field(doc.key, (*path, "key"), set(), bare=False)
