@@ -43,6 +43,7 @@ from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages,
 from streamflow.runtime.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGER_FIRINGS
 from streamflow.runtime.poller import PollRunner
 from streamflow.runtime.schedule import ScheduleRunner
+from streamflow.runtime.streams import StreamRunner
 from streamflow.runtime.webhook import Refusal, WebhookEndpoint
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan, compile_plan
@@ -56,6 +57,8 @@ RUNNERS: dict[str, type[LeaderTrigger]] = {
     "schedule": ScheduleRunner,
     "poll": PollRunner,
     "file": FileRunner,
+    "sse": StreamRunner,
+    "websocket": StreamRunner,
 }
 READY_TIMEOUT = 2.0
 MAX_BATCH = 1000
@@ -89,6 +92,8 @@ def manual_trigger(flow: Flow) -> dict[str, Any]:
         "schedule": {"tick": "", "epoch": now // 1000, "fired_ms": now, "late_ms": 0},
         "poll": {"source": "http" if getattr(flow.trigger, "http", None) else "sql"},
         "file": {"path": "", "name": "", "size": 0, "sha256": "", "modified": ""},
+        "sse": {"url": "", "event": "message", "id": None},
+        "websocket": {"url": "", "binary": False},
         "kafka": {
             "topic": getattr(flow.trigger, "topic", ""),
             "partition": -1,

@@ -22,6 +22,7 @@ from streamflow.topology.models import ConnectionConfig, StepConfig, TriggerConf
 
 BUILTIN_MODULES = (
     "streamflow.topology.triggers",
+    "streamflow.topology.streams",
     "streamflow.steps.pure",
     "streamflow.connectors.connections",
     "streamflow.connectors.http",
