@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+
 import pytest
 from aiohttp import WSMsgType, web
 
