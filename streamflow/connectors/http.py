@@ -25,6 +25,11 @@ items, pages, complete}`` (``headers``/``status`` of the last page) and, with
 ``replace_payload``, the items become the payload. In its templates ``response`` (and
 ``steps.<this step>``) is the page just read. A failing page fails the step; a retry reads
 from the first page again.
+
+``xml:`` sends an XML body (a ``{root: value}`` rendered like ``render_xml``, or text) and
+``response_format: xml`` parses the answer safely (no DTDs, no entities, no network; see
+``exprxml.py``); a SOAP Fault in it fails the step (``faultcode``/``Code`` and reason in the
+message), retried only for a Server/Receiver fault with a ``retry_on`` status.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, compile_value
+from streamflow.topology.exprxml import XmlError, parse_xml, render_xml
 from streamflow.topology.models import Duration, Model
 from streamflow.topology.registry import step_config, step_factory
 
@@ -82,6 +88,16 @@ class HttpConfig(ConnectedStep):
     json_: Any = Field(None, alias="json", description="JSON body (a template)")
     body: str | None = Field(None, description="raw body (a template)")
     form: dict[str, Any] | None = Field(None, description="form-encoded body")
+    xml: Any = Field(
+        None,
+        description="XML body: {root: value} rendered like render_xml(), or XML text "
+        "(Content-Type application/xml unless set)",
+    )
+    response_format: Literal["auto", "json", "xml", "text"] = Field(
+        "auto",
+        description="how the answer's body is read: auto (JSON by content type, else text), "
+        "json, xml (parse_xml shape; a SOAP Fault fails the step), text",
+    )
     auth: HttpAuth | None = Field(
         None,
         description="type bearer (token), basic (username, password), api_key (name, value, "
@@ -132,8 +148,9 @@ class HttpConfig(ConnectedStep):
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpConfig:
-        if (self.json_ is not None) + (self.body is not None) + (self.form is not None) > 1:
-            raise ValueError("use only one of json, body, form")
+        bodies = (self.json_, self.body, self.form, self.xml)
+        if sum(b is not None for b in bodies) > 1:
+            raise ValueError("use only one of json, body, form, xml")
         if self.paginate is not None and self.for_each is not None:
             raise ValueError("paginate and for_each do not combine (one walk per event)")
         if self.paginate is not None and self.cache is not None:
@@ -143,8 +160,9 @@ class HttpConfig(ConnectedStep):
 
 class HttpStep(AsyncStep):
     def __init__(self, config: HttpConfig, ctx: StepContext) -> None:
-        if (config.json_ is not None) + (config.body is not None) + (config.form is not None) > 1:
-            raise ConfigError(f"step {config.id}: use only one of json, body, form")
+        bodies = (config.json_, config.body, config.form, config.xml)
+        if sum(b is not None for b in bodies) > 1:
+            raise ConfigError(f"step {config.id}: use only one of json, body, form, xml")
         self.cfg = config
         self.ctx = ctx
         self.caller = HttpCaller(
@@ -167,6 +185,7 @@ class HttpStep(AsyncStep):
         self.json = template(config.json_)
         self.body = template(config.body)
         self.form = template(config.form)
+        self.xml = template(config.xml)
         self.for_each = compile_value(config.for_each) if config.for_each is not None else None
         self.retry_on = frozenset(config.retry_on)
         self.pager = Pager(config.paginate, roots) if config.paginate is not None else None
@@ -239,7 +258,19 @@ class HttpStep(AsyncStep):
             data = str(self.body.render(scope)).encode()
         elif self.form is not None:
             data = {k: str(v) for k, v in self.form.render(scope).items()}
+        elif self.xml is not None:
+            doc = self.xml.render(scope)
+            try:
+                text = doc if isinstance(doc, str) else render_xml(doc)
+            except XmlError as exc:
+                raise PoisonMessageError(f"step {self.cfg.id}: xml body: {exc}") from None
+            data = text.encode()
+            headers.setdefault("Content-Type", "application/xml; charset=utf-8")
         resp = await self.caller.send(self.cfg.method, url, headers, query, data, scope)
+        if self.cfg.response_format != "auto":
+            resp.body = read_body(self.cfg.id, resp, self.cfg.response_format)
+            if self.cfg.response_format == "xml":
+                self.check_fault(resp, url)
         status = resp.status
         ok = status in self.cfg.success_codes if self.cfg.success_codes else 200 <= status < 300
         if not ok:
@@ -250,6 +281,21 @@ class HttpStep(AsyncStep):
                 raise RetriableError(msg, retry_after(resp.headers.get("Retry-After")))
             raise PoisonMessageError(msg)
         return resp
+
+    def check_fault(self, resp: Response, url: str) -> None:
+        """A SOAP Fault (1.1 or 1.2) fails the step: retried when it is the server's
+        (Server/Receiver) and the status is in retry_on, else dead-lettered."""
+        fault = soap_fault(resp.body)
+        if fault is None:
+            return
+        code, reason = fault
+        msg = self.caller.mask(
+            f"{self.cfg.method} {safe_url(url)} answered a SOAP fault {code}: {reason}"
+        )[:1000]
+        server_side = code.rsplit(":", 1)[-1] in ("Server", "Receiver")
+        if server_side and resp.status in self.retry_on:
+            raise RetriableError(msg, retry_after(resp.headers.get("Retry-After")))
+        raise PoisonMessageError(msg)
 
     async def walk(self, env: Envelope, scope: Mapping[str, Any]) -> dict[str, Any]:
         """Every page (see paginate.py): {status, headers, items, pages, complete}."""
@@ -295,6 +341,44 @@ class HttpStep(AsyncStep):
         if self.cache_key is not None:
             return str(self.cache_key.render(scope))
         return f"{self.cfg.method} {url} {sorted(query.items())}"
+
+
+def read_body(step_id: str, resp: Response, fmt: str) -> Any:
+    """The body per ``response_format`` (json/xml/text); unreadable -> PoisonMessageError
+    when the status says success (an error answer keeps its text for the message)."""
+    if not resp.raw:
+        return None
+    try:
+        if fmt == "json":
+            return orjson.loads(resp.raw)
+        if fmt == "xml":
+            return parse_xml(resp.raw)
+    except (orjson.JSONDecodeError, XmlError) as exc:
+        if 200 <= resp.status < 300:
+            raise PoisonMessageError(f"step {step_id}: the answer is not {fmt}: {exc}") from None
+    return resp.raw.decode(errors="replace")
+
+
+def soap_fault(body: Any) -> tuple[str, str] | None:
+    """(code, reason) of a SOAP 1.1/1.2 Fault in a parse_xml body, else None."""
+    if not isinstance(body, dict):
+        return None
+    env = body.get("Envelope")
+    inner = env.get("Body") if isinstance(env, dict) else None
+    fault = inner.get("Fault") if isinstance(inner, dict) else None
+    if not isinstance(fault, dict):
+        return None
+    code: Any = fault.get("faultcode")  # 1.1
+    reason: Any = fault.get("faultstring")
+    if code is None:  # 1.2: Code/Value, Reason/Text
+        c, r = fault.get("Code"), fault.get("Reason")
+        code = c.get("Value") if isinstance(c, dict) else c
+        reason = r.get("Text") if isinstance(r, dict) else r
+        if isinstance(reason, list):
+            reason = reason[0]
+        if isinstance(reason, dict):
+            reason = reason.get("#text")
+    return str(code or "unknown"), str(reason or "")
 
 
 @step_factory("http")

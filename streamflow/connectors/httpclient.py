@@ -32,6 +32,7 @@ class Response:
     headers: dict[str, str]
     body: Any
     next_link: str | None = None  # the Link header's rel="next" target (RFC 8288)
+    raw: bytes = b""  # the body as received
 
     def as_result(self) -> dict[str, Any]:
         return {"status": self.status, "headers": self.headers, "body": self.body}
@@ -129,6 +130,7 @@ class HttpCaller:
                 {str(k): v for k, v in resp.headers.items()},
                 parse_body(raw, resp.content_type),
                 str(nxt.get("url")) if nxt is not None and nxt.get("url") else None,
+                raw,
             )
 
 

@@ -28,6 +28,7 @@ Grammar (anything else is rejected when the topology loads):
     parse_date(s, fmt?, zone?) format_date(d, fmt, zone?) to_zone(d, zone)
     date_add(d, dur, zone?) date_sub(d, dur, zone?) start_of(d, unit, zone?)
     date_diff(a, b, unit?) epoch_ms(d)   (see exprdates.py, docs/expressions.md)
+    parse_xml(s) render_xml(value, root?)   (see exprxml.py)
   String functions pass null through; str(x) renders like interpolation;
   bool('false'/'no'/'off'/'0'/'') is false; round() rounds half away from zero
   and returns an int when n is omitted or <= 0; tuples render as lists.
