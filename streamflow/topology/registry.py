@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "streamflow.connectors.sql",
     "streamflow.connectors.email",
     "streamflow.connectors.files",
+    "streamflow.connectors.filelist",
     "streamflow.connectors.code",
 )
 

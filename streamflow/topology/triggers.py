@@ -359,6 +359,9 @@ class FileTrigger(TriggerConfig):
     type: Literal["file"]
     path: str = Field(description="the watched folder; relative to the topology's folder")
     pattern: str = Field("*", description="glob of file names, e.g. *.csv")
+    recursive: bool = Field(
+        False, description="watch subfolders too (not hidden ones, processed_dir, failed_dir)"
+    )
     format: Literal["json", "ndjson", "csv", "text", "none"] = Field(
         "json", description="how the content is parsed; none: the payload is the file's facts"
     )
