@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from urllib.parse import parse_qsl, urlsplit
+
 import aiohttp
 import orjson
 
@@ -145,6 +147,8 @@ class StreamRunner(LeaderTrigger):
         self.headers = {str(k): str(v) for k, v in rendered.items()}
         self.masker = Masker()
         self.masker.add(*self.headers.values())
+        parts = urlsplit(self.url)  # a token in the query or user info stays out of logs
+        self.masker.add(*(v for _, v in parse_qsl(parts.query)), parts.password or "")
         self.where = safe_url(self.url)
         self.dlq = ingress.plan.flows[self.flow].dlq_topic
         labels = (ingress.integration.name, self.flow, trigger.type)
