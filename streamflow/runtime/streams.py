@@ -33,7 +33,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
