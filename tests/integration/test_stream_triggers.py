@@ -185,13 +185,17 @@ async def test_sse_survives_a_dropped_connection_without_loss_or_duplicates(
     transport.close()
 
 
+@pytest.mark.parametrize(
+    "broker_url", ["local", pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True
+)
 async def test_one_connection_across_two_runners(
-    sse_server: SseServer, tmp_path: Path, unique: str
+    sse_server: SseServer, broker_url: str, tmp_path: Path, unique: str
 ) -> None:
+    """Two processes' runners (own consumers, own leases): one leads, one connection."""
     integration = integration_with(
         tmp_path, f"sse2-{unique}", f"{{type: sse, url: '{sse_server.url}', backoff: 100ms}}"
     )
-    transport = open_transport(f"local://{tmp_path}/store")
+    transport = open_transport(broker_url)
     App(integration, transport, {}).deploy()
     sse_server.add(5)
     two = [runner_for(integration, transport), runner_for(integration, transport)]
@@ -331,3 +335,44 @@ def test_bad_stream_triggers_are_refused(tmp_path: Path, trigger: str, error: st
 
     with pytest.raises(ValidationFailed, match=error):
         integration_with(tmp_path, "bad", trigger)
+
+
+@pytest.mark.parametrize(
+    "broker_url", ["local", pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True
+)
+async def test_a_hand_over_resumes_from_the_committed_id(
+    sse_server: SseServer, broker_url: str, tmp_path: Path, unique: str
+) -> None:
+    integration = integration_with(
+        tmp_path, f"sse4-{unique}", f"{{type: sse, url: '{sse_server.url}', backoff: 100ms}}"
+    )
+    transport = open_transport(broker_url)
+    App(integration, transport, {}).deploy()
+    sse_server.add(5)
+    a, b = runner_for(integration, transport), runner_for(integration, transport)
+    stops = {a: asyncio.Event(), b: asyncio.Event()}
+    tasks = {r: asyncio.create_task(r.run(stops[r])) for r in (a, b)}
+    try:
+        deadline = time.monotonic() + 60
+        while len(await asyncio.to_thread(emitted, transport, integration)) < 5:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        leader = a if a.reader is not None else b
+        other = b if leader is a else a
+        stops[leader].set()
+        await tasks[leader]  # a clean stop hands over
+        sse_server.add(3)
+        while len(await asyncio.to_thread(emitted, transport, integration)) < 8:
+            assert time.monotonic() < deadline + 60
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.8)
+        envs = await asyncio.to_thread(emitted, transport, integration)
+        assert numbers(envs) == list(range(1, 9))
+        assert other.reader is not None
+        assert sse_server.last_event_ids[-1] == "e5"  # the new leader resumed after e5
+        assert sse_server.max_open == 1
+    finally:
+        for r in (a, b):
+            stops[r].set()
+        await asyncio.gather(*tasks.values())
+        transport.close()
