@@ -296,7 +296,7 @@ class StreamRunner(LeaderTrigger):
                 log.info("%s: %s closed the stream", self.topic, self.where)
             except asyncio.CancelledError:
                 raise
-            except (StreamError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except Exception as exc:  # whatever the server sends, the trigger reconnects
                 reason = self.masker.mask(str(exc) or exc.__class__.__name__)
                 log.warning("%s: %s: %s", self.topic, self.where, reason)
             finally:

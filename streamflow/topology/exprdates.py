@@ -19,12 +19,13 @@ zones, units and durations are checked when the topology loads (``ARG_CHECKS``).
 from __future__ import annotations
 
 import calendar
+import difflib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 __all__ = ["ARG_CHECKS", "DATE_FUNCS"]
 
@@ -61,7 +62,9 @@ def _zone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (IANA names, e.g. Europe/Berlin)") from None
+        close = difflib.get_close_matches(name, available_timezones(), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "IANA names, e.g. Europe/Berlin"
+        raise ValueError(f"unknown time zone {name!r} ({hint})") from None
 
 
 def _settle(dt: datetime) -> datetime:

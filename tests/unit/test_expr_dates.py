@@ -75,8 +75,8 @@ def test_format_and_convert() -> None:
 
 
 def test_constant_mistakes_fail_at_load_time() -> None:
-    with pytest.raises(ExpressionError, match="unknown time zone 'Europe/Berln'"):
-        compile_value("${to_zone(payload.at, 'Europe/Berln')}")
+    with pytest.raises(ExpressionError, match="'Europe/Berln' \\(did you mean 'Europe/Berlin'"):
+        compile_value("${to_zone(payload.at, 'Europe/Berln')}")  # did you mean
     with pytest.raises(ExpressionError, match="not a duration"):
         compile_value("${date_add(payload.at, '3 days')}")
     with pytest.raises(ExpressionError, match="unknown unit 'fortnight'"):
@@ -188,3 +188,13 @@ def test_months_clamp_and_negative_durations() -> None:
 
 def test_a_result_keeps_the_offset_of_its_value_without_a_zone() -> None:
     assert ev("date_add('2026-03-28T12:00:00+01:00', '1d')") == "2026-03-29T12:00:00+01:00"
+
+
+def test_a_day_whose_midnight_falls_in_the_gap() -> None:
+    # Sao Paulo skipped 2018-11-04 00:00-01:00: the day starts at 01:00
+    assert ev("start_of('2018-11-04T12:00:00Z', 'day', 'America/Sao_Paulo')") == (
+        "2018-11-04T01:00:00-02:00"
+    )
+    assert ev("date_add('2018-11-03T00:00:00-03:00', '1d', 'America/Sao_Paulo')") == (
+        "2018-11-04T01:00:00-02:00"
+    )
