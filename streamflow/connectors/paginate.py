@@ -17,7 +17,9 @@ Styles (``style:``; inferred from the fields when not given):
 ``response`` in the templates is the page just read (``{status, headers, body}``). The
 items of a page are at the dotted path ``items`` (default: the body, when it is a list).
 At most ``max_pages`` pages are read; when more remain, the result says ``complete:
-false``. A next request identical to one already sent is an error (a loop).
+false``. A next request identical to one already sent is an error (a loop), and so is a
+next page on another scheme, host or port than the first (the step's credentials are
+never sent elsewhere).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from pydantic import Field, model_validator
 
@@ -105,10 +107,16 @@ class PageState:
     """Where a walk is: the request to send next and what was seen."""
 
     request: PageRequest
+    origin: tuple[str, str] = ("", "")  # scheme and host:port of the first request
     number: int = 0  # pages read so far
     position: int = 0  # page number or offset of `request`
     cursor: Any = None
     sent: set[tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=set)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.rsplit("@", 1)[-1].lower()
 
 
 def dig(doc: Any, path: str) -> Any:
@@ -145,7 +153,7 @@ class Pager:
             q[self.param] = str(self.start)
         if self.cfg.size_param and self.cfg.size is not None:
             q[self.cfg.size_param] = str(self.cfg.size)
-        state = PageState(PageRequest(url, q), position=self.start)
+        state = PageState(PageRequest(url, q), _origin(url), position=self.start)
         state.sent.add(state.request.key())
         return state
 
@@ -194,6 +202,10 @@ class Pager:
             nxt = PageRequest(req.url, {**req.query, self.param: str(state.position)})
         if nxt is None:
             return False
+        if _origin(nxt.url) != state.origin:  # credentials go to the API's host only
+            raise PaginationError(
+                f"the next page is on another host ({_origin(nxt.url)[1] or nxt.url[:60]})"
+            )
         if nxt.key() in state.sent:
             raise PaginationError(f"the next page is one already read ({nxt.url})")
         state.sent.add(nxt.key())

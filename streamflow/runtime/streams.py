@@ -86,8 +86,11 @@ class SseParser:
     event: str = ""
     explicit: bool = False
     retry: int | None = None
+    started: bool = False
 
     def feed(self, chunk: str) -> list[SseMessage]:
+        if not self.started:
+            chunk, self.started = chunk.removeprefix("\ufeff"), bool(chunk)  # a leading BOM
         self.buffer += chunk
         out: list[SseMessage] = []
         while True:

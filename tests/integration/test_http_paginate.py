@@ -57,6 +57,10 @@ class Catalogue:
             return web.json_response({"rows": [{"id": 1}], "next": "same"})
         if call.path == "/loop":
             return web.json_response([{"id": 1}], headers={"Link": '</loop>; rel="next"'})
+        if call.path == "/elsewhere":
+            return web.json_response(
+                [{"id": 1}], headers={"Link": '<http://127.0.0.2:9/x>; rel="next"'}
+            )
         if call.path == "/notalist":
             return web.json_response({"data": {"id": 1}})
         if call.path == "/fail2":
@@ -134,6 +138,7 @@ async def test_max_pages_says_incomplete(step_runner: Any, http_server: Any) -> 
     [
         ("/stuck", {"cursor": "${response.body.next}", "items": "rows"}, "did not move"),
         ("/loop", {}, "already read"),
+        ("/elsewhere", {}, "on another host \\(127.0.0.2:9\\)"),
         ("/notalist", {"items": "data"}, "no list of items at data"),
         ("/fail2", {}, "answered 404"),
     ],

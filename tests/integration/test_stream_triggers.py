@@ -250,7 +250,7 @@ async def test_sse_dead_letters_what_is_not_json_and_filters_event_types(
 
 def test_sse_parser_follows_the_format() -> None:
     p = SseParser()
-    out = p.feed("data: a\r")
+    out = p.feed("\ufeffdata: a\r")
     assert out == []  # a CR at the end may be half of a CRLF
     out += p.feed("\ndata:b\rid: 7\r\n\r\n: comment\n\nevent: x\ndata\n\n")
     assert [(m.event, m.data, m.id, m.explicit) for m in out] == [
