@@ -376,3 +376,69 @@ async def test_a_hand_over_resumes_from_the_committed_id(
             stops[r].set()
         await asyncio.gather(*tasks.values())
         transport.close()
+
+
+async def test_two_gateway_processes_one_connection_and_a_kill(
+    sse_server: SseServer, tmp_path: Path, unique: str
+) -> None:
+    """Two real `streamflow gateway` processes on one store: one connects; kill -9 of it
+    hands the stream to the other, which resumes after the last committed message."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    integration = integration_with(
+        tmp_path, f"sse5-{unique}", f"{{type: sse, url: '{sse_server.url}', backoff: 100ms}}"
+    )
+    broker = f"local://{tmp_path}/store"
+    transport = open_transport(broker)
+    App(integration, transport, {}).deploy()
+    assert integration.file is not None
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def gateway(n: int) -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"gw{n}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamflow.cli.main", "gateway", str(integration.file),
+             "--broker", broker, "--port", "0"],
+            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    async def wait_for(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.1)
+
+    def count() -> int:
+        return len(emitted(transport, integration))
+
+    try:
+        first = gateway(1)
+        await wait_for(lambda: sse_server.open == 1, "the first connection")
+        gateway(2)
+        sse_server.add(5)
+        await wait_for(lambda: count() >= 5, "5 events")
+        await asyncio.sleep(1.0)  # the second gateway is up and waiting
+        assert sse_server.max_open == 1
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        await wait_for(lambda: len(sse_server.last_event_ids) >= 2, "the second connection")
+        sse_server.add(5)
+        await wait_for(lambda: count() >= 10, "10 events")
+        await asyncio.sleep(0.8)
+        assert numbers(emitted(transport, integration)) == list(range(1, 11))
+        assert sse_server.last_event_ids == [None, "e5"]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        transport.close()
