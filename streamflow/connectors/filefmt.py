@@ -1,6 +1,8 @@
 """The binary and structured formats of ``file_read``: XLSX (openpyxl) and XML (defusedxml).
 
-XLSX is opened ``read_only`` (rows are streamed, the workbook is never held whole) with
+XLSX is opened ``read_only`` (rows are streamed, the workbook is never held whole; openpyxl
+parses its XML with defusedxml when that is installed, as it is here; ``max_bytes`` also
+bounds what the zip unpacks to) with
 ``data_only`` (a formula cell gives the value Excel saved with it; a file written by a
 tool that never computed formulas gives ``null`` there). Cells become JSON values: text,
 numbers, booleans, ``null`` for empty cells, dates and times as ISO 8601 text. Rows whose
@@ -108,6 +110,7 @@ def read_structured(
         if path.stat().st_size > max_bytes:
             raise PoisonMessageError(f"{path} is larger than max_bytes={max_bytes}")
         if fmt == "xlsx":
+            _check_unzipped(path, max_bytes)
             return read_xlsx(path, opts)
         return read_xml(path.read_bytes(), records_path)
     except FileNotFoundError:
@@ -116,6 +119,18 @@ def read_structured(
         raise PoisonMessageError(f"{path} is a folder") from None
     except OSError as exc:
         raise RetriableError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _check_unzipped(path: Path, max_bytes: int) -> None:
+    """An XLSX is a zip: ``max_bytes`` bounds what it unpacks to (a small file may
+    expand to gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            size = sum(i.file_size for i in z.infolist())
+    except zipfile.BadZipFile as exc:
+        raise PoisonMessageError(f"{path}: not an XLSX workbook ({exc})") from None
+    if size > max_bytes:
+        raise PoisonMessageError(f"{path} unpacks to {size} bytes, more than max_bytes={max_bytes}")
 
 
 def read_xml(data: bytes, records_path: str | None) -> list[Any]:

@@ -44,6 +44,7 @@ async def test_read_xlsx(step_runner: Any, tmp_path: Path) -> None:
         - {id: byindex, type: file_read, path: orders.xlsx, xlsx: {sheet: 1, header: false}}
         - {id: nosheet, type: file_read, path: orders.xlsx, xlsx: {sheet: Nope}}
         - {id: broken, type: file_read, path: broken.xlsx}
+        - {id: small, type: file_read, path: orders.xlsx, max_bytes: 6000}
         """
     )
     out = await runner.run("first", {})
@@ -59,6 +60,10 @@ async def test_read_xlsx(step_runner: Any, tmp_path: Path) -> None:
         await runner.run("nosheet", {})
     with pytest.raises(PoisonMessageError, match="not an XLSX workbook"):
         await runner.run("broken", {})
+    # the file is ~5 kB but unpacks to more: max_bytes bounds the unpacked size
+    assert (tmp_path / "orders.xlsx").stat().st_size < 6000
+    with pytest.raises(PoisonMessageError, match="unpacks to \\d+ bytes, more than max_bytes"):
+        await runner.run("small", {})
 
 
 async def test_read_xml(step_runner: Any, tmp_path: Path) -> None:
