@@ -62,7 +62,7 @@ async def test_read_xlsx(step_runner: Any, tmp_path: Path) -> None:
         await runner.run("broken", {})
     # the file is ~5 kB but unpacks to more: max_bytes bounds the unpacked size
     assert (tmp_path / "orders.xlsx").stat().st_size < 6000
-    with pytest.raises(PoisonMessageError, match="unpacks to \\d+ bytes, more than max_bytes"):
+    with pytest.raises(PoisonMessageError, match=r"unpacks to \d+ bytes, more than max_bytes"):
         await runner.run("small", {})
 
 
