@@ -125,7 +125,9 @@ class Transport(Protocol):
     def partitions(self, topic: str) -> int:
         """Partition count of an existing topic (0 when it does not exist)."""
 
-    def consumer(self, group: str, topics: Sequence[str], *, from_end: bool = False) -> Consumer:
+    def consumer(
+        self, group: str, topics: Sequence[str], *, from_end: bool = False
+    ) -> Consumer:
         """A member of consumer ``group``; with group ``""`` a reader of every partition
         that belongs to no group and commits nothing (from the beginning, or ``from_end``)."""
 

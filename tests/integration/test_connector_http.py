@@ -137,9 +137,8 @@ async def test_oauth2_refresh_token_grant_rotates(step_runner: Any, http_server:
         "refresh_token": "r-0",
         "client_auth": "basic",
     }
-    runner = await step_runner(
-        [step], config=OAUTH_CONFIG, values={"api": server.url, "client_secret": SECRET}
-    )
+    runner = await step_runner([step], config=OAUTH_CONFIG, values={"api": server.url,
+                                                                   "client_secret": SECRET})
     await runner.run("a", {})
     await runner.run("a", {})  # expired: refreshed with the rotated refresh token r-1
     assert [f["refresh_token"] for f in tokens.forms] == ["r-0", "r-1"]
@@ -164,13 +163,8 @@ async def test_oauth2_refused_credentials_are_masked(
 
 async def test_static_auth_kinds(step_runner: Any, http_server: Any) -> None:
     async def echo(call: Any) -> web.Response:
-        return web.json_response(
-            {
-                "auth": call.headers.get("Authorization"),
-                "key": call.headers.get("X-Key"),
-                "q": call.query,
-            }
-        )
+        return web.json_response({"auth": call.headers.get("Authorization"),
+                                  "key": call.headers.get("X-Key"), "q": call.query})
 
     server = await http_server(echo)
     runner = await step_runner(
@@ -263,9 +257,8 @@ async def test_named_http_connection_with_limit(step_runner: Any, http_server: A
         in_flight["max"] = max(in_flight["max"], in_flight["now"])
         await asyncio.sleep(0.02)
         in_flight["now"] -= 1
-        return web.json_response(
-            {"auth": call.headers.get("Authorization"), "h": call.headers.get("X-Tenant")}
-        )
+        return web.json_response({"auth": call.headers.get("Authorization"),
+                                  "h": call.headers.get("X-Tenant")})
 
     server = await http_server(slow)
     runner = await step_runner(
@@ -289,11 +282,8 @@ async def test_named_http_connection_with_limit(step_runner: Any, http_server: A
 async def test_connection_validation(step_runner: Any) -> None:
     with pytest.raises(ValidationFailed, match="unknown connection 'nope'"):
         await step_runner([{"id": "a", "type": "http", "connection": "nope", "url": "/x"}])
-    with pytest.raises(
-        ValidationFailed,
-        match=r"connections\.crm\.auth: Value error, auth type "
-        "oauth2 needs token_url",
-    ):
+    with pytest.raises(ValidationFailed, match=r"connections\.crm\.auth: Value error, auth type "
+                       "oauth2 needs token_url"):
         await step_runner(
             [{"id": "a", "type": "http", "connection": "crm", "url": "/x"}],
             connections={"crm": {"type": "http", "base_url": "http://x",

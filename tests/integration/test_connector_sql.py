@@ -350,15 +350,8 @@ async def test_validation_errors_point_at_the_step(step_runner: Any) -> None:
 async def test_secret_dsn_only_in_secret_fields(step_runner: Any) -> None:
     with pytest.raises(ValidationFailed, match="secret config variable 'db_dsn' may not be used"):
         await step_runner(
-            [
-                {
-                    "id": "s",
-                    "type": "sql",
-                    "dsn": "sqlite:///x.db",
-                    "query": "SELECT :a",
-                    "params": {"a": "${config.db_dsn}"},
-                }
-            ],
+            [{"id": "s", "type": "sql", "dsn": "sqlite:///x.db", "query": "SELECT :a",
+              "params": {"a": "${config.db_dsn}"}}],
             config=DB,
         )
 
