@@ -1,4 +1,5 @@
-"""The ``file_read`` and ``file_write`` steps: JSON, NDJSON and CSV files.
+"""The ``file_read`` and ``file_write`` steps: JSON, NDJSON and CSV files (``file_read``
+also XLSX and XML, see ``filefmt.py``).
 
 Relative paths are resolved against ``base_dir``, which defaults to the folder of the
 topology file; with ``root`` set, a path that resolves outside it fails the event (paths
@@ -24,12 +25,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import orjson
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streamflow.connectors.connections import context_directory
+from streamflow.connectors.filefmt import READ_EXTENSIONS, XlsxOptions, read_structured
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
@@ -107,11 +109,20 @@ class _FileStep(AsyncStep):
 
 @step_config("file_read")
 class FileReadConfig(_FileConfig):
-    """Read a JSON, NDJSON or CSV file; its records become the payload."""
+    """Read a JSON, NDJSON, CSV, XLSX or XML file; its records become the payload."""
 
     type: Literal["file_read"]
+    format: Literal["json", "ndjson", "csv", "xlsx", "xml"] | None = Field(  # type: ignore[assignment]
+        None, description="default: from the extension (.json .ndjson .jsonl .csv .xlsx .xml)"
+    )
+    xlsx: XlsxOptions = Field(
+        default_factory=XlsxOptions,
+        description="XLSX: sheet (name or 0-based index), header, columns, skip_rows",
+    )
     records_path: str | None = Field(
-        None, description="JSON: dotted path to the list inside the document, e.g. data.items"
+        None,
+        description="JSON/XML: dotted path to the records inside the document, e.g. "
+        "data.items (XML: from the root, e.g. orders.order)",
     )
     chunk_size: int | None = Field(
         None, ge=1, description="group records into chunks of N: payload.chunks"
@@ -147,7 +158,11 @@ class FileReadStep(_FileStep):
         return Outcome(env.payload, out, note=f"{len(records)} record(s)")
 
     def read(self, path: Path) -> list[Any]:
-        fmt = _format_of(path, self.cfg.format)
+        special = self.cfg.format or READ_EXTENSIONS.get(path.suffix.lower())
+        if special in ("xlsx", "xml"):  # see filefmt.py
+            cfg = self.cfg
+            return read_structured(path, special, cfg.xlsx, cfg.records_path, cfg.max_bytes)
+        fmt = _format_of(path, cast(Format | None, self.cfg.format))
         try:
             if path.stat().st_size > self.cfg.max_bytes:
                 raise PoisonMessageError(f"{path} is larger than max_bytes={self.cfg.max_bytes}")

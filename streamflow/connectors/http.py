@@ -19,10 +19,23 @@ so a retry sends every request again: the keys let the API see the repeats.
 
 ``cache: {ttl: 60s}`` keeps 2xx results in memory (per step) under ``key`` (default:
 method, URL and query), so repeated lookups do not hit the API.
+
+``paginate:`` reads every page of a list endpoint (``Link`` header, a next URL or cursor in
+the body, page or offset numbers; see ``paginate.py``): the result is ``{status, headers,
+items, pages, complete}`` (``headers``/``status`` of the last page) and, with
+``replace_payload``, the items become the payload. In its templates ``response`` (and
+``steps.<this step>``) is the page just read. A failing page fails the step; a retry reads
+from the first page again.
+
+``xml:`` sends an XML body (a ``{root: value}`` rendered like ``render_xml``, or text) and
+``response_format: xml`` parses the answer safely (no DTDs, no entities, no network; see
+``exprxml.py``); a SOAP Fault in it fails the step (``faultcode``/``Code`` and reason in the
+message), retried only for a Server/Receiver fault with a ``retry_on`` status.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -33,16 +46,25 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.auth import HttpAuth
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
-from streamflow.connectors.httpclient import HttpCaller, join_url, retry_after, safe_url
+from streamflow.connectors.httpclient import (
+    HttpCaller,
+    Response,
+    join_url,
+    retry_after,
+    safe_url,
+)
+from streamflow.connectors.paginate import Pager, Paginate, PaginationError
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, compile_value
+from streamflow.topology.exprxml import XmlError, parse_xml, render_xml
 from streamflow.topology.models import Duration, Model
 from streamflow.topology.registry import step_config, step_factory
 
 __all__ = ["HttpAuth", "HttpConfig", "HttpStep"]
 
+log = logging.getLogger("streamflow.step")
 DEFAULT_RETRY_ON = (408, 425, 429, *range(500, 600))
 _KINDS = ("http",)
 
@@ -67,6 +89,16 @@ class HttpConfig(ConnectedStep):
     json_: Any = Field(None, alias="json", description="JSON body (a template)")
     body: str | None = Field(None, description="raw body (a template)")
     form: dict[str, Any] | None = Field(None, description="form-encoded body")
+    xml: Any = Field(
+        None,
+        description="XML body: {root: value} rendered like render_xml(), or XML text "
+        "(Content-Type application/xml unless set)",
+    )
+    response_format: Literal["auto", "json", "xml", "text"] = Field(
+        "auto",
+        description="how the answer's body is read: auto (JSON by content type, else text), "
+        "json, xml (parse_xml shape; a SOAP Fault fails the step), text",
+    )
     auth: HttpAuth | None = Field(
         None,
         description="type bearer (token), basic (username, password), api_key (name, value, "
@@ -88,8 +120,14 @@ class HttpConfig(ConnectedStep):
         None, ge=1, le=10_000, description="requests in flight (per connection, else per step)"
     )
     cache: ResponseCache | None = Field(None, description="reuse 2xx results: {ttl, key}")
+    paginate: Paginate | None = Field(
+        None,
+        description="read every page: style link (Link header), next (URL), cursor, page, "
+        "offset; items, max_pages; the result is {status, headers, items, pages, complete}",
+    )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth", "headers", "query"})
-    expression_roots: ClassVar[frozenset[str]] = frozenset({"item"})
+    expression_roots: ClassVar[frozenset[str]] = frozenset({"item", "response"})
+    self_reference_fields: ClassVar[frozenset[str]] = frozenset({"paginate"})
     example: ClassVar[str] = """- id: push
   type: http
   method: POST
@@ -112,15 +150,21 @@ class HttpConfig(ConnectedStep):
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpConfig:
-        if (self.json_ is not None) + (self.body is not None) + (self.form is not None) > 1:
-            raise ValueError("use only one of json, body, form")
+        bodies = (self.json_, self.body, self.form, self.xml)
+        if sum(b is not None for b in bodies) > 1:
+            raise ValueError("use only one of json, body, form, xml")
+        if self.paginate is not None and self.for_each is not None:
+            raise ValueError("paginate and for_each do not combine (one walk per event)")
+        if self.paginate is not None and self.cache is not None:
+            raise ValueError("paginate and cache do not combine")
         return self
 
 
 class HttpStep(AsyncStep):
     def __init__(self, config: HttpConfig, ctx: StepContext) -> None:
-        if (config.json_ is not None) + (config.body is not None) + (config.form is not None) > 1:
-            raise ConfigError(f"step {config.id}: use only one of json, body, form")
+        bodies = (config.json_, config.body, config.form, config.xml)
+        if sum(b is not None for b in bodies) > 1:
+            raise ConfigError(f"step {config.id}: use only one of json, body, form, xml")
         self.cfg = config
         self.ctx = ctx
         self.caller = HttpCaller(
@@ -143,8 +187,10 @@ class HttpStep(AsyncStep):
         self.json = template(config.json_)
         self.body = template(config.body)
         self.form = template(config.form)
+        self.xml = template(config.xml)
         self.for_each = compile_value(config.for_each) if config.for_each is not None else None
         self.retry_on = frozenset(config.retry_on)
+        self.pager = Pager(config.paginate, roots) if config.paginate is not None else None
         self.cache: OrderedDict[str, tuple[float, dict[str, Any]]] | None = None
         self.cache_key = None
         if config.cache is not None:
@@ -153,6 +199,12 @@ class HttpStep(AsyncStep):
 
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
+        if self.pager is not None:
+            result = await self.walk(env, scope)
+            payload = result["items"] if self.cfg.replace_payload else env.payload
+            n, pages = len(result["items"]), result["pages"]
+            more = "" if result["complete"] else " (max_pages reached)"
+            return Outcome(payload, result, note=f"{n} item(s) in {pages} page(s){more}")
         if self.for_each is None:
             result = await self.call(env, scope, None)
             payload = result["body"] if self.cfg.replace_payload else env.payload
@@ -174,11 +226,7 @@ class HttpStep(AsyncStep):
         self, env: Envelope, scope: Mapping[str, Any], index: int | None
     ) -> dict[str, Any]:
         url = join_url(self.base_url.render(scope), str(self.url.render(scope)))
-        headers = {k: str(v) for k, v in self.headers.render(scope).items()}
         query = {k: str(v) for k, v in self.query.render(scope).items() if v is not None}
-        if self.cfg.idempotency_key:
-            suffix = "" if index is None else f"-{index}"
-            headers.setdefault("Idempotency-Key", f"{env.execution_id}-{self.cfg.id}{suffix}")
         key = None
         if self.cache is not None:
             key = self.key(url, query, scope)
@@ -186,6 +234,24 @@ class HttpStep(AsyncStep):
             if hit is not None and hit[0] > time.monotonic():
                 self.cache.move_to_end(key)
                 return hit[1]
+        suffix = "" if index is None else f"-{index}"
+        resp = await self.fetch(env, scope, suffix, url, query)
+        result = resp.as_result()
+        if self.cache is not None and key is not None and 200 <= resp.status < 300:
+            assert self.cfg.cache is not None
+            self.cache[key] = (time.monotonic() + self.cfg.cache.ttl, result)
+            self.cache.move_to_end(key)
+            while len(self.cache) > self.cfg.cache.max_entries:
+                self.cache.popitem(last=False)
+        return result
+
+    async def fetch(
+        self, env: Envelope, scope: Mapping[str, Any], suffix: str, url: str, query: dict[str, str]
+    ) -> Response:
+        """One request; a status outside success_codes raises (retriable or poison)."""
+        headers = {k: str(v) for k, v in self.headers.render(scope).items()}
+        if self.cfg.idempotency_key:
+            headers.setdefault("Idempotency-Key", f"{env.execution_id}-{self.cfg.id}{suffix}")
         data: Any = None
         if self.json is not None:
             data = orjson.dumps(self.json.render(scope))
@@ -194,29 +260,127 @@ class HttpStep(AsyncStep):
             data = str(self.body.render(scope)).encode()
         elif self.form is not None:
             data = {k: str(v) for k, v in self.form.render(scope).items()}
+        elif self.xml is not None:
+            doc = self.xml.render(scope)
+            try:
+                text = doc if isinstance(doc, str) else render_xml(doc)
+            except XmlError as exc:
+                raise PoisonMessageError(f"step {self.cfg.id}: xml body: {exc}") from None
+            data = text.encode()
+            headers.setdefault("Content-Type", "application/xml; charset=utf-8")
         resp = await self.caller.send(self.cfg.method, url, headers, query, data, scope)
+        if self.cfg.response_format != "auto":
+            resp.body = read_body(self.cfg.id, resp, self.cfg.response_format)
+            if self.cfg.response_format == "xml":
+                self.check_fault(resp, url)
         status = resp.status
         ok = status in self.cfg.success_codes if self.cfg.success_codes else 200 <= status < 300
         if not ok:
-            body = resp.as_result().get("body")
+            body = resp.body
             detail = "" if body is None else f": {str(body)[:300]}"  # the server's reason
             msg = self.caller.mask(f"{self.cfg.method} {safe_url(url)} answered {status}{detail}")
             if status in self.retry_on:
                 raise RetriableError(msg, retry_after(resp.headers.get("Retry-After")))
             raise PoisonMessageError(msg)
-        result = resp.as_result()
-        if self.cache is not None and key is not None and 200 <= status < 300:
-            assert self.cfg.cache is not None
-            self.cache[key] = (time.monotonic() + self.cfg.cache.ttl, result)
-            self.cache.move_to_end(key)
-            while len(self.cache) > self.cfg.cache.max_entries:
-                self.cache.popitem(last=False)
-        return result
+        return resp
+
+    def check_fault(self, resp: Response, url: str) -> None:
+        """A SOAP Fault (1.1 or 1.2) fails the step: retried when it is the server's
+        (Server/Receiver) and the status is in retry_on, else dead-lettered."""
+        fault = soap_fault(resp.body)
+        if fault is None:
+            return
+        code, reason = fault
+        msg = self.caller.mask(
+            f"{self.cfg.method} {safe_url(url)} answered a SOAP fault {code}: {reason}"
+        )[:1000]
+        server_side = code.rsplit(":", 1)[-1] in ("Server", "Receiver")
+        if server_side and resp.status in self.retry_on:
+            raise RetriableError(msg, retry_after(resp.headers.get("Retry-After")))
+        raise PoisonMessageError(msg)
+
+    async def walk(self, env: Envelope, scope: Mapping[str, Any]) -> dict[str, Any]:
+        """Every page (see paginate.py): {status, headers, items, pages, complete}."""
+        assert self.pager is not None
+        url = join_url(self.base_url.render(scope), str(self.url.render(scope)))
+        query = {k: str(v) for k, v in self.query.render(scope).items() if v is not None}
+        state = self.pager.begin(url, query)
+        items: list[Any] = []
+        own = self.cfg.id
+
+        def page_scope(response: Mapping[str, Any]) -> Mapping[str, Any]:
+            steps = {**(scope.get("steps") or {}), own: response}
+            return {**scope, "steps": steps, "response": response}
+
+        while True:
+            req = state.request
+            resp = await self.fetch(env, scope, f"-p{state.number + 1}", req.url, req.query)
+            result = resp.as_result()
+            try:
+                found = self.pager.items(resp.body)
+                items.extend(found)
+                more = self.pager.advance(state, result, resp.next_link, found, page_scope)
+            except PaginationError as exc:
+                raise PoisonMessageError(
+                    self.caller.mask(f"step {own}: page {state.number + 1}: {exc}")
+                ) from None
+            if not more:
+                complete = True
+                break
+            if state.number >= self.pager.cfg.max_pages:
+                complete = False
+                log.warning("step %s: stopped after max_pages=%d", own, state.number)
+                break
+        return {
+            "status": result["status"],
+            "headers": result["headers"],
+            "items": items,
+            "pages": state.number,
+            "complete": complete,
+        }
 
     def key(self, url: str, query: dict[str, str], scope: Mapping[str, Any]) -> str:
         if self.cache_key is not None:
             return str(self.cache_key.render(scope))
         return f"{self.cfg.method} {url} {sorted(query.items())}"
+
+
+def read_body(step_id: str, resp: Response, fmt: str) -> Any:
+    """The body per ``response_format`` (json/xml/text); unreadable -> PoisonMessageError
+    when the status says success (an error answer keeps its text for the message)."""
+    if not resp.raw:
+        return None
+    try:
+        if fmt == "json":
+            return orjson.loads(resp.raw)
+        if fmt == "xml":
+            return parse_xml(resp.raw)
+    except (orjson.JSONDecodeError, XmlError) as exc:
+        if 200 <= resp.status < 300:
+            raise PoisonMessageError(f"step {step_id}: the answer is not {fmt}: {exc}") from None
+    return resp.raw.decode(errors="replace")
+
+
+def soap_fault(body: Any) -> tuple[str, str] | None:
+    """(code, reason) of a SOAP 1.1/1.2 Fault in a parse_xml body, else None."""
+    if not isinstance(body, dict):
+        return None
+    env = body.get("Envelope")
+    inner = env.get("Body") if isinstance(env, dict) else None
+    fault = inner.get("Fault") if isinstance(inner, dict) else None
+    if not isinstance(fault, dict):
+        return None
+    code: Any = fault.get("faultcode")  # 1.1
+    reason: Any = fault.get("faultstring")
+    if code is None:  # 1.2: Code/Value, Reason/Text
+        c, r = fault.get("Code"), fault.get("Reason")
+        code = c.get("Value") if isinstance(c, dict) else c
+        reason = r.get("Text") if isinstance(r, dict) else r
+        if isinstance(reason, list):
+            reason = reason[0]
+        if isinstance(reason, dict):
+            reason = reason.get("#text")
+    return str(code or "unknown"), str(reason or "")
 
 
 @step_factory("http")

@@ -34,6 +34,8 @@ class Response:
     status: int
     headers: dict[str, str]
     body: Any
+    next_link: str | None = None  # the Link header's rel="next" target (RFC 8288)
+    raw: bytes = b""  # the body as received
 
     def as_result(self) -> dict[str, Any]:
         return {"status": self.status, "headers": self.headers, "body": self.body}
@@ -128,10 +130,13 @@ class HttpCaller:
             method, url, headers=headers, params=query, data=data, timeout=self.timeout
         ) as resp:
             raw = await resp.read()
+            nxt = resp.links.get("next")
             return Response(
                 resp.status,
                 {str(k): v for k, v in resp.headers.items()},
                 parse_body(raw, resp.content_type),
+                str(nxt.get("url")) if nxt is not None and nxt.get("url") else None,
+                raw,
             )
 
 

@@ -56,6 +56,10 @@ class Found:
     path: Path
     size: int
     mtime_ns: int
+    name: str = ""  # relative to the folder, /-separated (the state's key)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.path.name
 
 
 def parse(data: bytes, trigger: FileTrigger) -> list[Any]:
@@ -147,12 +151,14 @@ class FileRunner(LeaderTrigger):
         suffix = self.trigger.ready_suffix
         seen: dict[str, tuple[int, int]] = {}
         ready: list[Found] = []
-        names = set(os.listdir(self.folder))
+        entries = self.entries()
+        names = set(entries)
         for name in sorted(names):
-            path = self.folder / name
-            if name.startswith(".") or (suffix and name.endswith(suffix)):
+            path = entries[name]
+            base = path.name
+            if base.startswith(".") or (suffix and base.endswith(suffix)):
                 continue
-            if not fnmatch.fnmatchcase(name, self.trigger.pattern):
+            if not fnmatch.fnmatchcase(base, self.trigger.pattern):
                 continue
             try:
                 st = path.stat()
@@ -164,13 +170,34 @@ class FileRunner(LeaderTrigger):
             seen[name] = now
             complete = name + suffix in names if suffix else self.last_scan.get(name) == now
             if complete:
-                ready.append(Found(path, st.st_size, st.st_mtime_ns))
+                ready.append(Found(path, st.st_size, st.st_mtime_ns, name))
         self.last_scan = seen
-        return sorted(ready, key=lambda f: (f.mtime_ns, f.path.name))
+        return sorted(ready, key=lambda f: (f.mtime_ns, f.name))
+
+    def entries(self) -> dict[str, Path]:
+        """Relative name -> path of the folder's entries (with ``recursive``, of its
+        subfolders too: hidden ones, ``processed_dir``, ``failed_dir`` and symbolic
+        links to folders excepted)."""
+        if not self.trigger.recursive:
+            return {name: self.folder / name for name in os.listdir(self.folder)}
+        skip = {
+            (self.folder / self.trigger.processed_dir).resolve(),
+            (self.folder / self.trigger.failed_dir).resolve(),
+        }
+        out: dict[str, Path] = {}
+        for dirpath, dirs, files in os.walk(self.folder):
+            here = Path(dirpath)
+            dirs[:] = [
+                d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skip
+            ]
+            rel = here.relative_to(self.folder)
+            for f in files:
+                out[(rel / f).as_posix()] = here / f
+        return out
 
     async def take(self, found: Found) -> bool:
         """Emit one file (unless it was emitted before), then move it away."""
-        name = found.path.name
+        name = found.name
         try:
             digest, data = await asyncio.to_thread(_read, found.path, self.trigger)
         except FileNotFoundError:
@@ -179,7 +206,7 @@ class FileRunner(LeaderTrigger):
             log.warning("%s: cannot read %s: %s", self.topic, found.path, exc)
             return True
         if self.done.get(name) == digest:
-            await asyncio.to_thread(self._finish, found.path, failed=False)
+            await asyncio.to_thread(self._finish, found, failed=False)
             return True
         facts = self._facts(found, digest)
         error = ""
@@ -214,23 +241,27 @@ class FileRunner(LeaderTrigger):
         else:
             self.firings.inc(len(payloads))
             log.info("%s: %s emitted as %d event(s)", self.topic, name, len(payloads))
-        await asyncio.to_thread(self._finish, found.path, failed=bool(error))
+        await asyncio.to_thread(self._finish, found, failed=bool(error))
         return True
 
     def _facts(self, found: Found, digest: str) -> dict[str, Any]:
         modified = datetime.fromtimestamp(found.mtime_ns / 1e9, UTC).isoformat()
         path = found.path
         if self.trigger.after == "move":
-            path = self.folder / self.trigger.processed_dir / found.path.name
-        return {
+            path = self.folder / self.trigger.processed_dir / found.name
+        facts = {
             "path": str(path),
             "name": found.path.name,
             "size": found.size,
             "sha256": digest,
             "modified": modified,
         }
+        if self.trigger.recursive:
+            facts["relative"] = found.name
+        return facts
 
-    def _finish(self, path: Path, *, failed: bool) -> None:
+    def _finish(self, found: Found, *, failed: bool) -> None:
+        path = found.path
         marker = (
             path.with_name(path.name + self.trigger.ready_suffix)
             if self.trigger.ready_suffix
@@ -245,6 +276,7 @@ class FileRunner(LeaderTrigger):
                 marker.unlink(missing_ok=True)
             return
         target = self.folder / (self.trigger.failed_dir if failed else self.trigger.processed_dir)
+        target = (target / found.name).parent  # recursive: the same subfolder inside
         target.mkdir(parents=True, exist_ok=True)
         for src in (path, marker):
             if src is None or not src.exists():

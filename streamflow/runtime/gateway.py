@@ -44,6 +44,7 @@ from streamflow.runtime.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGE
 from streamflow.runtime.poller import PollRunner
 from streamflow.runtime.s3watch import S3Runner
 from streamflow.runtime.schedule import ScheduleRunner
+from streamflow.runtime.streams import StreamRunner
 from streamflow.runtime.webhook import Refusal, WebhookEndpoint
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan, compile_plan
@@ -58,6 +59,8 @@ RUNNERS: dict[str, type[LeaderTrigger]] = {
     "poll": PollRunner,
     "file": FileRunner,
     "s3": S3Runner,
+    "sse": StreamRunner,
+    "websocket": StreamRunner,
 }
 READY_TIMEOUT = 2.0
 MAX_BATCH = 1000
@@ -92,6 +95,8 @@ def manual_trigger(flow: Flow) -> dict[str, Any]:
         "poll": {"source": "http" if getattr(flow.trigger, "http", None) else "sql"},
         "file": {"path": "", "name": "", "size": 0, "sha256": "", "modified": ""},
         "s3": {"bucket": "", "key": "", "etag": ""},
+        "sse": {"url": "", "event": "message", "id": None},
+        "websocket": {"url": "", "binary": False},
         "kafka": {
             "topic": getattr(flow.trigger, "topic", ""),
             "partition": -1,

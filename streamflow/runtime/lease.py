@@ -331,12 +331,16 @@ class LeaderTrigger(ABC):
     async def aclose(self) -> None:  # noqa: B027 (optional hook)
         """Release what ``work`` opened (sessions, pools)."""
 
+    async def idle(self) -> None:  # noqa: B027 (optional hook)
+        """Called while this process does not lead (e.g. to drop a connection)."""
+
     async def run(self, stop: asyncio.Event) -> None:
         delay = 0.0
         try:
             await self.lease.ensure_topic()
             while not stop.is_set():
                 if not await self.lease.poll(min(max(delay, 0.0), 0.5)):
+                    await self.idle()
                     delay = 0.5
                     continue
                 if self.lease.term != self._term:

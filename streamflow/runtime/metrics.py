@@ -66,6 +66,16 @@ GATEWAY_SECONDS = Histogram(
 TRIGGER_FIRINGS = Counter(
     "streamflow_trigger_firings_total", "Trigger firings", ("integration", "flow", "trigger")
 )
+TRIGGER_CONNECTED = Gauge(
+    "streamflow_trigger_connected",
+    "1 while this process holds a stream trigger's (sse, websocket) connection, else 0",
+    ("integration", "flow", "trigger"),
+)
+TRIGGER_RECONNECTS = Counter(
+    "streamflow_trigger_reconnects_total",
+    "Stream trigger connections lost, refused or timed out",
+    ("integration", "flow", "trigger"),
+)
 
 
 @dataclass

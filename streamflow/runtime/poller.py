@@ -13,7 +13,10 @@ restart (or a new leader) neither emits a record again nor skips one:
   content hash): a record is emitted when its key is new or its content hash changed.
 
 Execution ids are derived from the record's content (``<flow>-<hash>``), so a duplicate
-is visible. A failed poll (connection error, HTTP error status, bad JSON, SQL error) is
+is visible. With ``http.paginate`` every page is read at each poll (see ``paginate.py``)
+and the records of all pages are compared as one list; ``http.emit: page`` gives one
+event per page holding that page's new records (``{page, items}``) instead of one per
+record. A failed poll (connection error, HTTP error status, bad JSON, SQL error) is
 logged and tried again at the next interval; it never moves the cursor.
 """
 
@@ -26,6 +29,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from streamflow.connectors.httpclient import safe_url
+from streamflow.connectors.paginate import Pager, PaginationError
 from streamflow.connectors.secrets import Masker
 from streamflow.connectors.sqldb import Statement, compile_sql, database, to_json_value
 from streamflow.envelope import Envelope
@@ -33,7 +38,7 @@ from streamflow.errors import ConfigError
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
 from streamflow.steps.base import Resources
-from streamflow.topology.expressions import compile_value
+from streamflow.topology.expressions import ExpressionEvalError, compile_value
 from streamflow.topology.triggers import PollTrigger
 from streamflow.transport.base import Record, Transport
 
@@ -87,9 +92,19 @@ class PollRunner(LeaderTrigger):
         self.session: aiohttp.ClientSession | None = None
         self.masker = Masker()
         self.http: dict[str, Any] = {}
+        self.pager: Pager | None = None
+        self.emit = trigger.http.emit if trigger.http is not None else "record"
+        self.page_of: dict[int, int] = {}  # id(record) -> its page, for emit: page
+        self.events = 0
         if trigger.http is not None:
-            self.http = compile_value(trigger.http.model_dump()).render(self.scope)
+            dump = trigger.http.model_dump(exclude={"paginate", "emit"})
+            self.http = compile_value(dump).render(self.scope)
             self.masker.add(*self.http["headers"].values())
+            if trigger.http.paginate is not None:
+                page = trigger.http.paginate
+                if page.items is None and trigger.http.items:
+                    page = page.model_copy(update={"items": trigger.http.items})
+                self.pager = Pager(page, frozenset({"config", "env", "response"}))
         self.dsn = ""
         if trigger.sql is not None:
             self.dsn = str(compile_value(trigger.sql.dsn).render(self.scope))
@@ -167,10 +182,11 @@ class PollRunner(LeaderTrigger):
                 cursor, seen = value, set()
             seen.add(h)
         emit = [] if self._baseline() else fresh
-        messages: list[Outgoing] = []
+        pending: list[tuple[Any, dict[str, Any], str]] = []
         for _, h, rec in emit:
             trigger = {"type": "poll", "source": self._source, "cursor": dig(rec, field)}
-            messages.extend(self._messages(rec, trigger, f"{self.flow}-{h[:24]}"))
+            pending.append((rec, trigger, f"{self.flow}-{h[:24]}"))
+        messages = self._envelopes(pending)
         messages.append(self.state_record(CURSOR, {"value": cursor, "seen": sorted(seen)}))
         messages.append(self.state_record(POLLED, {"ts": now_ms()}))
         if not await self.lease.commit(messages):
@@ -190,7 +206,7 @@ class PollRunner(LeaderTrigger):
         if not changed and self.polled:
             return True
         emit = {} if self._baseline() else changed
-        messages: list[Outgoing] = []
+        pending: list[tuple[Any, dict[str, Any], str]] = []
         for key, (h, rec, before) in emit.items():
             trigger = {
                 "type": "poll",
@@ -199,7 +215,8 @@ class PollRunner(LeaderTrigger):
                 "changed": before is not None,
             }
             ident = hashlib.sha256(f"{key}\x00{before}\x00{h}".encode()).hexdigest()[:24]
-            messages.extend(self._messages(rec, trigger, f"{self.flow}-{ident}"))
+            pending.append((rec, trigger, f"{self.flow}-{ident}"))
+        messages = self._envelopes(pending)
         for key, (h, _, _) in changed.items():
             messages.append(self.state_record(HASH_PREFIX + key.encode(), {"hash": h}))
         messages.append(self.state_record(POLLED, {"ts": now_ms()}))
@@ -218,7 +235,30 @@ class PollRunner(LeaderTrigger):
         env: Envelope = self.ingress.envelope(rec, trigger=trigger, execution_id=execution_id)
         return envelope_messages(self.ingress, env)
 
+    def _envelopes(self, pending: list[tuple[Any, dict[str, Any], str]]) -> list[Outgoing]:
+        """One envelope per new record, or (``emit: page``) one per page holding its new
+        records: ``{page, items}``, its id derived from the records' ids."""
+        messages: list[Outgoing] = []
+        if self.emit != "page":
+            for rec, trigger, ident in pending:
+                messages.extend(self._messages(rec, trigger, ident))
+            return messages
+        pages: dict[int, list[tuple[Any, str]]] = {}
+        for rec, _, ident in pending:
+            pages.setdefault(self.page_of.get(id(rec), 1), []).append((rec, ident))
+        for number, recs in sorted(pages.items()):
+            digest = hashlib.sha256("\x00".join(i for _, i in recs).encode()).hexdigest()[:24]
+            trigger = {"type": "poll", "source": "http", "page": number, "count": len(recs)}
+            payload = {"page": number, "items": [r for r, _ in recs]}
+            messages.extend(self._messages(payload, trigger, f"{self.flow}-p{digest}"))
+        self.events = len(pages)
+        return messages
+
     def _count(self, n: int) -> None:
+        if n and self.emit == "page":
+            log.info("%s: emitted %d record(s) in %d page event(s)", self.topic, n, self.events)
+            self.firings.inc(self.events)
+            return
         if n:
             self.firings.inc(n)
             log.info("%s: emitted %d record(s)", self.topic, n)
@@ -235,34 +275,70 @@ class PollRunner(LeaderTrigger):
         return await self._fetch_sql()
 
     async def _fetch_http(self) -> list[Any]:
-        if self.session is None:
-            self.session = aiohttp.ClientSession()
         params = dict(self.http["params"])
         cursor = self.trigger.cursor
         if cursor is not None and cursor.param and self.cursor is not None:
             params[cursor.param] = str(self.cursor)
+        url = self.http["url"]
+        self.page_of = {}
+        if self.pager is None:
+            _, _, doc, _ = await self._get(url, params)
+            items = dig(doc, self.http["items"]) if self.http["items"] else doc
+            if not isinstance(items, list):
+                where = f" at {self.http['items']}" if self.http["items"] else ""
+                raise PollError(f"{url}: no list of records{where}")
+            return items
+        state = self.pager.begin(url, params)
+        records: list[Any] = []
+        while True:
+            req = state.request
+            status, headers, doc, link = await self._get(req.url, req.query)
+            response = {"status": status, "headers": headers, "body": doc}
+            try:
+                found = self.pager.items(doc)
+                for rec in found:
+                    self.page_of[id(rec)] = state.number + 1
+                records.extend(found)
+                more = self.pager.advance(
+                    state, response, link, found, lambda r: {**self.scope, "response": r}
+                )
+            except PaginationError as exc:
+                raise PollError(f"{url}: page {state.number + 1}: {exc}") from None
+            except ExpressionEvalError as exc:
+                raise PollError(f"{url}: page {state.number + 1}: {exc}") from None
+            if not more:
+                return records
+            if state.number >= self.pager.cfg.max_pages:
+                log.warning("%s: stopped after max_pages=%d", self.topic, state.number)
+                return records
+
+    async def _get(
+        self, url: str, params: dict[str, str]
+    ) -> tuple[int, dict[str, str], Any, str | None]:
+        """One request: (status, headers, JSON body, the Link header's next target)."""
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
         try:
             async with self.session.request(
                 self.http["method"],
-                self.http["url"],
+                url,
                 headers=self.http["headers"],
                 params=params,
                 timeout=aiohttp.ClientTimeout(total=self.http["timeout"]),
             ) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
-                    raise PollError(f"{self.http['url']} answered {resp.status}")
+                    raise PollError(f"{safe_url(url)} answered {resp.status}")
+                nxt = resp.links.get("next")
+                link = str(nxt.get("url")) if nxt is not None and nxt.get("url") else None
+                headers = {str(k): v for k, v in resp.headers.items()}
+                status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PollError(f"{self.http['url']}: {exc.__class__.__name__}: {exc}") from None
+            raise PollError(f"{safe_url(url)}: {exc.__class__.__name__}: {exc}") from None
         try:
-            doc = orjson.loads(body)
+            return status, headers, orjson.loads(body), link
         except orjson.JSONDecodeError as exc:
-            raise PollError(f"{self.http['url']}: the answer is not JSON: {exc}") from None
-        items = dig(doc, self.http["items"]) if self.http["items"] else doc
-        if not isinstance(items, list):
-            where = f" at {self.http['items']}" if self.http["items"] else ""
-            raise PollError(f"{self.http['url']}: no list of records{where}")
-        return items
+            raise PollError(f"{safe_url(url)}: the answer is not JSON: {exc}") from None
 
     async def _fetch_sql(self) -> list[Any]:
         assert self.trigger.sql is not None

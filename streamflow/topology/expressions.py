@@ -25,6 +25,10 @@ Grammar (anything else is rejected when the topology loads):
     str(x) int(x) float(x) bool(x) round(x, n?) abs(x) min(..) max(..) sum(list)
     default(x, fallback) (fallback if x is null or '') coalesce(x, ...)
     json(x) parse_json(s) sha256(s) base64(s) unbase64(s)
+    parse_date(s, fmt?, zone?) format_date(d, fmt, zone?) to_zone(d, zone)
+    date_add(d, dur, zone?) date_sub(d, dur, zone?) start_of(d, unit, zone?)
+    date_diff(a, b, unit?) epoch_ms(d)   (see exprdates.py, docs/expressions.md)
+    parse_xml(s) render_xml(value, root?)   (see exprxml.py)
   String functions pass null through; str(x) renders like interpolation;
   bool('false'/'no'/'off'/'0'/'') is false; round() rounds half away from zero
   and returns an int when n is omitted or <= 0; tuples render as lists.
@@ -40,7 +44,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from streamflow.topology.exprfuncs import BINOPS, CMPOPS, FUNCS, lookup, text
+from streamflow.topology.exprfuncs import ARG_CHECKS, BINOPS, CMPOPS, FUNCS, lookup, text
 
 __all__ = [
     "ROOTS",
@@ -318,7 +322,14 @@ class _Compiler:
         if len(node.args) < lo or (hi is not None and len(node.args) > hi):
             want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
             self.fail(node, f"{name}() takes {want} argument(s), got {len(node.args)}")
-        args = [self.f(a) for a in node.args]
+        compiled = [self.c(a) for a in node.args]
+        for i, check in ARG_CHECKS.get(name, {}).items():
+            if i < len(compiled) and compiled[i][1] is not _NC and compiled[i][1] is not None:
+                try:  # a constant zone, unit, duration, ... is checked now, not per event
+                    check(compiled[i][1])
+                except ValueError as exc:
+                    self.fail(node.args[i], f"{name}(): {exc}")
+        args = [f for f, _ in compiled]
         if len(args) == 2:
             return _binary(fn, args[0], args[1]), _NC
         if len(args) == 1:

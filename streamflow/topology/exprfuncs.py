@@ -16,6 +16,11 @@ from typing import Any
 
 import orjson
 
+from streamflow.topology.exprdates import ARG_CHECKS, DATE_FUNCS
+from streamflow.topology.exprxml import parse_xml, render_xml
+
+__all__ = ["ARG_CHECKS", "BINOPS", "CMPOPS", "FUNCS", "lookup", "text"]
+
 _MAX = 1_000_000  # cap for 'x' * n and [..] * n
 
 
@@ -132,6 +137,9 @@ FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {  # name: (fn, m
     "base64": (lambda s: _b64.b64encode(text(s).encode()).decode("ascii"), 1, 1),
     "unbase64": (lambda s: _b64.b64decode(text(s).strip() + "==").decode(), 1, 1),
 }
+FUNCS.update(DATE_FUNCS)
+FUNCS["parse_xml"] = (parse_xml, 1, 1)
+FUNCS["render_xml"] = (render_xml, 1, 2)
 BINOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
     ast.Add: op.add,
     ast.Sub: op.sub,

@@ -129,7 +129,7 @@ class _Validator:
                 (*path, "trigger"),
                 trigger.secret_fields,
                 set(),
-                roots=frozenset({"config", "env"}),
+                roots=frozenset({"config", "env"}) | getattr(trigger, "expression_roots", set()),
             )
         if doc.key is not None:
             self.expression_field(doc.key, (*path, "key"), set(), bare=False)
@@ -192,6 +192,7 @@ class _Validator:
                 nested=cfg.nested_fields,
                 bare=cfg.expression_fields,
                 roots=expressions.ROOTS | getattr(cfg, "expression_roots", frozenset()),
+                own=(cfg.id, getattr(cfg, "self_reference_fields", frozenset())),
             )
             node = StepNode(cfg, None, (), spath)
             nodes[cfg.id] = node
@@ -266,10 +267,13 @@ class _Validator:
         nested: frozenset[str] = frozenset(),
         bare: frozenset[str] = frozenset(),
         roots: frozenset[str] = expressions.ROOTS,
+        own: tuple[str, frozenset[str]] = ("", frozenset()),
     ) -> None:
         for key, value in raw.items():
             if key in _NOT_TEMPLATED:
                 continue
+            # a field like `paginate` may read the step's own result (the page just read)
+            fseen = seen | {own[0]} if key in own[1] else seen
             fpath = (*path, key)
             if key in nested:
                 if key == "routes":
@@ -288,7 +292,7 @@ class _Validator:
                 template = expressions.compile_value(value, roots=roots)
             except expressions.ExpressionError:
                 continue
-            self.references(template.references, fpath, seen, key in secret_fields)
+            self.references(template.references, fpath, fseen, key in secret_fields)
 
     def expression_field(
         self, value: Any, path: PathT, seen: set[str], *, bare: bool, secret_ok: bool = False

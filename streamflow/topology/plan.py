@@ -15,7 +15,13 @@ from streamflow.topology.models import Flow, Integration
 
 COMPACTED = {"cleanup.policy": "compact"}
 # triggers run by a leader keep their state (and elect the leader) on a compacted topic
-STATE_TOPIC_SUFFIX = {"schedule": "schedule", "poll": "cursor", "file": "files"}
+STATE_TOPIC_SUFFIX = {
+    "schedule": "schedule",
+    "poll": "cursor",
+    "file": "files",
+    "sse": "stream",
+    "websocket": "stream",
+}
 
 
 @dataclass(frozen=True)

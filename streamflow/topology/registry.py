@@ -22,6 +22,7 @@ from streamflow.topology.models import ConnectionConfig, StepConfig, TriggerConf
 
 BUILTIN_MODULES = (
     "streamflow.topology.triggers",
+    "streamflow.topology.streams",
     "streamflow.steps.pure",
     "streamflow.connectors.connections",
     "streamflow.connectors.http",
@@ -30,6 +31,7 @@ BUILTIN_MODULES = (
     "streamflow.connectors.sql",
     "streamflow.connectors.email",
     "streamflow.connectors.files",
+    "streamflow.connectors.filelist",
     "streamflow.connectors.code",
     "streamflow.connectors.aws",
     "streamflow.connectors.s3",

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow.connectors.paginate import Paginate
 from streamflow.topology.models import Duration, Model, TriggerConfig
 from streamflow.topology.registry import trigger_config
 
@@ -219,6 +220,14 @@ class PollHttp(Model):
         None, description="dotted path to the list in the response, e.g. data.items"
     )
     timeout: Duration = 30.0
+    paginate: Paginate | None = Field(
+        None,
+        description="read every page at each poll: style link (Link header), next, cursor, "
+        "page, offset; see the http step",
+    )
+    emit: Literal["record", "page"] = Field(
+        "record", description="page: one event per page with its new records {page, items}"
+    )
 
 
 class PollSql(Model):
@@ -300,6 +309,7 @@ trigger:
         False, description="the first poll only records what exists, emitting nothing"
     )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"http", "sql"})
+    expression_roots: ClassVar[frozenset[str]] = frozenset({"response"})  # http.paginate
 
     @model_validator(mode="after")
     def _source(self) -> PollTrigger:
@@ -349,6 +359,9 @@ class FileTrigger(TriggerConfig):
     type: Literal["file"]
     path: str = Field(description="the watched folder; relative to the topology's folder")
     pattern: str = Field("*", description="glob of file names, e.g. *.csv")
+    recursive: bool = Field(
+        False, description="watch subfolders too (not hidden ones, processed_dir, failed_dir)"
+    )
     format: Literal["json", "ndjson", "csv", "text", "none"] = Field(
         "json", description="how the content is parsed; none: the payload is the file's facts"
     )

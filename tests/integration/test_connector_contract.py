@@ -240,3 +240,72 @@ async def test_secrets_never_in_errors_or_logs(
     assert SECRET not in str(info.value)
     assert SECRET not in repr(info.value.args)
     assert SECRET not in caplog.text
+
+
+# --------------------------------------------------------------------------- stream triggers
+
+STREAM_TRIGGERS = ("sse", "websocket")
+
+
+@pytest.mark.parametrize("name", STREAM_TRIGGERS)
+def test_stream_trigger_examples_validate(name: str) -> None:
+    from streamflow.topology.registry import TRIGGERS
+
+    model = TRIGGERS[name]
+    assert (model.__doc__ or "").strip()
+    for block in model.example.split("trigger:")[1:]:
+        cfg = model.model_validate(yaml.safe_load(block))
+        assert model.model_validate(cfg.model_dump(by_alias=True)) == cfg
+    assert set(model.secret_fields) <= set(model.model_fields)
+
+
+@pytest.mark.parametrize("name", STREAM_TRIGGERS)
+async def test_stream_trigger_secrets_never_in_logs(
+    name: str, http_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that refuses the connection and quotes the credentials back: the token
+    (header and URL query) is in no log line while the trigger reconnects."""
+    import asyncio
+
+    from streamflow.runtime.ingest import FlowIngress
+    from streamflow.runtime.streams import StreamRunner
+    from streamflow.topology.loader import load_integration
+    from streamflow.topology.plan import compile_plan
+    from streamflow.topology.values import resolve_config
+    from streamflow.transport import open_transport
+
+    async def refuse(call: Any) -> web.Response:
+        return web.json_response({"denied": call.headers.get("Authorization")}, status=401)
+
+    server = await http_server(refuse)
+    scheme = "ws" if name == "websocket" else "http"
+    url = server.url.replace("http", scheme, 1) + "/stream?token=${config.secret}"
+    path = tmp_path / "i.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "streamflow/v1", "kind": "Integration", "name": "contract",
+        "config": {"secret": {"type": "string", "secret": True}},
+        "flows": [{"name": "live", "trigger": {
+            "type": name, "url": url, "backoff": "100ms",
+            "headers": {"Authorization": "Bearer ${config.secret}"}},
+            "steps": [{"id": "k", "type": "transform", "output": "${payload}"}]}],
+    }))  # fmt: skip
+    integration = load_integration(path)
+    config = resolve_config(integration.config, {"secret": SECRET})
+    transport = open_transport(f"local://{tmp_path}/store")
+    flow = integration.flows["live"]
+    runner = StreamRunner(FlowIngress(integration, flow, compile_plan(integration), config),
+                          transport)  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if len(server.calls) >= 2:
+            break
+    stop.set()
+    await task
+    transport.close()
+    assert len(server.calls) >= 2  # refused, and tried again
+    assert server.calls[0].headers["Authorization"] == f"Bearer {SECRET}"
+    assert "401" in caplog.text
+    assert SECRET not in caplog.text

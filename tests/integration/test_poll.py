@@ -212,3 +212,79 @@ async def test_a_failing_source_is_retried_without_moving_the_cursor(
         await poll_until(integration, transport, lambda e: len(e) >= 1, timeout=1.5)
     assert emitted(transport, integration) == []
     transport.close()
+
+
+@pytest.fixture
+async def paged_api() -> AsyncIterator[tuple[str, list[dict[str, Any]], list[dict[str, str]]]]:
+    """GET /orders?page=N -> a list of 2 records with a Link rel="next" while more remain."""
+    items: list[dict[str, Any]] = []
+    queries: list[dict[str, str]] = []
+
+    async def orders(request: web.Request) -> web.Response:
+        queries.append(dict(request.query))
+        page = int(request.query.get("page", "1"))
+        rows = items[(page - 1) * 2 : page * 2]
+        headers = (
+            {"Link": f'</orders?page={page + 1}>; rel="next"'} if page * 2 < len(items) else {}
+        )
+        return web.json_response(rows, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/orders", orders)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/orders", items, queries
+    await runner.cleanup()
+
+
+async def test_http_poll_reads_every_page(
+    paged_api: tuple[str, list[dict[str, Any]], list[dict[str, str]]],
+    tmp_path: Path,
+    unique: str,
+) -> None:
+    url, items, queries = paged_api
+    integration = poll_integration(
+        tmp_path,
+        f"pages-{unique}",
+        f"{{type: poll, every: 200ms, http: {{url: '{url}', paginate: {{max_pages: 50}}}}, "
+        "key: id}",
+    )
+    transport = open_transport(f"local://{tmp_path}/store")
+    App(integration, transport, {}).deploy()
+    items += [{"id": i} for i in range(1, 6)]  # 3 pages
+    first = await poll_until(integration, transport, lambda e: len(e) >= 5)
+    assert sorted(ids(first)) == [1, 2, 3, 4, 5]
+    assert {q.get("page") for q in queries} == {None, "2", "3"}
+    items.append({"id": 6})  # page 3 gets its second record
+    second = await poll_until(integration, transport, lambda e: len(e) >= 6)
+    assert sorted(ids(second)) == [1, 2, 3, 4, 5, 6]
+    transport.close()
+
+
+async def test_http_poll_emits_one_event_per_page(
+    paged_api: tuple[str, list[dict[str, Any]], list[dict[str, str]]],
+    tmp_path: Path,
+    unique: str,
+) -> None:
+    url, items, _ = paged_api
+    integration = poll_integration(
+        tmp_path,
+        f"perpage-{unique}",
+        f"{{type: poll, every: 200ms, http: {{url: '{url}', paginate: {{}}, emit: page}}, "
+        "key: id}",
+    )
+    transport = open_transport(f"local://{tmp_path}/store")
+    App(integration, transport, {}).deploy()
+    items += [{"id": i} for i in range(1, 6)]
+    first = await poll_until(integration, transport, lambda e: len(e) >= 3)
+    assert [e.payload["page"] for e in first] == [1, 2, 3]
+    assert [[r["id"] for r in e.payload["items"]] for e in first] == [[1, 2], [3, 4], [5]]
+    assert all(e.trigger["page"] == e.payload["page"] for e in first)
+    items.append({"id": 6})  # only the new record's page is emitted, with only it
+    second = await poll_until(integration, transport, lambda e: len(e) >= 4)
+    assert len(second) == 4
+    assert second[-1].payload == {"page": 3, "items": [{"id": 6}]}
+    transport.close()

@@ -22,6 +22,7 @@ A test file (``tests.yaml``, or ``NAME.tests.yaml``) sits beside ``integration.y
             - {service: approvals, method: POST, path: /approvals, json: {order: o-1}, count: 1}
           calls_ordered: true            # the calls above happened in this order
           dead_letters: 0                # or a list of {step, error, error_type, payload}
+          published: [{topic: t, key: k, value: {...}, count: 1}]   # kafka_publish messages
           max_duration: 5s               # bound on the run (events fed -> every execution ended)
 
 Expected values are subsets: a mapping matches when each of its keys matches, a list

@@ -18,6 +18,7 @@ from streamflow.testing.cases.models import (
     DeadLetterExpect,
     ExecutionExpect,
     Expect,
+    PublishedExpect,
 )
 from streamflow.testing.mocks import RecordedCall
 
@@ -304,6 +305,44 @@ def _check_dead_letters(expect: Expect, letters: list[_Letter]) -> list[list[str
         for d in letters[:3]:
             block.append(f"closest: {d.describe()}")
             block.extend("  " + p for p in _letter_problems(e, d))
+        failures.append(block)
+    return failures
+
+
+# --------------------------------------------------------------------------- published
+
+
+@dataclass
+class Published:
+    topic: str
+    key: str | None
+    value: Any  # the JSON value, or the text when it is not JSON
+
+    def describe(self) -> str:
+        return f"{self.topic} key={self.key} {json.dumps(self.value, default=str)[:200]}"
+
+
+def _published_problems(e: PublishedExpect, m: Published) -> list[str]:
+    out = []
+    if e.key is not None and m.key != e.key:
+        out.append(f"key: expected {e.key!r}, got {m.key!r}")
+    if "value" in e.model_fields_set:
+        out.extend(compare(e.value, m.value, "value"))
+    return out
+
+
+def _check_published(expect: Expect, messages: dict[str, list[Published]]) -> list[list[str]]:
+    failures: list[list[str]] = []
+    for j, e in enumerate(expect.published):
+        got = messages.get(e.topic, [])
+        hits = [m for m in got if not _published_problems(e, m)]
+        if (len(hits) == e.count) if e.count is not None else hits:
+            continue
+        want = f"{e.count}" if e.count is not None else "at least 1"
+        block = [f"expect.published[{j}] ({e.topic}): expected {want} message(s), got {len(hits)}"]
+        for m in got[:3]:
+            block.append(f"closest: {m.describe()}")
+            block.extend("  " + p for p in _published_problems(e, m))
         failures.append(block)
     return failures
 

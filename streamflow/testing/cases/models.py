@@ -60,6 +60,15 @@ class DeadLetterExpect(_Model):
     payload: Any = Field(None, description="subset of the dead envelope's payload")
 
 
+class PublishedExpect(_Model):
+    """Messages the flow produced to an outside topic (``kafka_publish``)."""
+
+    topic: str
+    key: str | None = Field(None, description="the message key")
+    value: Any = Field(None, description="subset of the value (JSON), or the text")
+    count: Count | None = Field(None, description="exactly this many; default: at least 1")
+
+
 class ExecutionExpect(_Model):
     """What one event's execution did."""
 
@@ -77,6 +86,7 @@ class Expect(_Model):
     calls: list[CallExpect] = Field(default_factory=list)
     calls_ordered: bool = False
     dead_letters: Count | list[DeadLetterExpect] | None = None
+    published: list[PublishedExpect] = Field(default_factory=list)
     max_duration: Duration | None = None
 
 

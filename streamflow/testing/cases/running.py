@@ -10,16 +10,20 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+import orjson
 
 from streamflow.runtime.app import AppOptions, environment
 from streamflow.runtime.dlq import DeadLetter
 from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.runner import Execution, run_events
 from streamflow.testing.cases.matching import (
+    Published,
     _check_calls,
     _check_dead_letters,
     _check_executions,
+    _check_published,
     _input_line,
     _letter,
     _trace,
@@ -28,6 +32,7 @@ from streamflow.testing.cases.models import CaseResult, Expect, TestCase, TestFi
 from streamflow.testing.mocks import MockServices
 from streamflow.topology.plan import compile_plan
 from streamflow.topology.values import resolve_config
+from streamflow.transport.base import TopicSpec
 from streamflow.transport.local import LocalTransport
 
 # --------------------------------------------------------------------------- running
@@ -93,6 +98,9 @@ async def _run_case(case: TestCase) -> list[list[str]]:
             expect = Expect.model_validate(case.expect.render(scope))
             transport = LocalTransport(tmp)
             stack.callback(transport.close)
+            # the outside topics a case expects messages on exist in its embedded broker
+            outside = sorted({p.topic for p in expect.published})
+            transport.ensure_topics([TopicSpec(t, 1, {}) for t in outside])
             seen: dict[str, Execution] = {}
 
             def track(ex: Execution, _: ExecutionEvent) -> None:
@@ -117,14 +125,28 @@ async def _run_case(case: TestCase) -> list[list[str]]:
             calls = list(mocks.calls) if mocks is not None else []
             topic = plan.flows[case.flow].dlq_topic
             letters = [_letter(DeadLetter(r), encoding) for r in transport.read_all(topic)]
+            published = {t: _published(transport, t) for t in {p.topic for p in expect.published}}
     failures = _check_executions(expect, result)
     failures += _check_calls(expect, calls)
     failures += _check_dead_letters(expect, letters)
+    failures += _check_published(expect, published)
     if expect.max_duration is not None and result.seconds > expect.max_duration:
         failures.append(
             [f"expect.max_duration: took {result.seconds:.2f}s, more than {expect.max_duration:g}s"]
         )
     return failures
+
+
+def _published(transport: LocalTransport, topic: str) -> list[Published]:
+    out = []
+    for rec in transport.read_all(topic):
+        try:
+            value: Any = orjson.loads(rec.value)
+        except orjson.JSONDecodeError:
+            value = rec.value.decode(errors="replace")
+        key = rec.key.decode(errors="replace") if rec.key is not None else None
+        out.append(Published(topic, key, value))
+    return out
 
 
 class Reporter:
