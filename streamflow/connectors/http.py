@@ -17,13 +17,15 @@ own ``Idempotency-Key`` (``<execution>-<step>-<index>``). A failure fails the wh
 so a retry sends every request again: the keys let the API see the repeats.
 
 ``cache: {ttl: 60s}`` keeps 2xx results in memory (per step) under ``key`` (default:
-method, URL and query), so repeated lookups do not hit the API.
+method, URL and query), so repeated lookups do not hit the API; with ``store: redis`` and
+a redis ``connection`` they are shared by every worker (memory first, then Redis). One
+process makes one call for concurrent misses of a key. ``rate_limit: {requests: 100,
+per: 1s}`` waits for a slot before each request (``store: redis``: shared by every
+worker; see ``cache.py``).
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -31,25 +33,20 @@ import orjson
 from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.auth import HttpAuth
+from streamflow.connectors.cache import RateLimit, RateLimiter, ResponseCache, TwoLevelCache
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
 from streamflow.connectors.httpclient import HttpCaller, join_url, retry_after, safe_url
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, compile_value
-from streamflow.topology.models import Duration, Model
+from streamflow.topology.models import Duration
 from streamflow.topology.registry import step_config, step_factory
 
-__all__ = ["HttpAuth", "HttpConfig", "HttpStep"]
+__all__ = ["HttpAuth", "HttpConfig", "HttpStep", "ResponseCache"]
 
 DEFAULT_RETRY_ON = (408, 425, 429, *range(500, 600))
 _KINDS = ("http",)
-
-
-class ResponseCache(Model):
-    ttl: Duration = Field(description="how long a 2xx result is reused, e.g. 5m")
-    key: str | None = Field(None, description="template; default: method, URL and query")
-    max_entries: int = Field(1000, ge=1, le=1_000_000)
 
 
 @step_config("http")
@@ -85,7 +82,12 @@ class HttpConfig(ConnectedStep):
     max_concurrency: int | None = Field(
         None, ge=1, le=10_000, description="requests in flight (per connection, else per step)"
     )
-    cache: ResponseCache | None = Field(None, description="reuse 2xx results: {ttl, key}")
+    cache: ResponseCache | None = Field(
+        None, description="reuse 2xx results: {ttl, key, store: memory|redis, connection}"
+    )
+    rate_limit: RateLimit | None = Field(
+        None, description="{requests, per, store: memory|redis, connection}: wait for a slot"
+    )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth", "headers", "query"})
     expression_roots: ClassVar[frozenset[str]] = frozenset({"item"})
     example: ClassVar[str] = """- id: push
@@ -143,11 +145,12 @@ class HttpStep(AsyncStep):
         self.form = template(config.form)
         self.for_each = compile_value(config.for_each) if config.for_each is not None else None
         self.retry_on = frozenset(config.retry_on)
-        self.cache: OrderedDict[str, tuple[float, dict[str, Any]]] | None = None
-        self.cache_key = None
-        if config.cache is not None:
-            self.cache = OrderedDict()
-            self.cache_key = template(config.cache.key)
+        self.cache = TwoLevelCache(config.cache, ctx, roots) if config.cache else None
+        self.limiter = (
+            RateLimiter(config.rate_limit, ctx, config.connection, roots)
+            if config.rate_limit
+            else None
+        )
 
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
@@ -177,13 +180,24 @@ class HttpStep(AsyncStep):
         if self.cfg.idempotency_key:
             suffix = "" if index is None else f"-{index}"
             headers.setdefault("Idempotency-Key", f"{env.execution_id}-{self.cfg.id}{suffix}")
-        key = None
-        if self.cache is not None:
-            key = self.key(url, query, scope)
-            hit = self.cache.get(key)
-            if hit is not None and hit[0] > time.monotonic():
-                self.cache.move_to_end(key)
-                return hit[1]
+        if self.cache is None:
+            return await self.send(url, headers, query, scope)
+        key = self.cache.key(f"{self.cfg.method} {url} {sorted(query.items())}", scope)
+
+        async def load() -> dict[str, Any]:
+            return await self.send(url, headers, query, scope)
+
+        def cacheable(result: dict[str, Any]) -> bool:
+            return 200 <= int(result["status"]) < 300
+
+        return await self.cache.get_or_load(key, scope, load, cacheable)
+
+    async def send(
+        self, url: str, headers: dict[str, str], query: dict[str, str], scope: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """One request (after a rate-limit slot); the result, or a classified error."""
+        if self.limiter is not None:
+            await self.limiter.wait(scope)
         data: Any = None
         if self.json is not None:
             data = orjson.dumps(self.json.render(scope))
@@ -202,19 +216,7 @@ class HttpStep(AsyncStep):
             if status in self.retry_on:
                 raise RetriableError(msg, retry_after(resp.headers.get("Retry-After")))
             raise PoisonMessageError(msg)
-        result = resp.as_result()
-        if self.cache is not None and key is not None and 200 <= status < 300:
-            assert self.cfg.cache is not None
-            self.cache[key] = (time.monotonic() + self.cfg.cache.ttl, result)
-            self.cache.move_to_end(key)
-            while len(self.cache) > self.cfg.cache.max_entries:
-                self.cache.popitem(last=False)
-        return result
-
-    def key(self, url: str, query: dict[str, str], scope: Mapping[str, Any]) -> str:
-        if self.cache_key is not None:
-            return str(self.cache_key.render(scope))
-        return f"{self.cfg.method} {url} {sorted(query.items())}"
+        return resp.as_result()
 
 
 @step_factory("http")

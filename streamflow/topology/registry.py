@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "streamflow.connectors.email",
     "streamflow.connectors.files",
     "streamflow.connectors.code",
+    "streamflow.connectors.dedupe",
 )
 
 S = TypeVar("S", bound=type[StepConfig])

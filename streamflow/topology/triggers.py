@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow.connectors.stores import Idempotency
 from streamflow.topology.models import Duration, Model, TriggerConfig
 from streamflow.topology.registry import trigger_config
 
@@ -114,6 +115,11 @@ class WebhookTrigger(TriggerConfig):
         "execution to end (up to `timeout`) and answer with its output",
     )
     timeout: Duration = Field(30.0, description="sync: how long to wait for the execution")
+    idempotency: Idempotency | None = Field(
+        default_factory=Idempotency,
+        description="Idempotency-Key: a repeated key within ttl (24h) runs once; {ttl, store: "
+        "memory|redis, connection}; null: every request runs",
+    )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"signature", "auth"})
 
     @field_validator("schema_", mode="after")

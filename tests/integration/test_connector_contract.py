@@ -59,6 +59,9 @@ def test_connection_types_round_trip(name: str) -> None:
         "http": {"type": "http", "base_url": "http://127.0.0.1:1",
                  "auth": {"type": "bearer", "token": "t"}},
         "postgres": {"type": "postgres", "dsn": "postgresql://u:p@127.0.0.1:1/db"},
+        "mysql": {"type": "mysql", "dsn": "mysql://u:p@127.0.0.1:1/db",
+                  "pool": {"min_size": 0, "max_size": 4, "acquire_timeout": "2s"}},
+        "redis": {"type": "redis", "url": "redis://:p@127.0.0.1:1/0", "pool": {"max_size": 3}},
         "sqlite": {"type": "sqlite", "path": "x.db"},
         "smtp": {"type": "smtp", "host": "127.0.0.1", "from": "a@x.io"},
     }[name]  # fmt: skip
