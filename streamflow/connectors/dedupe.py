@@ -26,8 +26,7 @@ from streamflow.topology.registry import step_config, step_factory
 
 @step_config("dedupe")
 class DedupeConfig(StepConfig, StoreOptions):
-    """Let an event through once per key within ttl; a later execution with the same key
-    is filtered (a retry or redelivery of the first execution still passes)."""
+    """Let an event through once per key within ttl; another execution with it is filtered."""
 
     type: Literal["dedupe"]
     key: str = Field(description="template naming the event, e.g. ${payload.order_id}")

@@ -51,8 +51,7 @@ _MAX_PARAMS = 30_000  # below PostgreSQL's 32767 bound parameters per statement
 
 @step_config("sql")
 class SqlConfig(ConnectedStep):
-    """Run SQL on PostgreSQL, MySQL/MariaDB or SQLite with bound parameters; one transaction
-    per call."""
+    """Run SQL on PostgreSQL, MySQL/MariaDB or SQLite, values bound; one transaction a call."""
 
     type: Literal["sql"]
     connection: str | None = Field(

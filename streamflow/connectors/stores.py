@@ -80,6 +80,10 @@ class Idempotency(StoreOptions):
 
     ttl: Duration = Field(DAY, description="how long a key is remembered, e.g. 24h")
 
+    def __repr__(self) -> str:  # as the reference docs show the default
+        where = f", connection: {self.connection}" if self.connection else ""
+        return f"{{ttl: {self.ttl:g}s, store: {self.store}{where}}}"
+
 
 class Store(Protocol):
     """What the features need; keys are prefixed by the store, values are bytes."""
