@@ -4,7 +4,8 @@ For each type: its ``example`` validates, its config round-trips through
 ``model_dump``/``model_validate``, it has a docstring. For each type with secret fields:
 a failing call (a refused login, an unreachable server, an error that quotes the secret)
 raises an error whose message, and every log line written meanwhile, is free of the
-secret. A new type with secret fields must add its case to ``SECRET_CASES``.
+secret. A new step type with secret fields must add its case to ``SECRET_CASES``, a new
+connection type with secret fields its case to ``CONNECTION_CASES``.
 """
 
 from __future__ import annotations
@@ -135,11 +136,43 @@ async def email_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
     return await runner.run("s", {})
 
 
+async def mysql_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "sql", "connection": "shop", "query": "SELECT 1", "timeout": "5s"}],
+        config={"dsn": {"type": "string", "secret": True}},
+        values={"dsn": f"mysql://app:{SECRET}@127.0.0.1:{free_port()}/db"},
+        connections={"shop": {"type": "mysql", "dsn": "${config.dsn}"}},
+    )
+    return await runner.run("s", {})
+
+
+async def redis_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    server = await _echo_server(http_server)
+    runner = await step_runner(
+        [{"id": "s", "type": "http", "url": f"{server.url}/ok",
+          "rate_limit": {"requests": 1, "per": "1s", "connection": "cache"}}],
+        config={"url": {"type": "string", "secret": True},
+                "pw": {"type": "string", "secret": True}},
+        values={"url": f"redis://:{SECRET}@127.0.0.1:{free_port()}/0", "pw": SECRET},
+        connections={"cache": {"type": "redis", "url": "${config.url}",
+                               "password": "${config.pw}", "timeout": "1s"}},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
 SECRET_CASES: dict[str, Case] = {
     "http": http_case,
     "graphql": graphql_case,
     "sql": sql_case,
     "email": email_case,
+}
+# connection types with secret fields -> the case that uses one
+CONNECTION_CASES: dict[str, Case] = {
+    "http": http_case,
+    "postgres": sql_case,
+    "smtp": email_case,
+    "mysql": mysql_case,
+    "redis": redis_case,
 }
 # secret fields that never reach an error: they are delivered where they belong
 NO_ERROR_PATH = {"kafka_publish": "headers go onto the published message, never into errors"}
@@ -150,8 +183,13 @@ def test_every_type_with_secret_fields_has_a_case() -> None:
     assert with_secrets == set(SECRET_CASES) | set(NO_ERROR_PATH)
 
 
+def test_every_connection_type_with_secret_fields_has_a_case() -> None:
+    with_secrets = {n for n, model in CONNECTIONS.items() if model.secret_fields}
+    assert with_secrets == set(CONNECTION_CASES)
+
+
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-@pytest.mark.parametrize("name", sorted(SECRET_CASES))
+@pytest.mark.parametrize("name", sorted({*SECRET_CASES, "mysql", "redis"}))
 async def test_secrets_never_in_errors_or_logs(
     name: str,
     step_runner: Any,
@@ -160,8 +198,9 @@ async def test_secrets_never_in_errors_or_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    case = SECRET_CASES.get(name) or CONNECTION_CASES[name]
     with pytest.raises(StreamFlowError) as info:
-        await SECRET_CASES[name](step_runner, http_server, smtp_server_factory)
+        await case(step_runner, http_server, smtp_server_factory)
     assert SECRET not in str(info.value)
     assert SECRET not in repr(info.value.args)
     assert SECRET not in caplog.text
