@@ -34,7 +34,7 @@ from streamflow.connectors.sqldb import (
     Statement,
     compile_sql,
     database,
-    dsn_kind,
+    database_kind,
     quote_ident,
     to_json_value,
 )
@@ -124,7 +124,7 @@ class SqlConfig(ConnectedStep):
             raise ValueError("set dsn (e.g. ${config.db_dsn}) or connection")
         if "${" not in self.dsn:
             try:
-                dsn_kind(self.dsn)
+                database_kind(self.dsn)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         op = self.operation
@@ -181,10 +181,6 @@ class SqlStep(AsyncStep):
         if not dsn:
             raise ConfigError(f"step {self.cfg.id}: the dsn is empty")
         self.masker.add(dsn)
-        try:
-            dsn_kind(dsn)
-        except ConfigError as exc:  # a config value: no retry makes it right
-            raise PoisonMessageError(f"step {self.cfg.id}: {exc}") from None
         db = await database(
             self.ctx.resources, dsn, self.cfg.pool_size or 10, self.masker, self.cfg.pool
         )

@@ -1,5 +1,5 @@
 """The databases behind the ``sql`` step: PostgreSQL (asyncpg pool), MySQL/MariaDB (asyncmy
-pool, ``mysqldb.py``) and SQLite (stdlib). ``SCHEMES`` is the one list of DSN schemes.
+pool, ``mysqldb.py``) and SQLite (stdlib). ``DATABASES`` is the one list of DSN schemes.
 
 A step call hands its database a list of ``Statement`` and gets one ``Result`` each; the
 whole list runs in one transaction (all or nothing). Values are always bound parameters:
@@ -39,32 +39,9 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _NAME_START = re.compile(r"[A-Za-z_]")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"[0-9]+")
-_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]{0,30}$")
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 _RETRIABLE_STATES = ("08", "40", "53", "55P03", "57", "58", "XX")
 _POISON_STATES = ("21", "22", "23", "2F", "42", "44")
-
-SCHEMES: dict[str, str] = {
-    "postgresql": "postgres",
-    "postgres": "postgres",
-    "mysql": "mysql",
-    "mariadb": "mysql",
-    "sqlite": "sqlite",
-}
-"""Every DSN scheme the ``sql`` step and the SQL poll trigger accept -> its database kind."""
-SUPPORTED = "postgresql://, mysql:// (or mariadb://) and sqlite:///"
-
-
-def dsn_kind(dsn: str) -> str:
-    """``postgres``, ``mysql`` or ``sqlite`` for a DSN; ConfigError naming the supported
-    schemes for any other (``mssql://...``)."""
-    scheme = dsn.split("://", 1)[0].strip().lower() if "://" in dsn else ""
-    kind = SCHEMES.get(scheme)
-    if kind is None:
-        shown = f"{scheme}://" if _SCHEME.match(scheme) else "(a DSN without scheme://)"
-        raise ConfigError(f"unsupported database {shown}: supported are {SUPPORTED}")
-    return kind
-
 
 # --------------------------------------------------------------------------- SQL text
 
@@ -193,12 +170,35 @@ class Database(Protocol):
     async def run(self, statements: Sequence[Statement], timeout: float) -> list[Result]: ...
 
 
+DATABASES: dict[str, str] = {
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+}
+"""DSN scheme -> the database it names: the only place that says which databases exist
+(validate, startup and ``database`` all ask ``database_kind``)."""
+
+
+def database_kind(dsn: str) -> str:
+    """The database a DSN names (a value of DATABASES); ConfigError if unsupported."""
+    scheme = dsn.split(":", 1)[0].lower() if ":" in dsn else ""
+    kind = DATABASES.get(scheme)
+    if kind is None:
+        schemes = ", ".join(f"{s}://" for s in sorted(set(DATABASES)))
+        raise ConfigError(
+            f"unsupported database {safe_dsn(dsn)!r}: the DSN must start with one of {schemes}"
+        )
+    return kind
+
+
 async def database(
     resources: Resources, dsn: str, pool_size: int, masker: Masker, pool: Any = None
 ) -> Database:
     """The App-wide database of ``dsn`` (a pool is created on first use); ``pool`` is a
-    ``PoolSettings`` (MySQL). ConfigError for a scheme not in ``SCHEMES``."""
-    kind = dsn_kind(dsn)
+    ``PoolSettings`` (MySQL). ConfigError for a scheme not in ``DATABASES``."""
+    kind = database_kind(dsn)
     if kind == "mysql":
         from streamflow.connectors.mysqldb import MysqlDatabase
 
@@ -210,7 +210,7 @@ async def database(
             await db.close()
 
         return await resources.aget(f"sql\x00{dsn}", create_my, close_my)
-    if kind == "postgres":
+    if kind == "postgresql":
 
         async def create_pg() -> Database:
             return await PostgresDatabase.connect(dsn, pool_size, masker)

@@ -260,11 +260,11 @@ class PollSql(Model):
         if not self.dsn:
             raise ValueError("sql needs `dsn` or `connection`")
         if "${" not in self.dsn:
-            from streamflow.connectors.sqldb import dsn_kind
+            from streamflow.connectors.sqldb import database_kind
             from streamflow.errors import ConfigError
 
             try:
-                dsn_kind(self.dsn)
+                database_kind(self.dsn)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         return self
