@@ -214,7 +214,7 @@ def test_compile_sql_mysql_text() -> None:
     [
         ("mssql://sa:pw@127.0.0.1/db", "'mssql://127.0.0.1/db'"),
         ("oracle://u@h/db", "'oracle://h/db'"),
-        ("just-a-path.db", "just-a-path.db'"),
+        ("just-a-path.db", "'://just-a-path.db'"),
     ],
 )
 def test_unsupported_schemes_fail_validation_with_file_and_line(
