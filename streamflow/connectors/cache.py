@@ -128,7 +128,7 @@ class TwoLevelCache:
             if store is not None:
                 try:
                     await store.set(shared, orjson.dumps(result), self.cfg.ttl)
-                except RetriableError as exc:
+                except (RetriableError, TypeError, orjson.JSONEncodeError) as exc:
                     log.warning("%s: cache write failed: %s", self.ctx.step_id, exc)
         return result
 

@@ -10,6 +10,7 @@ is the App's memory (one process) or Redis (``store: redis``, every worker).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -54,7 +55,10 @@ class DedupeStep(AsyncStep):
             self.cfg, self.ctx.resources, {"config": scope["config"], "env": self.ctx.env},
             self.masker,
         )  # fmt: skip
-        name = f"dedupe:{self.ctx.integration}:{self.ctx.flow}:{self.cfg.id}:{value}"
+        text = str(value)
+        if len(text) > 200:  # a long key is stored as its hash
+            text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        name = f"dedupe:{self.ctx.integration}:{self.ctx.flow}:{self.cfg.id}:{text}"
         owner = await store.claim(name, env.execution_id.encode(), self.cfg.ttl)
         if owner is None or owner.decode() == env.execution_id:
             return Outcome(env.payload, {"duplicate": False, "key": str(value)}, note="first")

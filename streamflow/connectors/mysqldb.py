@@ -115,36 +115,50 @@ class MysqlDatabase:
         conn: Any = None
         try:
             async with asyncio.timeout(timeout):
-                try:
-                    async with asyncio.timeout(self.acquire_timeout or timeout):
-                        conn = await self.pool.acquire()
-                except TimeoutError:
-                    raise RetriableError(
-                        f"{self.where}: no free pool connection within "
-                        f"{self.acquire_timeout or timeout:g}s"
-                    ) from None
-                if self.keepalive:
-                    _keepalive(conn)
+                conn = await self._acquire(timeout)
                 await conn.begin()
                 out = [await self._one(conn, st) for st in statements]
                 await conn.commit()
                 return out
-        except (PoisonMessageError, RetriableError):
-            raise
-        except TimeoutError:
-            raise RetriableError(f"{self.where}: no answer within {timeout:g}s") from None
-        except Exception as exc:
+        except BaseException as exc:
+            if conn is not None:
+                await self._after_failure(conn, exc)
+            if isinstance(exc, PoisonMessageError | RetriableError) or not isinstance(
+                exc, Exception
+            ):
+                raise
+            if isinstance(exc, TimeoutError):
+                raise RetriableError(f"{self.where}: no answer within {timeout:g}s") from None
             raise classify_mysql(exc, self.where, self.masker) from None
         finally:
             if conn is not None:
-                self._release(conn)
+                self.pool.release(conn)  # a closed connection is not pooled again
 
-    def _release(self, conn: Any) -> None:
-        """Back to the pool; a connection left inside a transaction (a failure, a timeout
-        in the middle of a read) is closed instead (the server rolls it back)."""
-        if conn.get_transaction_status():
+    async def _acquire(self, timeout: float) -> Any:
+        wait = self.acquire_timeout or timeout
+        try:
+            async with asyncio.timeout(wait):
+                conn = await self.pool.acquire()
+        except TimeoutError:
+            raise RetriableError(
+                f"{self.where}: no free pool connection within {wait:g}s"
+            ) from None
+        if self.keepalive:
+            _keepalive(conn)
+        return conn
+
+    @staticmethod
+    async def _after_failure(conn: Any, exc: BaseException) -> None:
+        """Roll back (the connection goes back to the pool); after a timeout or a
+        cancellation, or if the rollback fails, close it (the server rolls back)."""
+        if isinstance(exc, TimeoutError | asyncio.CancelledError):
             conn.close()
-        self.pool.release(conn)
+            return
+        try:
+            async with asyncio.timeout(5):
+                await conn.rollback()
+        except Exception:
+            conn.close()
 
     @staticmethod
     async def _one(conn: Any, st: Statement) -> Result:

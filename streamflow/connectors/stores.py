@@ -11,8 +11,9 @@ steps:
 ```
 
 A redis connection whose URL is ``memory://`` uses the memory store instead (flow tests
-and local runs without a Redis). Redis failures raise ``RetriableError`` with the
-password masked; the callers decide whether to fail or degrade (a cache degrades).
+and local runs without a Redis). Needs Redis 5 or later (its Lua scripts read Redis's
+clock). Redis failures raise ``RetriableError`` with the password masked; the callers
+decide whether to fail or degrade (a cache degrades).
 """
 
 from __future__ import annotations
@@ -165,6 +166,16 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 """
 
 
+# KEYS[1]; ARGV value, ttl (ms): the key's value if it exists, else set it and return nil
+# (atomic on any Redis version, unlike SET NX GET which needs 7.0)
+_CLAIM = """
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+
 class RedisStore:
     """A redis-py asyncio client (its own pool) under ``prefix``."""
 
@@ -174,6 +185,7 @@ class RedisStore:
         self.where = where
         self.masker = masker
         self.script = client.register_script(_ACQUIRE)
+        self.claim_script = client.register_script(_CLAIM)
 
     async def _do(self, coro: Any) -> Any:
         from redis.exceptions import RedisError
@@ -198,9 +210,7 @@ class RedisStore:
 
     async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
         old = await self._do(
-            self.client.set(
-                self.prefix + key, value, px=max(1, int(ttl * 1000)), nx=True, get=True
-            )
+            self.claim_script(keys=[self.prefix + key], args=[value, max(1, int(ttl * 1000))])
         )
         return None if old is None else bytes(old)
 

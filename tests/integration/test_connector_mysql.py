@@ -143,6 +143,8 @@ async def test_failures_are_classified_and_the_pool_survives(
              "table": "t", "rows": "${payload}"},
         ]
     )  # fmt: skip
+    await runner.run("ins", {"id": 5, "n": 5})  # the pool's first connection
+    [(_, before)] = await sql(conn, "SHOW GLOBAL STATUS LIKE 'Connections'")
     for step, payload in [
         ("ins", {"id": 1, "n": 2}),  # duplicate key
         ("ins", {"id": 2, "n": "abc"}),  # not an integer (strict mode)
@@ -152,12 +154,14 @@ async def test_failures_are_classified_and_the_pool_survives(
     ]:
         with pytest.raises(PoisonMessageError):
             await runner.run(step, payload)
+    [(_, after)] = await sql(conn, "SHOW GLOBAL STATUS LIKE 'Connections'")
+    assert int(after) == int(before)  # rolled back and reused, not reconnected
     with pytest.raises(RetriableError, match="no answer within"):
         await runner.run("slow", {})
     # all or nothing: the second row fails, the first is rolled back
     with pytest.raises(PoisonMessageError):
         await runner.run("two", [{"id": 10, "n": 1}, {"id": 1, "n": 1}])
-    assert await sql(conn, "SELECT id FROM t ORDER BY id") == [(1,)]
+    assert await sql(conn, "SELECT id FROM t ORDER BY id") == [(1,), (5,)]
     out = await runner.run("ins", {"id": 4, "n": 4})  # the pool still works
     assert out.result == {"count": 1}
 
