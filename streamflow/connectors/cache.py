@@ -3,7 +3,9 @@
 ``cache: {ttl, key, store: memory|redis, connection}``: a lookup checks this step's memory
 first, then Redis (a hit there fills memory for the time Redis still keeps it); a miss
 calls, and a cacheable result is written through both. Concurrent misses for one key in
-one process make one call: the others wait for its result (or its error). A Redis that
+one process make one call: the others wait for its result (or its error). Across
+workers, the first to miss claims ``<key>:loading`` in Redis and calls; the others poll
+Redis for its result (up to the step's timeout, then call themselves). A Redis that
 fails makes the cache a miss (logged, masked): the call is made, the step does not fail.
 
 ``rate_limit: {requests, per, store, connection, key, max_wait}``: at most ``requests``
@@ -15,9 +17,11 @@ for a slot; only beyond ``max_wait`` does it fail (retriable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -60,9 +64,12 @@ def _scope_for_store(ctx: StepContext, scope: Mapping[str, Any]) -> dict[str, An
 class TwoLevelCache:
     """One step's cache: an LRU in memory in front of an optional shared store."""
 
-    def __init__(self, cfg: ResponseCache, ctx: StepContext, roots: frozenset[str]) -> None:
+    def __init__(
+        self, cfg: ResponseCache, ctx: StepContext, roots: frozenset[str], lock_ttl: float = 30.0
+    ) -> None:
         self.cfg = cfg
         self.ctx = ctx
+        self.lock_ttl = lock_ttl  # how long other workers wait for one loading a key
         self.memory: OrderedDict[str, tuple[float, Result]] = OrderedDict()
         self.flights: dict[str, asyncio.Future[Result]] = {}
         self.template = compile_value(cfg.key, roots=roots) if cfg.key is not None else None
@@ -112,24 +119,66 @@ class TwoLevelCache:
     ) -> Result:
         store = await self._store(scope)
         shared = self.prefix + hashlib.sha256(key.encode()).hexdigest()
-        if store is not None:
-            try:
-                found = await store.get(shared)
-            except RetriableError as exc:
-                log.warning("%s: cache read failed, calling: %s", self.ctx.step_id, exc)
-                found = None
+        if store is None:
+            return self._fresh(key, await load(), cacheable)
+        found = await self._read(store, shared)
+        if found is not None:
+            return self._hit(key, found)
+        lock = shared + ":loading"
+        try:  # one worker loads; the others wait for its result in Redis
+            owner = await store.claim(lock, uuid.uuid4().hex.encode(), self.lock_ttl)
+        except RetriableError:
+            owner = None
+        if owner is not None:
+            found = await self._wait_for(store, shared, lock)
             if found is not None:
-                result = orjson.loads(found[0])
-                self._remember(key, result, min(found[1], self.cfg.ttl))
-                return result  # type: ignore[no-any-return]
-        result = await load()
-        if cacheable(result):
-            self._remember(key, result, self.cfg.ttl)
-            if store is not None:
+                return self._hit(key, found)
+        try:
+            result = self._fresh(key, await load(), cacheable)
+            if cacheable(result):
                 try:
                     await store.set(shared, orjson.dumps(result), self.cfg.ttl)
                 except (RetriableError, TypeError, orjson.JSONEncodeError) as exc:
                     log.warning("%s: cache write failed: %s", self.ctx.step_id, exc)
+            return result
+        finally:
+            if owner is None:
+                with contextlib.suppress(RetriableError):
+                    await store.delete(lock)
+
+    async def _read(self, store: Store, shared: str) -> tuple[bytes, float] | None:
+        try:
+            return await store.get(shared)
+        except RetriableError as exc:
+            log.warning("%s: cache read failed, calling: %s", self.ctx.step_id, exc)
+            return None
+
+    async def _wait_for(self, store: Store, shared: str, lock: str) -> tuple[bytes, float] | None:
+        """Another worker is loading ``shared``: its value once written, or None when the
+        loader gave up (its lock is gone, or outlived ``lock_ttl``): then load here."""
+        deadline = time.monotonic() + self.lock_ttl
+        pause = 0.02
+        while time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+            found = await self._read(store, shared)
+            if found is not None:
+                return found
+            try:
+                if await store.get(lock) is None:
+                    return await self._read(store, shared)
+            except RetriableError:
+                return None
+        return None
+
+    def _hit(self, key: str, found: tuple[bytes, float]) -> Result:
+        result: Result = orjson.loads(found[0])
+        self._remember(key, result, min(found[1], self.cfg.ttl))
+        return result
+
+    def _fresh(self, key: str, result: Result, cacheable: Callable[[Result], bool]) -> Result:
+        if cacheable(result):
+            self._remember(key, result, self.cfg.ttl)
         return result
 
     async def _store(self, scope: Mapping[str, Any]) -> Store | None:

@@ -145,7 +145,11 @@ class HttpStep(AsyncStep):
         self.form = template(config.form)
         self.for_each = compile_value(config.for_each) if config.for_each is not None else None
         self.retry_on = frozenset(config.retry_on)
-        self.cache = TwoLevelCache(config.cache, ctx, roots) if config.cache else None
+        self.cache = (
+            TwoLevelCache(config.cache, ctx, roots, lock_ttl=config.timeout + 1.0)
+            if config.cache
+            else None
+        )
         self.limiter = (
             RateLimiter(config.rate_limit, ctx, config.connection, roots)
             if config.rate_limit

@@ -5,6 +5,7 @@ two-level response cache with single flight, the ``dedupe`` step, shared rate li
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,23 @@ async def test_concurrent_misses_for_one_key_make_one_call(
     assert all(o.result["status"] == 200 for o in outs)
     await asyncio.gather(*(runner.run("rate", {"cur": k}) for k in ("a", "b", "a", "b")))
     assert len(server.calls) == 3
+
+
+async def test_workers_missing_one_key_at_once_make_one_call(
+    redis_url: str, step_runner: Any, http_server: Any
+) -> None:
+    server = await counting_server(http_server, delay=0.5)
+    steps = [{"id": "rate", "type": "http", "url": f"{server.url}/rates",
+              "cache": {"ttl": "1m", "key": "${payload.cur}", "connection": "cache"}}]
+    workers = [
+        await step_runner(steps, config=REDIS_CONFIG, values={"redis_url": redis_url},
+                          connections=redis_conn(redis_url))
+        for _ in range(3)
+    ]  # fmt: skip
+    cur = f"X{os.urandom(3).hex()}"
+    outs = await asyncio.gather(*(w.run("rate", {"cur": cur}) for w in workers))
+    assert len(server.calls) == 1
+    assert len({json.dumps(o.result, sort_keys=True) for o in outs}) == 1
 
 
 async def test_a_failed_call_is_not_cached_and_fails_every_waiter(
