@@ -77,6 +77,14 @@ class MysqlConnection(ConnectionConfig):
     timeout: Duration | None = None
     secret_fields: ClassVar[frozenset[str]] = frozenset({"dsn"})
 
+    @field_validator("dsn")
+    @classmethod
+    def _mysql_scheme(cls, v: str) -> str:
+        scheme = v.split(":", 1)[0].lower()
+        if "${" not in v and scheme not in ("mysql", "mariadb"):
+            raise ValueError("a mysql connection's dsn starts with mysql:// or mariadb://")
+        return v
+
 
 @connection_config("redis")
 class RedisConnection(ConnectionConfig):

@@ -272,3 +272,24 @@ async def test_poll_trigger_reads_a_mariadb_table_with_a_cursor(
     assert ids(second) == [1, 2, 3]
     assert second[2].payload["total"] == pytest.approx(1.25)
     transport.close()
+
+
+def test_a_mysql_connection_needs_a_mysql_dsn(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        """apiVersion: streamflow/v1
+kind: Integration
+name: c
+connections:
+  db: {type: mysql, dsn: "mssql://u:p@h/db"}
+flows:
+  - name: f
+    trigger: {type: manual}
+    steps:
+      - {id: a, type: sql, connection: db, query: SELECT 1}
+"""
+    )
+    with pytest.raises(ValidationFailed) as info:
+        load_integration(path)
+    assert "c.yaml:5:" in str(info.value)
+    assert "starts with mysql:// or mariadb://" in str(info.value)
