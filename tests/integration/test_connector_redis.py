@@ -341,3 +341,31 @@ async def test_a_rate_limit_beyond_max_wait_fails_retriably(
         await runner.run("r", {})
     assert info.value.retry_after is not None and info.value.retry_after > 50
     assert len(server.calls) == 1
+
+
+async def test_graphql_pages_share_a_redis_rate_limit(
+    redis_url: str, step_runner: Any, http_server: Any
+) -> None:
+    arrivals: list[float] = []
+
+    async def handler(call: Any) -> web.Response:
+        arrivals.append(time.monotonic())
+        after = (call.json or {}).get("variables", {}).get("after")
+        page = 0 if after is None else int(after)
+        info = {"hasNextPage": page < 3, "endCursor": str(page + 1)}
+        return web.json_response({"data": {"items": {"nodes": [page], "pageInfo": info}}})
+
+    server = await http_server(handler)
+    runner = await step_runner(
+        [{"id": "g", "type": "graphql", "url": f"{server.url}/graphql",
+          "query": "query($after: String) { items(after: $after) { nodes } }",
+          "paginate": {"path": "data.items.nodes", "cursor": "data.items.pageInfo.endCursor",
+                       "has_next": "data.items.pageInfo.hasNextPage", "variable": "after"},
+          "rate_limit": {"requests": 1, "per": "400ms", "connection": "cache",
+                         "key": "gql-${payload.run}"}}],
+        config=REDIS_CONFIG, values={"redis_url": redis_url}, connections=redis_conn(redis_url),
+    )  # fmt: skip
+    out = await runner.run("g", {"run": os.urandom(3).hex()})
+    assert out.result["items"] == [0, 1, 2, 3] and len(arrivals) == 4
+    busiest = max(sum(1 for u in arrivals if t <= u < t + 0.2) for t in arrivals)
+    assert busiest == 1  # one page per window: each waited for its slot
