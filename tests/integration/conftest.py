@@ -404,7 +404,6 @@ async def http_server() -> AsyncIterator[Callable[[Handler], Awaitable[HttpServe
         await r.cleanup()
 
 
-
 # --------------------------------------------------------------------------- MariaDB, Redis
 from tests.integration.servers import (  # noqa: E402, F401  (fixtures, by name)
     mariadb_server,
