@@ -8,6 +8,12 @@ the HTTP front can scale apart from the workers. Routes::
     GET  /healthz   liveness          GET /readyz   broker reachable (503 if not)
     GET  /metrics   Prometheus
 
+A request with an ``Idempotency-Key`` already accepted (within the trigger's
+``idempotency.ttl``, in its store: memory, or Redis shared by every gateway) is answered
+``202 {"execution_id", "duplicate": true}`` and not produced again; while the first is
+still being produced a repeat gets ``409`` (retry). A key is recorded only once its
+envelope is confirmed, so a request answered 503 may be retried with the same key.
+
 A webhook is acknowledged only after the broker confirmed its envelope: accepted
 requests are queued to one ``Publisher`` that sends a batch and flushes it, and each
 request's answer waits for its batch (``202 {"execution_id"}``). Refused requests (401,
@@ -33,7 +39,10 @@ from typing import Any
 
 from aiohttp import web
 
-from streamflow.errors import StreamFlowError
+from streamflow.connectors.secrets import Masker
+from streamflow.connectors.stores import Store, open_store
+from streamflow.envelope import Envelope
+from streamflow.errors import RetriableError, StreamFlowError
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.filewatch import FileRunner
 from streamflow.runtime.http import HttpSite, add_probe_routes, serve_app
@@ -46,6 +55,7 @@ from streamflow.runtime.s3watch import S3Runner
 from streamflow.runtime.schedule import ScheduleRunner
 from streamflow.runtime.streams import StreamRunner
 from streamflow.runtime.webhook import Refusal, WebhookEndpoint
+from streamflow.steps.base import Resources
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan, compile_plan
 from streamflow.topology.triggers import WebhookTrigger
@@ -325,6 +335,8 @@ class Gateway:
         self.stop_triggers = asyncio.Event()
         self.trigger_task: asyncio.Task[None] | None = None
         self.instance_task: asyncio.Task[None] | None = None
+        self.resources = Resources()  # idempotency stores
+        self.masker = Masker()
         self._probe_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-gateway-ready")
         self._probe: Future[int] | None = None
 
@@ -397,6 +409,7 @@ class Gateway:
             await self.publisher.close()
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.close)
+        await self.resources.aclose()
         self._probe_io.shutdown(wait=False, cancel_futures=True)
 
     async def ready(self) -> bool:
@@ -464,17 +477,67 @@ class Gateway:
         env = endpoint.envelope(
             payload, method=request.method, headers=request.headers, query=request.query
         )
+        claim = await self._claim(endpoint, request, env.execution_id)
+        if claim is not None and claim[1] is not None:
+            return claim[1]
+        return await self._publish(endpoint, env, claim[0] if claim is not None else None)
+
+    def _idem_key(self, execution_id: str) -> str:
+        return f"idem:{self.integration.name}:{execution_id}"
+
+    async def _claim(
+        self, endpoint: WebhookEndpoint, request: web.Request, execution_id: str
+    ) -> tuple[Store, web.Response | None] | None:
+        """For an Idempotency-Key: (store, None) when this request owns the key, (store,
+        answer) when it was seen; None without a key (or with idempotency off)."""
+        idem = endpoint.trigger.idempotency
+        if idem is None or not request.headers.get("Idempotency-Key"):
+            return None
+        scope = {"config": endpoint.ingress.config, "env": self.env}
+        try:
+            store = await open_store(idem, self.resources, scope, self.masker)
+            pending = self.produce_timeout + 30  # a crashed gateway's claim expires soon
+            seen = await store.claim(self._idem_key(execution_id), b"pending", pending)
+        except RetriableError as exc:
+            log.warning("%s: idempotency store unavailable: %s", endpoint.path, exc)
+            raise Refusal(503, "the idempotency store is unavailable; retry") from None
+        if seen is None:
+            return store, None
+        if seen == b"pending":
+            refusal = Refusal(409, "a request with this Idempotency-Key is in progress; retry")
+            refusal.headers["Retry-After"] = "1"
+            raise refusal
+        body = {"execution_id": execution_id, "duplicate": True}
+        return store, web.json_response(body, status=202)
+
+    async def _publish(
+        self, endpoint: WebhookEndpoint, env: Envelope, claimed: Store | None
+    ) -> web.Response:
+        """Produce the envelope (a claimed Idempotency-Key becomes done once confirmed, or
+        is released if not) and answer."""
         messages = envelope_messages(endpoint.ingress, env)
         sync = endpoint.trigger.response == "sync" and self.watcher is not None
         waiter = self.watcher.expect(env.execution_id) if sync and self.watcher else None
         assert self.publisher is not None
         try:
             await asyncio.wait_for(self.publisher.publish(messages), self.produce_timeout + 5)
-        except Exception as exc:
+        except BaseException as exc:
             if self.watcher is not None:
                 self.watcher.forget(env.execution_id)
+            if claimed is not None:  # not accepted: a retry with the key must run
+                with contextlib.suppress(RetriableError):
+                    await claimed.delete(self._idem_key(env.execution_id))
+            if not isinstance(exc, Exception):
+                raise
             log.warning("%s: not accepted, the broker did not confirm: %s", endpoint.path, exc)
             raise Refusal(503, "the broker is unavailable; nothing was accepted, retry") from None
+        if claimed is not None:
+            idem = endpoint.trigger.idempotency
+            assert idem is not None
+            try:
+                await claimed.set(self._idem_key(env.execution_id), b"done", idem.ttl)
+            except RetriableError as exc:  # accepted all the same; the claim expires soon
+                log.warning("%s: could not record the Idempotency-Key: %s", endpoint.path, exc)
         TRIGGER_FIRINGS.labels(self.integration.name, endpoint.ingress.flow.name, "webhook").inc()
         accepted = {"execution_id": env.execution_id}
         if waiter is None:

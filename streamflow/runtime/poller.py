@@ -342,11 +342,12 @@ class PollRunner(LeaderTrigger):
 
     async def _fetch_sql(self) -> list[Any]:
         assert self.trigger.sql is not None
-        args = [self.cursor] if "cursor" in self.sql.names else []
+        q = self.sql
+        args = [self.cursor] if "cursor" in q.names else []
         try:
             db = await database(self.resources, self.dsn, 2, self.masker)
             [result] = await db.run(
-                [Statement(self.sql.postgres, self.sql.sqlite, args, fetch=True)],
+                [Statement(q.postgres, q.sqlite, args, True, q.mysql, q.mysql_refs)],
                 self.trigger.sql.timeout,
             )
         except Exception as exc:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streamflow.connectors.paginate import Paginate
+from streamflow.connectors.stores import Idempotency
 from streamflow.topology.models import Duration, Model, TriggerConfig
 from streamflow.topology.registry import trigger_config
 
@@ -115,6 +116,11 @@ class WebhookTrigger(TriggerConfig):
         "execution to end (up to `timeout`) and answer with its output",
     )
     timeout: Duration = Field(30.0, description="sync: how long to wait for the execution")
+    idempotency: Idempotency | None = Field(
+        default_factory=Idempotency,
+        description="Idempotency-Key: a repeated key within ttl (24h) runs once; {ttl, store: "
+        "memory|redis, connection}; null: every request runs",
+    )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"signature", "auth"})
 
     @field_validator("schema_", mode="after")
@@ -231,9 +237,12 @@ class PollHttp(Model):
 
 
 class PollSql(Model):
-    """A query on PostgreSQL (postgresql://…) or SQLite (sqlite:///path); one record per row."""
+    """A query on PostgreSQL (postgresql://…), MySQL/MariaDB (mysql://…) or SQLite
+    (sqlite:///path); one record per row."""
 
-    dsn: str | None = Field(None, description="or `connection:` (a postgres/sqlite connection)")
+    dsn: str | None = Field(
+        None, description="or `connection:` (a postgres/mysql/sqlite connection)"
+    )
     connection: str | None = None
     query: str = Field(description="may use :cursor (the current cursor value)")
     timeout: Duration = 30.0
@@ -245,8 +254,8 @@ class PollSql(Model):
             return data
         ctx = info.context if isinstance(info.context, dict) else {}
         conn = (ctx.get("connections") or {}).get(data["connection"])
-        if conn is None or conn.type not in ("postgres", "sqlite"):
-            raise ValueError(f"unknown postgres/sqlite connection '{data['connection']}'")
+        if conn is None or conn.type not in ("postgres", "mysql", "sqlite"):
+            raise ValueError(f"unknown postgres/mysql/sqlite connection '{data['connection']}'")
         dsn = getattr(conn, "dsn", None)
         if conn.type == "sqlite":
             path = Path(conn.path)
@@ -259,6 +268,14 @@ class PollSql(Model):
     def _dsn(self) -> PollSql:
         if not self.dsn:
             raise ValueError("sql needs `dsn` or `connection`")
+        if "${" not in self.dsn:
+            from streamflow.connectors.sqldb import database_kind
+            from streamflow.errors import ConfigError
+
+            try:
+                database_kind(self.dsn)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 
@@ -294,7 +311,9 @@ trigger:
         None, description="url, method, headers, params, items (path to the list), timeout"
     )
     sql: PollSql | None = Field(
-        None, description="dsn (postgresql://… or sqlite:///path) or connection, query, timeout"
+        None,
+        description="dsn (postgresql://…, mysql://… or sqlite:///path) or connection, query, "
+        "timeout",
     )
     mode: Literal["cursor", "hash"] | None = Field(
         None, description="cursor (default with `cursor:`) or hash (new/changed content)"

@@ -402,3 +402,12 @@ async def http_server() -> AsyncIterator[Callable[[Handler], Awaitable[HttpServe
     yield start
     for r in runners:
         await r.cleanup()
+
+
+# --------------------------------------------------------------------------- MariaDB, Redis
+from tests.integration.servers import (  # noqa: E402, F401  (fixtures, by name)
+    mariadb_server,
+    mysql_url,
+    redis_server,
+    redis_url,
+)
