@@ -64,6 +64,14 @@ def _add_dlq(sub: Any) -> None:
                 help="replay every dead letter not replayed by --all before",
             )
             d.add_argument("--edit", action="store_true", help="edit each payload in $EDITOR first")
+            d.add_argument(
+                "--allow-compensated",
+                action="store_true",
+                help="replay even letters of executions their saga compensated",
+            )
+            d.add_argument(
+                "--again", action="store_true", help="replay even letters replayed before"
+            )
 
 
 def _add_instance(sub: Any) -> None:
