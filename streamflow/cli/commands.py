@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamflow.cli.executions import cmd_executions  # noqa: F401  (main dispatches cmd_<verb>)
 from streamflow.cli.inputs import config_values, read_payloads
 from streamflow.cli.trace import TraceWriter
 from streamflow.envelope import decode

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from streamflow.cli import executions
 from streamflow.errors import ConfigError, FatalError, ValidationFailed
 from streamflow.runtime import tracing
 from streamflow.runtime.instances import PUBLIC_URL_ENV
@@ -212,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
 
     _add_deploy_produce(sub)
     _add_dlq(sub)
+    executions.add_parser(sub)
     _add_instance(sub)
     _add_test(sub)
     return ap
