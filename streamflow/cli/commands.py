@@ -23,6 +23,7 @@ from streamflow.envelope import decode
 from streamflow.errors import ConfigError, Issue, PoisonMessageError, ValidationFailed
 from streamflow.runtime import dlq, instances
 from streamflow.runtime.app import App, AppOptions, environment
+from streamflow.runtime.console import ConsoleConfig
 from streamflow.runtime.gateway import Gateway, manual_trigger
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.runner import pick_flow, run_events
@@ -210,7 +211,14 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
     app.deploy()
     app.build_agents()
     gateway = (
-        Gateway(integration, transport, config, env=environment(), flows=args.flow)
+        Gateway(
+            integration,
+            transport,
+            config,
+            env=environment(),
+            flows=args.flow,
+            console=ConsoleConfig.from_env(),
+        )
         if serve
         else None
     )
@@ -234,6 +242,8 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if gateway is not None and gateway.console is not None:
+            print(f"  console http://{args.host}:{port}/console/", file=sys.stderr, flush=True)
         try:
             await app.run(stop)
         finally:
@@ -263,6 +273,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             env=environment(),
             flows=args.flow,
             produce_timeout=args.produce_timeout,
+            console=ConsoleConfig.from_env(),
         )
 
         async def main() -> None:
@@ -277,6 +288,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            if gateway.console is not None:
+                print(f"  console {base}/console/", file=sys.stderr)
             for flow in gateway.webhooks:
                 print(f"  webhook {base}/webhooks/{integration.name}/{flow}", file=sys.stderr)
             try:

@@ -133,7 +133,8 @@ def refusal(d: DeadLetter, state: LetterState | None, *, allow_compensated: bool
         return (
             f"dead letter {d.id}: execution {d.execution_id} was {state.compensated} (its saga "
             "undid the steps before the failed one); replaying would run the failed step "
-            "again after that. Override with --allow-compensated if that is what you want"
+            "again after that. Override with --allow-compensated (the console asks to "
+            "confirm) if that is what you want"
         )
     if state.replayed and not again:
         return (
