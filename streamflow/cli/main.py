@@ -151,9 +151,26 @@ def _add_test(sub: Any) -> None:
     p.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
 
 
+def visible_runs(command: str) -> None:
+    """At the default level: `log` steps at their own level (run, serve, worker) and one
+    line per finished execution (serve, worker)."""
+    import logging
+
+    if command in ("run", "serve", "worker"):
+        logging.getLogger("streamflow.step").setLevel(logging.INFO)
+    if command in ("serve", "worker"):
+        logging.getLogger("streamflow.executions").setLevel(logging.INFO)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="streamflow", description="Kafka-native integration flows.")
-    ap.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    ap.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING (default), ERROR; by default run/serve/worker also show "
+        "`log` steps at their level and (serve/worker) one line per finished execution; "
+        "an explicit level applies to every line",
+    )
     ap.add_argument(
         "--log-format",
         default="text",
@@ -221,7 +238,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level or "WARNING", args.log_format)
+    if args.log_level is None:
+        visible_runs(args.command)
     tracing.configure()
     from streamflow.cli import commands
 
