@@ -50,7 +50,7 @@ function params() {
 
 function setPage(title, ...nodes) {
   const m = main();
-  m.replaceChildren(h("h1", {}, title), ...nodes);
+  m.replaceChildren(h("h1", {}, title), ...nodes.filter((n) => n !== null && n !== undefined));
   document.title = title + " · StreamFlow";
 }
 
@@ -135,7 +135,7 @@ function execRow(e) {
     h("td", {}, badge(e.status)),
     h("td", { class: "mono" }, h("a", { href: "#/execution/" + encodeURIComponent(e.id) }, e.id)),
     h("td", {}, e.flow), h("td", {}, e.instance || "–"), h("td", {}, e.trigger),
-    h("td", {}, fmtTime(e.started_ms)), h("td", {}, fmtDur(e.duration_ms)),
+    h("td", { class: "nowrap" }, fmtTime(e.started_ms)), h("td", { class: "nowrap" }, fmtDur(e.duration_ms)),
     h("td", {}, tail, e.replays ? h("span", { class: "muted" }, " (replayed " + e.replays + "×)") : null));
 }
 
@@ -189,7 +189,7 @@ async function execution(id) {
   const start = e.timeline.length ? e.timeline[0].ts : e.started_ms;
   const items = e.timeline.map((ev) => h("li", { class: "ev-" + ev.event },
     h("b", {}, ev.event === "step" || ev.event === "retry" || ev.event === "failed" || ev.event === "filtered" ? ev.step : ev.event),
-    " ", h("span", { class: "muted" }, ev.event !== "step" ? ev.event : ""),
+    " ", h("span", { class: "muted" }, ["step", "started", "completed", "compensated", "replayed"].includes(ev.event) ? "" : ev.event),
     h("span", { class: "when" }, "+" + (ev.ts - start) + " ms · attempt " + ev.attempt),
     ev.note ? h("div", { class: "muted" }, ev.note) : null,
     ev.error ? h("div", { class: "err" }, ev.error) : null,
@@ -217,7 +217,7 @@ async function execution(id) {
         h("dt", {}, "Replays"), h("dd", {}, String(e.replays)))),
       h("div", { class: "card" }, h("h3", {}, "Error"),
         e.error ? h("div", { class: "err mono" }, e.error) : h("p", { class: "muted" }, "None."),
-        e.dead_letter ? h("div", {}, h("h3", {}, "Dead letters (" + e.dead_letter + ")"), h("ul", { id: "letters" }, letters)) : null,
+        e.dead_letter ? h("div", { class: "letters" }, h("h3", {}, "Dead letters (" + e.dead_letter + ")"), h("ul", { id: "letters" }, letters)) : null,
         sessionRole === "operator" ? h("div", { class: "actions" }, rerun) : null)),
     h("div", { class: "card" }, h("h3", {}, "Timeline"), h("ol", { class: "timeline" }, items)));
   if (!["completed", "filtered", "failed", "compensated", "compensation_failed"].includes(e.status)) {
@@ -237,7 +237,7 @@ async function deadLetters() {
   const rows = data.dead_letters.map((d) => h("tr", { class: "row", "data-id": d.id,
     onclick: () => { location.hash = "#/dead-letter/" + encodeURIComponent(flow) + "/" + encodeURIComponent(d.id); } },
   h("td", { class: "mono" }, h("a", { href: "#/dead-letter/" + encodeURIComponent(flow) + "/" + encodeURIComponent(d.id) }, d.id)),
-  h("td", {}, d.time), h("td", {}, d.step), h("td", {}, d.error_type),
+  h("td", { class: "nowrap" }, d.time), h("td", {}, d.step), h("td", {}, d.error_type),
   h("td", {}, d.compensated ? badge(d.compensated) : "no"), h("td", {}, d.replayed ? d.replayed + "×" : "no"),
   h("td", { class: "mono" }, h("a", { href: "#/execution/" + encodeURIComponent(d.execution_id) }, d.execution_id)),
   h("td", { class: "err" }, d.error.slice(0, 160))));
