@@ -38,6 +38,7 @@ from streamflow.connectors.secrets import MASK
 from streamflow.envelope import decode
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.runtime import dlq, history
+from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.logs import register_secrets
 from streamflow.runtime.redact import redact
@@ -116,6 +117,7 @@ class Console:
             max_executions=config.max_executions,
         )
         self.follower = history.StoreFollower(self.store, transport, plan.executions_topic)
+        self.replaying = asyncio.Lock()  # one replay at a time: a double click replays once
 
     def start(self) -> None:
         self.follower.start()
@@ -123,6 +125,12 @@ class Console:
     def close(self) -> None:
         self.follower.close()
         self.store.close()
+
+    def _events_of(self) -> Callable[[str], list[ExecutionEvent]] | None:
+        """Events from the store once it read the topic to its end (before: None, and
+        ``letter_states`` reads the topic itself). An execution past retention has none
+        here: its letter's saga still shows in its envelope."""
+        return self.store.events if self.follower.caught_up.is_set() else None
 
     # -- routes and guards ------------------------------------------------------------
 
@@ -282,7 +290,7 @@ class Console:
         letters = dlq.read_dead_letters(self.transport, self.plan, flow)
         if execution_id is not None:
             letters = [d for d in letters if d.execution_id == execution_id]
-        states = dlq.letter_states(self.transport, self.plan, flow, letters)
+        states = dlq.letter_states(self.transport, self.plan, flow, letters, self._events_of())
         return [{**d.summary(), **states[d.id].columns(), "flow": flow} for d in letters]
 
     def _flow(self, request: web.Request) -> str:
@@ -296,14 +304,20 @@ class Console:
         letters.reverse()  # newest first
         return _json({"dead_letters": letters})
 
-    def _find(self, flow: str, letter_id: str) -> tuple[dlq.DeadLetter, dlq.LetterState]:
+    def _find(
+        self, flow: str, letter_id: str, *, from_topic: bool = False
+    ) -> tuple[dlq.DeadLetter, dlq.LetterState]:
+        """The letter and its state (``from_topic``: read from the executions topic, not
+        the store, which may lag a replay made a moment ago)."""
         letters = dlq.select(
             dlq.read_dead_letters(self.transport, self.plan, flow), ids=[letter_id]
         )
         letters = [d for d in letters if d.id == letter_id]
         if not letters:
             raise web.HTTPNotFound(text=f"no dead letter {letter_id} in flow {flow}")
-        return letters[0], dlq.letter_states(self.transport, self.plan, flow, letters)[letter_id]
+        events = None if from_topic else self._events_of()
+        states = dlq.letter_states(self.transport, self.plan, flow, letters, events)
+        return letters[0], states[letter_id]
 
     async def _dead_letter(self, request: web.Request) -> web.StreamResponse:
         flow = self._flow(request)
@@ -354,7 +368,7 @@ class Console:
         letter_id = request.match_info["id"]
 
         def run() -> list[str]:
-            d, state = self._find(flow, letter_id)
+            d, state = self._find(flow, letter_id, from_topic=True)
             edit = None
             if "payload" in body:
                 if _holds_mask(body["payload"]):
@@ -375,7 +389,8 @@ class Console:
                 again=bool(body.get("again")),
             )
 
-        ids = await asyncio.to_thread(run)
+        async with self.replaying:
+            ids = await asyncio.to_thread(run)
         return _json({"replayed": ids}, status=202)
 
     async def _rerun(self, request: web.Request) -> web.StreamResponse:

@@ -15,7 +15,7 @@ failed step after its predecessors were undone would, e.g., ship a refunded orde
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,10 +83,15 @@ class LetterState:
 
 
 def letter_states(
-    transport: Transport, plan: Plan, flow: str, letters: Sequence[DeadLetter]
+    transport: Transport,
+    plan: Plan,
+    flow: str,
+    letters: Sequence[DeadLetter],
+    events_of: Callable[[str], Sequence[ExecutionEvent]] | None = None,
 ) -> dict[str, LetterState]:
     """letter id -> its state, from the executions topic (its ``replayed`` events, the
-    saga's outcome) and the letter's own envelope (a saga to undo)."""
+    saga's outcome) and the letter's own envelope (a saga to undo). ``events_of``
+    (execution id -> its events, e.g. from the execution store) spares reading the topic."""
     topic = plan.flows[flow].dlq_topic
     by_execution: dict[str, list[DeadLetter]] = {}
     states: dict[str, LetterState] = {}
@@ -95,16 +100,7 @@ def letter_states(
         by_execution.setdefault(d.execution_id, []).append(d)
         if plan.flows[flow].compensate_topic is not None and _has_saga(d):
             states[d.id].compensated = "compensating"
-    if not letters or not transport.partitions(plan.executions_topic):
-        return states
-    for rec in transport.read_all(plan.executions_topic):
-        key = (rec.key or b"").decode("utf-8", "replace")
-        if key not in by_execution:
-            continue
-        try:
-            ev = ExecutionEvent.decode(rec.value)
-        except (ValueError, TypeError):
-            continue
+    for ev in _events(transport, plan, by_execution, events_of):
         for d in by_execution.get(ev.execution_id, ()):
             st = states[d.id]
             if ev.event == "replayed" and ev.note == f"from {topic} {d.id}":
@@ -115,6 +111,28 @@ def letter_states(
             elif ev.event == "failed" and ev.note == "compensating" and not st.compensated:
                 st.compensated = "compensating"
     return states
+
+
+def _events(
+    transport: Transport,
+    plan: Plan,
+    wanted: Mapping[str, Any],
+    events_of: Callable[[str], Sequence[ExecutionEvent]] | None,
+) -> Iterator[ExecutionEvent]:
+    """The events of the executions in ``wanted``, in order per execution."""
+    if events_of is not None:
+        for execution_id in wanted:
+            yield from events_of(execution_id)
+        return
+    if not wanted or not transport.partitions(plan.executions_topic):
+        return
+    for rec in transport.read_all(plan.executions_topic):
+        if (rec.key or b"").decode("utf-8", "replace") not in wanted:
+            continue
+        try:
+            yield ExecutionEvent.decode(rec.value)
+        except (ValueError, TypeError):
+            continue
 
 
 def _has_saga(d: DeadLetter) -> bool:

@@ -142,3 +142,82 @@ def test_console_api_cli_and_safe_replay(srv: Served) -> None:
     assert a_row["timeline"][0]["payload"]["password"] == "***"
     letter = srv.call(f"/api/v1/flows/orders/dead-letters/{saga['id']}")[1]
     assert letter["envelope"]["steps"]["reserve"]["body"]["auth"] == "Bearer ***"
+
+
+def test_gateway_alone_serves_the_console_and_follow_prints_new_ones(tmp_path: Path) -> None:
+    """`gateway` (no agents) serves the same API; `executions list --follow` prints an
+    execution that starts after it began; without the token there is no console."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.e2e.consolekit import REPO, TOPOLOGY, Target
+
+    topology = tmp_path / "integration.yaml"
+    topology.write_text(TOPOLOGY.format(name="console-alone"))
+    broker = f"local://{tmp_path / 'broker'}"
+    assert sf("deploy", topology, "--broker", broker).returncode == 0
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "streamflow.cli.main", "executions", "list", str(topology),
+         "--follow", "--json", "--broker", broker],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follow.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        with Target().running() as target:
+            srv = Served(topology, broker, target, tmp_path / "gateway.log")
+            env = {**os.environ, "STREAMFLOW_CONSOLE_TOKEN": VIEWER}
+            srv.proc = subprocess.Popen(
+                [sys.executable, "-m", "streamflow.cli.main", "gateway", str(topology),
+                 "--port", "0", "--broker", broker, *srv.config],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=srv.log.open("wb"), env=env,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 60
+                while not (m := re.search(r"console (http://\S+)/console/", srv.log.read_text())):
+                    assert srv.proc.poll() is None and time.monotonic() < deadline, (
+                        srv.log.read_text()
+                    )
+                    time.sleep(0.2)
+                srv.base = m.group(1)
+                [eid] = srv.produce([{"id": "Z-9", "qty": 1}])
+                row = srv.wait_status(eid, "running")  # no agents here: it only started
+                assert row["timeline"][0]["payload"]["id"] == "Z-9"
+                assert srv.call("/api/v1/whoami")[1]["role"] == "viewer"
+                status, _, _ = srv.call(f"/api/v1/executions/{eid}/rerun", token=OPERATOR, body={})
+                assert status == 401  # no operator token configured: it is no token at all
+                deadline = time.monotonic() + 30
+                while not any(eid in line for line in lines) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert [json.loads(x)["status"] for x in lines if eid in x][:1] == ["running"]
+            finally:
+                srv.stop()
+    finally:
+        follow.terminate()
+        follow.wait(10)
+        reader.join(10)
+    # without the token: no console routes at all
+    with Target().running() as target:
+        srv = Served(topology, broker, target, tmp_path / "serve.log")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamflow.cli.main", "gateway", str(topology), "--port", "0",
+             "--broker", broker, *srv.config],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=srv.log.open("wb"),
+            env={k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_CONSOLE")},
+        )  # fmt: skip
+        srv.proc = proc
+        try:
+            deadline = time.monotonic() + 60
+            while not (m := re.search(r"gateway of \S+ on (http://\S+) ", srv.log.read_text())):
+                assert proc.poll() is None and time.monotonic() < deadline, srv.log.read_text()
+                time.sleep(0.2)
+            srv.base = m.group(1)
+            assert "/console/" not in srv.log.read_text()
+            assert srv.call("/api/v1/whoami")[0] == 404
+            assert srv.call("/console/")[0] == 404
+        finally:
+            srv.stop()
