@@ -206,6 +206,7 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
             worker_id=worker_id,
             env=environment(),
             instances=True,
+            trace_payloads=args.trace_payloads,
         ),
     )
     app.deploy()

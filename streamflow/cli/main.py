@@ -36,6 +36,15 @@ def _add_broker(p: argparse.ArgumentParser, default: str | None = DEFAULT_BROKER
     )
 
 
+def _add_trace_payloads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trace-payloads",
+        action="store_true",
+        help="write each step's payload into its execution event (the console's timeline "
+        "shows them; the executions topic grows by a payload per event)",
+    )
+
+
 def _add_dlq(sub: Any) -> None:
     p = sub.add_parser("dlq", help="list, show and replay dead letters")
     dsub = p.add_subparsers(dest="dlq_command", required=True)
@@ -209,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--flow", action="append", default=[])
+    _add_trace_payloads(p)
     _add_broker(p)
     _add_config(p)
 
@@ -219,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", action="append", default=[])
     p.add_argument("--step", action="append", default=[])
     p.add_argument("--worker-id", default=None, help="stable id per worker slot (exactly-once)")
+    _add_trace_payloads(p)
     p.add_argument(
         "--metrics-port",
         type=int,

@@ -169,7 +169,7 @@ class Served:
                "STREAMFLOW_OPERATOR_TOKEN": OPERATOR}  # fmt: skip
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamflow.cli.main", "serve", str(self.topology),
-             "--port", "0", "--broker", self.broker, *self.config],
+             "--port", "0", "--broker", self.broker, "--trace-payloads", *self.config],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env=env,
         )  # fmt: skip
         deadline = time.monotonic() + 90

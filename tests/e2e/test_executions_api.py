@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.consolekit import OPERATOR, SECRETS, VIEWER, Served, served, sf
+from tests.e2e.consolekit import OPERATOR, ORDERS, SECRETS, VIEWER, Served, served, sf
 
 
 @pytest.fixture
@@ -140,6 +140,9 @@ def test_console_api_cli_and_safe_replay(srv: Served) -> None:
     # what was masked was there to mask: A-1's input password and the echoed token
     a_row = srv.call(f"/api/v1/executions/{a}")[1]
     assert a_row["timeline"][0]["payload"]["password"] == "***"
+    # --trace-payloads: every step's payload is in the timeline (masked the same way)
+    stamped = [e for e in a_row["timeline"] if e["step"] == "stamp" and e["event"] == "step"]
+    assert stamped[0]["payload"] == {**ORDERS[0], "password": "***", "source": "shop"}
     letter = srv.call(f"/api/v1/flows/orders/dead-letters/{saga['id']}")[1]
     assert letter["envelope"]["steps"]["reserve"]["body"]["auth"] == "Bearer ***"
 
