@@ -100,6 +100,8 @@ def test_console_in_a_real_browser(srv: Served, tmp_path: Path) -> None:
             page.click(f"#executions tr[data-id='{c}'] a")
             page.wait_for_selector(".timeline li")
             assert "quantity out of range" in page.inner_text("main")
+            page.click(".timeline li:nth-child(2) summary")  # the payload after `stamp`
+            assert '"source": "shop"' in page.inner_text(".timeline li:nth-child(2) pre")
             shot("3-execution")
             page.click("#letters a")
             page.wait_for_selector("#payload")
