@@ -122,6 +122,15 @@ def test_console_api_cli_and_safe_replay(srv: Served) -> None:
     assert re.search(rf"execution {b} orders compensated in \d+ms", log), log
     assert "order A-1 received" in log
 
+    # -- instances: listed with their secret config values masked
+    key = sf("instance", "key").stdout.strip()
+    deployed = sf("instance", "deploy", srv.topology, "--instance", "acme", "--broker",
+                  srv.broker, *srv.config, env={"STREAMFLOW_SECRET_KEY": key})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr
+    [acme] = srv.call("/api/v1/integration")[1]["instances"]
+    assert acme["instance"] == "acme" and acme["config"]["api_token"] == "***"
+    assert acme["config"]["target"].startswith("http://127.0.0.1:")
+
     # -- no secret anywhere: every API answer, the pages, the CLI's output
     texts = [log]
     for path in (
