@@ -24,6 +24,7 @@ import orjson
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.runtime.events import ExecutionEvent, event_for
+from streamflow.runtime.history import checked
 from streamflow.topology.models import Flow
 from streamflow.topology.plan import Plan
 from streamflow.transport.base import Record, Transport
@@ -130,7 +131,7 @@ def _events(
         if (rec.key or b"").decode("utf-8", "replace") not in wanted:
             continue
         try:
-            yield ExecutionEvent.decode(rec.value)
+            yield checked(ExecutionEvent.decode(rec.value))
         except (ValueError, TypeError):
             continue
 

@@ -113,6 +113,18 @@ def fold(
     return row
 
 
+_TEXT = ("execution_id", "flow", "event", "step", "instance", "note", "error")
+
+
+def checked(ev: ExecutionEvent) -> ExecutionEvent:
+    """``ev`` if its fields have their types (a hostile record is refused, not folded)."""
+    if not ev.execution_id or not all(isinstance(getattr(ev, f), str) for f in _TEXT):
+        raise ValueError("an execution event needs text fields and an execution id")
+    if not all(type(getattr(ev, f)) is int for f in ("ts", "attempt")):
+        raise ValueError("an execution event needs integer ts and attempt")
+    return ev
+
+
 def _event_blob(ev: ExecutionEvent) -> bytes:
     data = ev.encode()
     if len(data) > MAX_PAYLOAD and ev.payload is not None:
@@ -147,7 +159,11 @@ class ExecutionStore:
 
             path = Path(tempfile.mkdtemp(prefix="sf-history-")) / "executions.sqlite"
         self.path = Path(path)
-        self.path.unlink(missing_ok=True)
+        for stale in (
+            self.path,
+            *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm")),
+        ):
+            stale.unlink(missing_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; " + _SCHEMA)
         self.lock = threading.Lock()
@@ -166,40 +182,48 @@ class ExecutionStore:
                 events.append(r)
                 continue
             try:
-                events.append(ExecutionEvent.decode(r.value))
+                events.append(checked(ExecutionEvent.decode(r.value)))
             except (ValueError, TypeError) as exc:
                 log.warning("executions: record %s[%d]@%d passed over: %s",
                             r.topic, r.partition, r.offset, exc)  # fmt: skip
         if not events:
             return 0
         with self.lock:
-            rows: dict[str, ExecutionRow | None] = {}
             self.db.execute("BEGIN")
-            for ev in events:
-                if ev.execution_id not in rows:
-                    rows[ev.execution_id] = self._row(ev.execution_id)
-                row = fold(rows[ev.execution_id], ev, self.dlq_topics)
-                if not row.trigger:
-                    row.trigger = self.triggers.get(row.flow, "")
-                rows[ev.execution_id] = row
-                self.db.execute(
-                    "INSERT OR REPLACE INTO events VALUES (?, ?, ?)",
-                    (ev.execution_id, row.events, _event_blob(ev)),
-                )
-            for kept in rows.values():
-                assert kept is not None
-                self.seq += 1
-                kept.seq = self.seq
-                self.db.execute(
-                    f"INSERT OR REPLACE INTO executions VALUES ({','.join('?' * len(_COLUMNS))})",
-                    tuple(getattr(kept, c) for c in _COLUMNS),
-                )
+            try:
+                self._fold_in(events)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
             self.db.execute("COMMIT")
             self.applied += len(events)
-            self._since_prune += len(rows)
             if self._since_prune >= 1000:
                 self._prune()
         return len(events)
+
+    def _fold_in(self, events: Sequence[ExecutionEvent]) -> None:
+        """Fold ``events`` into their rows and keep them (inside the caller's transaction)."""
+        rows: dict[str, ExecutionRow | None] = {}
+        for ev in events:
+            if ev.execution_id not in rows:
+                rows[ev.execution_id] = self._row(ev.execution_id)
+            row = fold(rows[ev.execution_id], ev, self.dlq_topics)
+            if not row.trigger:
+                row.trigger = self.triggers.get(row.flow, "")
+            rows[ev.execution_id] = row
+            self.db.execute(
+                "INSERT OR REPLACE INTO events VALUES (?, ?, ?)",
+                (ev.execution_id, row.events, _event_blob(ev)),
+            )
+        for kept in rows.values():
+            assert kept is not None
+            self.seq += 1
+            kept.seq = self.seq
+            self.db.execute(
+                f"INSERT OR REPLACE INTO executions VALUES ({','.join('?' * len(_COLUMNS))})",
+                tuple(getattr(kept, c) for c in _COLUMNS),
+            )
+        self._since_prune += len(rows)
 
     def _prune(self) -> None:
         """Keep the newest ``max_executions`` rows, none older than ``max_age``."""

@@ -90,6 +90,10 @@ def test_unreadable_records_are_passed_over(tmp_path: Path) -> None:
     p = t.producer()
     p.send("sf.shop.executions", b"\xff not json", b"k")
     p.send("sf.shop.executions", b'{"unexpected": 1}', b"k")
+    p.send("sf.shop.executions", b"[1, 2]", b"k")
+    hostile = b'{"execution_id": "h", "flow": "orders", "event": "started", "ts": "abc"}'
+    p.send("sf.shop.executions", hostile, b"h")
+    p.send("sf.shop.executions", b'{"execution_id": 7, "flow": "o", "event": "x"}', b"h")
     p.send("sf.shop.executions", ev("a", "started", ts=1).encode(), b"a")
     p.flush()
     s = store(tmp_path)
