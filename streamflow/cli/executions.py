@@ -89,7 +89,10 @@ def cmd_executions(args: argparse.Namespace) -> int:
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     since = None
     if args.since:
-        since = int((time.time() - parse_duration(args.since)) * 1000)
+        try:
+            since = int((time.time() - parse_duration(args.since)) * 1000)
+        except ValueError as exc:
+            raise ConfigError(f"--since: {exc}") from None
     return {"flow": args.flow, "status": args.status, "instance": args.instance, "since_ms": since}
 
 

@@ -113,6 +113,8 @@ def test_console_api_cli_and_safe_replay(srv: Served) -> None:
     assert f"execution {b} (orders)" in shown_b.stdout
     assert re.search(r"✓ reserve\s+\+\s*\d+ms", shown_b.stdout)
     assert "↺ compensated" in shown_b.stdout and "dead letter in" in shown_b.stdout
+    bad = sf("executions", "list", srv.topology, "--since", "soon", "--broker", srv.broker)
+    assert bad.returncode == 2 and "--since" in bad.stderr
     missing = sf("executions", "show", srv.topology, "nope", "--broker", srv.broker)
     assert missing.returncode == 2 and "no execution nope" in missing.stderr
 
