@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -20,6 +21,7 @@ _MARK = {
     "filtered": "⊘",
     "failed": "✗",
     "completed": "■",
+    "replayed": "⟲",
 }
 
 
@@ -48,17 +50,7 @@ class TraceWriter:
 
     def _block(self, ex: Execution) -> None:
         """One execution, step by step, printed when it has ended."""
-        start = ex.events[0].ts if ex.events else 0
-        lines = [f"execution {ex.execution_id} ({ex.flow})"]
-        for ev in ex.events:
-            what = ev.step if ev.event in ("step", "retry", "failed", "filtered") else ev.event
-            line = f"  {_MARK.get(ev.event, '·')} {what:<24} +{ev.ts - start:>5}ms"
-            if ev.error or ev.note:
-                line += f"  {ev.error or ev.note}"
-            lines.append(line)
-        if ex.events and ex.events[-1].payload is not None:
-            lines.append(f"    output: {_short(ex.events[-1].payload)}")
-        self.out.write("\n".join(lines) + "\n\n")
+        self.out.write(execution_block(ex.execution_id, ex.flow, ex.events) + "\n\n")
 
     def summary(self, result: RunResult) -> None:
         counts = result.by_status()
@@ -73,6 +65,21 @@ class TraceWriter:
             for ex in result.executions:
                 if ex.status in ("failed", "compensated", "compensation_failed"):
                     print(f"  ✗ {ex.execution_id} {ex.status}: {ex.error}", file=self.out)
+
+
+def execution_block(execution_id: str, flow: str, events: Sequence[ExecutionEvent]) -> str:
+    """An execution's events as lines: mark, step or event, ms since its first event."""
+    start = events[0].ts if events else 0
+    lines = [f"execution {execution_id} ({flow})"]
+    for ev in events:
+        what = ev.step if ev.event in ("step", "retry", "failed", "filtered") else ev.event
+        line = f"  {_MARK.get(ev.event, '·')} {what:<24} +{ev.ts - start:>5}ms"
+        if ev.error or ev.note:
+            line += f"  {ev.error or ev.note}"
+        lines.append(line)
+    if events and events[-1].payload is not None:
+        lines.append(f"    output: {_short(events[-1].payload)}")
+    return "\n".join(lines)
 
 
 def _event_dict(ev: ExecutionEvent) -> dict[str, Any]:

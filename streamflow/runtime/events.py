@@ -6,6 +6,7 @@ finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ import orjson
 
 from streamflow.envelope import Envelope, now_ms
 
+RUNS = logging.getLogger("streamflow.executions")
+"""One INFO line per finished execution (``serve``/``worker`` show INFO of it by default)."""
 TERMINAL = frozenset({"completed", "filtered", "failed", "compensated", "compensation_failed"})
 
 
@@ -56,4 +59,24 @@ def event_for(
         note,
         error,
         payload,
+    )
+
+
+def announce(env: Envelope, kind: str, *, note: str = "") -> None:
+    """Log one INFO line when ``kind`` ends the execution of ``env`` well (completed,
+    filtered, compensated); a failure has its own WARNING line (the dead letter)."""
+    if kind not in ("completed", "filtered", "compensated") or not RUNS.isEnabledFor(logging.INFO):
+        return
+    took = max(0, now_ms() - env.created_ms)
+    text = f"execution {env.execution_id} {env.flow} {kind} in {took}ms"
+    if kind == "filtered":
+        text += f" at {env.step}"
+    if env.instance:
+        text += f" (instance {env.instance})"
+    if note:
+        text += f": {note[:200]}"
+    RUNS.info(
+        "%s",
+        text,
+        extra={"flow": env.flow, "execution_id": env.execution_id, "instance": env.instance},
     )

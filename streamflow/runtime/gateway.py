@@ -7,6 +7,8 @@ the HTTP front can scale apart from the workers. Routes::
     POST /webhooks/<instance>/<integration>/<flow>   the same, for one instance
     GET  /healthz   liveness          GET /readyz   broker reachable (503 if not)
     GET  /metrics   Prometheus
+    /console/, /api/v1/...   the console and its API, when STREAMFLOW_CONSOLE_TOKEN is set
+                             (see ``console.py``)
 
 A request with an ``Idempotency-Key`` already accepted (within the trigger's
 ``idempotency.ttl``, in its store: memory, or Redis shared by every gateway) is answered
@@ -39,10 +41,12 @@ from typing import Any
 
 from aiohttp import web
 
-from streamflow.connectors.secrets import Masker
+from streamflow.connectors.secrets import MASK, Masker
 from streamflow.connectors.stores import Store, open_store
 from streamflow.envelope import Envelope
 from streamflow.errors import RetriableError, StreamFlowError
+from streamflow.runtime import instances as instance_store
+from streamflow.runtime.console import Console, ConsoleConfig
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.filewatch import FileRunner
 from streamflow.runtime.http import HttpSite, add_probe_routes, serve_app
@@ -299,6 +303,7 @@ class Gateway:
         instances: InstanceConfig | None = None,
         produce_timeout: float = 10.0,
         triggers: bool = True,
+        console: ConsoleConfig | None = None,
     ) -> None:
         self.integration = integration
         self.transport = transport
@@ -339,6 +344,19 @@ class Gateway:
         self.masker = Masker()
         self._probe_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-gateway-ready")
         self._probe: Future[int] | None = None
+        self.console = (
+            Console(
+                integration,
+                self.plan,
+                transport,
+                console,
+                flow_config=self.config,
+                instances=lambda: self.instances,
+                instance_rows=self._instance_rows,
+            )
+            if console is not None
+            else None
+        )
 
     def _webhook_triggers(self) -> list[WebhookTrigger]:
         return [
@@ -357,7 +375,24 @@ class Gateway:
         add_probe_routes(app, self.ready)
         app.router.add_route("*", "/webhooks/{integration}/{flow}", self._webhook)
         app.router.add_route("*", "/webhooks/{instance}/{integration}/{flow}", self._webhook)
+        if self.console is not None:
+            self.console.add_routes(app)
         return app
+
+    def _instance_rows(self) -> list[dict[str, Any]]:
+        """The deployed instances of this integration, every secret config value masked."""
+        secret = {n for n, v in self.integration.config.items() if v.secret}
+        rows = []
+        table = instance_store.live(instance_store.read_instances(self.transport))
+        for r in sorted(table.values(), key=lambda r: r.instance):
+            if r.integration != self.integration.name:
+                continue
+            config = {k: MASK if k in secret else v for k, v in r.masked().items()}
+            rows.append(
+                {"instance": r.instance, "version": r.version, "deployed_ms": r.deployed_ms,
+                 "config": config}
+            )  # fmt: skip
+        return rows
 
     async def start(self, host: str, port: int) -> int:
         """Serve on host:port (0: any free port); return the port."""
@@ -374,6 +409,8 @@ class Gateway:
             self.table = await asyncio.to_thread(InstanceTable, self.transport, self.integration)
             self.instances = self._instance_config
             self.instance_task = asyncio.create_task(self._follow_instances())
+        if self.console is not None:
+            await asyncio.to_thread(self.console.start)
         if self.host is not None and self.host.factories:
             self.trigger_task = asyncio.create_task(self.host.run(self.stop_triggers))
         self.site = await serve_app(self.app(), host, port)
@@ -410,6 +447,8 @@ class Gateway:
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.close)
         await self.resources.aclose()
+        if self.console is not None:
+            await asyncio.to_thread(self.console.close)
         self._probe_io.shutdown(wait=False, cancel_futures=True)
 
     async def ready(self) -> bool:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import CircuitOpenError, FatalError, PoisonMessageError, RetriableError
 from streamflow.runtime import tracing
-from streamflow.runtime.events import event_for
+from streamflow.runtime.events import announce, event_for
 from streamflow.runtime.metrics import BREAKER_STATE, StepMetrics
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
 from streamflow.steps.base import NEXT, AnyStep, AsyncStep, Outcome, Step
@@ -339,6 +339,7 @@ class ChainProcessor:
         payload = env.payload if self.opts.trace_payloads or self.output_on_completed else None
         ev = event_for(env, "completed", payload=payload)
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
+        announce(env, "completed")
 
     def _event(
         self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = ""
@@ -346,6 +347,7 @@ class ChainProcessor:
         payload = env.payload if self.opts.trace_payloads else None
         ev = event_for(env, kind, note=note, error=error, payload=payload)
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
+        announce(env, kind, note=note)
 
     def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
         error = describe(exc)
