@@ -31,6 +31,8 @@ BUILTIN_MODULES = (
     "streamflow.connectors.email",
     "streamflow.connectors.files",
     "streamflow.connectors.code",
+    "streamflow.connectors.rabbitmq",
+    "streamflow.connectors.mongodb",
 )
 
 S = TypeVar("S", bound=type[StepConfig])
