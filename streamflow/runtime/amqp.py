@@ -97,6 +97,7 @@ class RabbitMQRunner:
         self.firings = TRIGGER_FIRINGS.labels(ingress.integration.name, self.flow, "rabbitmq")
         self.producer: Producer | None = None
         self.io: Any = None
+        self.emitted = 0  # events this runner delivered to the flow
 
     # -- messages ----------------------------------------------------------------------
 
@@ -167,6 +168,7 @@ class RabbitMQRunner:
         for msg, (_, is_event), error in zip(batch, planned, errors, strict=True):
             if error is None:
                 self.firings.inc(int(is_event))
+                self.emitted += int(is_event)
                 await self._settle(msg, ack=True)
             elif is_event:
                 retry.append((msg, self._dead_letter(msg, error)))
