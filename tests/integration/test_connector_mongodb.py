@@ -204,7 +204,7 @@ async def test_errors_are_classified(step_runner: Any, mongo: Any, mongodb_url: 
           document: ${payload}
         """,
     )
-    with pytest.raises(PoisonMessageError, match="(?i)duplicate"):
+    with pytest.raises(PoisonMessageError, match=r"(?i)duplicate"):
         await runner.run("dup", {"email": "a@x.io"})
     with pytest.raises(PoisonMessageError):  # FerretDB v1 does not implement $lookup
         await runner.run("lookup", {})
