@@ -298,7 +298,7 @@ class MongoConfig(ConnectedStep):
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
     example: ClassVar[str] = """- id: save
   type: mongodb
-  connection: mongo
+  url: ${config.mongo_url}          # or connection: <a mongodb connection>
   collection: orders
   operation: update_one
   filter: {_id: "${payload.id}"}
@@ -344,6 +344,7 @@ class MongoStep(AsyncStep):
         self.ctx = ctx
         self.url = compile_value(config.url)
         self.collection = compile_value(config.collection)
+        self.database = compile_value(config.database)
         self.filter = SafeDoc(config.filter)
         self.update = SafeDoc(config.update)
         self.pipeline = SafeDoc(config.pipeline)
@@ -365,10 +366,13 @@ class MongoStep(AsyncStep):
             raise ConfigError(f"step {self.cfg.id}: the url is empty")
         self.masker.add(url)
         name = str(self.collection.render(scope) or "")
+        database = self.database.render(scope)
         where = f"{safe_dsn(url)} collection {name!r}"
         call = self.call(scope, f"step {self.cfg.id}")
-        db = await mongo_database(self.ctx.resources, url, self.cfg.database, self.options)
         try:
+            db = await mongo_database(
+                self.ctx.resources, url, None if database is None else str(database), self.options
+            )
             async with asyncio.timeout(self.cfg.timeout):
                 result = await call(db[name])
         except TimeoutError:
@@ -506,8 +510,8 @@ async def poll_documents(
             bound = {cursor_field: {"$gte": cursor_value(cursor, source["cursor_type"])}}
             query = {"$and": [query, bound]} if query else bound
     options = client_options(connect_timeout=min(10.0, source["timeout"]))
-    db = await mongo_database(resources, url, source["database"], options)
     try:
+        db = await mongo_database(resources, url, source["database"], options)
         async with asyncio.timeout(source["timeout"]):
             found = db[source["collection"]].find(query, source["projection"], sort=sort)
             docs = await found.limit(source["limit"]).to_list(None)

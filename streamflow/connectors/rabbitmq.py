@@ -272,7 +272,7 @@ class RabbitMQPublishConfig(ConnectedStep):
     type: Literal["rabbitmq_publish"]
     connection: str | None = Field(None, description="a `connections:` entry of type rabbitmq")
     url: str | None = Field(None, description="amqp://user:password@host:5672/vhost")
-    exchange: str = Field("", description="exchange name ('' is the default exchange)")
+    exchange: str = Field("", description="exchange name, a template ('': the default exchange)")
     routing_key: str = Field(description="a template; the queue's name on the default exchange")
     body: Any = Field("${payload}", description="a template: the message body")
     format: Literal["json", "text"] = Field(
@@ -297,7 +297,7 @@ class RabbitMQPublishConfig(ConnectedStep):
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
     example: ClassVar[str] = """- id: notify
   type: rabbitmq_publish
-  connection: mq
+  url: ${config.amqp_url}           # or connection: <a rabbitmq connection>
   exchange: shop
   routing_key: order.${payload.status}
   body: {order: "${payload.id}", total: "${payload.total}"}
@@ -319,6 +319,7 @@ class RabbitMQPublishStep(AsyncStep):
         self.ctx = ctx
         self.url = compile_value(config.url)
         self.routing_key = compile_value(config.routing_key)
+        self.exchange = compile_value(config.exchange)
         self.body = compile_value(config.body)
         self.headers = compile_value(config.headers)
         self.message_id = compile_value(config.message_id)
@@ -372,8 +373,9 @@ class RabbitMQPublishStep(AsyncStep):
         headers = self.headers.render(scope) or {}
         self.masker.add(*(v for v in headers.values() if isinstance(v, str)))
         routing_key = str(self.routing_key.render(scope) or "")
+        exchange_name = str(self.exchange.render(scope) or "")
         message = self.message(env, scope)
-        where = f"{safe_dsn(url)} exchange {self.cfg.exchange or '(default)'!r}"
+        where = f"{safe_dsn(url)} exchange {exchange_name or '(default)'!r}"
         client = await amqp_client(
             self.ctx.resources,
             url,
@@ -386,8 +388,8 @@ class RabbitMQPublishStep(AsyncStep):
             async with asyncio.timeout(self.cfg.timeout), client.channel() as channel:
                 exchange = (
                     channel.default_exchange
-                    if not self.cfg.exchange
-                    else await channel.get_exchange(self.cfg.exchange, ensure=False)
+                    if not exchange_name
+                    else await channel.get_exchange(exchange_name, ensure=False)
                 )
                 await exchange.publish(
                     message, routing_key, mandatory=self.cfg.mandatory, timeout=self.cfg.timeout
@@ -401,12 +403,12 @@ class RabbitMQPublishStep(AsyncStep):
         except Exception as exc:
             raise classify(exc, where, self.masker) from None
         result = {
-            "exchange": self.cfg.exchange,
+            "exchange": exchange_name,
             "routing_key": routing_key,
             "message_id": message.message_id,
             "confirmed": True,
         }
-        return Outcome(env.payload, result, note=f"-> {self.cfg.exchange or '(default)'}")
+        return Outcome(env.payload, result, note=f"-> {exchange_name or '(default)'}")
 
 
 @step_factory("rabbitmq_publish")

@@ -91,8 +91,13 @@ class RabbitMQRunner:
         self.dlq = fplan.dlq_topic
         scope = {"config": ingress.config, "env": dict(env or {})}
         self.url = str(compile_value(trigger.url).render(scope) or "")
+        self.queue = str(compile_value(trigger.queue).render(scope) or "")
+        self.bindings = [
+            (str(b["exchange"]), str(b["routing_key"]))
+            for b in compile_value([b.model_dump() for b in trigger.bindings]).render(scope)
+        ]
         self.masker = Masker([self.url])
-        self.where = f"{safe_dsn(self.url)} queue {trigger.queue!r}"
+        self.where = f"{safe_dsn(self.url)} queue {self.queue!r}"
         self.make_producer = producer
         self.firings = TRIGGER_FIRINGS.labels(ingress.integration.name, self.flow, "rabbitmq")
         self.producer: Producer | None = None
@@ -110,7 +115,7 @@ class RabbitMQRunner:
         headers = {str(k): amqp_value(v) for k, v in (msg.headers or {}).items()}
         trigger = {
             "type": "rabbitmq",
-            "queue": self.trigger.queue,
+            "queue": self.queue,
             "exchange": msg.exchange or "",
             "routing_key": msg.routing_key or "",
             "message_id": msg.message_id,
@@ -122,7 +127,7 @@ class RabbitMQRunner:
         }
         execution_id = new_execution_id()
         if msg.message_id:
-            ident = f"{self.trigger.queue}\x00{msg.message_id}".encode()
+            ident = f"{self.queue}\x00{msg.message_id}".encode()
             execution_id = f"{self.flow}-{hashlib.sha256(ident).hexdigest()[:24]}"
         env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
         return envelope_messages(self.ingress, env), True
@@ -130,7 +135,7 @@ class RabbitMQRunner:
     def _dead_letter(self, msg: AbstractIncomingMessage, exc: BaseException) -> Outgoing:
         error = self.masker.mask(str(exc))
         log.warning("%s: dead-lettered message %s: %s", self.where, msg.message_id or "", error)
-        origin = Record(f"amqp:{self.trigger.queue}", 0, msg.delivery_tag or 0, None, msg.body)
+        origin = Record(f"amqp:{self.queue}", 0, msg.delivery_tag or 0, None, msg.body)
         return Outgoing(self.dlq, msg.body, None, dlq_headers(origin, exc, error, "trigger", 0, ""))
 
     def _deliver(self, batch: list[list[Outgoing]]) -> list[Exception | None]:
@@ -218,10 +223,10 @@ class RabbitMQRunner:
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=self.trigger.prefetch)
             queue = await channel.declare_queue(
-                self.trigger.queue, durable=True, passive=not self.trigger.declare
+                self.queue, durable=True, passive=not self.trigger.declare
             )
-            for b in self.trigger.bindings:
-                await queue.bind(b.exchange, b.routing_key)
+            for exchange, routing_key in self.bindings:
+                await queue.bind(exchange, routing_key)
             inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
             await queue.consume(inbox.put)
             log.info("%s: consuming (prefetch %d)", self.where, self.trigger.prefetch)

@@ -61,6 +61,9 @@ def test_connection_types_round_trip(name: str) -> None:
         "postgres": {"type": "postgres", "dsn": "postgresql://u:p@127.0.0.1:1/db"},
         "sqlite": {"type": "sqlite", "path": "x.db"},
         "smtp": {"type": "smtp", "host": "127.0.0.1", "from": "a@x.io"},
+        "rabbitmq": {"type": "rabbitmq", "url": "amqp://u:p@127.0.0.1:1/", "pool_size": 2},
+        "mongodb": {"type": "mongodb", "url": "mongodb://u:p@127.0.0.1:1/db",
+                    "max_pool_size": 5, "acquire_timeout": "2s"},
     }[name]  # fmt: skip
     cfg = model.model_validate(minimal)
     assert model.model_validate(cfg.model_dump(by_alias=True)) == cfg
@@ -132,11 +135,34 @@ async def email_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
     return await runner.run("s", {})
 
 
+async def rabbitmq_publish_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "rabbitmq_publish", "url": "${config.url}", "routing_key": "q",
+          "headers": {"x-token": "${config.secret}"}, "timeout": "3s"}],
+        config={"url": {"type": "string", "secret": True},
+                "secret": {"type": "string", "secret": True}},
+        values={"url": f"amqp://app:{SECRET}@127.0.0.1:{free_port()}/", "secret": SECRET},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
+async def mongodb_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "mongodb", "url": "${config.url}", "collection": "c",
+          "connect_timeout": "1s"}],
+        config={"url": {"type": "string", "secret": True}},
+        values={"url": f"mongodb://app:{SECRET}@127.0.0.1:{free_port()}/db"},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
 SECRET_CASES: dict[str, Case] = {
     "http": http_case,
     "graphql": graphql_case,
     "sql": sql_case,
     "email": email_case,
+    "rabbitmq_publish": rabbitmq_publish_case,
+    "mongodb": mongodb_case,
 }
 # secret fields that never reach an error: they are delivered where they belong
 NO_ERROR_PATH = {"kafka_publish": "headers go onto the published message, never into errors"}
