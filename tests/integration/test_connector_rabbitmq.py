@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -194,6 +195,8 @@ def rabbit_integration(tmp_path: Path, queue: str, url: str, **extra: Any) -> In
 apiVersion: streamflow/v1
 kind: Integration
 name: {queue}
+config:
+  amqp_url: {{type: string, secret: true, default: ""}}
 connections:
   mq: {{type: rabbitmq, url: "{url}"}}
 flows:
@@ -358,3 +361,35 @@ async def test_several_workers_share_the_queue(
         stop.set()
         await asyncio.gather(*tasks)
         transport.close()
+
+
+async def test_a_refused_login_never_shows_the_password(
+    tmp_path: Path, step_runner: Any, rabbitmq_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against the real broker: a wrong password fails the step (retriable: it may be
+    rotated) and the trigger's start, and neither the errors nor the logs quote it."""
+    caplog.set_level(logging.DEBUG)
+    secret = "wr0ng-Passw0rd-XYZ"
+    bad_url = rabbitmq_url.replace("guest:guest@", f"guest:{secret}@")
+    runner = await step_runner(
+        [{"id": "p", "type": "rabbitmq_publish", "url": "${config.amqp_url}",
+          "routing_key": "q", "timeout": "5s"}],
+        config=MQ,
+        values={"amqp_url": bad_url},
+    )  # fmt: skip
+    with pytest.raises(RetriableError) as info:
+        await runner.run("p", {})
+    assert secret not in str(info.value)
+
+    integration = rabbit_integration(tmp_path, name(), "${config.amqp_url}")
+    integration_config = {"amqp_url": bad_url}
+    flow = integration.flows["orders"]
+    ingress = FlowIngress(integration, flow, compile_plan(integration), integration_config)
+    transport = open_transport(f"local://{tmp_path / 'broker'}")
+    try:
+        with pytest.raises(RetriableError) as started:
+            await RabbitMQRunner(ingress, transport, {}).run(asyncio.Event())
+    finally:
+        transport.close()
+    assert secret not in str(started.value)
+    assert secret not in caplog.text
