@@ -103,6 +103,7 @@ class RabbitMQRunner:
         self.producer: Producer | None = None
         self.io: Any = None
         self.emitted = 0  # events this runner delivered to the flow
+        self.given_back = 0  # messages handed back to RabbitMQ (the flow's broker failed)
 
     # -- messages ----------------------------------------------------------------------
 
@@ -168,6 +169,7 @@ class RabbitMQRunner:
             for m in batch:
                 with contextlib.suppress(Exception):
                     await m.nack(requeue=True)
+            self.given_back += len(batch)
             return False
         retry: list[tuple[AbstractIncomingMessage, Outgoing]] = []
         for msg, (_, is_event), error in zip(batch, planned, errors, strict=True):

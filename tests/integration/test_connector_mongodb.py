@@ -17,10 +17,8 @@ from streamflow.errors import PoisonMessageError, RetriableError, ValidationFail
 from streamflow.runtime.app import App
 from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
-from tests.integration.servers import free_port, mongodb_url
+from tests.integration.servers import free_port
 from tests.integration.test_poll import emitted, poll_integration, poll_until
-
-__all__ = ["mongodb_url"]  # the session fixture, imported for pytest
 
 MONGO = {"mongo_url": {"type": "string", "secret": True}}
 

@@ -26,9 +26,7 @@ from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
-from tests.integration.servers import free_port, rabbitmq_url
-
-__all__ = ["rabbitmq_url"]  # the session fixture, imported for pytest
+from tests.integration.servers import free_port
 
 MQ = {"amqp_url": {"type": "string", "secret": True}}
 
@@ -311,8 +309,11 @@ async def test_nothing_is_acknowledged_before_the_flow_broker_has_it(
     runner = RabbitMQRunner(ingress, down, {})
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
-    await asyncio.sleep(6)  # a few rounds of deliver -> not confirmed -> nack(requeue)
-    assert not task.done(), task.exception()
+    deadline = time.monotonic() + 60
+    while runner.given_back < 3:  # delivered, not confirmed (2s), handed back
+        assert not task.done(), task.exception()
+        assert time.monotonic() < deadline, "the messages were never handed back"
+        await asyncio.sleep(0.1)
     stop.set()
     await task
     assert await depth(amqp_connection, queue) == 6  # nothing acknowledged, nothing lost

@@ -20,9 +20,6 @@ from streamflow.runtime.gateway import TriggerHost
 from streamflow.topology.loader import load_integration
 from streamflow.topology.values import resolve_config
 from streamflow.transport import open_transport
-from tests.integration.servers import mongodb_url, rabbitmq_url
-
-__all__ = ["mongodb_url", "rabbitmq_url"]  # the session fixtures, imported for pytest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "topologies" / "orders-rabbitmq-to-mongodb"
 
