@@ -14,14 +14,16 @@ Delivery (at least once)::
 
 If the broker does not confirm (step 3 fails), the batch is given back to RabbitMQ
 (``basic.nack`` with requeue) and the consumer backs off (1 s doubling to 30 s); nothing is
-acknowledged that is not on the flow's topic. A message the broker refuses on its own
+acknowledged that is not on the flow's topic (some of a failed batch may have reached it:
+they are emitted again when redelivered). A message the broker refuses on its own
 (e.g. larger than the topic's limit) is dead-lettered instead, and if even that fails it
 is rejected without requeue (RabbitMQ drops it or routes it to the queue's own
 dead-letter exchange, if one is configured): no message is requeued forever.
 
 What can be duplicated: a process that dies (or loses its AMQP connection) after step 3
 and before RabbitMQ received the ack gets its messages redelivered to a consumer, which
-emits them again (``trigger.redelivered`` is true). An execution's id is derived from the
+emits them again (``trigger.redelivered`` is true); so do the messages of a batch the
+broker confirmed only in part. An execution's id is derived from the
 message's ``message_id`` (``<flow>-<hash>``) when the publisher set one, so downstream
 steps can recognise such a duplicate; without a ``message_id`` it is a fresh id.
 """
