@@ -208,6 +208,8 @@ async def test_errors_are_classified(step_runner: Any, mongo: Any, mongodb_url: 
         await runner.run("lookup", {})
     with pytest.raises(PoisonMessageError, match="not a mapping"):
         await runner.run("bad-doc", [1, 2])
+    with pytest.raises(PoisonMessageError, match="8-byte ints"):  # BSON has no bigger int
+        await runner.run("bad-doc", {"n": 2**70})
 
     down = await step_runner(
         [{"id": "s", "type": "mongodb", "url": "${config.mongo_url}", "database": "d",

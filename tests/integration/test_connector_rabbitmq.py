@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,8 @@ async def test_refused_publishes_fail_the_step(
              "exchange": exchange.name, "routing_key": "known"},
             {"id": "not-mandatory", "type": "rabbitmq_publish", "url": "${config.amqp_url}",
              "exchange": exchange.name, "routing_key": "nobody-listens", "mandatory": False},
+            {"id": "big-header", "type": "rabbitmq_publish", "url": "${config.amqp_url}",
+             "exchange": exchange.name, "routing_key": "known", "headers": {"n": "${payload.n}"}},
         ],
         config=MQ,
         values={"amqp_url": rabbitmq_url},
@@ -144,6 +148,10 @@ async def test_refused_publishes_fail_the_step(
     assert len(await take(queue, 3)) == 3
     out = await runner.run("not-mandatory", {"n": 4})  # dropped by the broker, by request
     assert out.result["confirmed"] is True
+    with pytest.raises(PoisonMessageError):  # AMQP has no integer type that holds it
+        await runner.run("big-header", {"n": 2**70})
+    await runner.run("ok", {"n": 5})  # and the client still works
+    assert len(await take(queue, 1)) == 1
 
 
 async def test_an_unreachable_broker_is_retriable(step_runner: Any) -> None:
@@ -270,11 +278,26 @@ async def test_trigger_emits_each_message_and_dead_letters_what_cannot_be_parsed
         bodies.insert(4, b"{not json")
         bodies.insert(9, b"\xff\xfe")
         await publish(amqp, queue, bodies, headers={"x-tenant": "acme"})
-        await until(lambda: len(emitted(transport, integration)) >= 12)
+        hostile = {  # every AMQP field type the payload cannot carry as is
+            "x-bytes": bytearray(b"\xff\x00"),
+            "x-decimal": Decimal("1.50"),
+            "x-when": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            "x-nested": {"list": [1, "a", None]},
+        }
+        await amqp.default_exchange.publish(
+            aio_pika.Message(b'{"id": 99}', headers=hostile, message_id="m-h"), queue
+        )
+        await until(lambda: len(emitted(transport, integration)) >= 13)
         await until(lambda: len(dead(transport, integration)) >= 2)
         await asyncio.sleep(0.5)  # nothing more may come
         envs, dlq = emitted(transport, integration), dead(transport, integration)
-        assert [e.payload["id"] for e in envs] == list(range(12))
+        assert [e.payload["id"] for e in envs] == [*range(12), 99]
+        assert envs[-1].trigger["headers"] == {
+            "x-bytes": "\ufffd\x00",
+            "x-decimal": "1.50",
+            "x-when": "2026-01-01T00:00:00+00:00",
+            "x-nested": {"list": [1, "a", None]},
+        }
         assert len(dlq) == 2
         env = envs[0]
         assert env.trigger["type"] == "rabbitmq"
