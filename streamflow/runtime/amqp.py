@@ -7,8 +7,9 @@ Delivery (at least once)::
 
     1. take the messages the broker delivered (up to ``prefetch``, as one batch)
     2. each message -> its envelope and ``started`` event; a message that cannot be parsed
-       (not JSON, not UTF-8) -> the raw body on the flow's dead-letter topic, with
-       ``sf-error*`` headers and ``sf-origin-topic: amqp:<queue>``
+       (not JSON, not UTF-8, an integer beyond 64 bits) or encoded (nested too deep) -> the
+       raw body on the flow's dead-letter topic, with ``sf-error*`` headers and
+       ``sf-origin-topic: amqp:<queue>``
     3. send them all to the flow's broker and flush: the events are durably there
     4. only then acknowledge the messages to RabbitMQ (``basic.ack``)
 
@@ -33,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamflow.trigger")
 MAX_BACKOFF = 30.0
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # 2**63 has 19 digits
 
 
 def parse_body(body: bytes, fmt: str) -> Any:
@@ -68,9 +72,21 @@ def parse_body(body: bytes, fmt: str) -> Any:
     if fmt == "text":
         return text
     try:
-        return orjson.loads(body)
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise PoisonMessageError(f"message is not valid JSON: {exc}") from None
+    if _LONG_DIGITS.search(body):  # orjson reads an integer beyond 64 bits as a float
+        json.loads(text, parse_int=_int64)
+    return payload
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise PoisonMessageError(
+            f"message has the integer {text[:40]}, beyond 64 bits: it would lose digits"
+        )
+    return value
 
 
 class RabbitMQRunner:
@@ -132,8 +148,12 @@ class RabbitMQRunner:
         if msg.message_id:
             ident = f"{self.queue}\x00{msg.message_id}".encode()
             execution_id = f"{self.flow}-{hashlib.sha256(ident).hexdigest()[:24]}"
-        env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
-        return envelope_messages(self.ingress, env), True
+        try:
+            env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
+            return envelope_messages(self.ingress, env), True
+        except Exception as exc:  # e.g. nested deeper than the envelope encoder allows
+            error = PoisonMessageError(f"message cannot become an event: {exc}")
+            return [self._dead_letter(msg, error)], False
 
     def _dead_letter(self, msg: AbstractIncomingMessage, exc: BaseException) -> Outgoing:
         error = self.masker.mask(str(exc))
