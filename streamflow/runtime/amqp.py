@@ -13,12 +13,14 @@ Delivery (at least once)::
     3. send them all to the flow's broker and flush: the events are durably there
     4. only then acknowledge the messages to RabbitMQ (``basic.ack``)
 
-If the broker does not confirm (step 3 fails), the batch is given back to RabbitMQ
-(``basic.nack`` with requeue) and the consumer backs off (1 s doubling to 30 s); nothing is
-acknowledged that is not on the flow's topic (some of a failed batch may have reached it:
-they are emitted again when redelivered). A message the broker refuses on its own
-(e.g. larger than the topic's limit) is dead-lettered instead, and if even that fails it
-is rejected without requeue (RabbitMQ drops it or routes it to the queue's own
+If the broker does not confirm (step 3 fails) and does not answer a metadata request
+either, it is down: the batch is given back to RabbitMQ (``basic.nack`` with requeue) and
+the consumer backs off (1 s doubling to 30 s); nothing is acknowledged that is not on the
+flow's topic (some of a failed batch may have reached it: they are emitted again when
+redelivered). If the broker answers, the batch's messages are sent one at a time and the
+one it refuses (e.g. larger than the topic's limit) is dead-lettered (with its first
+64 KiB and ``sf-truncated: <size>`` when the whole body is refused too); if even that fails
+it is rejected without requeue (RabbitMQ drops it or routes it to the queue's own
 dead-letter exchange, if one is configured): no message is requeued forever.
 
 What can be duplicated: a process that dies (or loses its AMQP connection) after step 3
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamflow.trigger")
 MAX_BACKOFF = 30.0
+TRUNCATE = 65536  # bytes of a body kept in a dead letter the broker refused whole
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")  # 2**63 has 19 digits
 
 
@@ -89,6 +92,12 @@ def _int64(text: str) -> int:
     return value
 
 
+def truncated(letter: Outgoing) -> Outgoing:
+    """A dead letter whose body the broker refused: its first 64 KiB, marked."""
+    headers = [*(letter.headers or []), ("sf-truncated", str(len(letter.value)).encode())]
+    return Outgoing(letter.topic, letter.value[:TRUNCATE], letter.key, headers)
+
+
 class RabbitMQRunner:
     """Consumes one flow's queue in this process until ``stop`` (see the module docstring)."""
 
@@ -107,6 +116,7 @@ class RabbitMQRunner:
         self.flow = ingress.flow.name
         fplan = ingress.plan.flows[self.flow]
         self.dlq = fplan.dlq_topic
+        self.first_topic = fplan.first_topic
         scope = {"config": ingress.config, "env": dict(env or {})}
         self.url = str(compile_value(trigger.url).render(scope) or "")
         self.queue = str(compile_value(trigger.queue).render(scope) or "")
@@ -182,37 +192,52 @@ class RabbitMQRunner:
         try:
             errors = await loop.run_in_executor(self.io, self._deliver, [p for p, _ in planned])
         except Exception as exc:
-            log.warning(
-                "%s: %d message(s) given back, the flow's broker did not confirm: %s",
-                self.where,
-                len(batch),
-                self.masker.mask(str(exc)),
-            )
-            for m in batch:
-                with contextlib.suppress(Exception):
-                    await m.nack(requeue=True)
-            self.given_back += len(batch)
-            return False
-        retry: list[tuple[AbstractIncomingMessage, Outgoing]] = []
-        for msg, (_, is_event), error in zip(batch, planned, errors, strict=True):
+            if not await self._broker_answers():
+                log.warning(
+                    "%s: %d message(s) given back, the flow's broker did not confirm: %s",
+                    self.where,
+                    len(batch),
+                    self.masker.mask(str(exc)),
+                )
+                for m in batch:
+                    with contextlib.suppress(Exception):
+                        await m.nack(requeue=True)
+                self.given_back += len(batch)
+                return False
+            # the broker answers, yet refused the batch: find the message(s) it refuses
+            errors = [await self._deliver_alone(p) for p, _ in planned]
+        for msg, (sent, is_event), error in zip(batch, planned, errors, strict=True):
             if error is None:
                 self.firings.inc(int(is_event))
                 self.emitted += int(is_event)
                 await self._settle(msg, ack=True)
-            elif is_event:
-                retry.append((msg, self._dead_letter(msg, error)))
-            else:
-                await self._settle(msg, ack=False)
-        if retry:
-            try:
-                dl_errors = await loop.run_in_executor(
-                    self.io, self._deliver, [[o] for _, o in retry]
-                )
-            except Exception:
-                dl_errors = [RuntimeError("not confirmed")] * len(retry)
-            for (msg, _), error in zip(retry, dl_errors, strict=True):
-                await self._settle(msg, ack=error is None)
+                continue
+            # refused by the flow's broker: a dead letter, else a truncated one, else reject
+            letter = self._dead_letter(msg, error) if is_event else sent[0]
+            delivered = await self._deliver_alone([letter]) is None
+            if not delivered:
+                delivered = await self._deliver_alone([truncated(letter)]) is None
+            await self._settle(msg, ack=delivered)
         return True
+
+    async def _deliver_alone(self, messages: list[Outgoing]) -> Exception | None:
+        loop = asyncio.get_running_loop()
+        try:
+            [error] = await loop.run_in_executor(self.io, self._deliver, [messages])
+        except Exception as exc:
+            return exc
+        return error
+
+    async def _broker_answers(self) -> bool:
+        """The flow's broker answers a metadata request (so a refusal is the message's)."""
+        try:
+            n = await asyncio.wait_for(
+                asyncio.to_thread(self.transport.partitions, self.first_topic),
+                self.trigger.timeout,
+            )
+        except Exception:
+            return False
+        return n > 0
 
     async def _settle(self, msg: AbstractIncomingMessage, *, ack: bool) -> None:
         """Ack; or reject without requeue (it could never be delivered)."""

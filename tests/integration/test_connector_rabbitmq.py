@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +29,7 @@ from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
-from streamflow.transport.base import Transport
+from streamflow.transport.base import TopicSpec, Transport
 from tests.integration.servers import free_port
 
 MQ = {"amqp_url": {"type": "string", "secret": True}}
@@ -419,3 +421,44 @@ async def test_a_refused_login_never_shows_the_password(
         transport.close()
     assert secret not in str(started.value)
     assert secret not in caplog.text
+
+
+@pytest.mark.kafka
+async def test_a_message_kafka_refuses_is_dead_lettered_not_requeued_forever(
+    tmp_path: Path, amqp: Any, amqp_connection: Any, rabbitmq_url: str, kafka_bootstrap: str
+) -> None:
+    """The flow's topic takes at most 10 kB: the broker answers, refuses the big events at
+    delivery, the others go through; the big ones end on the DLQ (whole, or cut to 64 KiB
+    when even the DLQ refuses them) and the queue is empty."""
+    queue = name()
+    integration = rabbit_integration(tmp_path, queue, rabbitmq_url, prefetch=10)
+    transport = open_transport(f"kafka://{kafka_bootstrap}")
+    plan = compile_plan(integration)
+    first = plan.flows["orders"].first_topic
+    transport.ensure_topics([TopicSpec(first, 1, {"max.message.bytes": "10000"})])
+    App(integration, transport, {}).deploy()
+    await amqp.declare_queue(queue, durable=True)
+    noise = base64.b64encode(os.urandom(40_000)).decode()  # lz4 cannot shrink it
+    big = orjson.dumps({"id": "big", "blob": noise})
+    huge = orjson.dumps({"id": "huge", "blob": "y" * 3_000_000})  # beyond the DLQ's 1 MB
+    bodies = [orjson.dumps({"id": i}) for i in range(3)]
+    await publish(amqp, queue, [bodies[0], big, bodies[1], huge, bodies[2]])
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        RabbitMQRunner(
+            FlowIngress(integration, integration.flows["orders"], plan, {}), transport, {}
+        ).run(stop)
+    )
+    try:
+        await until(lambda: len(dead(transport, integration)) >= 2, timeout=90)
+        await until(lambda: len(emitted(transport, integration)) >= 3, timeout=30)
+        assert sorted(e.payload["id"] for e in emitted(transport, integration)) == [0, 1, 2]
+        letters = {len(r.value): dict(r.headers or []) for r in dead(transport, integration)}
+        assert sorted(letters) == [len(big), 65536]
+        assert letters[65536]["sf-truncated"] == str(len(huge)).encode()
+        await asyncio.sleep(0.5)
+        assert await depth(amqp_connection, queue) == 0
+    finally:
+        stop.set()
+        await task
+        transport.close()
