@@ -130,6 +130,7 @@ class RabbitMQRunner:
         self.firings = TRIGGER_FIRINGS.labels(ingress.integration.name, self.flow, "rabbitmq")
         self.producer: Producer | None = None
         self.io: Any = None
+        self.probe_io: Any = None
         self.emitted = 0  # events this runner delivered to the flow
         self.given_back = 0  # messages handed back to RabbitMQ (the flow's broker failed)
 
@@ -231,10 +232,9 @@ class RabbitMQRunner:
     async def _broker_answers(self) -> bool:
         """The flow's broker answers a metadata request (so a refusal is the message's)."""
         try:
-            n = await asyncio.wait_for(
-                asyncio.to_thread(self.transport.partitions, self.first_topic),
-                self.trigger.timeout,
-            )
+            loop = asyncio.get_running_loop()
+            probe = loop.run_in_executor(self.probe_io, self.transport.partitions, self.first_topic)
+            n = await asyncio.wait_for(probe, self.trigger.timeout)
         except Exception:
             return False
         return n > 0
@@ -260,6 +260,8 @@ class RabbitMQRunner:
 
             self.make_producer = gateway_producer
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-amqp-{self.flow}")
+        # a metadata probe of a broker that is down may outlive its wait: never joined
+        self.probe_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-amqp-probe")
         loop = asyncio.get_running_loop()
         connection = None
         try:
@@ -288,6 +290,7 @@ class RabbitMQRunner:
                 with contextlib.suppress(Exception):
                     await loop.run_in_executor(self.io, self.producer.close)
             self.io.shutdown(wait=True)
+            self.probe_io.shutdown(wait=False, cancel_futures=True)
 
     async def _consume(
         self, inbox: asyncio.Queue[AbstractIncomingMessage], stop: asyncio.Event
