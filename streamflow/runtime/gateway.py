@@ -24,7 +24,8 @@ gateway's producer gives up on a message (``message.timeout.ms``) before the gat
 stops waiting for it, so a 503 is never followed by a late delivery.
 
 Every gateway process also runs the leader-elected triggers (``TriggerHost``): each
-schedule, poll or file trigger fires in one process only (see ``lease.py``).
+schedule, poll or file trigger fires in one process only (see ``lease.py``). A
+``rabbitmq`` trigger has no leader: every gateway process consumes its queue (``amqp.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -46,13 +47,14 @@ from streamflow.connectors.stores import Store, open_store
 from streamflow.envelope import Envelope
 from streamflow.errors import RetriableError, StreamFlowError
 from streamflow.runtime import instances as instance_store
+from streamflow.runtime.amqp import RabbitMQRunner
 from streamflow.runtime.console import Console, ConsoleConfig
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.filewatch import FileRunner
 from streamflow.runtime.http import HttpSite, add_probe_routes, serve_app
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.instances import InstanceTable
-from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, send_all
+from streamflow.runtime.lease import Outgoing, envelope_messages, send_all
 from streamflow.runtime.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGER_FIRINGS
 from streamflow.runtime.poller import PollRunner
 from streamflow.runtime.s3watch import S3Runner
@@ -68,13 +70,20 @@ from streamflow.transport.base import Consumer, Producer, Transport
 log = logging.getLogger("streamflow.gateway")
 InstanceConfig = Callable[[str], Mapping[str, Any] | None]
 """instance id -> that instance's config values for this integration, or None (unknown)."""
-RUNNERS: dict[str, type[LeaderTrigger]] = {
+
+
+class TriggerRunner(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+RUNNERS: dict[str, Callable[[FlowIngress, Transport, dict[str, str]], TriggerRunner]] = {
     "schedule": ScheduleRunner,
     "poll": PollRunner,
     "file": FileRunner,
     "s3": S3Runner,
     "sse": StreamRunner,
     "websocket": StreamRunner,
+    "rabbitmq": RabbitMQRunner,  # no leader: every process consumes the queue
 }
 READY_TIMEOUT = 2.0
 MAX_BATCH = 1000
@@ -106,7 +115,7 @@ def manual_trigger(flow: Flow) -> dict[str, Any]:
     shapes: dict[str, dict[str, Any]] = {
         "webhook": {"method": "POST", "path": "", "headers": {}, "query": {}},
         "schedule": {"tick": "", "epoch": now // 1000, "fired_ms": now, "late_ms": 0},
-        "poll": {"source": "http" if getattr(flow.trigger, "http", None) else "sql"},
+        "poll": {"source": _poll_source(flow)},
         "file": {"path": "", "name": "", "size": 0, "sha256": "", "modified": ""},
         "s3": {"bucket": "", "key": "", "etag": ""},
         "sse": {"url": "", "event": "message", "id": None},
@@ -118,8 +127,26 @@ def manual_trigger(flow: Flow) -> dict[str, Any]:
             "key": None,
             "timestamp_ms": now,
         },
+        "rabbitmq": {
+            "queue": getattr(flow.trigger, "queue", ""),
+            "exchange": "",
+            "routing_key": "",
+            "message_id": None,
+            "correlation_id": None,
+            "content_type": None,
+            "headers": {},
+            "redelivered": False,
+            "timestamp": None,
+        },
     }
     return {"type": kind, **shapes.get(kind, {}), "manual": True}
+
+
+def _poll_source(flow: Flow) -> str:
+    for source in ("http", "mongodb"):
+        if getattr(flow.trigger, source, None) is not None:
+            return source
+    return "sql"
 
 
 class Publisher:
@@ -257,14 +284,17 @@ class TriggerHost:
         env: Mapping[str, str] | None = None,
         flows: Sequence[str] = (),
     ) -> None:
-        self.factories: list[tuple[str, Callable[[], LeaderTrigger]]] = []
+        self.factories: list[tuple[str, Callable[[], TriggerRunner]]] = []
         for flow in integration.flows.values():
             runner = RUNNERS.get(flow.trigger.type)
             if runner is None or (flows and flow.name not in flows):
                 continue
             ingress = FlowIngress(integration, flow, plan, config)
 
-            def make(r: type[LeaderTrigger] = runner, i: FlowIngress = ingress) -> LeaderTrigger:
+            def make(
+                r: Callable[[FlowIngress, Transport, dict[str, str]], TriggerRunner] = runner,
+                i: FlowIngress = ingress,
+            ) -> TriggerRunner:
                 return r(i, transport, dict(env or {}))
 
             make()  # build once now: a bad config (e.g. a poll query) refuses to start
@@ -274,7 +304,7 @@ class TriggerHost:
         await asyncio.gather(*(self._supervise(name, make, stop) for name, make in self.factories))
 
     @staticmethod
-    async def _supervise(name: str, make: Callable[[], LeaderTrigger], stop: asyncio.Event) -> None:
+    async def _supervise(name: str, make: Callable[[], TriggerRunner], stop: asyncio.Event) -> None:
         backoff = 1.0
         while not stop.is_set():
             started = time.monotonic()

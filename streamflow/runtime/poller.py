@@ -1,5 +1,5 @@
-"""The ``poll`` trigger: an HTTP endpoint or an SQL query, every ``every``; each new or
-changed record becomes one event, once.
+"""The ``poll`` trigger: an HTTP endpoint, an SQL query or a MongoDB collection, every
+``every``; each new or changed record becomes one event, once.
 
 The leader of ``sf.<integration>.<flow>.cursor`` polls (see ``lease.py``). What was
 emitted is kept on that compacted topic, in the same transaction as the envelopes, so a
@@ -18,6 +18,9 @@ and the records of all pages are compared as one list; ``http.emit: page`` gives
 event per page holding that page's new records (``{page, items}``) instead of one per
 record. A failed poll (connection error, HTTP error status, bad JSON, SQL error) is
 logged and tried again at the next interval; it never moves the cursor.
+
+A MongoDB source in cursor mode queries ``filter`` and ``<cursor.field> >= cursor``, sorted
+by the field, at most ``limit`` documents (see ``connectors.mongodb.poll_documents``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import aiohttp
 import orjson
 
 from streamflow.connectors.httpclient import safe_url
+from streamflow.connectors.mongodb import poll_documents
 from streamflow.connectors.paginate import Pager, PaginationError
 from streamflow.connectors.secrets import Masker
 from streamflow.connectors.sqldb import Statement, compile_sql, database, to_json_value
@@ -115,6 +119,10 @@ class PollRunner(LeaderTrigger):
                 raise ConfigError(
                     f"flow {self.flow}: a poll query may use only the :cursor parameter"
                 )
+        self.mongo: dict[str, Any] = {}
+        if trigger.mongodb is not None:
+            self.mongo = compile_value(trigger.mongodb.model_dump()).render(self.scope)
+            self.masker.add(self.mongo["url"])
         self.next_poll = 0.0
         self.reset()
 
@@ -265,6 +273,8 @@ class PollRunner(LeaderTrigger):
 
     @property
     def _source(self) -> str:
+        if self.trigger.mongodb is not None:
+            return "mongodb"
         return "http" if self.trigger.http is not None else "sql"
 
     # -- sources ---------------------------------------------------------------------
@@ -272,6 +282,8 @@ class PollRunner(LeaderTrigger):
     async def fetch(self) -> list[Any]:
         if self.trigger.http is not None:
             return await self._fetch_http()
+        if self.trigger.mongodb is not None:
+            return await self._fetch_mongo()
         return await self._fetch_sql()
 
     async def _fetch_http(self) -> list[Any]:
@@ -356,6 +368,13 @@ class PollRunner(LeaderTrigger):
             {col: to_json_value(v) for col, v in zip(result.columns, row, strict=True)}
             for row in result.rows
         ]
+
+    async def _fetch_mongo(self) -> list[Any]:
+        field = self.trigger.cursor.field if self.mode == "cursor" and self.trigger.cursor else None
+        try:
+            return await poll_documents(self.resources, self.mongo, field, self.cursor, self.masker)
+        except Exception as exc:
+            raise PollError(str(exc)) from None
 
     async def aclose(self) -> None:
         if self.session is not None:

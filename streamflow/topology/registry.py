@@ -37,6 +37,8 @@ BUILTIN_MODULES = (
     "streamflow.connectors.s3",
     "streamflow.connectors.azure",
     "streamflow.connectors.dedupe",
+    "streamflow.connectors.rabbitmq",
+    "streamflow.connectors.mongodb",
 )
 
 S = TypeVar("S", bound=type[StepConfig])

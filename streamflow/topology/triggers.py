@@ -279,6 +279,45 @@ class PollSql(Model):
         return self
 
 
+class PollMongo(Model):
+    """A MongoDB collection (PyMongo's async client); one record per document."""
+
+    url: str | None = Field(None, description="or `connection:` (a mongodb connection)")
+    connection: str | None = None
+    database: str | None = Field(None, description="default: the database named in the URL")
+    collection: str
+    filter: dict[str, Any] = Field(default_factory=dict, description="query document")
+    projection: dict[str, Any] | None = None
+    limit: int = Field(1000, ge=1, le=100_000, description="documents per poll")
+    cursor_type: Literal["json", "objectid", "date"] = Field(
+        "json",
+        description="how the cursor is compared: as its JSON value (numbers, text), as an "
+        "ObjectId (cursor field _id) or as a date (ISO text -> BSON date)",
+    )
+    timeout: Duration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_connection(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("connection"), str):
+            return data
+        ctx = info.context if isinstance(info.context, dict) else {}
+        conn = (ctx.get("connections") or {}).get(data["connection"])
+        if conn is None or conn.type != "mongodb":
+            raise ValueError(f"unknown mongodb connection '{data['connection']}'")
+        return {
+            **data,
+            "url": data.get("url") or conn.url,
+            "database": data.get("database") or conn.database,
+        }
+
+    @model_validator(mode="after")
+    def _url(self) -> PollMongo:
+        if not self.url:
+            raise ValueError("mongodb needs `url` or `connection`")
+        return self
+
+
 class PollCursor(Model):
     """Emit records whose `field` is greater than the last emitted one."""
 
@@ -289,7 +328,7 @@ class PollCursor(Model):
 
 @trigger_config("poll")
 class PollTrigger(TriggerConfig):
-    """Poll an HTTP endpoint or an SQL query; emit each new or changed record once."""
+    """Poll an HTTP endpoint, an SQL query or a MongoDB collection; emit each new or changed record once."""  # noqa: E501
 
     example: ClassVar[str] = """trigger:
   type: poll
@@ -303,7 +342,12 @@ trigger:
   type: poll
   every: 30s
   sql: {connection: db, query: "SELECT * FROM orders WHERE id > :cursor ORDER BY id"}
-  cursor: {field: id, initial: 0}"""
+  cursor: {field: id, initial: 0}
+trigger:
+  type: poll
+  every: 30s
+  mongodb: {connection: mongo, collection: orders, filter: {status: paid}, cursor_type: date}
+  cursor: {field: updated_at}    # the query adds updated_at >= cursor, sorted by it"""
 
     type: Literal["poll"]
     every: Duration = Field(60.0, description="time between polls")
@@ -314,6 +358,11 @@ trigger:
         None,
         description="dsn (postgresql://…, mysql://… or sqlite:///path) or connection, query, "
         "timeout",
+    )
+    mongodb: PollMongo | None = Field(
+        None,
+        description="url or connection, database, collection, filter, projection, limit, "
+        "cursor_type, timeout",
     )
     mode: Literal["cursor", "hash"] | None = Field(
         None, description="cursor (default with `cursor:`) or hash (new/changed content)"
@@ -327,13 +376,14 @@ trigger:
     skip_existing: bool = Field(
         False, description="the first poll only records what exists, emitting nothing"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"http", "sql"})
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"http", "sql", "mongodb"})
     expression_roots: ClassVar[frozenset[str]] = frozenset({"response"})  # http.paginate
 
     @model_validator(mode="after")
     def _source(self) -> PollTrigger:
-        if (self.http is None) == (self.sql is None):
-            raise ValueError("a poll trigger has exactly one of `http` or `sql`")
+        sources = [s for s in (self.http, self.sql, self.mongodb) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("a poll trigger has exactly one of `http`, `sql` or `mongodb`")
         mode = self.effective_mode
         if mode == "cursor" and self.cursor is None:
             raise ValueError("mode cursor needs `cursor: {field: …}`")

@@ -69,6 +69,9 @@ def test_connection_types_round_trip(name: str) -> None:
                "access_key_id": "k", "secret_access_key": "s", "addressing_style": "path"},
         "azure_blob": {"type": "azure_blob", "account_url": "http://127.0.0.1:1/acct",
                        "account_name": "acct", "account_key": "a2V5"},
+        "rabbitmq": {"type": "rabbitmq", "url": "amqp://u:p@127.0.0.1:1/", "pool_size": 2},
+        "mongodb": {"type": "mongodb", "url": "mongodb://u:p@127.0.0.1:1/db",
+                    "max_pool_size": 5, "acquire_timeout": "2s"},
     }[name]  # fmt: skip
     cfg = model.model_validate(minimal)
     assert model.model_validate(cfg.model_dump(by_alias=True)) == cfg
@@ -230,6 +233,17 @@ async def redis_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
     return await runner.run("s", {})
 
 
+async def rabbitmq_publish_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "rabbitmq_publish", "url": "${config.url}", "routing_key": "q",
+          "headers": {"x-token": "${config.secret}"}, "timeout": "3s"}],
+        config={"url": {"type": "string", "secret": True},
+                "secret": {"type": "string", "secret": True}},
+        values={"url": f"amqp://app:{SECRET}@127.0.0.1:{free_port()}/", "secret": SECRET},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
 async def s3_connection_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
     server = await _quoting_server(http_server)
     runner = await step_runner(
@@ -256,6 +270,37 @@ async def azure_blob_connection_case(step_runner: Any, http_server: Any, smtp: A
     return await runner.run("s", {"x": 1})
 
 
+async def mongodb_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "mongodb", "url": "${config.url}", "collection": "c",
+          "connect_timeout": "1s"}],
+        config={"url": {"type": "string", "secret": True}},
+        values={"url": f"mongodb://app:{SECRET}@127.0.0.1:{free_port()}/db"},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
+async def rabbitmq_connection_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "rabbitmq_publish", "connection": "mq", "routing_key": "q",
+          "timeout": "3s"}],
+        config={"url": {"type": "string", "secret": True}},
+        values={"url": f"amqp://app:{SECRET}@127.0.0.1:{free_port()}/"},
+        connections={"mq": {"type": "rabbitmq", "url": "${config.url}"}},
+    )  # fmt: skip
+    return await runner.run("s", {"x": 1})
+
+
+async def mongodb_connection_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "mongodb", "connection": "db", "collection": "c"}],
+        config={"url": {"type": "string", "secret": True}},
+        values={"url": f"mongodb://app:{SECRET}@127.0.0.1:{free_port()}/db"},
+        connections={"db": {"type": "mongodb", "url": "${config.url}", "connect_timeout": "1s"}},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
 SECRET_CASES: dict[str, Case] = {
     "http": http_case,
     "graphql": graphql_case,
@@ -263,6 +308,8 @@ SECRET_CASES: dict[str, Case] = {
     "email": email_case,
     "s3": s3_case,
     "azure_blob": azure_blob_case,
+    "rabbitmq_publish": rabbitmq_publish_case,
+    "mongodb": mongodb_case,
 }
 # more cases for the same step types: other credentials that can leak the same way
 EXTRA_SECRET_CASES: dict[str, Case] = {
@@ -270,6 +317,8 @@ EXTRA_SECRET_CASES: dict[str, Case] = {
     "http (aws_sigv4)": aws_sigv4_case,
     "s3 (connection)": s3_connection_case,
     "azure_blob (connection)": azure_blob_connection_case,
+    "rabbitmq_publish (connection)": rabbitmq_connection_case,
+    "mongodb (connection)": mongodb_connection_case,
 }
 # connection types with secret fields -> the case that uses one
 CONNECTION_CASES: dict[str, Case] = {
@@ -280,6 +329,8 @@ CONNECTION_CASES: dict[str, Case] = {
     "redis": redis_case,
     "s3": s3_connection_case,
     "azure_blob": azure_blob_connection_case,
+    "rabbitmq": rabbitmq_connection_case,
+    "mongodb": mongodb_connection_case,
 }
 # secret fields that never reach an error: they are delivered where they belong
 NO_ERROR_PATH = {"kafka_publish": "headers go onto the published message, never into errors"}
