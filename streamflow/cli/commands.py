@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamflow import exactjson
 from streamflow.cli.inputs import config_values, read_payloads
 from streamflow.cli.trace import TraceWriter
 from streamflow.envelope import decode
@@ -411,7 +412,7 @@ def _show_dead_letter(d: dlq.DeadLetter, encoding: str) -> None:
     print(json.dumps(d.summary(), indent=2))
     try:
         env = decode(d.record.value, encoding)  # type: ignore[arg-type]
-        print(json.dumps(env.to_dict(), indent=2, default=str))
+        print(exactjson.dumps_text(env.to_dict(), exactjson.OPT_INDENT_2))  # numbers exact
     except PoisonMessageError:
         print(f"raw record (not an envelope): {d.record.value[:2000]!r}")
 

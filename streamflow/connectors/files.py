@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.connections import context_directory
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
@@ -165,9 +165,9 @@ class FileReadStep(_FileStep):
             if fmt == "csv":
                 return self.csv_records(text)
             if fmt == "ndjson":
-                return [orjson.loads(line) for line in text.splitlines() if line.strip()]
-            return self.json_records(orjson.loads(text))
-        except orjson.JSONDecodeError as exc:
+                return [exactjson.loads(line) for line in text.splitlines() if line.strip()]
+            return self.json_records(exactjson.loads(text))
+        except exactjson.JSONDecodeError as exc:
             raise PoisonMessageError(f"{path}: invalid JSON: {exc}") from None
         except csv.Error as exc:
             raise PoisonMessageError(f"{path}: invalid CSV: {exc}") from None
@@ -245,11 +245,11 @@ class FileWriteStep(_FileStep):
 
     def encode(self, fmt: Format, content: Any, with_header: bool) -> tuple[bytes, int]:
         if fmt == "json":
-            option = orjson.OPT_INDENT_2 if self.cfg.pretty else 0
-            return orjson.dumps(content, option=option) + b"\n", 1
+            option = exactjson.OPT_INDENT_2 if self.cfg.pretty else 0
+            return exactjson.dumps(content, option=option) + b"\n", 1
         records = content if isinstance(content, list) else [content]
         if fmt == "ndjson":
-            return b"".join(orjson.dumps(r) + b"\n" for r in records), len(records)
+            return b"".join(exactjson.dumps(r) + b"\n" for r in records), len(records)
         opts = self.cfg.csv
         buf = io.StringIO()
         columns = opts.columns
@@ -286,7 +286,7 @@ class FileWriteStep(_FileStep):
                 return _result(path, "appended", data, count)
             data, count = self.encode(fmt, content, with_header=True)
             return self.replace(path, data, count)
-        except (TypeError, orjson.JSONEncodeError) as exc:
+        except (TypeError, ValueError) as exc:
             raise PoisonMessageError(f"cannot write {fmt}: {exc}") from None
         except FileNotFoundError as exc:
             raise PoisonMessageError(f"{path}: {exc.strerror} (create_dirs is off?)") from None
@@ -336,7 +336,7 @@ def _backup(path: Path) -> None:
 
 def _cell(value: Any) -> Any:
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
+        return exactjson.dumps(value).decode()
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else value

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationInfo, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.auth import HttpAuth
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
 from streamflow.connectors.http import DEFAULT_RETRY_ON
@@ -172,7 +172,7 @@ class GraphqlStep(AsyncStep):
         headers = {k: str(v) for k, v in self.headers.render(scope).items()}
         headers.setdefault("Content-Type", "application/json")
         headers.setdefault("Accept", "application/json")
-        resp = await self.caller.send("POST", url, headers, {}, orjson.dumps(doc), scope)
+        resp = await self.caller.send("POST", url, headers, {}, exactjson.dumps(doc), scope)
         body = resp.body if isinstance(resp.body, dict) else {}
         errors = body.get("errors")
         where = f"POST {safe_url(url)}"

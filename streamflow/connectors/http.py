@@ -27,9 +27,9 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationInfo, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.auth import HttpAuth
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
 from streamflow.connectors.httpclient import HttpCaller, join_url, retry_after, safe_url
@@ -186,7 +186,7 @@ class HttpStep(AsyncStep):
                 return hit[1]
         data: Any = None
         if self.json is not None:
-            data = orjson.dumps(self.json.render(scope))
+            data = exactjson.dumps(self.json.render(scope))
             headers.setdefault("Content-Type", "application/json")
         elif self.body is not None:
             data = str(self.body.render(scope)).encode()

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
 
+from streamflow import exactjson
 from streamflow.connectors.auth import HttpAuth, apply_static_auth, auth_secrets, token_source
 from streamflow.connectors.secrets import Masker
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
@@ -134,8 +134,8 @@ def parse_body(raw: bytes, content_type: str) -> Any:
         return None
     if "json" in content_type:
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            return exactjson.loads(raw)
+        except exactjson.JSONDecodeError:
             pass
     try:
         return raw.decode()

@@ -27,8 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import Resources
@@ -154,9 +153,7 @@ class Database(Protocol):
     async def run(self, statements: Sequence[Statement], timeout: float) -> list[Result]: ...
 
 
-async def database(
-    resources: Resources, dsn: str, pool_size: int, masker: Masker
-) -> Database:
+async def database(resources: Resources, dsn: str, pool_size: int, masker: Masker) -> Database:
     """The App-wide database of ``dsn`` (a pool is created on first use)."""
     scheme = dsn.split(":", 1)[0].lower()
     if scheme in ("postgres", "postgresql"):
@@ -199,8 +196,10 @@ def to_json_value(value: Any) -> Any:
     """Database values -> what a payload can carry."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Decimal):  # exact: numeric(38,0) -> int, 12.30 -> Decimal('12.30')
+        if not value.is_finite():
+            return str(value)  # PostgreSQL numeric 'NaN' / 'Infinity'
+        return int(value) if value.as_tuple().exponent == 0 else value
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
@@ -268,8 +267,8 @@ class PostgresDatabase:
             for name in ("json", "jsonb"):
                 await conn.set_type_codec(
                     name,
-                    encoder=lambda v: orjson.dumps(v).decode(),
-                    decoder=orjson.loads,
+                    encoder=exactjson.dumps_text,
+                    decoder=exactjson.loads,
                     schema="pg_catalog",
                 )
 
@@ -334,7 +333,9 @@ def _classify(exc: BaseException, where: str, masker: Masker) -> Exception:
 
 def _bind_sqlite(value: Any) -> Any:
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
+        return exactjson.dumps_text(value)
+    if isinstance(value, Decimal) or (type(value) is int and not -(2**63) <= value < 2**63):
+        return str(value)  # exact digits; SQLite's column affinity decides how to store them
     if isinstance(value, bool):
         return int(value)
     return value

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.envelope import Envelope, now_ms
 
 TERMINAL = frozenset({"completed", "filtered", "failed", "compensated", "compensation_failed"})
@@ -35,11 +34,11 @@ class ExecutionEvent:
     payload: Any = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(self)  # orjson serialises dataclasses natively
+        return exactjson.dumps(self)  # dataclasses natively; numbers exact
 
     @classmethod
     def decode(cls, data: bytes) -> ExecutionEvent:
-        return cls(**orjson.loads(data))
+        return cls(**exactjson.loads(data))
 
 
 def event_for(

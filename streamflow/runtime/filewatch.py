@@ -35,8 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
 from streamflow.topology.expressions import compile_value
@@ -67,14 +66,14 @@ def parse(data: bytes, trigger: FileTrigger) -> list[Any]:
     fmt = trigger.format
     try:
         if fmt == "json":
-            doc = orjson.loads(text)
+            doc = exactjson.loads(text)
             if trigger.split:
                 if not isinstance(doc, list):
                     raise FileFormatError("split: the JSON document is not an array")
                 return list(doc)
             return [doc]
         if fmt == "ndjson":
-            records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+            records = [exactjson.loads(line) for line in text.splitlines() if line.strip()]
             return records if trigger.split else [records]
         if fmt == "csv":
             opts = trigger.csv
@@ -90,7 +89,7 @@ def parse(data: bytes, trigger: FileTrigger) -> list[Any]:
             return rows_out if trigger.split else [rows_out]
         lines = [line for line in text.splitlines() if line.strip()]
         return lines if trigger.split else [text]
-    except (orjson.JSONDecodeError, csv.Error) as exc:
+    except (exactjson.JSONDecodeError, csv.Error) as exc:
         raise FileFormatError(str(exc)) from None
 
 
@@ -120,7 +119,7 @@ class FileRunner(LeaderTrigger):
 
     def apply(self, rec: Record) -> None:
         if rec.key is not None and rec.key.startswith(FILE_PREFIX):
-            self.done[rec.key[len(FILE_PREFIX) :].decode()] = orjson.loads(rec.value)["sha256"]
+            self.done[rec.key[len(FILE_PREFIX) :].decode()] = exactjson.loads(rec.value)["sha256"]
 
     def on_term(self) -> None:
         self.next_scan = 0.0

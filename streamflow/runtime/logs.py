@@ -13,8 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.connectors.secrets import Masker
 
 _masker = Masker()
@@ -54,7 +53,7 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info:
             line["exception"] = _masker.mask(self.formatException(record.exc_info))
-        return orjson.dumps(line).decode()
+        return exactjson.dumps(line).decode()
 
 
 class TextFormatter(logging.Formatter):

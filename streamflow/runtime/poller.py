@@ -24,8 +24,8 @@ import logging
 from typing import Any
 
 import aiohttp
-import orjson
 
+from streamflow import exactjson
 from streamflow.connectors.secrets import Masker
 from streamflow.connectors.sqldb import Statement, compile_sql, database, to_json_value
 from streamflow.envelope import Envelope
@@ -48,7 +48,7 @@ class PollError(Exception):
 
 
 def content_hash(record: Any) -> str:
-    return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return hashlib.sha256(exactjson.dumps(record, option=exactjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 def order_key(value: Any) -> tuple[int, Any]:
@@ -57,7 +57,7 @@ def order_key(value: Any) -> tuple[int, Any]:
         return (0, float(value))
     if isinstance(value, str):
         return (1, value)
-    return (2, orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+    return (2, exactjson.dumps(value, option=exactjson.OPT_SORT_KEYS).decode())
 
 
 def dig(doc: Any, path: str) -> Any:
@@ -112,7 +112,7 @@ class PollRunner(LeaderTrigger):
         self.polled = False
 
     def apply(self, rec: Record) -> None:
-        value = orjson.loads(rec.value)
+        value = exactjson.loads(rec.value)
         if rec.key == CURSOR:
             self.cursor, self.seen = value["value"], set(value["seen"])
         elif rec.key == POLLED:
@@ -255,8 +255,8 @@ class PollRunner(LeaderTrigger):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PollError(f"{self.http['url']}: {exc.__class__.__name__}: {exc}") from None
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            doc = exactjson.loads(body)
+        except exactjson.JSONDecodeError as exc:
             raise PollError(f"{self.http['url']}: the answer is not JSON: {exc}") from None
         items = dig(doc, self.http["items"]) if self.http["items"] else doc
         if not isinstance(items, list):

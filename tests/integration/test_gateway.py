@@ -330,7 +330,11 @@ async def test_an_instance_url_uses_the_instance_config(
 
     def signed(secret: str) -> dict[str, str]:
         mac = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        return {"X-Timestamp": ts, "X-Signature": f"sha256={mac}"}
+        return {
+            "X-Timestamp": ts,
+            "X-Signature": f"sha256={mac}",
+            "Content-Type": "application/json",
+        }
 
     async def accepted() -> bool:
         resp = await gw.session.post(url, data=body, headers=signed(other_secret))
