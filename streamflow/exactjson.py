@@ -68,6 +68,19 @@ def _big_ints(v: Any) -> Any:
     return v
 
 
+def number(d: Decimal) -> int | float | Decimal | str:
+    """An exact decimal (e.g. SQL ``numeric``) as the value ``loads`` would give for its
+    JSON text, so a value has one type before and after it crosses a topic: an integer as
+    ``int``, a decimal a double holds exactly (at most 15 digits) as ``float``, any other
+    as ``Decimal``; NaN/Infinity as text."""
+    if not d.is_finite():
+        return str(d)
+    if d.as_tuple().exponent >= 0:
+        return int(d)
+    f = float(d)
+    return f if Decimal(repr(f)) == d else d
+
+
 def dumps(obj: Any, option: int = 0) -> bytes:
     """``obj`` as compact JSON bytes (orjson ``option`` flags allowed), numbers exact."""
     try:
@@ -118,7 +131,7 @@ def _rounds(raw: bytes, marked: bytes) -> bool:
         e = _EXP.match(raw, m.end())
         tok = raw[m.start() : e.end() if e else m.end()].decode()
         if "." not in tok and "e" not in tok and "E" not in tok:
-            if int(tok) >= 2**63:
+            if len(tok) > 19 or int(tok) >= 2**63:
                 return True
         elif tok.count(".") > 1:
             return True

@@ -196,10 +196,8 @@ def to_json_value(value: Any) -> Any:
     """Database values -> what a payload can carry."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
-    if isinstance(value, Decimal):  # exact: numeric(38,0) -> int, 12.30 -> Decimal('12.30')
-        if not value.is_finite():
-            return str(value)  # PostgreSQL numeric 'NaN' / 'Infinity'
-        return int(value) if value.as_tuple().exponent == 0 else value
+    if isinstance(value, Decimal):  # exact: int, float when a double holds it, else Decimal
+        return exactjson.number(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
