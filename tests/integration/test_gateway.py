@@ -493,7 +493,8 @@ def test_form_bodies_keep_repeated_keys_and_type_by_schema() -> None:
         },
     }  # fmt: skip
     pairs = [("n", "7"), ("big", "123456789012345678901234567890"), ("ok", "true"),
-             ("tags", "a"), ("ids", "1"), ("ids", "2"), ("name", "42"), ("x", "1"), ("x", "2")]  # fmt: skip
+             ("tags", "a"), ("ids", "1"), ("ids", "2"), ("name", "42"),
+             ("x", "1"), ("x", "2")]  # fmt: skip
     assert form_payload(pairs, schema) == {
         "n": 7, "big": 123456789012345678901234567890, "ok": True, "tags": ["a"],
         "ids": [1, 2], "name": "42", "x": ["1", "2"],
