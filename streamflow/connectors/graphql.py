@@ -99,6 +99,11 @@ class GraphqlConfig(ConnectedStep):
     def _endpoint(self) -> GraphqlConfig:
         if not self.url and not self.base_url:
             raise ValueError("set url (the GraphQL endpoint) or connection")
+        if "${" in self.query:  # the document is sent as written, like sql's query:
+            raise ValueError(
+                "query: ${...} is not rendered in the GraphQL document; declare a variable "
+                "($name in the query) and give variables: {name: \"${payload...}\"}"
+            )
         return self
 
 
