@@ -75,7 +75,7 @@ def number(d: Decimal) -> int | float | Decimal | str:
     as ``Decimal``; NaN/Infinity as text."""
     if not d.is_finite():
         return str(d)
-    if d.as_tuple().exponent >= 0:
+    if d == d.to_integral_value() and d.as_tuple().exponent == 0:
         return int(d)
     f = float(d)
     return f if Decimal(repr(f)) == d else d
@@ -147,6 +147,8 @@ def _rounds(raw: bytes, marked: bytes) -> bool:
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON text, keeping integers of any size and long decimals exact."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
+    if raw[:3] == b"\xef\xbb\xbf":  # a byte-order mark is not part of the document
+        raw = raw[3:]
     marked = raw.translate(_DIGITS)
     if _RUN not in marked or not _rounds(raw, marked):
         return orjson.loads(raw)

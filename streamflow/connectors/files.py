@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from streamflow import exactjson
+from streamflow import exactjson, textio
 from streamflow.connectors.connections import context_directory
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
@@ -151,7 +151,7 @@ class FileReadStep(_FileStep):
         try:
             if path.stat().st_size > self.cfg.max_bytes:
                 raise PoisonMessageError(f"{path} is larger than max_bytes={self.cfg.max_bytes}")
-            text = path.read_text(encoding=self.cfg.encoding)
+            text = textio.read_text(path, self.cfg.encoding)  # no BOM in names
         except FileNotFoundError:
             raise PoisonMessageError(f"{path}: no such file") from None
         except IsADirectoryError:

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from streamflow import exactjson
+from streamflow import exactjson, textio
 from streamflow.connectors.auth import HttpAuth, apply_static_auth, auth_secrets, token_source
 from streamflow.connectors.secrets import Masker
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
@@ -138,7 +138,7 @@ def parse_body(raw: bytes, content_type: str) -> Any:
         except exactjson.JSONDecodeError:
             pass
     try:
-        return raw.decode()
+        return textio.decode(raw)
     except UnicodeDecodeError:
         return base64.b64encode(raw).decode()
 

@@ -15,7 +15,6 @@ rows (or row, or count) become the payload.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streamflow import exactjson
+from streamflow import exactjson, textio
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
 from streamflow.topology.expressions import compile_value
@@ -60,7 +60,7 @@ class Found:
 def parse(data: bytes, trigger: FileTrigger) -> list[Any]:
     """The file's payload(s): one, or one per record with ``split``."""
     try:
-        text = data.decode(trigger.encoding)
+        text = textio.decode(data, trigger.encoding)  # a BOM is not text
     except (UnicodeDecodeError, LookupError) as exc:
         raise FileFormatError(f"not {trigger.encoding} text: {exc}") from None
     fmt = trigger.format

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from streamflow import textio
 from streamflow.errors import Issue, ValidationFailed
 
 PathT = tuple[str | int, ...]
@@ -114,7 +115,7 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, Positions]:
 def load_yaml(path: str | Path) -> tuple[Any, Positions]:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = textio.read_text(p)
     except OSError as exc:
         raise ValidationFailed(
             [Issue(str(p), 1, 1, "", f"cannot read file: {exc.strerror}")]

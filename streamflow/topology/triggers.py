@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow import textio
 from streamflow.topology.models import Duration, Model, TriggerConfig
 from streamflow.topology.registry import trigger_config
 
@@ -128,7 +129,7 @@ class WebhookTrigger(TriggerConfig):
             if not path.is_relative_to(directory):
                 raise ValueError(f"schema file {v} is outside the topology's folder")
             try:
-                text = path.read_text()
+                text = textio.read_text(path)
                 v = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
             except (OSError, ValueError, yaml.YAMLError) as exc:
                 raise ValueError(f"cannot read schema file {v}: {exc}") from None

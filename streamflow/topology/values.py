@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import yaml
 
+from streamflow import textio
 from streamflow.errors import ConfigError
 from streamflow.topology.models import ConfigVar
 
@@ -26,8 +27,8 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(textio.read_text(path))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     if data is None:
         return {}
