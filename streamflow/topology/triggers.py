@@ -9,18 +9,18 @@ relative to the topology file's folder. What runs each type lives in ``streamflo
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from streamflow import textio
+from streamflow import exactjson
+from streamflow.errors import ValidationFailed
 from streamflow.topology.models import Duration, Model, TriggerConfig
 from streamflow.topology.registry import trigger_config
+from streamflow.topology.source import decode_utf8, safe_load
 
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
@@ -128,11 +128,15 @@ class WebhookTrigger(TriggerConfig):
             path = (directory / v).resolve()
             if not path.is_relative_to(directory):
                 raise ValueError(f"schema file {v} is outside the topology's folder")
-            try:
-                text = textio.read_text(path)
-                v = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-            except (OSError, ValueError, yaml.YAMLError) as exc:
-                raise ValueError(f"cannot read schema file {v}: {exc}") from None
+            try:  # YAML with the topology's limits (nesting, aliases); both must be UTF-8
+                text = decode_utf8(path.read_bytes(), str(path))
+                v = exactjson.loads(text) if path.suffix == ".json" else safe_load(text, str(path))
+            except exactjson.JSONDecodeError as exc:
+                raise ValueError(f"schema file {v} is not JSON: {exc}") from None
+            except OSError as exc:
+                raise ValueError(f"cannot read schema file {v}: {exc.strerror}") from None
+            except ValidationFailed as exc:
+                raise ValueError(f"cannot read schema file: {exc}") from None
             if not isinstance(v, dict):
                 raise ValueError(f"schema file {path.name} does not hold a JSON Schema object")
         from jsonschema import SchemaError, validators

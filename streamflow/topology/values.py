@@ -7,11 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from streamflow import exactjson, textio
-from streamflow.errors import ConfigError
+from streamflow import exactjson
+from streamflow.errors import ConfigError, ValidationFailed
 from streamflow.topology.models import ConfigVar
+from streamflow.topology.source import decode_utf8, safe_load
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -27,9 +26,14 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(textio.read_text(path))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+        data = safe_load(decode_utf8(Path(path).read_bytes(), str(path)), str(path))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except ValidationFailed as exc:  # where and what (syntax, nesting, alias bomb, not UTF-8)
+        i = exc.issues[0]
+        raise ConfigError(
+            f"{path}: cannot read config file: line {i.line}, column {i.column}: {i.message}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
