@@ -30,17 +30,21 @@ def best(stmt: str, n: int = 20000) -> float:
     return min(timeit.repeat(stmt, number=n, repeat=5, globals=globals())) / n * 1e6
 
 
+def pair(what: str, fast: str, exact: str) -> None:
+    print(f"  {what}  orjson {best(fast):.2f} us   exactjson {best(exact):.2f} us")
+
+
 if __name__ == "__main__":
     d = ORDINARY.to_dict()
     raw = orjson.dumps(d)
     big = BIG.to_dict()
     big_raw = exactjson.dumps(big)
-    print(f"ordinary envelope, {len(raw)} bytes")
-    print(f"  dumps  orjson {best('orjson.dumps(d)'):.2f} us   exactjson {best('exactjson.dumps(d)'):.2f} us")
-    print(f"  loads  orjson {best('orjson.loads(raw)'):.2f} us   exactjson {best('exactjson.loads(raw)'):.2f} us")
     comp = orjson.dumps(COMPUTED.to_dict())
+    print(f"ordinary envelope, {len(raw)} bytes")
+    pair("dumps", "orjson.dumps(d)", "exactjson.dumps(d)")
+    pair("loads", "orjson.loads(raw)", "exactjson.loads(raw)")
     print("ordinary envelope with a 17-digit computed float (0.1 + 0.2)")
-    print(f"  loads  orjson {best('orjson.loads(comp)'):.2f} us   exactjson {best('exactjson.loads(comp)'):.2f} us")
+    pair("loads", "orjson.loads(comp)", "exactjson.loads(comp)")
     print(f"big-number envelope, {len(big_raw)} bytes (orjson alone cannot write it)")
     print(f"  dumps  exactjson {best('exactjson.dumps(big)'):.2f} us")
     print(f"  loads  exactjson {best('exactjson.loads(big_raw)'):.2f} us")

@@ -23,7 +23,8 @@ from streamflow.topology.values import read_config_file
 HEAD = "apiVersion: streamflow/v1\nkind: Integration\nname: y\n"
 FLOW = "flows:\n  - name: f\n    trigger: {type: manual}\n    steps:\n"
 LAUGHS = "".join(
-    f"  {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+    f"  {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n"
+    for a, b in zip("abcdefgh", "bcdefghi", strict=True)
 )
 CORPUS: dict[str, tuple[bytes, str]] = {  # name: (file, expected message)
     "billion-laughs": (
@@ -37,7 +38,8 @@ CORPUS: dict[str, tuple[bytes, str]] = {  # name: (file, expected message)
                    for i in range(1, 10)) + FLOW).encode(),
         "alias bomb",
     ),
-    "deep-brackets": ((HEAD + "x: " + "[" * 10_000 + "]" * 10_000 + "\n").encode(), "nesting deeper"),
+    "deep-brackets": ((HEAD + "x: " + "[" * 10_000 + "]" * 10_000 + "\n").encode(),
+                      "nesting deeper"),
     "deep-braces": ((HEAD + "x: " + "{a: " * 5_000 + "1" + "}" * 5_000 + "\n").encode(),
                     "nesting deeper"),
     "deep-blocks": (
@@ -109,7 +111,7 @@ def test_validate_exits_2_with_file_line_and_no_traceback(tmp_path: Path) -> Non
         (tmp_path / f"{name}.yaml").write_bytes(data)
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "streamflow"), "validate", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
