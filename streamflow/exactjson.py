@@ -46,8 +46,6 @@ def _default(o: Any) -> Any:
         if not o.is_finite():
             raise TypeError(f"the number {o} is not finite and has no JSON form")
         return orjson.Fragment(str(o))
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
     raise TypeError(f"a value of type {type(o).__name__} has no JSON form")
 
 

@@ -58,7 +58,10 @@ def topology_files(paths: list[str]) -> list[Path]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from streamflow.connectors.files import file_places
+
     issues: list[Issue] = []
+    places: list[str] = []
     files = topology_files(args.paths)
     if not files:
         raise ConfigError(f"no topology files found in {' '.join(args.paths)}")
@@ -66,11 +69,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             integration = load_integration(f)
             compile_plan(integration)
+            places.extend(file_places(integration))
         except ValidationFailed as exc:
             issues.extend(exc.issues)
     if issues:
         raise ValidationFailed(issues)
     print(f"{len(files)} topology file(s) valid")
+    for line in places:  # where files may be read or written (F3: confined by default)
+        print(f"  {line}")
     return 0
 
 

@@ -112,6 +112,7 @@ class FileRunner(LeaderTrigger):
         self.done: dict[str, str] = {}  # file name -> sha256 of what was emitted
         self.last_scan: dict[str, tuple[int, int]] = {}  # name -> (size, mtime) at last scan
         self.next_scan = 0.0
+        self.refused: set[str] = set()  # symlinks out of the folder, warned about once
 
     def reset(self) -> None:
         self.done = {}
@@ -158,6 +159,11 @@ class FileRunner(LeaderTrigger):
             except FileNotFoundError:
                 continue
             if not path.is_file():
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(self.folder.resolve()):
+                if name not in self.refused:  # a link out of the folder is never read
+                    log.warning("%s: %s links outside %s; not taken", self.topic, name, self.folder)
+                    self.refused.add(name)
                 continue
             now = (st.st_size, st.st_mtime_ns)
             seen[name] = now

@@ -377,6 +377,13 @@ class FileTrigger(TriggerConfig):
     )
     encoding: str = "utf-8"
 
+    @field_validator("processed_dir", "failed_dir", mode="after")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts or "${" in v:
+            raise ValueError(f"{v!r} must be a folder inside path (no '..', not absolute)")
+        return v
+
     @field_validator("path", mode="after")
     @classmethod
     def _folder(cls, v: str, info: ValidationInfo) -> str:
