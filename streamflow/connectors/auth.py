@@ -134,9 +134,9 @@ class TokenSource:
         if self.audience:
             form["audience"] = str(self.audience)
         headers = {"Accept": "application/json"}
-        if self.client_auth == "basic":
-            cred = f"{self.client_id}:{self.client_secret or ''}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
+        if self.client_auth == "basic":  # the derived credential is masked too
+            cred = self.masker.add_basic(str(self.client_id), str(self.client_secret or ""))
+            headers["Authorization"] = "Basic " + cred
         else:
             form["client_id"] = self.client_id
             if self.client_secret is not None:

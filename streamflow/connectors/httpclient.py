@@ -22,6 +22,7 @@ from streamflow import exactjson, textio
 from streamflow.connectors.auth import HttpAuth, apply_static_auth, auth_secrets, token_source
 from streamflow.connectors.secrets import Masker
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
+from streamflow.errtext import plain
 from streamflow.steps.base import StepContext
 from streamflow.topology.expressions import ROOTS, Template, compile_value
 
@@ -81,6 +82,8 @@ class HttpCaller:
         source = None
         if auth is not None:
             self.masker.add(*auth_secrets(auth))
+            if auth["type"] == "basic":  # base64(user:password) is the secret as sent
+                self.masker.add_basic(str(auth["username"]), str(auth.get("password") or ""))
             if auth["type"] == "oauth2":
                 source = token_source(self.ctx.resources, auth, self.masker)
             else:
@@ -114,6 +117,11 @@ class HttpCaller:
             raise PoisonMessageError(self.mask(msg)) from None
         except aiohttp.ClientError as exc:
             raise RetriableError(self.mask(f"{where} failed: {exc.__class__.__name__}")) from None
+        except ValueError as exc:  # aiohttp refuses a header with CR/LF (injection) and such
+            text = "a header name or value contains a line break (CR/LF)"
+            if "header" not in str(exc).lower():
+                text = plain(exc)
+            raise PoisonMessageError(self.mask(f"{where} not sent: {text}")) from None
 
     async def _request(
         self, method: str, url: str, headers: dict[str, str], query: dict[str, str], data: Any

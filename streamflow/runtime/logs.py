@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from streamflow import exactjson
-from streamflow.connectors.secrets import Masker
+from streamflow.connectors.secrets import PROCESS
 
-_masker = Masker()
+_masker = PROCESS  # every secret (and derived form) any masker of this process learnt
 CONTEXT_FIELDS = ("integration", "flow", "step", "execution_id", "instance")
 
 
