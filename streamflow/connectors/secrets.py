@@ -6,7 +6,8 @@ messages travel on topics (dead-letter headers, execution events), so a message 
 quoted a secret would leak it; masking is done where the message is made.
 
 A secret is masked in every form StreamFlow or a target may write it: as is,
-URL-encoded (``%2F``, ``+``), JSON-escaped (``\"``, ``\u00e9``), base64 (standard and
+URL-encoded (``%2F``, ``+``), JSON-escaped (``\"``, ``\u00e9``), its UTF-8 bytes read
+as Latin-1 (how many servers decode header values), base64 (standard and
 URL-safe, with or without padding), and - for Basic auth - the whole
 ``base64(user:password)`` credential (``add_basic``). ``PROCESS`` is the process-wide
 masker that logs, execution events and dead letters pass through as a last line.
@@ -64,14 +65,20 @@ class Masker:
 
 def derived_forms(secret: str) -> set[str]:
     """``secret`` as written raw, URL-encoded, JSON-escaped and base64-encoded."""
-    forms = {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+    forms = {secret, quote_plus(secret), json.dumps(secret)[1:-1]}
+    # percent-encoded as URL paths and query strings keep different characters (yarl, curl)
+    forms.update(quote(secret, safe=safe) for safe in _URL_SAFE)
     forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
     raw = secret.encode()
+    # UTF-8 bytes read back as Latin-1 (HTTP header values are Latin-1 to many servers)
+    latin = raw.decode("latin-1")
+    forms.update((latin, json.dumps(latin)[1:-1], json.dumps(latin, ensure_ascii=False)[1:-1]))
     for enc in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
         forms.update((enc, enc.rstrip("=")))
     return {f for f in forms if len(f) >= _MIN_SECRET}
 
 
+_URL_SAFE = ("", "/", "/:@", "/?:@!$'()*,;", "/?:@!$'()*,;=+&")
 PROCESS = Masker()  # every secret any masker of this process learnt: logs, events, DLQ
 
 
