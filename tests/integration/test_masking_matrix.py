@@ -68,7 +68,7 @@ class Echo(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path.startswith("/token"):
             answer = {"access_token": ACCESS_TOKEN, "token_type": "Bearer", "expires_in": 3600}
