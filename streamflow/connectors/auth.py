@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from typing import Any, Literal
 
@@ -171,6 +172,8 @@ class TokenSource:
         try:
             lifetime = float(body.get("expires_in") or 3600)
         except (TypeError, ValueError):
+            lifetime = 3600.0
+        if not math.isfinite(lifetime) or lifetime <= 0:  # "nan", "inf", -1: not an answer
             lifetime = 3600.0
         self._token = token
         self._expires = time.monotonic() + lifetime

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -155,7 +156,8 @@ def retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None  # nan/inf: no advice
     except ValueError:
         try:
             parsed = email.utils.parsedate_to_datetime(value)
