@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -53,8 +54,8 @@ def content_hash(record: Any) -> str:
 
 def order_key(value: Any) -> tuple[int, Any]:
     """Numbers compare as numbers, text as text (ISO timestamps sort correctly)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (0, float(value))
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return (0, value)  # exact: 30-digit ids differing in the last digit stay ordered
     if isinstance(value, str):
         return (1, value)
     return (2, exactjson.dumps(value, option=exactjson.OPT_SORT_KEYS).decode())

@@ -238,3 +238,14 @@ async def test_postgres_numeric_rows_are_exact(
     assert same(row["doc"], VALUES)
     env = Envelope("e", "i", "f", "s", row)
     assert same(decode(encode(env)).payload, row)
+
+
+def test_poll_cursors_and_state_records_keep_numbers() -> None:
+    """A poll cursor over 30-digit ids (or exact decimals) orders and persists exactly."""
+    from streamflow.runtime.poller import order_key
+
+    assert order_key(BIG) < order_key(BIG + 1)
+    assert order_key(LEDGER) < order_key(Decimal("1234567890123456.79"))
+    assert order_key(1) < order_key(1.5) < order_key(LEDGER)
+    state = {"value": BIG + 1, "seen": []}
+    assert same(exactjson.loads(exactjson.dumps(state)), state)
