@@ -86,7 +86,11 @@ def dumps(obj: Any, option: int = 0) -> bytes:
     except TypeError as exc:
         if "64-bit" not in str(exc):
             raise TypeError(_plain(exc)) from None
-    return orjson.dumps(_big_ints(obj), default=_default, option=option)
+    try:
+        exact = _big_ints(obj)
+    except RecursionError:
+        raise TypeError("nested too deeply to write as JSON") from None
+    return orjson.dumps(exact, default=_default, option=option)
 
 
 def dumps_text(obj: Any, option: int = 0) -> str:
@@ -158,3 +162,5 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         raise JSONDecodeError(exc.msg, exc.doc, exc.pos) from None
     except (ValueError, InvalidOperation) as exc:
         raise JSONDecodeError(_plain(exc), "", 0) from None
+    except RecursionError:  # the exact path recurses; orjson stops at 1024 levels anyway
+        raise JSONDecodeError("nested too deeply", "", 0) from None

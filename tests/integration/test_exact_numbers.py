@@ -67,6 +67,9 @@ def test_codec_refuses_what_json_cannot_hold_with_plain_messages() -> None:
     for text in (b"[NaN]", b"[Infinity]", b"[1, 12345678901234567890123, nan]"):
         with pytest.raises(exactjson.JSONDecodeError):
             exactjson.loads(text)
+    deep = b"[" * 100_000 + b"123456789012345678901234567890" + b"]" * 100_000
+    with pytest.raises(exactjson.JSONDecodeError, match="nested too deeply"):
+        exactjson.loads(deep)  # the exact path, not only orjson's, is bounded
     with pytest.raises(ValueError, match="more than 4300 digits") as info:
         exactjson.dumps([10**5000])
     assert "sys." not in str(info.value)
