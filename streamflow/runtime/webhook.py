@@ -154,7 +154,7 @@ class WebhookEndpoint:
             raise Refusal(400, "empty body: send a JSON document")
         if content_type == "application/x-www-form-urlencoded":
             try:
-                pairs = parse_qsl(body.decode(), keep_blank_values=True)
+                pairs = parse_qsl(body.decode(), keep_blank_values=True, errors="strict")
             except UnicodeDecodeError:
                 raise Refusal(400, "form body is not UTF-8") from None
             return form_payload(pairs, self.trigger.schema_)

@@ -477,6 +477,8 @@ async def test_form_values_are_typed_by_the_flow_schema(
     bad = await gw.post_order(b"id=o-6&amount=lots", **form)
     assert bad.status == 422
     assert (await bad.json())["errors"][0]["path"] == "/amount"
+    latin = await gw.post_order(b"id=%ff%fe&amount=1", **form)  # %-escapes that are not UTF-8
+    assert latin.status == 400
     [rec] = gw.records("orders")
     assert decode(rec.value).payload == {"id": "o-5", "amount": 12.5}
 
