@@ -37,7 +37,6 @@ MAX_DIGITS = 4300  # CPython's int <-> str limit; a longer number is refused, no
 # a number orjson may round has 17+ digits/points in a row (int64 has 19 digits, a double ~16)
 _DIGITS = bytes.maketrans(b"0123456789.", b"###########")
 _RUN = b"#" * 17
-_RUNS = re.compile(rb"#{17,}")
 _EXP = re.compile(rb"[eE][-+]?[0-9]+")
 
 
@@ -129,9 +128,14 @@ def _constant(s: str) -> Any:
 def _rounds(raw: bytes, marked: bytes) -> bool:
     """True if a long number in ``raw`` (or a digit run in a string) would lose digits as
     int64/double; a float that orjson itself wrote (shortest round-trip form) does not."""
-    for m in _RUNS.finditer(marked):
-        e = _EXP.match(raw, m.end())
-        tok = raw[m.start() : e.end() if e else m.end()].decode()
+    start, n = marked.find(_RUN), len(marked)
+    while start != -1:  # bytes.find, not a regex: re scans a char class slowly
+        end = start + len(_RUN)
+        while end < n and marked[end] == 35:  # '#'
+            end += 1
+        e = _EXP.match(raw, end)
+        tok = raw[start : e.end() if e else end].decode()
+        start = marked.find(_RUN, end)
         if "." not in tok and "e" not in tok and "E" not in tok:
             if len(tok) > 19 or int(tok) >= 2**63:
                 return True
