@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamflow import exactjson
 from streamflow.cli.executions import cmd_executions  # noqa: F401  (main dispatches cmd_<verb>)
 from streamflow.cli.inputs import config_values, read_payloads
 from streamflow.cli.trace import TraceWriter
@@ -59,7 +60,10 @@ def topology_files(paths: list[str]) -> list[Path]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from streamflow.connectors.files import file_places
+
     issues: list[Issue] = []
+    places: list[str] = []
     files = topology_files(args.paths)
     if not files:
         raise ConfigError(f"no topology files found in {' '.join(args.paths)}")
@@ -67,11 +71,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             integration = load_integration(f)
             compile_plan(integration)
+            places.extend(file_places(integration))
         except ValidationFailed as exc:
             issues.extend(exc.issues)
     if issues:
         raise ValidationFailed(issues)
     print(f"{len(files)} topology file(s) valid")
+    for line in places:  # where files may be read or written (F3: confined by default)
+        print(f"  {line}")
     return 0
 
 
@@ -437,7 +444,7 @@ def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) 
     print(json.dumps({**d.summary(), **state.columns(), "replays": state.replays}, indent=2))
     try:
         env = decode(d.record.value, encoding)  # type: ignore[arg-type]
-        print(json.dumps(env.to_dict(), indent=2, default=str))
+        print(exactjson.dumps_text(env.to_dict(), exactjson.OPT_INDENT_2))  # numbers exact
     except PoisonMessageError:
         print(f"raw record (not an envelope): {d.record.value[:2000]!r}")
 

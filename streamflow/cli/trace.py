@@ -7,8 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.runner import Execution, RunResult
 
@@ -38,7 +37,7 @@ class TraceWriter:
 
     def __call__(self, ex: Execution, ev: ExecutionEvent) -> None:
         if self.json:
-            self.out.write(orjson.dumps(_event_dict(ev)).decode() + "\n")
+            self.out.write(exactjson.dumps(_event_dict(ev)).decode() + "\n")
         elif self.verbose and is_terminal(ev.event, ev.note):
             self._block(ex)
         if is_terminal(ev.event, ev.note):
@@ -58,7 +57,8 @@ class TraceWriter:
         msg = f"{len(result.executions)} executions in {result.seconds:.2f}s: {text}"
         if self.json:
             print(
-                orjson.dumps({"summary": counts, "seconds": result.seconds}).decode(), file=self.out
+                exactjson.dumps({"summary": counts, "seconds": result.seconds}).decode(),
+                file=self.out,
             )
         else:
             print(msg, file=self.out)
@@ -87,5 +87,5 @@ def _event_dict(ev: ExecutionEvent) -> dict[str, Any]:
 
 
 def _short(payload: Any, limit: int = 300) -> str:
-    text = orjson.dumps(payload).decode()
+    text = exactjson.dumps(payload).decode()
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -26,9 +26,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 from pydantic import Field
 
+from streamflow import exactjson
 from streamflow.connectors.secrets import Masker
 from streamflow.connectors.stores import Store, StoreOptions, open_store, wait_for_slot
 from streamflow.errors import RetriableError
@@ -137,8 +137,8 @@ class TwoLevelCache:
             result = self._fresh(key, await load(), cacheable)
             if cacheable(result):
                 try:
-                    await store.set(shared, orjson.dumps(result), self.cfg.ttl)
-                except (RetriableError, TypeError, orjson.JSONEncodeError) as exc:
+                    await store.set(shared, exactjson.dumps(result), self.cfg.ttl)
+                except (RetriableError, TypeError, ValueError) as exc:
                     log.warning("%s: cache write failed: %s", self.ctx.step_id, exc)
             return result
         finally:
@@ -172,7 +172,7 @@ class TwoLevelCache:
         return None
 
     def _hit(self, key: str, found: tuple[bytes, float]) -> Result:
-        result: Result = orjson.loads(found[0])
+        result: Result = exactjson.loads(found[0])
         self._remember(key, result, min(found[1], self.cfg.ttl))
         return result
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationInfo, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.auth import HttpAuth
 from streamflow.connectors.cache import RateLimit, RateLimiter
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
@@ -104,6 +104,11 @@ class GraphqlConfig(ConnectedStep):
     def _endpoint(self) -> GraphqlConfig:
         if not self.url and not self.base_url:
             raise ValueError("set url (the GraphQL endpoint) or connection")
+        if "${" in self.query:  # the document is sent as written, like sql's query:
+            raise ValueError(
+                "query: ${...} is not rendered in the GraphQL document; declare a variable "
+                "($name in the query) and give variables: {name: \"${payload...}\"}"
+            )
         return self
 
 
@@ -184,7 +189,7 @@ class GraphqlStep(AsyncStep):
         headers.setdefault("Accept", "application/json")
         if self.limiter is not None:
             await self.limiter.wait(scope)
-        resp = await self.caller.send("POST", url, headers, {}, orjson.dumps(doc), scope)
+        resp = await self.caller.send("POST", url, headers, {}, exactjson.dumps(doc), scope)
         body = resp.body if isinstance(resp.body, dict) else {}
         errors = body.get("errors")
         where = f"POST {safe_url(url)}"

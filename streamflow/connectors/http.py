@@ -43,9 +43,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationInfo, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.auth import HttpAuth
 from streamflow.connectors.cache import RateLimit, RateLimiter, ResponseCache, TwoLevelCache
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
@@ -259,7 +259,7 @@ class HttpStep(AsyncStep):
             headers.setdefault("Idempotency-Key", f"{env.execution_id}-{self.cfg.id}{suffix}")
         data: Any = None
         if self.json is not None:
-            data = orjson.dumps(self.json.render(scope))
+            data = exactjson.dumps(self.json.render(scope))
             headers.setdefault("Content-Type", "application/json")
         elif self.body is not None:
             data = str(self.body.render(scope)).encode()
@@ -352,10 +352,10 @@ def read_body(step_id: str, resp: Response, fmt: str) -> Any:
         return None
     try:
         if fmt == "json":
-            return orjson.loads(resp.raw)
+            return exactjson.loads(resp.raw)
         if fmt == "xml":
             return parse_xml(resp.raw)
-    except (orjson.JSONDecodeError, XmlError) as exc:
+    except (exactjson.JSONDecodeError, XmlError) as exc:
         if 200 <= resp.status < 300:
             raise PoisonMessageError(f"step {step_id}: the answer is not {fmt}: {exc}") from None
     return resp.raw.decode(errors="replace")

@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.connectors.pools import PoolSettings
 from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.connectors.sqldb import Result, Statement
@@ -70,7 +69,7 @@ def parse_dsn(dsn: str) -> dict[str, Any]:
 def bind_mysql(value: Any) -> Any:
     """Payload values -> what asyncmy escapes: mappings and lists as JSON text."""
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
+        return exactjson.dumps_text(value)
     return value
 
 

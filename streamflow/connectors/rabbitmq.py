@@ -24,9 +24,9 @@ import datetime as dt
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.connections import (
     ConnectedStep,
     FieldsOf,
@@ -335,9 +335,9 @@ class RabbitMQPublishStep(AsyncStep):
                 data = ("" if body is None else str(body)).encode()
                 content_type = "text/plain"
             else:
-                data = orjson.dumps(body)
+                data = exactjson.dumps(body)
                 content_type = "application/json"
-        except (TypeError, orjson.JSONEncodeError) as exc:
+        except (TypeError, ValueError) as exc:
             raise PoisonMessageError(f"step {self.cfg.id}: body: {exc}") from None
         headers = self.headers.render(scope) or {}
         message_id = self.message_id.render(scope) or f"{env.execution_id}-{self.cfg.id}"

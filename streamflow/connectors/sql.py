@@ -15,6 +15,7 @@ rows (or row, or count) become the payload.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -141,6 +142,7 @@ class SqlConfig(ConnectedStep):
             raise ValueError("operation upsert needs conflict: [the unique columns]")
         if op == "query":
             assert self.query is not None
+            _no_template(self.query)
             sql = compile_sql(self.query)
             if sql.names and not isinstance(self.params, dict):
                 raise ValueError(f"the query uses :{sql.names[0]}; give params as a mapping")
@@ -306,6 +308,22 @@ class SqlStep(AsyncStep):
                 continue
             out[camel(name) if self.cfg.camel_case else name] = to_json_value(value)
         return out
+
+
+_TEMPLATE = re.compile(r"\$\{([^}]*)\}?")
+
+
+def _no_template(query: str) -> None:
+    """``query:`` is SQL sent as written (never templated, so never injectable): a ``${…}``
+    in it would reach the database literally. Point to the bound ``params`` instead."""
+    m = _TEMPLATE.search(query)
+    if m is not None:
+        expr = m.group(1).strip() or "payload.x"
+        name = re.sub(r"\W+", "_", expr.split(".")[-1]).strip("_") or "value"
+        raise ValueError(
+            f"query: ${{{expr}}} is not rendered in SQL text (values are never spliced into "
+            f"SQL); write a placeholder :{name} and give params: {{{name}: \"${{{expr}}}\"}}"
+        )
 
 
 def camel(name: str) -> str:

@@ -29,8 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import Resources
@@ -249,8 +248,8 @@ def to_json_value(value: Any) -> Any:
     """Database values -> what a payload can carry."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Decimal):  # exact: int, float when a double holds it, else Decimal
+        return exactjson.number(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
@@ -318,8 +317,8 @@ class PostgresDatabase:
             for name in ("json", "jsonb"):
                 await conn.set_type_codec(
                     name,
-                    encoder=lambda v: orjson.dumps(v).decode(),
-                    decoder=orjson.loads,
+                    encoder=exactjson.dumps_text,
+                    decoder=exactjson.loads,
                     schema="pg_catalog",
                 )
 
@@ -384,7 +383,9 @@ def _classify(exc: BaseException, where: str, masker: Masker) -> Exception:
 
 def _bind_sqlite(value: Any) -> Any:
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
+        return exactjson.dumps_text(value)
+    if isinstance(value, Decimal) or (type(value) is int and not -(2**63) <= value < 2**63):
+        return str(value)  # exact digits; SQLite's column affinity decides how to store them
     if isinstance(value, bool):
         return int(value)
     return value

@@ -36,14 +36,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
-import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.connectors.rabbitmq import RabbitMQTrigger, amqp_value, connect
 from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.envelope import new_execution_id
@@ -61,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamflow.trigger")
 MAX_BACKOFF = 30.0
 TRUNCATE = 65536  # bytes of a body kept in a dead letter the broker refused whole
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # 2**63 has 19 digits
 
 
 def parse_body(body: bytes, fmt: str) -> Any:
@@ -75,21 +71,9 @@ def parse_body(body: bytes, fmt: str) -> Any:
     if fmt == "text":
         return text
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        return exactjson.loads(body)  # integers of any size and long decimals stay exact
+    except exactjson.JSONDecodeError as exc:
         raise PoisonMessageError(f"message is not valid JSON: {exc}") from None
-    if _LONG_DIGITS.search(body):  # orjson reads an integer beyond 64 bits as a float
-        json.loads(text, parse_int=_int64)
-    return payload
-
-
-def _int64(text: str) -> int:
-    value = int(text)
-    if not -(2**63) <= value < 2**64:
-        raise PoisonMessageError(
-            f"message has the integer {text[:40]}, beyond 64 bits: it would lose digits"
-        )
-    return value
 
 
 def truncated(letter: Outgoing) -> Outgoing:

@@ -10,8 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.envelope import Envelope, now_ms
 
 RUNS = logging.getLogger("streamflow.executions")
@@ -38,11 +37,11 @@ class ExecutionEvent:
     payload: Any = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(self)  # orjson serialises dataclasses natively
+        return exactjson.dumps(self)  # dataclasses natively; numbers exact
 
     @classmethod
     def decode(cls, data: bytes) -> ExecutionEvent:
-        return cls(**orjson.loads(data))
+        return cls(**exactjson.loads(data))
 
 
 def event_for(

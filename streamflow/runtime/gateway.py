@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from streamflow import exactjson
 from streamflow.connectors.secrets import MASK, Masker
 from streamflow.connectors.stores import Store, open_store
 from streamflow.envelope import Envelope
@@ -541,7 +542,8 @@ class Gateway:
         endpoint.check_auth(request.headers)
         body = await _read_body(request, endpoint)
         endpoint.check_signature(request.headers, body)
-        payload = endpoint.parse(request.method, request.content_type, body, request.query)
+        content_type = request.content_type if "Content-Type" in request.headers else ""
+        payload = endpoint.parse(request.method, content_type, body, request.query)
         endpoint.validate(payload)
         env = endpoint.envelope(
             payload, method=request.method, headers=request.headers, query=request.query
@@ -619,7 +621,9 @@ class Gateway:
         finally:
             self.watcher.forget(env.execution_id)
         if ev.event in ("completed", "filtered"):
-            return web.json_response({**accepted, "status": ev.event, "output": ev.payload})
+            return web.json_response(  # numbers exact: big ints and Decimals keep every digit
+                {**accepted, "status": ev.event, "output": ev.payload}, dumps=exactjson.dumps_text
+            )
         return web.json_response({**accepted, "status": ev.event, "error": ev.error}, status=502)
 
 

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import orjson
 
+from streamflow import exactjson
 from streamflow.connectors.httpclient import safe_url
 from streamflow.connectors.mongodb import poll_documents
 from streamflow.connectors.paginate import Pager, PaginationError
@@ -57,16 +58,16 @@ class PollError(Exception):
 
 
 def content_hash(record: Any) -> str:
-    return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return hashlib.sha256(exactjson.dumps(record, option=exactjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 def order_key(value: Any) -> tuple[int, Any]:
     """Numbers compare as numbers, text as text (ISO timestamps sort correctly)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (0, float(value))
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return (0, value)  # exact: 30-digit ids differing in the last digit stay ordered
     if isinstance(value, str):
         return (1, value)
-    return (2, orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+    return (2, exactjson.dumps(value, option=exactjson.OPT_SORT_KEYS).decode())
 
 
 def dig(doc: Any, path: str) -> Any:
@@ -135,7 +136,7 @@ class PollRunner(LeaderTrigger):
         self.polled = False
 
     def apply(self, rec: Record) -> None:
-        value = orjson.loads(rec.value)
+        value = exactjson.loads(rec.value)
         if rec.key == CURSOR:
             self.cursor, self.seen = value["value"], set(value["seen"])
         elif rec.key == POLLED:
@@ -348,8 +349,8 @@ class PollRunner(LeaderTrigger):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PollError(f"{safe_url(url)}: {exc.__class__.__name__}: {exc}") from None
         try:
-            return status, headers, orjson.loads(body), link
-        except orjson.JSONDecodeError as exc:
+            return status, headers, exactjson.loads(body), link
+        except exactjson.JSONDecodeError as exc:
             raise PollError(f"{safe_url(url)}: the answer is not JSON: {exc}") from None
 
     async def _fetch_sql(self) -> list[Any]:

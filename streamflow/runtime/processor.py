@@ -22,8 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamflow.connectors.secrets import PROCESS
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import CircuitOpenError, FatalError, PoisonMessageError, RetriableError
+from streamflow.errtext import plain
 from streamflow.runtime import tracing
 from streamflow.runtime.events import announce, event_for
 from streamflow.runtime.metrics import BREAKER_STATE, StepMetrics
@@ -384,12 +386,16 @@ class ChainProcessor:
 
 
 def describe(exc: BaseException) -> str:
+    """The error text of dead letters and execution events: plain words (no source paths
+    or Python internals; an unexpected error keeps its kind), every secret masked."""
     text = str(exc) or exc.__class__.__name__
     if not isinstance(exc, RetriableError | PoisonMessageError | ExpressionEvalError):
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
-        text = f"{exc.__class__.__name__}: {text}{where}"
-    return text
+        if frame:  # where, for operators: in the log, not in the message
+            log.debug("%s raised at %s:%s", exc.__class__.__name__, frame[0].filename,
+                      frame[0].lineno)  # fmt: skip
+        text = f"{exc.__class__.__name__}: {plain(exc)}"
+    return PROCESS.mask(text)
 
 
 def dlq_headers(

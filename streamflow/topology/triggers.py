@@ -9,19 +9,20 @@ relative to the topology file's folder. What runs each type lives in ``streamflo
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.paginate import Paginate
 from streamflow.connectors.stores import Idempotency
+from streamflow.errors import ValidationFailed
 from streamflow.topology.models import Duration, Model, TriggerConfig
 from streamflow.topology.registry import trigger_config
+from streamflow.topology.source import decode_utf8, safe_load
 
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
@@ -134,11 +135,15 @@ class WebhookTrigger(TriggerConfig):
             path = (directory / v).resolve()
             if not path.is_relative_to(directory):
                 raise ValueError(f"schema file {v} is outside the topology's folder")
-            try:
-                text = path.read_text()
-                v = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-            except (OSError, ValueError, yaml.YAMLError) as exc:
-                raise ValueError(f"cannot read schema file {v}: {exc}") from None
+            try:  # YAML with the topology's limits (nesting, aliases); both must be UTF-8
+                text = decode_utf8(path.read_bytes(), str(path))
+                v = exactjson.loads(text) if path.suffix == ".json" else safe_load(text, str(path))
+            except exactjson.JSONDecodeError as exc:
+                raise ValueError(f"schema file {v} is not JSON: {exc}") from None
+            except OSError as exc:
+                raise ValueError(f"cannot read schema file {v}: {exc.strerror}") from None
+            except ValidationFailed as exc:
+                raise ValueError(f"cannot read schema file: {exc}") from None
             if not isinstance(v, dict):
                 raise ValueError(f"schema file {path.name} does not hold a JSON Schema object")
         from jsonschema import SchemaError, validators
@@ -453,6 +458,13 @@ class FileTrigger(TriggerConfig):
         1_000_000, ge=1, description="larger files fail (format none has no limit)"
     )
     encoding: str = "utf-8"
+
+    @field_validator("processed_dir", "failed_dir", mode="after")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts or "${" in v:
+            raise ValueError(f"{v!r} must be a folder inside path (no '..', not absolute)")
+        return v
 
     @field_validator("path", mode="after")
     @classmethod
