@@ -27,14 +27,16 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("executions", help="list and show executions (status, steps, errors)")
     esub = p.add_subparsers(dest="executions_command", required=True)
     lp = esub.add_parser("list", help="executions, newest first")
-    lp.add_argument("topology")
-    lp.add_argument("--flow")
-    lp.add_argument("--status", choices=history.STATUSES)
-    lp.add_argument("--instance")
+    lp.add_argument("topology", help="the integration YAML file")
+    lp.add_argument("--flow", help="only this flow's executions")
+    lp.add_argument(
+        "--status", choices=history.STATUSES, help="only executions that ended (or are) so"
+    )
+    lp.add_argument("--instance", help="only this instance's executions")
     lp.add_argument("--since", help="only those started in this past window (e.g. 30m, 2h)")
     lp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     sp = esub.add_parser("show", help="one execution step by step (the trace `run` prints)")
-    sp.add_argument("topology")
+    sp.add_argument("topology", help="the integration YAML file")
     sp.add_argument("id", metavar="ID", help="the execution id")
     for d in (lp, sp):
         d.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -192,6 +192,15 @@ def select(
     return out
 
 
+def backlog(transport: Transport, plan: Plan, flow: str) -> int:
+    """How many dead letters of ``flow`` lie past what ``replay --all`` replayed (offsets
+    only, nothing is read). Letters replayed by id are still counted; on Kafka, letters
+    deleted by retention before being replayed are counted until the next ``--all``."""
+    topic = plan.flows[flow].dlq_topic
+    done = transport.committed(f"{topic}.replay", topic)
+    return sum(max(0, end - done.get(p, 0)) for p, end in transport.end_offsets(topic).items())
+
+
 def unreplayed(
     transport: Transport, plan: Plan, flow: str, letters: Sequence[DeadLetter]
 ) -> list[DeadLetter]:

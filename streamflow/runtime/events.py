@@ -12,6 +12,7 @@ from typing import Any
 
 from streamflow import exactjson
 from streamflow.envelope import Envelope, now_ms
+from streamflow.runtime.metrics import EXECUTIONS_ENDED
 
 RUNS = logging.getLogger("streamflow.executions")
 """One INFO line per finished execution (``serve``/``worker`` show INFO of it by default)."""
@@ -47,6 +48,9 @@ class ExecutionEvent:
 def event_for(
     env: Envelope, event: str, *, note: str = "", error: str = "", payload: Any = None
 ) -> ExecutionEvent:
+    """The event of ``env``; an ending one is counted in ``streamflow_executions_ended_total``."""
+    if is_terminal(event, note):
+        EXECUTIONS_ENDED.labels(env.integration, env.flow, event, env.instance).inc()
     return ExecutionEvent(
         env.execution_id,
         env.flow,

@@ -8,6 +8,7 @@ run returns when every execution it started is completed, filtered or failed.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,12 @@ class Execution:
     flow: str
     input: Any
     events: list[ExecutionEvent] = field(default_factory=list)
+    index: int = 0  # position of its event in the input (0-based)
+
+    @property
+    def via_fallback(self) -> bool:
+        """True when a step's fallback (not the step itself) carried it on."""
+        return any(ev.note == "fallback" or ev.note.startswith("fallback to") for ev in self.events)
 
     @property
     def status(self) -> str:
@@ -67,8 +74,11 @@ class RunResult:
 def pick_flow(integration: Integration, flow: str | None) -> str:
     if flow is not None:
         if flow not in integration.flows:
+            close = difflib.get_close_matches(flow, list(integration.flows), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"unknown flow '{flow}'; this integration has: {', '.join(integration.flows)}"
+                f"unknown flow '{flow}'{hint} (this integration has: "
+                f"{', '.join(integration.flows)})"
             )
         return flow
     if len(integration.flows) == 1:
@@ -103,9 +113,9 @@ async def run_events(
     ingress = FlowIngress(integration, integration.flows[flow_name], app.plan, config)
     executions: dict[str, Execution] = {}
     producer = transport.producer()
-    for payload in payloads:
+    for index, payload in enumerate(payloads):
         env = ingress.envelope(payload, trigger={"type": "manual"})
-        executions[env.execution_id] = Execution(env.execution_id, flow_name, payload)
+        executions[env.execution_id] = Execution(env.execution_id, flow_name, payload, index=index)
         ingress.send(producer, env)
     await asyncio.to_thread(producer.flush)
     producer.close()

@@ -142,7 +142,8 @@ FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {  # name: (fn, m
     "startswith": (lambda s, p: s is not None and text(s).startswith(text(p)), 2, 2),
     "endswith": (lambda s, p: s is not None and text(s).endswith(text(p)), 2, 2),
     "contains": (_contains, 2, 2),
-    "split": (lambda s, sep=None: [] if s is None else text(s).split(sep), 1, 2),
+    # no text, no items: split('') is [] (str.split(',') would give [''])
+    "split": (lambda s, sep=None: [] if s is None or text(s) == "" else text(s).split(sep), 1, 2),
     "join": (lambda xs, sep: "" if xs is None else text(sep).join(map(text, xs)), 2, 2),
     "concat": (lambda *xs: "".join(map(text, xs)), 1, None),
     "len": (lambda x: 0 if x is None else len(x), 1, 1),
