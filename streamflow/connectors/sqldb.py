@@ -154,9 +154,7 @@ class Database(Protocol):
     async def run(self, statements: Sequence[Statement], timeout: float) -> list[Result]: ...
 
 
-async def database(
-    resources: Resources, dsn: str, pool_size: int, masker: Masker
-) -> Database:
+async def database(resources: Resources, dsn: str, pool_size: int, masker: Masker) -> Database:
     """The App-wide database of ``dsn`` (a pool is created on first use)."""
     scheme = dsn.split(":", 1)[0].lower()
     if scheme in ("postgres", "postgresql"):

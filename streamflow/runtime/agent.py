@@ -8,7 +8,9 @@ Commit order (at-least-once)::
        flush the producer - wait until the broker confirmed every message
     4. only then commit, per partition, the offset after the last processed record
 
-A crash between 3 and 4 re-delivers the batch (duplicates downstream, never loss).
+A crash between 3 and 4 re-delivers the batch (duplicates downstream, never loss). On the
+embedded transport (``local://``) 3 and 4 are one SQLite transaction in every mode, so a
+crash there loses and doubles nothing.
 
 Commit order (exactly-once)::
 
@@ -21,6 +23,12 @@ Commit order (exactly-once)::
 Records of one partition and one key are processed in order; different keys of a batch
 run concurrently (up to the flow's ``concurrency``) when the agent has async steps;
 on an ``ordered: true`` flow the records of a partition run one after the other.
+
+Containment: a record is one execution's business. Whatever goes wrong with it - its
+processor raising something unexpected, an output the producer refuses (over
+``message.max.bytes``) - ends that execution as failed with the record dead-lettered as it
+arrived (``contain.py``), and the offset moves past it. Only ``FatalError`` (and a
+``ConfigError``) leaves ``run``; ``App`` restarts an agent that stopped otherwise.
 """
 
 from __future__ import annotations
@@ -33,10 +41,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from streamflow.runtime.processor import ChainProcessor, Deferred, Out, Processor
+from streamflow.errors import FatalError
+from streamflow.runtime.contain import Containment, Out, describe
+from streamflow.runtime.processor import ChainProcessor, Deferred, Processor
 from streamflow.transport.base import (
     Consumer,
     DeliveryError,
+    MessageRejected,
     Producer,
     Record,
     TopicPartition,
@@ -54,6 +65,7 @@ class StepAgent:
         self,
         transport: Transport,
         processor: Processor,
+        containment: Containment,
         *,
         exactly_once: bool,
         commit_interval: float,
@@ -63,6 +75,7 @@ class StepAgent:
     ) -> None:
         self.transport = transport
         self.processor = processor
+        self.containment = containment
         self.plan = processor.agent
         self.exactly_once = exactly_once
         self.commit_interval = commit_interval
@@ -74,21 +87,31 @@ class StepAgent:
         self.processed = 0  # records processed (produced, maybe not yet committed)
         self.committed = 0  # records whose offsets are committed
         self._uncommitted = 0
-        # one thread per agent for blocking broker calls: a shared pool would starve
+        self.contained = 0  # records dead-lettered by the agent itself (see contain.py)
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
 
     async def _io(self, fn: Callable[..., R], *args: object) -> R:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set. May be called again after it raised (App's
+        supervisor does): it starts over from the committed offsets."""
+        # one thread per agent for blocking broker calls: a shared pool would starve
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
         consumer = await self._io(self.transport.consumer, self.plan.group, [self.plan.input_topic])
         producer = self.transport.producer(
             transactional_id=self.transactional_id if self.exactly_once else None
         )
+        # at-least-once on a transport whose producer commits outputs and offsets in one
+        # transaction anyway (local://): use it, a crash then doubles nothing
+        self.atomic = self.exactly_once or getattr(producer, "atomic_offsets", False)
         try:
             await self._loop(consumer, producer, stop)
         finally:
-            await self._io(producer.close)
+            try:
+                await self._io(producer.close)
+            except Exception as exc:  # already failing: keep the first error
+                log.warning("agent %s: closing its producer: %s", self.plan.name, exc)
             await self._io(consumer.close)
             self.io.shutdown(wait=False)
 
@@ -112,12 +135,12 @@ class StepAgent:
                     self.in_txn = True
                 self.metrics.consumed.inc(len(records))
                 self.metrics.in_flight.set(len(records))
-                outs, done = await self._process(records)
-                for out in outs:
-                    producer.send(out.topic, out.value, out.key, out.headers)
+                results, done = await self._process(records)
                 self.metrics.in_flight.set(0)
                 self.processor.flush_metrics()
                 self._advance_offsets(consumer, records, done)
+                # on the I/O thread: a full producer queue must not block the event loop
+                await self._io(self._send, producer, records, results, done)
                 self.processed += sum(done)
                 self._uncommitted += sum(done)
             self._resume_due(consumer)
@@ -129,7 +152,11 @@ class StepAgent:
                 await self._io(self._commit, consumer, producer)
                 last_commit = time.monotonic()
             elif records and len(records) < self.max_batch and not self.exactly_once:
-                await self._io(producer.flush)
+                if self.atomic:  # outputs only with their offsets (local://)
+                    await self._io(self._commit, consumer, producer)
+                    last_commit = time.monotonic()
+                else:
+                    await self._io(producer.flush)
             if time.monotonic() >= self.next_lag_check:
                 self.next_lag_check = time.monotonic() + LAG_INTERVAL
                 for (topic, part), lag in (await self._io(consumer.lag)).items():
@@ -146,7 +173,7 @@ class StepAgent:
             return
         started = time.perf_counter()
         try:
-            if self.exactly_once:
+            if self.atomic:
                 self.in_txn = False
                 producer.commit_transaction(consumer, offsets)
                 self.metrics.commits.inc()
@@ -162,32 +189,78 @@ class StepAgent:
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
             consumer.rewind()
 
-    async def _process(self, records: Sequence[Record]) -> tuple[list[Out], list[bool]]:
-        """Outputs of the batch, and which records were handled. A record whose processor
-        raised ``Deferred`` is not handled: it and every later record of its partition
-        (or of every partition, for scope "all") are read again once the deferral ends."""
+    def _send(
+        self,
+        producer: Producer,
+        records: Sequence[Record],
+        results: list[list[Out]],
+        done: list[bool],
+    ) -> None:
+        """Queue the outputs of every handled record (I/O thread). A message the producer
+        refuses (too large ...) fails its record alone: dead-lettered as it arrived."""
+        for rec, outs, ok in zip(records, results, done, strict=True):
+            if not ok or not outs:
+                continue
+            try:
+                for out in outs:
+                    producer.send(out.topic, out.value, out.key, out.headers)
+            except MessageRejected as exc:
+                # the messages of this record sent before the refused one stay (events,
+                # at most a branch's output): at-least-once, the execution ends failed
+                for out in self._contain(rec, exc):
+                    try:
+                        producer.send(out.topic, out.value, out.key, out.headers)
+                    except MessageRejected as again:
+                        log.error("agent %s: cannot dead-letter: %s", self.plan.name, again)
+
+    def _contain(self, rec: Record, exc: Exception) -> list[Out]:
+        """The dead letter (and failed event) of a record that failed outside the
+        processor's own handling."""
+        self.contained += 1
+        if not isinstance(exc, MessageRejected):
+            log.error(
+                "agent %s: unexpected error on record %s[%d]@%d",
+                self.plan.name,
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                exc_info=exc,
+            )
+        error = describe(exc)
+        self.metrics.for_step(self.containment.step).dead_lettered.inc()
+        return self.containment.dead_letter(rec, error, exc.__class__.__name__)
+
+    async def _process(self, records: Sequence[Record]) -> tuple[list[list[Out]], list[bool]]:
+        """Outputs of each record of the batch, and which records were handled. A record
+        whose processor raised ``Deferred`` is not handled: it and every later record of its
+        partition (or of every partition, for scope "all") are read again once the deferral
+        ends. Any other error but ``FatalError`` is contained: the record is dead-lettered."""
         proc = self.processor
         done = [False] * len(records)
+        results: list[list[Out]] = [[] for _ in records]
         self.deferred: dict[TopicPartition, float] = {}
         self.defer_all: float | None = None
         if proc.all_sync:
-            outs: list[Out] = []
             for i, rec in enumerate(records):
                 tp = (rec.topic, rec.partition)
                 if self.defer_all is not None or tp in self.deferred:
                     continue
                 try:
-                    outs.extend(proc.handle_sync(rec))
+                    results[i] = proc.handle_sync(rec)
                     done[i] = True
                 except Deferred as d:
                     self._defer(tp, d)
-            return outs, done
+                except FatalError:
+                    raise
+                except Exception as exc:
+                    results[i] = self._contain(rec, exc)
+                    done[i] = True
+            return results, done
         by_key: dict[tuple[int, bytes | None], list[int]] = defaultdict(list)
         # an ordered flow retries in place: the whole partition waits, not only the key
         ordered = isinstance(proc, ChainProcessor) and proc.flow.doc.ordered
         for i, rec in enumerate(records):
             by_key[(rec.partition, None if ordered else rec.key)].append(i)
-        results: list[list[Out]] = [[] for _ in records]
 
         async def run_key(indexes: list[int]) -> None:
             async with self.limit:
@@ -201,9 +274,14 @@ class StepAgent:
                     except Deferred as d:
                         self._defer(tp, d)
                         return
+                    except FatalError:
+                        raise
+                    except Exception as exc:
+                        results[i] = self._contain(records[i], exc)
+                        done[i] = True
 
         await asyncio.gather(*(run_key(ix) for ix in by_key.values()))
-        return [o for r in results for o in r], done
+        return results, done
 
     def _defer(self, tp: TopicPartition, d: Deferred) -> None:
         if d.all_partitions:
@@ -215,13 +293,17 @@ class StepAgent:
         self, consumer: Consumer, records: Sequence[Record], done: list[bool]
     ) -> None:
         """Pending offsets move to the first record not handled (per partition); deferred
-        partitions are sought back to it and paused until the deferral ends."""
+        partitions are sought back to it and paused until the deferral ends. A record
+        handled after that one (another key) is read again too: it is marked not done, so
+        its outputs are not sent now (exactly-once must not produce them twice)."""
         first_open: dict[TopicPartition, int] = {}
-        for rec, ok in zip(records, done, strict=True):
+        for i, rec in enumerate(records):
             tp = (rec.topic, rec.partition)
-            if not ok:
-                first_open.setdefault(tp, rec.offset)
-            elif tp not in first_open:
+            if tp in first_open:
+                done[i] = False
+            elif not done[i]:
+                first_open[tp] = rec.offset
+            else:
                 self.pending[tp] = rec.offset + 1
         if self.defer_all is not None:
             until = self.defer_all

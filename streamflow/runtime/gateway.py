@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from streamflow.errors import StreamFlowError
+from streamflow.runtime.contain import describe
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.filewatch import FileRunner
 from streamflow.runtime.http import HttpSite, add_probe_routes, serve_app
@@ -47,7 +48,7 @@ from streamflow.runtime.webhook import Refusal, WebhookEndpoint
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan, compile_plan
 from streamflow.topology.triggers import WebhookTrigger
-from streamflow.transport.base import Consumer, Producer, Transport
+from streamflow.transport.base import Consumer, MessageRejected, Producer, Transport
 
 log = logging.getLogger("streamflow.gateway")
 InstanceConfig = Callable[[str], Mapping[str, Any] | None]
@@ -456,12 +457,19 @@ class Gateway:
         env = endpoint.envelope(
             payload, method=request.method, headers=request.headers, query=request.query
         )
-        messages = envelope_messages(endpoint.ingress, env)
+        try:
+            messages = envelope_messages(endpoint.ingress, env)
+        except Exception as exc:  # the encoder refuses it: too deep, a value it cannot write
+            raise Refusal(422, f"body cannot be carried: {describe(exc)}") from None
         sync = endpoint.trigger.response == "sync" and self.watcher is not None
         waiter = self.watcher.expect(env.execution_id) if sync and self.watcher else None
         assert self.publisher is not None
         try:
             await asyncio.wait_for(self.publisher.publish(messages), self.produce_timeout + 5)
+        except MessageRejected as exc:  # over message.max.bytes with the envelope around it
+            if self.watcher is not None:
+                self.watcher.forget(env.execution_id)
+            raise Refusal(413, f"body too large to carry: {exc}") from None
         except Exception as exc:
             if self.watcher is not None:
                 self.watcher.forget(env.execution_id)

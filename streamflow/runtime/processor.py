@@ -9,7 +9,8 @@ same way again) dead-letters at once. A retriable failure of an I/O step is trie
 after the policy's backoff, up to ``max_attempts``; then it is dead-lettered. Retries in
 place (``ordered: true``) hold the failing record's partition; otherwise a retry waits on
 the step's retry topic and nothing is held. ``FatalError`` propagates and
-stops the agent without committing.
+stops the agent without committing. An envelope that cannot be encoded (after a step, or
+to dead-letter it) is dead-lettered as the input record arrived (``contain.py``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import CircuitOpenError, FatalError, PoisonMessageError, RetriableError
 from streamflow.runtime import tracing
+from streamflow.runtime.contain import Containment, Out
+from streamflow.runtime.contain import describe as describe_contained
+from streamflow.runtime.contain import dlq_headers as _headers
 from streamflow.runtime.events import event_for
 from streamflow.runtime.metrics import BREAKER_STATE, StepMetrics
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
@@ -33,7 +37,7 @@ from streamflow.steps.breaker import STATE_VALUE, CircuitBreaker
 from streamflow.topology.expressions import ExpressionEvalError
 from streamflow.topology.models import Flow, RetryPolicy
 from streamflow.topology.plan import AgentPlan, FlowPlan
-from streamflow.transport.base import Headers, Record
+from streamflow.transport.base import DEFAULT_MAX_MESSAGE_BYTES, Headers, Record
 
 log = logging.getLogger("streamflow.runtime")
 
@@ -48,19 +52,12 @@ class Deferred(Exception):
         self.all_partitions = all_partitions
 
 
-@dataclass(slots=True)
-class Out:
-    topic: str
-    value: bytes
-    key: bytes | None = None
-    headers: Headers | None = None
-
-
 @dataclass(frozen=True)
 class ProcessorOptions:
     encoding: Encoding = "json"
     step_events: bool = True  # an execution event after every step
     trace_payloads: bool = False  # include payloads in execution events (run, tests)
+    max_message_bytes: int = field(default=DEFAULT_MAX_MESSAGE_BYTES)  # the transport's
 
 
 class Processor(Protocol):
@@ -111,6 +108,15 @@ class ChainProcessor:
             for sid in steps
             if (cfg := flow.nodes[sid].config.breaker) is not None
         }
+        self.containment = Containment(
+            flow_plan.integration,
+            flow.name,
+            agent.steps[0],
+            flow_plan.dlq_topic,
+            executions_topic,
+            options.encoding,
+            options.max_message_bytes,
+        )
 
     def _breaker_logger(self, sid: str) -> Callable[[str, str], None]:
         gauge = BREAKER_STATE.labels(self.plan.integration, self.flow.name, sid, sid)
@@ -325,10 +331,12 @@ class ChainProcessor:
             return env
         try:
             value = encode(env, self.opts.encoding)
-        except (TypeError, ValueError) as exc:
-            self._dead_letter(
-                env, rec, PoisonMessageError(f"cannot encode the envelope: {exc}"), outs
+        except Exception as exc:  # any encoder refusal: this execution fails, not the agent
+            env.step = sid  # the step whose result cannot travel
+            error = PoisonMessageError(
+                f"the result of step {sid} cannot be encoded: {describe_contained(exc)}"
             )
+            self._dead_letter(env, rec, error, outs)
             return None
         headers = [("traceparent", env.trace.encode())] if self.traced and env.trace else None
         outs.append(Out(self.plan.entry_of[nxt], value, rec.key, headers))
@@ -360,12 +368,30 @@ class ChainProcessor:
             error,
             extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id},
         )
+        try:
+            value = encode(env, self.opts.encoding)
+        except Exception as enc:
+            # the envelope as it failed cannot be written (too deep, unencodable value):
+            # dead-letter the input record as it arrived, with both reasons
+            why = describe_contained(enc)
+            why = error if why in error else f"{error}; the envelope cannot be encoded: {why}"
+            why += " (the dead letter holds the record as the agent received it)"
+            outs.extend(
+                self.containment.dead_letter(
+                    rec,
+                    why,
+                    exc.__class__.__name__,
+                    execution_id=env.execution_id,
+                    step=env.step,
+                )
+            )
+            return
         headers = dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
-        outs.append(Out(self.plan.dlq_topic, encode(env, self.opts.encoding), rec.key, headers))
+        outs.append(Out(self.plan.dlq_topic, value, rec.key, headers))
         if env.saga and self.plan.compensate_topic is not None:
             # the execution failed for good: undo its completed compensable steps
             self._event(env, outs, "failed", error=error, note="compensating")
-            outs.append(Out(self.plan.compensate_topic, encode(env, self.opts.encoding), rec.key))
+            outs.append(Out(self.plan.compensate_topic, value, rec.key))
         else:
             self._event(env, outs, "failed", error=error)
 
@@ -382,7 +408,7 @@ class ChainProcessor:
 
 
 def describe(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
+    text = describe_contained(exc)
     if not isinstance(exc, RetriableError | PoisonMessageError | ExpressionEvalError):
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
@@ -393,14 +419,4 @@ def describe(exc: BaseException) -> str:
 def dlq_headers(
     rec: Record, exc: BaseException, error: str, step: str, attempt: int, execution_id: str
 ) -> Headers:
-    return [
-        ("sf-error-type", exc.__class__.__name__.encode()),
-        ("sf-error", error.encode()[:4000]),
-        ("sf-step", step.encode()),
-        ("sf-attempt", str(attempt).encode()),
-        ("sf-origin-topic", rec.topic.encode()),
-        ("sf-origin-partition", str(rec.partition).encode()),
-        ("sf-origin-offset", str(rec.offset).encode()),
-        ("sf-execution-id", execution_id.encode()),
-        ("sf-time", str(time.time_ns() // 1_000_000).encode()),
-    ]
+    return _headers(rec, exc.__class__.__name__, error, step, attempt, execution_id)

@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import FatalError, PoisonMessageError
 from streamflow.runtime import tracing
+from streamflow.runtime.contain import Out
 from streamflow.runtime.events import event_for
 from streamflow.runtime.metrics import StepMetrics
-from streamflow.runtime.processor import Out, ProcessorOptions, describe, dlq_headers
+from streamflow.runtime.processor import ProcessorOptions, describe, dlq_headers
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
 from streamflow.steps.base import AnyStep, AsyncStep, Outcome
 from streamflow.topology.expressions import ExpressionEvalError

@@ -14,10 +14,11 @@ import orjson
 
 from streamflow.envelope import Envelope, encode
 from streamflow.errors import PoisonMessageError
+from streamflow.runtime.contain import Out
 from streamflow.runtime.events import event_for
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.metrics import TRIGGER_FIRINGS, StepMetrics
-from streamflow.runtime.processor import ChainProcessor, Out, dlq_headers
+from streamflow.runtime.processor import ChainProcessor, dlq_headers
 from streamflow.topology.plan import AgentPlan
 from streamflow.topology.triggers import KafkaTrigger
 from streamflow.transport.base import Record

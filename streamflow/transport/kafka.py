@@ -34,11 +34,15 @@ from streamflow.transport.base import (
 from streamflow.transport.base import (
     DeliveryError,
     Headers,
+    MessageRejected,
     Record,
     RevokeHook,
     TopicChange,
     TopicSpec,
     TransactionAborted,
+    max_message_bytes,
+    too_large,
+    wire_size,
 )
 from streamflow.transport.base import (
     TopicPartition as TP,
@@ -209,7 +213,28 @@ class KafkaConsumer:
         self.consumer.close()
 
 
+def message_limit(conf: Mapping[str, Any]) -> int:
+    """The producer's ``message.max.bytes``: STREAMFLOW_KAFKA_MESSAGE_MAX_BYTES if set, else
+    StreamFlow's limit for both transports (STREAMFLOW_MAX_MESSAGE_BYTES, default 1,000,000)."""
+    raw = conf.get("message.max.bytes")
+    return int(raw) if raw else max_message_bytes(os.environ)
+
+
+# produce() errors that concern one message only: it is refused, the producer goes on
+_MESSAGE_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError._INVALID_ARG,
+        KafkaError._MSG_TIMED_OUT,
+    }
+)
+
+
 class KafkaProducer:
+    atomic_offsets = False  # outputs and offsets are atomic only in a transaction
+
     def __init__(self, base: dict[str, Any], transactional_id: str | None) -> None:
         conf = {
             **base,
@@ -225,6 +250,8 @@ class KafkaProducer:
             conf["transactional.id"] = transactional_id
             conf["transaction.timeout.ms"] = 30_000
         self.transactional_id = transactional_id
+        self.max_bytes = message_limit(conf)
+        conf["message.max.bytes"] = self.max_bytes
         self.producer = Producer(conf)
         self.failed: list[str] = []
         if transactional_id is not None:
@@ -247,12 +274,20 @@ class KafkaProducer:
             kwargs["headers"] = headers
         if partition is not None:
             kwargs["partition"] = partition
+        size = wire_size(key, value, headers)
+        if size > self.max_bytes:  # the same check and words as the embedded transport
+            raise MessageRejected(too_large(topic, size, self.max_bytes))
         while True:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: serve delivery reports, retry
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() in _MESSAGE_ERRORS and not err.fatal():
+                    raise MessageRejected(f"message to {topic} refused: {err.str()}") from None
+                raise
 
     def flush(self, timeout: float = 30.0) -> None:
         left = self.producer.flush(timeout)
@@ -318,6 +353,7 @@ class KafkaTransport:
             raise ConfigError("kafka:// needs HOST:PORT[,HOST:PORT…]")
         self.url = f"kafka://{bootstrap}"
         self.base = client_settings(bootstrap)
+        self.max_message_bytes = message_limit(self.base)
         self.admin = AdminClient(self.base)
 
     def _metadata(self) -> Any:
