@@ -44,6 +44,7 @@ from typing import TypeVar
 from streamflow.errors import FatalError
 from streamflow.runtime.contain import Containment, Out, describe
 from streamflow.runtime.processor import ChainProcessor, Deferred, Processor
+from streamflow.topology.exprfuncs import DEFAULT_MAX_VALUE, VALUE_LIMIT
 from streamflow.transport.base import (
     Consumer,
     DeliveryError,
@@ -72,6 +73,7 @@ class StepAgent:
         max_batch: int,
         concurrency: int,
         transactional_id: str | None = None,
+        max_value_size: int = DEFAULT_MAX_VALUE,
     ) -> None:
         self.transport = transport
         self.processor = processor
@@ -82,6 +84,7 @@ class StepAgent:
         self.max_batch = max_batch
         self.limit = asyncio.Semaphore(concurrency)
         self.transactional_id = transactional_id
+        self.max_value_size = max_value_size
         self.metrics = processor.metrics
         self.next_lag_check = 0.0
         self.processed = 0  # records processed (produced, maybe not yet committed)
@@ -96,6 +99,9 @@ class StepAgent:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set. May be called again after it raised (App's
         supervisor does): it starts over from the committed offsets."""
+        # the flow's bound on values its expressions build, for this agent's task (and the
+        # tasks it starts: they copy its context)
+        VALUE_LIMIT.set(self.max_value_size)
         # one thread per agent for blocking broker calls: a shared pool would starve
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
         consumer = await self._io(self.transport.consumer, self.plan.group, [self.plan.input_topic])

@@ -206,6 +206,7 @@ class App:
             max_batch=flow.doc.max_batch,
             concurrency=flow.doc.concurrency,
             transactional_id=f"{proc.agent.group}.{self.options.worker_id}",
+            max_value_size=flow.doc.max_value_size,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
