@@ -208,6 +208,7 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
     )
     app.deploy()
     app.build_agents()
+    app.check_topics()  # before the gateway accepts anything
     gateway = (
         Gateway(integration, transport, config, env=environment(), flows=args.flow)
         if serve

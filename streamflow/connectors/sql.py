@@ -30,6 +30,7 @@ from streamflow.connectors.sqldb import (
     CompiledSql,
     Result,
     Statement,
+    check_dsn,
     compile_sql,
     database,
     quote_ident,
@@ -110,6 +111,10 @@ class SqlConfig(ConnectedStep):
     def _complete(self) -> SqlConfig:
         if self.dsn is None:
             raise ValueError("set dsn (e.g. ${config.db_dsn}) or connection")
+        try:
+            check_dsn(self.dsn, {})  # a literal DSN: its database must be supported
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         op = self.operation
         needs = {
             "query": ("query",),
@@ -149,6 +154,8 @@ class SqlStep(AsyncStep):
     def __init__(self, config: SqlConfig, ctx: StepContext) -> None:
         self.cfg = config
         self.ctx = ctx
+        # at startup: a DSN from config values must name a supported database (exit 2)
+        check_dsn(config.dsn, {"config": ctx.config, "env": ctx.env})
         self.dsn = compile_value(config.dsn)
         self.sql: CompiledSql | None = compile_sql(config.query) if config.query else None
         self.params = compile_value(config.params)

@@ -20,7 +20,7 @@ import datetime as dt
 import re
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -154,10 +154,51 @@ class Database(Protocol):
     async def run(self, statements: Sequence[Statement], timeout: float) -> list[Result]: ...
 
 
-async def database(resources: Resources, dsn: str, pool_size: int, masker: Masker) -> Database:
+DATABASES: dict[str, str] = {
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "sqlite": "sqlite",
+}
+"""DSN scheme -> the database it names: the only place that says which databases exist
+(validate, startup and ``database`` all ask ``database_kind``)."""
+
+
+def database_kind(dsn: str) -> str:
+    """The database a DSN names (a key's value of DATABASES); ConfigError if unsupported."""
+    scheme = dsn.split(":", 1)[0].lower() if ":" in dsn else ""
+    kind = DATABASES.get(scheme)
+    if kind is None:
+        schemes = ", ".join(f"{s}://" for s in sorted(set(DATABASES)))
+        raise ConfigError(
+            f"unsupported database {safe_dsn(dsn)!r}: the DSN must start with one of {schemes}"
+        )
+    return kind
+
+
+def check_dsn(dsn: str | None, scope: Mapping[str, Any]) -> None:
+    """At validate and startup: a DSN written literally, or rendered from ``config``/``env``
+    only, must name a supported database (ConfigError). One that depends on the event is
+    checked when it is used."""
+    if not dsn:
+        return
+    if "${" in dsn:
+        from streamflow.topology.expressions import compile_value
+
+        template = compile_value(dsn)
+        if any(ref[0] not in scope for ref in template.references):
+            return
+        dsn = str(template.render(scope) or "")
+        if not dsn:
+            return
+    database_kind(dsn)
+
+
+async def database(
+    resources: Resources, dsn: str, pool_size: int, masker: Masker
+) -> Database:
     """The App-wide database of ``dsn`` (a pool is created on first use)."""
-    scheme = dsn.split(":", 1)[0].lower()
-    if scheme in ("postgres", "postgresql"):
+    scheme = database_kind(dsn)
+    if scheme == "postgresql":
 
         async def create_pg() -> Database:
             return await PostgresDatabase.connect(dsn, pool_size, masker)
@@ -178,9 +219,7 @@ async def database(resources: Resources, dsn: str, pool_size: int, masker: Maske
             await db.close()
 
         return await resources.aget(f"sql\x00sqlite\x00{path}", create_lite, close_lite)
-    raise ConfigError(
-        f"unsupported database {safe_dsn(dsn)!r}: use postgresql://... or sqlite:///path"
-    )
+    raise AssertionError(f"DATABASES names {scheme!r}, which database() cannot open")
 
 
 def sqlite_path(dsn: str) -> str:

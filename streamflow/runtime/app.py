@@ -31,6 +31,7 @@ from streamflow.runtime.retrying import RetryProcessor
 from streamflow.runtime.saga import CompensationProcessor
 from streamflow.runtime.trigger import KafkaTriggerProcessor
 from streamflow.steps.base import AnyStep, Resources, StepContext
+from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Flow, Integration, StepConfig, StepNode
 from streamflow.topology.plan import AgentPlan, Plan, compile_plan
 from streamflow.topology.registry import STEPS
@@ -71,7 +72,8 @@ class App:
         self.instances: InstanceTable | None = None
         register_secrets(self.config.get(n) for n, v in integration.config.items() if v.secret)
         self.agents: list[StepAgent] = []
-        self._health: dict[str, dict[str, Any]] = {}  # agent name -> state, restarts, error
+        self._health: dict[str, dict[str, Any]] = {}
+        self._topics_checked = False  # agent name -> state, restarts, error
         unknown = set(self.options.flows) - set(integration.flows)
         if unknown:
             raise ConfigError(
@@ -84,6 +86,40 @@ class App:
 
     def deploy(self) -> None:
         self.transport.ensure_topics(self.topic_specs())
+
+    def produced_topics(self) -> list[str]:
+        """Every topic this App's flows produce to that can be known before an event
+        arrives: the plan's topics and the ``topic`` of ``kafka_publish`` steps written
+        literally or from config/env values."""
+        topics = {t.name for t in self.plan.topics}
+        scope = {"config": self.config, "env": dict(self.options.env)}
+        for flow in self.integration.flows.values():
+            if self.options.flows and flow.name not in self.options.flows:
+                continue
+            for node in flow.nodes.values():
+                raw = getattr(node.config, "topic", None)
+                if node.config.type != "kafka_publish" or not isinstance(raw, str):
+                    continue
+                template = compile_value(raw)
+                if any(ref[0] not in scope for ref in template.references):
+                    continue  # named by the event: checked when it is produced
+                with contextlib.suppress(Exception):
+                    if name := str(template.render(scope) or ""):
+                        topics.add(name)
+        return sorted(topics)
+
+    def check_topics(self) -> None:
+        """Refuse to start (ConfigError) unless every topic it will produce to exists, so
+        a run never stops half-way through an execution on a missing topic."""
+        if self._topics_checked:
+            return
+        missing = [t for t in self.produced_topics() if self.transport.partitions(t) == 0]
+        self._topics_checked = not missing
+        if missing:
+            raise ConfigError(
+                f"topic(s) {', '.join(missing)} do not exist on {self.transport.url}: "
+                "create them (outside topics) or run `streamflow deploy`; nothing was consumed"
+            )
 
     def http_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -213,6 +249,7 @@ class App:
         """Run every agent until ``stop`` is set. An agent that stops on an unexpected error
         is restarted (``_supervise``); ``FatalError``/``ConfigError`` stop them all."""
         agents = self.agents or self.build_agents()
+        await asyncio.to_thread(self.check_topics)
         tasks = [asyncio.create_task(self._supervise(a, stop), name=a.plan.name) for a in agents]
         if self.instances is not None:
             tasks.append(asyncio.create_task(self._follow_instances(stop), name="instances"))

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
-from streamflow.errors import CircuitOpenError, FatalError, PoisonMessageError, RetriableError
+from streamflow.errors import (
+    CircuitOpenError,
+    ConfigError,
+    FatalError,
+    PoisonMessageError,
+    RetriableError,
+)
 from streamflow.runtime import tracing
 from streamflow.runtime.contain import Containment, Out
 from streamflow.runtime.contain import describe as describe_contained
@@ -254,7 +260,8 @@ class ChainProcessor:
                 raise Deferred(
                     time.monotonic() + (exc.retry_after or 1.0), all_partitions=True
                 ) from exc
-            except (PoisonMessageError, ExpressionEvalError) as exc:
+            except (PoisonMessageError, ExpressionEvalError, ConfigError) as exc:
+                # the event, or the step's settings for it, are wrong: trying again won't help
                 if breaker is not None:
                     breaker.success()  # the target answered; the event is what's wrong
                 return self._give_up(env, rec, exc, outs)

@@ -96,6 +96,7 @@ async def run_events(
     app = App(integration, transport, config, opts)
     app.deploy()
     app.build_agents()
+    app.check_topics()  # before any event is fed: a missing topic stops nothing half-way
     started = time.monotonic()
     watcher = transport.consumer(
         f"sf.run.{uuid.uuid4().hex}", [app.plan.executions_topic], from_end=True

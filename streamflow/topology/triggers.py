@@ -250,6 +250,13 @@ class PollSql(Model):
     def _dsn(self) -> PollSql:
         if not self.dsn:
             raise ValueError("sql needs `dsn` or `connection`")
+        from streamflow.connectors.sqldb import check_dsn
+        from streamflow.errors import ConfigError
+
+        try:
+            check_dsn(self.dsn, {})  # a literal DSN: its database must be supported
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 
