@@ -118,7 +118,7 @@ class HttpConfig(ConnectedStep):
 class HttpStep(AsyncStep):
     def __init__(self, config: HttpConfig, ctx: StepContext) -> None:
         if (config.json_ is not None) + (config.body is not None) + (config.form is not None) > 1:
-            raise ConfigError(f"step {config.id}: use only one of json, body, form")
+            raise ConfigError("use only one of json, body, form")
         self.cfg = config
         self.ctx = ctx
         self.caller = HttpCaller(
@@ -159,7 +159,7 @@ class HttpStep(AsyncStep):
         if items is None:
             items = []
         if not isinstance(items, list | tuple):
-            raise PoisonMessageError(f"step {self.cfg.id}: for_each did not give a list")
+            raise PoisonMessageError("for_each did not give a list")
         responses = []
         for i, item in enumerate(items):
             responses.append(await self.call(env, {**scope, "item": item}, i))

@@ -169,7 +169,7 @@ class SqlStep(AsyncStep):
         scope = self.ctx.scope(env)
         dsn = str(self.dsn.render(scope) or "")
         if not dsn:
-            raise ConfigError(f"step {self.cfg.id}: the dsn is empty")
+            raise ConfigError("the dsn is empty")
         self.masker.add(dsn)
         db = await database(self.ctx.resources, dsn, self.cfg.pool_size or 10, self.masker)
         statements = self.statements(scope)
@@ -193,18 +193,18 @@ class SqlStep(AsyncStep):
         if op in ("insert", "upsert"):
             row = self.values.render(scope)
             if not isinstance(row, Mapping) or not row:
-                raise PoisonMessageError(f"step {self.cfg.id}: values is not a non-empty mapping")
+                raise PoisonMessageError("values is not a non-empty mapping")
             columns = list(row)
             return [self.insert(columns, [[row[c] for c in columns]], op == "upsert")]
         rows = self.rows.render(scope)
         if rows is None:
             rows = []
         if not isinstance(rows, Sequence) or isinstance(rows, str):
-            raise PoisonMessageError(f"step {self.cfg.id}: rows is not a list")
+            raise PoisonMessageError("rows is not a list")
         if not rows:
             return []
         if not all(isinstance(r, Mapping) for r in rows):
-            raise PoisonMessageError(f"step {self.cfg.id}: every row must be a mapping")
+            raise PoisonMessageError("every row must be a mapping")
         columns = list(self.cfg.columns or rows[0])
         size = max(1, min(self.cfg.batch_size, _MAX_PARAMS // max(1, len(columns))))
         upsert = bool(self.cfg.conflict)
@@ -218,7 +218,7 @@ class SqlStep(AsyncStep):
         try:
             cols = [quote_ident(c) for c in columns]
         except ValueError as exc:
-            raise PoisonMessageError(f"step {self.cfg.id}: {exc}") from None
+            raise PoisonMessageError(f"{exc}") from None
         pg_rows: list[str] = []
         lite_rows: list[str] = []
         args: list[Any] = []

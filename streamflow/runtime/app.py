@@ -21,7 +21,7 @@ import aiohttp
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, FatalError
 from streamflow.runtime.agent import StepAgent
-from streamflow.runtime.contain import Containment, describe
+from streamflow.runtime.contain import Containment, describe, place
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.instances import InstanceTable
 from streamflow.runtime.logs import register_secrets
@@ -167,7 +167,12 @@ class App:
             self.resources,
             self._instance_config if self.instances is not None else None,
         )
-        step: AnyStep = factory(config, ctx)
+        try:
+            step: AnyStep = factory(config, ctx)
+        except ConfigError as exc:  # the one place that says which step it is
+            raise ConfigError(
+                f"{place(self.integration.name, flow.name, config.id)}: {exc}"
+            ) from exc
         return step
 
     def _options(self, flow: Flow) -> ProcessorOptions:

@@ -41,6 +41,13 @@ def describe(exc: BaseException) -> str:
     return text
 
 
+def place(integration: str, flow: str, step: str, execution_id: str = "") -> str:
+    """Where an error happened, in the words every step error starts with:
+    ``integration/flow step <id> (execution <id>)``. The one place that writes it."""
+    ex = f" (execution {execution_id})" if execution_id else ""
+    return f"{integration}/{flow} step {step}{ex}"
+
+
 @dataclass(slots=True)
 class Out:
     """A message to produce."""
@@ -87,6 +94,9 @@ class Containment:
         ex_id, instance, rec_step, attempt = self.where(rec)
         ex_id = execution_id if execution_id is not None else ex_id
         step = step or rec_step
+        prefix = place(self.integration, self.flow, step, ex_id)
+        if not error.startswith(prefix):
+            error = f"{prefix}: {error}"
         log.warning(
             "dead-lettered record %s[%d]@%d (execution %s, step %s): %s",
             rec.topic,

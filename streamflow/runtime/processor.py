@@ -32,7 +32,7 @@ from streamflow.errors import (
     RetriableError,
 )
 from streamflow.runtime import tracing
-from streamflow.runtime.contain import Containment, Out
+from streamflow.runtime.contain import Containment, Out, place
 from streamflow.runtime.contain import describe as describe_contained
 from streamflow.runtime.contain import dlq_headers as _headers
 from streamflow.runtime.events import event_for
@@ -200,10 +200,22 @@ class ChainProcessor:
         assert isinstance(step, Step)
         try:
             return self._call(step, env)
-        except FatalError:
-            raise
+        except FatalError as exc:
+            raise self._fatal(env, exc) from exc
         except Exception as exc:
             return self._give_up(env, rec, exc, outs)
+
+    def _where(self, env: Envelope, exc: BaseException) -> str:
+        """A step error as people read it (events, dead letters, ``meta.last_error``):
+        its place - integration, flow, step, execution - then what went wrong."""
+        return f"{place(self.plan.integration, self.flow.name, env.step, env.execution_id)}: " + (
+            describe(exc)
+        )
+
+    def _fatal(self, env: Envelope, exc: FatalError) -> FatalError:
+        if str(exc).startswith(f"{self.plan.integration}/"):
+            return exc  # already placed (a chain inside a trigger agent)
+        return FatalError(self._where(env, exc))
 
     def _call(self, step: Step, env: Envelope) -> Outcome:
         if not self.traced:
@@ -252,8 +264,8 @@ class ChainProcessor:
                 if breaker is not None:
                     breaker.success()
                 return outcome
-            except FatalError:
-                raise
+            except FatalError as exc:
+                raise self._fatal(env, exc) from exc
             except CircuitOpenError as exc:
                 if node.config.fallback is not None:
                     return self._give_up(env, rec, exc, outs)
@@ -274,7 +286,7 @@ class ChainProcessor:
                 delay = backoff_delay(policy, env.attempt, retry_after)
                 self.counters[env.step].retried.inc()
                 self.counters[env.step].failed(exc.__class__.__name__)
-                error = describe(exc)
+                error = self._where(env, exc)
                 env.attempt += 1
                 env.meta["last_error"] = error  # the next attempt can read ${meta.last_error}
                 if retry_topic is not None:
@@ -302,7 +314,7 @@ class ChainProcessor:
         if fallback is None:
             self._dead_letter(env, rec, exc, outs)
             return None
-        error = describe(exc)
+        error = self._where(env, exc)
         self.counters[env.step].failed(exc.__class__.__name__)
         self._event(env, outs, "retry", error=error, note=f"fallback to {fallback}")
         return Outcome(
@@ -340,9 +352,7 @@ class ChainProcessor:
             value = encode(env, self.opts.encoding)
         except Exception as exc:  # any encoder refusal: this execution fails, not the agent
             env.step = sid  # the step whose result cannot travel
-            error = PoisonMessageError(
-                f"the result of step {sid} cannot be encoded: {describe_contained(exc)}"
-            )
+            error = PoisonMessageError(f"its result cannot be encoded: {describe_contained(exc)}")
             self._dead_letter(env, rec, error, outs)
             return None
         headers = [("traceparent", env.trace.encode())] if self.traced and env.trace else None
@@ -363,7 +373,7 @@ class ChainProcessor:
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
 
     def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
-        error = describe(exc)
+        error = self._where(env, exc)
         counters = self.counters.get(env.step)
         if counters is not None:
             counters.dead_lettered.inc()
@@ -410,7 +420,9 @@ class ChainProcessor:
             rec.offset,
             exc,
         )
-        headers = dlq_headers(rec, exc, describe(exc), self.agent.steps[0], 0, "")
+        step = self.agent.steps[0]
+        error = f"{place(self.plan.integration, self.flow.name, step)}: {describe(exc)}"
+        headers = dlq_headers(rec, exc, error, step, 0, "")
         return Out(self.plan.dlq_topic, rec.value, rec.key, headers)
 
 
