@@ -223,11 +223,15 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
         site = None
         port = getattr(args, "port", None)  # `worker` has no --port without --metrics-port
         if gateway is not None:
+            gateway.agents = app.health
             port = await gateway.start(args.host, args.port)
         elif with_http:
             from streamflow.runtime.http import start_http
 
-            site = await start_http(args.host, args.port)
+            async def agents_up() -> bool:  # restarting is up; stopped (fatal) is not
+                return all(h["state"] != "stopped" for h in app.health().values())
+
+            site = await start_http(args.host, args.port, agents_up, app.health)
         print(
             f"streamflow: {len(app.agents)} agent(s) of {integration.name} running on "
             f"{transport.url}" + (f", http://{args.host}:{port}" if with_http else ""),

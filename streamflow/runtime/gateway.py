@@ -320,6 +320,7 @@ class Gateway:
         self.instance_task: asyncio.Task[None] | None = None
         self._probe_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-gateway-ready")
         self._probe: Future[int] | None = None
+        self.agents: Callable[[], dict[str, Any]] | None = None  # serve: the App's report
 
     def _webhook_triggers(self) -> list[WebhookTrigger]:
         return [
@@ -335,7 +336,7 @@ class Gateway:
     def app(self) -> web.Application:
         limit = max((t.max_body for t in self._webhook_triggers()), default=1 << 20)
         app = web.Application(client_max_size=limit + 1)
-        add_probe_routes(app, self.ready)
+        add_probe_routes(app, self.ready, self.agents)
         app.router.add_route("*", "/webhooks/{integration}/{flow}", self._webhook)
         app.router.add_route("*", "/webhooks/{instance}/{integration}/{flow}", self._webhook)
         return app
