@@ -34,6 +34,7 @@ arrived (``contain.py``), and the offset moves past it. Only ``FatalError`` (and
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -105,8 +106,11 @@ class StepAgent:
         # one thread per agent for blocking broker calls: a shared pool would starve
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
         consumer = await self._io(self.transport.consumer, self.plan.group, [self.plan.input_topic])
-        producer = self.transport.producer(
-            transactional_id=self.transactional_id if self.exactly_once else None
+        # on the I/O thread: a transactional producer's init_transactions waits for the
+        # broker, and the event loop must keep serving the other agents meanwhile
+        txn_id = self.transactional_id if self.exactly_once else None
+        producer = await self._io(
+            functools.partial(self.transport.producer, transactional_id=txn_id)
         )
         # at-least-once on a transport whose producer commits outputs and offsets in one
         # transaction anyway (local://): use it, a crash then doubles nothing
@@ -137,7 +141,7 @@ class StepAgent:
             records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
             if records:
                 if self.exactly_once and not self.in_txn:
-                    producer.begin()
+                    await self._io(producer.begin)
                     self.in_txn = True
                 self.metrics.consumed.inc(len(records))
                 self.metrics.in_flight.set(len(records))

@@ -40,6 +40,7 @@ from streamflow.transport.base import TopicSpec, Transport
 log = logging.getLogger("streamflow.runtime")
 RESTART_MIN, RESTART_MAX = 1.0, 30.0  # seconds between restarts of a failed agent
 RESTART_RESET = 60.0  # an agent that ran this long restarts after RESTART_MIN again
+MAX_FENCED = 3  # fenced this many times in a row: a duplicate worker id, stop
 
 
 @dataclass
@@ -290,6 +291,7 @@ class App:
         name = agent.plan.name
         state = self._health.setdefault(name, {"state": "running", "restarts": 0, "error": ""})
         delay = RESTART_MIN
+        fenced = 0  # restarts in a row after the agent's transactional producer was fenced
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -301,6 +303,15 @@ class App:
             except Exception as exc:
                 if time.monotonic() - started > RESTART_RESET:
                     delay = RESTART_MIN
+                    fenced = 0
+                if exc.__class__.__name__ == "ProducerFenced":
+                    fenced += 1
+                    if fenced >= MAX_FENCED:  # two processes keep fencing each other
+                        state["state"] = "stopped"
+                        raise FatalError(
+                            f"agent {name}: {exc} ({fenced} times in a row: does another "
+                            "worker run with the same --worker-id?)"
+                        ) from exc
                 state.update(
                     state="restarting", restarts=int(state["restarts"]) + 1, error=describe(exc)
                 )

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -220,6 +221,24 @@ def message_limit(conf: Mapping[str, Any]) -> int:
     return int(raw) if raw else max_message_bytes(os.environ)
 
 
+TXN_RETRY_BUDGET = 45.0  # seconds a transactional call is retried before giving up
+TXN_CALL_LIMIT = 120.0  # seconds a commit may take in all (well under max.poll.interval.ms)
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not answer a transactional call in time: restart the agent."""
+
+
+class ProducerFenced(Exception):
+    """This transactional producer was fenced: restart the agent with a new one (App's
+    supervisor stops the process if it keeps happening: a duplicate --worker-id)."""
+
+
+_FENCED = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+
+
 # produce() errors that concern one message only: it is refused, the producer goes on
 _MESSAGE_ERRORS = frozenset(
     {
@@ -311,36 +330,75 @@ class KafkaProducer:
                 )
             self.producer.commit_transaction(60)
 
-        self._txn(commit)
+        self._bounded(lambda: self._txn(commit), "committing the transaction")
         if self.failed:
             failed, self.failed = self.failed, []
             raise FatalError(f"committed transaction reported failed deliveries: {failed[0]}")
+
+    def _bounded(self, call: Callable[[], None], what: str) -> None:
+        """Run ``call`` on a thread and wait at most TXN_CALL_LIMIT seconds: librdkafka's
+        send_offsets_to_transaction can block past its timeout when the group coordinator
+        went away (librdkafka #5456). Past the limit this producer is given up
+        (BrokerUnavailable: the agent restarts; its new producer fences this one)."""
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the caller's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, name=f"sf-txn-{self.transactional_id}", daemon=True)
+        worker.start()
+        worker.join(TXN_CALL_LIMIT)
+        if worker.is_alive():
+            raise BrokerUnavailable(
+                f"transactional producer {self.transactional_id}: {what} did not return "
+                f"within {TXN_CALL_LIMIT:g}s; giving this producer up"
+            )
+        if errors:
+            raise errors[0]
 
     def abort(self) -> None:
         self._txn(lambda: self.producer.abort_transaction(60))
 
     def _txn(self, call: Any) -> None:
-        """Run a transactional call: retry retriable errors, abort on abortable ones
-        (raising TransactionAborted), stop on fatal ones (fenced by a newer worker)."""
-        for attempt in range(10):
+        """Run a transactional call: retry retriable errors for up to TXN_RETRY_BUDGET
+        seconds, abort on abortable ones (raising TransactionAborted), stop on fatal ones
+        (fenced by a newer worker). Still failing after the budget (the broker is away):
+        BrokerUnavailable - the agent is restarted, and its new producer's
+        ``init_transactions`` settles this transaction (the consumer must poll again well
+        within ``max.poll.interval.ms``, so nothing here may wait longer)."""
+        deadline = time.monotonic() + TXN_RETRY_BUDGET
+        attempt = 0
+        while True:
             try:
                 call()
                 return
             except KafkaException as exc:
                 err = exc.args[0]
+                if err.code() in _FENCED:
+                    # a newer producer with our transactional id, or the broker aborted
+                    # our transaction after transaction.timeout.ms (an outage): this
+                    # producer is done; a new one (agent restart) fences any zombie
+                    raise ProducerFenced(
+                        f"transactional producer {self.transactional_id}: {err.str()}"
+                    ) from exc
                 if err.fatal():
                     raise FatalError(
-                        f"transactional producer {self.transactional_id}: {err.str()} "
-                        "(another worker with the same --worker-id took over?)"
+                        f"transactional producer {self.transactional_id}: {err.str()}"
                     ) from exc
                 if err.txn_requires_abort():
                     self.producer.abort_transaction(60)
                     self.failed = []
                     raise TransactionAborted(err.str()) from exc
-                if err.retriable() and attempt < 9:
-                    time.sleep(0.1 * (attempt + 1))
+                if err.retriable() and time.monotonic() < deadline:
+                    attempt += 1
+                    time.sleep(min(0.1 * attempt, 1.0))
                     continue
-                raise
+                raise BrokerUnavailable(
+                    f"transactional producer {self.transactional_id}: {err.str()}"
+                ) from exc
 
     def close(self) -> None:
         if self.transactional_id is None:
