@@ -222,7 +222,7 @@ def message_limit(conf: Mapping[str, Any]) -> int:
 
 
 TXN_RETRY_BUDGET = 45.0  # seconds a transactional call is retried before giving up
-TXN_CALL_LIMIT = 120.0  # seconds a commit may take in all (well under max.poll.interval.ms)
+TXN_CALL_LIMIT = 75.0  # seconds a commit may take in all (well under max.poll.interval.ms)
 
 
 class BrokerUnavailable(Exception):
