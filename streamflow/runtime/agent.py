@@ -59,6 +59,7 @@ from streamflow.transport.base import (
 
 log = logging.getLogger("streamflow.runtime")
 LAG_INTERVAL = 5.0  # seconds between consumer-lag readings
+KEEPALIVE = 2.0  # a batch running longer polls (paused) this often: see _process_alive
 R = TypeVar("R")
 
 
@@ -140,15 +141,15 @@ class StepAgent:
                 wait = min(wait, min(self.paused_until.values()) - time.monotonic())
             records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
             if records:
-                if self.exactly_once and not self.in_txn:
-                    await self._io(producer.begin)
-                    self.in_txn = True
                 self.metrics.consumed.inc(len(records))
                 self.metrics.in_flight.set(len(records))
-                results, done = await self._process(records)
+                results, done = await self._process_alive(consumer, records)
                 self.metrics.in_flight.set(0)
                 self.processor.flush_metrics()
                 self._advance_offsets(consumer, records, done)
+                if self.exactly_once and not self.in_txn:
+                    await self._io(producer.begin)
+                    self.in_txn = True
                 # on the I/O thread: a full producer queue must not block the event loop
                 await self._io(self._send, producer, records, results, done)
                 self.processed += sum(done)
@@ -240,6 +241,37 @@ class StepAgent:
         self.metrics.for_step(self.containment.step).dead_lettered.inc()
         return self.containment.dead_letter(rec, error, exc.__class__.__name__)
 
+    async def _process_alive(
+        self, consumer: Consumer, records: Sequence[Record]
+    ) -> tuple[list[list[Out]], list[bool]]:
+        """``_process``, keeping the consumer a live member of its group however long the
+        batch takes (a slow target, an ``ordered`` retry): past KEEPALIVE seconds every
+        assigned partition is paused and the consumer polled every KEEPALIVE seconds, so
+        ``max.poll.interval.ms`` never runs out - no eviction, no rebalance, no redelivery.
+        Paused partitions yield nothing (a stray record is sought back and read again);
+        the partitions are resumed when the batch is done."""
+        task = asyncio.ensure_future(self._process(records))
+        paused: set[TopicPartition] = set()
+        try:
+            while True:
+                finished, _ = await asyncio.wait({task}, timeout=KEEPALIVE)
+                if finished:
+                    return task.result()
+                more = [
+                    tp
+                    for tp in consumer.assignment()
+                    if tp not in paused and tp not in self.paused_until
+                ]
+                if more:
+                    await self._io(consumer.pause, more)
+                    paused.update(more)
+                for rec in await self._io(consumer.poll, 1, 0.0):
+                    await self._io(consumer.seek, (rec.topic, rec.partition), rec.offset)
+        finally:
+            if paused:
+                held = set(consumer.assignment())
+                await self._io(consumer.resume, [tp for tp in paused if tp in held])
+
     async def _process(self, records: Sequence[Record]) -> tuple[list[list[Out]], list[bool]]:
         """Outputs of each record of the batch, and which records were handled. A record
         whose processor raised ``Deferred`` is not handled: it and every later record of its
@@ -307,9 +339,11 @@ class StepAgent:
         handled after that one (another key) is read again too: it is marked not done, so
         its outputs are not sent now (exactly-once must not produce them twice)."""
         first_open: dict[TopicPartition, int] = {}
+        held = set(consumer.assignment())
         for i, rec in enumerate(records):
             tp = (rec.topic, rec.partition)
-            if tp in first_open:
+            # revoked while the batch ran (its new owner redoes it), or after an open one
+            if tp not in held or tp in first_open:
                 done[i] = False
             elif not done[i]:
                 first_open[tp] = rec.offset
@@ -321,8 +355,9 @@ class StepAgent:
                 self.paused_until[tp] = until
             consumer.pause(consumer.assignment())
         for tp, until in self.deferred.items():
-            self.paused_until[tp] = until
-            consumer.pause([tp])
+            if tp in held:
+                self.paused_until[tp] = until
+                consumer.pause([tp])
         for tp, offset in first_open.items():
             consumer.seek(tp, offset)
 

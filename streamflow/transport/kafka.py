@@ -76,7 +76,8 @@ class KafkaConsumer:
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
-            "max.poll.interval.ms": 300_000,
+            # agents poll at least every 2 s even mid-batch (agent.py, _process_alive)
+            "max.poll.interval.ms": int(base.get("max.poll.interval.ms", 300_000)),
         }
         self.group = group
         self.on_revoke: RevokeHook | None = None
