@@ -175,3 +175,14 @@ async def test_a_missing_topic_to_produce_to_refuses_the_start(tmp_path: Path) -
         await asyncio.wait_for(app.run(asyncio.Event()), 30)
     assert transport.end_offsets(app.plan.flows["f"].first_topic) == {0: 0, 1: 0, 2: 0}
     transport.close()
+
+
+async def test_an_input_event_that_cannot_travel_fails_alone(tmp_path: Path) -> None:
+    path = topology(tmp_path, WORK, name="feed")
+    deep: object = 1
+    for _ in range(300):
+        deep = [deep]
+    result = await run_flow(path, [{"n": 1}, deep, {"n": 2}])
+    assert sorted(ex.status for ex in result.executions) == ["completed", "completed", "failed"]
+    failed = next(ex for ex in result.executions if ex.status == "failed")
+    assert "feed/f step work: cannot be sent: a value is nested deeper than 254" in failed.error
