@@ -253,6 +253,7 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
     )
     app.deploy()
     app.build_agents()
+    app.check_topics()  # before the gateway accepts anything
     gateway = (
         Gateway(
             integration,
@@ -274,11 +275,18 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
         site = None
         port = getattr(args, "port", None)  # `worker` has no --port without --metrics-port
         if gateway is not None:
+            gateway.agents = app.health
             port = await gateway.start(args.host, args.port)
         elif with_http:
             from streamflow.runtime.http import start_http
 
-            site = await start_http(args.host, args.port, ready=_broker_ready(transport, app))
+            broker_ready = _broker_ready(transport, app)
+
+            async def ready() -> bool:  # the broker answers and no agent stopped for good
+                agents_up = all(h["state"] != "stopped" for h in app.health().values())
+                return agents_up and await broker_ready()
+
+            site = await start_http(args.host, args.port, ready, app.health)
         print(
             f"streamflow: {plural(len(app.agents), 'agent')} of {integration.name} running on "
             f"{transport.url}" + (f", http://{args.host}:{port}" if with_http else ""),

@@ -264,7 +264,7 @@ class AzureBlobStep(AsyncStep):
         op = self.cfg.operation
         name = str(self.blob.render(scope) or "") if op != "list" else ""
         if not container or (op != "list" and not name):
-            raise PoisonMessageError(f"step {self.cfg.id}: the container or blob name is empty")
+            raise PoisonMessageError("the container or blob name is empty")
         what = f"azure_blob {op} {container}/{name}"
         try:
             client = azure_client(

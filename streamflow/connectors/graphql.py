@@ -167,12 +167,12 @@ class GraphqlStep(AsyncStep):
             if isinstance(found, list):
                 items.extend(found)
             elif found is not None:
-                raise PoisonMessageError(f"step {self.cfg.id}: {page.path} is not a list")
+                raise PoisonMessageError(f"{page.path} is not a list")
             cursor = dig(body, page.cursor)
             if not dig(body, page.has_next) or cursor is None:
                 break
             if cursor == variables.get(page.variable):
-                raise PoisonMessageError(f"step {self.cfg.id}: the cursor did not move")
+                raise PoisonMessageError("the cursor did not move")
             variables[page.variable] = cursor
         result = {"status": status, "items": items, "pages": pages}
         payload = items if self.cfg.replace_payload else env.payload

@@ -55,7 +55,7 @@ class HttpCaller:
         limit: int | None = None,
     ) -> None:
         if ctx.http_session is None:
-            raise ConfigError(f"step {step_id}: no HTTP session available")
+            raise ConfigError("no HTTP session available")
         self.step_id = step_id
         self.ctx = ctx
         self.session = ctx.http_session
@@ -122,7 +122,7 @@ class HttpCaller:
         except TimeoutError:
             raise RetriableError(f"{where} timed out after {self.timeout_s:g}s") from None
         except aiohttp.InvalidURL:
-            msg = f"step {self.step_id}: invalid URL {safe_url(str(url))}"
+            msg = f"invalid URL {safe_url(str(url))}"
             raise PoisonMessageError(self.mask(msg)) from None
         except aiohttp.ClientError as exc:
             raise RetriableError(self.mask(f"{where} failed: {exc.__class__.__name__}")) from None

@@ -338,7 +338,7 @@ class RabbitMQPublishStep(AsyncStep):
                 data = exactjson.dumps(body)
                 content_type = "application/json"
         except (TypeError, ValueError) as exc:
-            raise PoisonMessageError(f"step {self.cfg.id}: body: {exc}") from None
+            raise PoisonMessageError(f"body: {exc}") from None
         headers = self.headers.render(scope) or {}
         message_id = self.message_id.render(scope) or f"{env.execution_id}-{self.cfg.id}"
         correlation = self.correlation_id.render(scope)
@@ -362,13 +362,13 @@ class RabbitMQPublishStep(AsyncStep):
                 app_id="streamflow",
             )
         except (TypeError, ValueError) as exc:
-            raise PoisonMessageError(f"step {self.cfg.id}: {self.masker.mask(str(exc))}") from None
+            raise PoisonMessageError(f"{self.masker.mask(str(exc))}") from None
 
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
         url = str(self.url.render(scope) or "")
         if not url:
-            raise ConfigError(f"step {self.cfg.id}: the url is empty")
+            raise ConfigError("the url is empty")
         self.masker.add(url)
         headers = self.headers.render(scope) or {}
         self.masker.add(*(v for v in headers.values() if isinstance(v, str)))

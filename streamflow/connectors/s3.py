@@ -135,11 +135,11 @@ class S3Step(AsyncStep):
         masker = aws_masker(settings)
         bucket = str(self.bucket.render(scope) or "")
         if not bucket:
-            raise PoisonMessageError(f"step {self.cfg.id}: the bucket is empty")
+            raise PoisonMessageError("the bucket is empty")
         op = self.cfg.operation
         key = str(self.key.render(scope) or "") if op != "list" else ""
         if op != "list" and not key:
-            raise PoisonMessageError(f"step {self.cfg.id}: the key is empty")
+            raise PoisonMessageError("the key is empty")
         client = s3_client(self.ctx.resources, settings, self.cfg.timeout)
         what = f"s3 {op} s3://{bucket}/{key}"
         try:
@@ -167,7 +167,7 @@ class S3Step(AsyncStep):
         source_bucket = str(self.source_bucket.render(scope) or bucket)
         source_key = str(self.source_key.render(scope) or "")
         if not source_key:
-            raise PoisonMessageError(f"step {self.cfg.id}: the source key is empty")
+            raise PoisonMessageError("the source key is empty")
         return self.copy(client, bucket, key, source_bucket, source_key)
 
     def copy(self, client: Any, bucket: str, key: str, src_bucket: str, src_key: str) -> Any:

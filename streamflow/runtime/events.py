@@ -38,7 +38,33 @@ class ExecutionEvent:
     payload: Any = None
 
     def encode(self) -> bytes:
-        return exactjson.dumps(self)  # dataclasses natively; numbers exact
+        """JSON bytes. An event is always encodable: a payload (or text) the encoder
+        refuses is left out and the reason put in ``note`` (the execution goes on)."""
+        try:
+            return exactjson.dumps(self)  # dataclasses natively; numbers exact
+        except (TypeError, ValueError) as exc:
+            return self._without_payload(exc)
+
+    def _without_payload(self, exc: Exception) -> bytes:
+        from streamflow.runtime.contain import describe
+
+        def clean(text: str) -> str:
+            return text.encode("utf-8", "replace").decode("utf-8")
+
+        why = f"not encodable, the payload is left out of this event: {describe(exc)}"
+        note = f"{clean(self.note)}; {why}" if self.note else why
+        safe = ExecutionEvent(
+            clean(self.execution_id),
+            clean(self.flow),
+            self.event,
+            clean(self.step),
+            clean(self.instance),
+            self.attempt,
+            self.ts,
+            note,
+            clean(self.error),
+        )
+        return exactjson.dumps(safe)
 
     @classmethod
     def decode(cls, data: bytes) -> ExecutionEvent:

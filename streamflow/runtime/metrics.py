@@ -75,6 +75,11 @@ GATEWAY_SECONDS = Histogram(
     ("route",),
     buckets=LATENCY_BUCKETS,
 )
+AGENT_RESTARTS = Counter(
+    "streamflow_agent_restarts_total",
+    "Agents restarted by the supervisor after an unexpected error",
+    (*L, "agent", "error"),
+)
 TRIGGER_FIRINGS = Counter(
     "streamflow_trigger_firings_total", "Trigger firings", ("integration", "flow", "trigger")
 )

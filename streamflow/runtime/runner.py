@@ -17,6 +17,7 @@ from typing import Any
 
 from streamflow.errors import ConfigError
 from streamflow.runtime.app import App, AppOptions
+from streamflow.runtime.contain import describe, place
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.topology.models import Integration
@@ -106,6 +107,7 @@ async def run_events(
     app = App(integration, transport, config, opts)
     app.deploy()
     app.build_agents()
+    app.check_topics()  # before any event is fed: a missing topic stops nothing half-way
     started = time.monotonic()
     watcher = transport.consumer(
         f"sf.run.{uuid.uuid4().hex}", [app.plan.executions_topic], from_end=True
@@ -113,16 +115,26 @@ async def run_events(
     ingress = FlowIngress(integration, integration.flows[flow_name], app.plan, config)
     executions: dict[str, Execution] = {}
     producer = transport.producer()
+    refused: set[str] = set()
     for index, payload in enumerate(payloads):
         env = ingress.envelope(payload, trigger={"type": "manual"})
-        executions[env.execution_id] = Execution(env.execution_id, flow_name, payload, index=index)
-        ingress.send(producer, env)
+        fed = executions[env.execution_id] = Execution(
+            env.execution_id, flow_name, payload, index=index
+        )
+        try:
+            ingress.send(producer, env)
+        except Exception as exc:  # an event that cannot travel fails alone, before any step
+            why = f"{place(integration.name, flow_name, env.step)}: cannot be sent: {describe(exc)}"
+            fed.events.append(
+                ExecutionEvent(env.execution_id, flow_name, "failed", env.step, error=why)
+            )
+            refused.add(env.execution_id)
     await asyncio.to_thread(producer.flush)
     producer.close()
 
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop))
-    open_ids = set(executions)
+    open_ids = set(executions) - refused
     deadline = time.monotonic() + timeout
     try:
         while open_ids:

@@ -159,6 +159,13 @@ class FlowDoc(Model):
     commit_interval: Duration = Field(0.1, description="how often offsets are committed")
     max_batch: int = Field(500, ge=1, le=100_000, description="records per poll")
     concurrency: int = Field(16, ge=1, le=10_000, description="in-flight async steps per agent")
+    max_value_size: int = Field(
+        1_000_000,
+        ge=1_000,
+        le=1_000_000_000,
+        description="largest value an expression may build (characters; for lists and "
+        "objects about bytes of JSON); over it, the execution fails (dead letter)",
+    )
     retry: RetryPolicy | None = None
     events: Literal["steps", "lifecycle"] = Field(
         "steps",
