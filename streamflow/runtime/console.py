@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from streamflow import exactjson
 from streamflow.connectors.secrets import MASK
 from streamflow.envelope import decode
 from streamflow.errors import ConfigError, PoisonMessageError
@@ -355,7 +356,7 @@ class Console:
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
-            body = await request.json()
+            body = exactjson.loads(await request.read())  # edited numbers keep every digit
         except ValueError:
             raise web.HTTPBadRequest(text="the body is not JSON") from None
         if not isinstance(body, dict):
@@ -465,7 +466,9 @@ def _metrics(integration: str, flow: str) -> dict[str, float]:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(redact(data), status=status, headers=SECURITY_HEADERS)
+    return web.json_response(
+        redact(data), status=status, headers=SECURITY_HEADERS, dumps=exactjson.dumps_text
+    )
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -252,3 +252,48 @@ def test_poll_cursors_and_state_records_keep_numbers() -> None:
     assert order_key(1) < order_key(1.5) < order_key(LEDGER)
     state = {"value": BIG + 1, "seen": []}
     assert same(exactjson.loads(exactjson.dumps(state)), state)
+
+
+# ----------------------------------------------------------------------------- executions
+
+
+async def test_execution_history_cli_and_console_keep_numbers(capsys: Any) -> None:
+    """The executions store, `executions list|show --json` and the console API keep digits.
+
+    The store read its timeline back with orjson (30-digit ids became floats); the console and
+    the CLI wrote with the standard json module (a Decimal crashed them)."""
+    import argparse
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from streamflow.cli import executions as cli
+    from streamflow.runtime import console, history
+    from streamflow.runtime.events import ExecutionEvent
+
+    store = history.ExecutionStore({"f": "sf.i.f.dlq"})
+    store.apply([ExecutionEvent("e1", "f", "completed", ts=1, payload=VALUES)])
+    row = store.get("e1")
+    assert row is not None and same(row.timeline[0]["payload"], VALUES)
+    answer = console._json(row.to_json())
+    assert isinstance(answer, web.Response) and answer.body is not None
+    assert same(exactjson.loads(bytes(answer.body))["timeline"][0]["payload"], VALUES)
+
+    args = argparse.Namespace(
+        id="e1", json=True, limit=10, flow=None, status=None, instance=None, since=None
+    )
+    cli._show(store, args, None)
+    cli._list(store, args, None)
+    shown, listed = capsys.readouterr().out.splitlines()
+    assert same(exactjson.loads(shown)["payload"], VALUES)
+    assert exactjson.loads(listed)["id"] == "e1"
+
+    # an operator's edited payload (console replay body) is read with every digit
+    async def body(request: web.Request) -> web.Response:
+        got = await console.Console._body(None, request)  # type: ignore[arg-type]
+        return web.Response(text=exactjson.dumps_text(got))
+
+    app = web.Application()
+    app.router.add_post("/b", body)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/b", data=exactjson.dumps({"payload": VALUES}))
+        assert same(exactjson.loads(await resp.read())["payload"], VALUES)
