@@ -297,3 +297,47 @@ async def test_execution_history_cli_and_console_keep_numbers(capsys: Any) -> No
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/b", data=exactjson.dumps({"payload": VALUES}))
         assert same(exactjson.loads(await resp.read())["payload"], VALUES)
+
+
+async def test_flow_tests_compare_published_and_written_numbers_exactly(tmp_path: Path) -> None:
+    """`streamflow test` read kafka_publish values with orjson (a 30-digit id became a float
+    and never matched) and written files with json (long decimals rounded)."""
+    from streamflow.testing.cases.loading import load_test_files
+    from streamflow.testing.cases.running import run_test_files
+
+    (tmp_path / "events.ndjson").write_bytes(EXACT_TEXT + b"\n")
+    (tmp_path / "integration.yaml").write_text(
+        """
+apiVersion: streamflow/v1
+kind: Integration
+name: exact
+flows:
+  - name: f
+    trigger: {type: manual}
+    steps:
+      - {id: out, type: file_write, path: out.json, format: json, content: "${payload}"}
+      - {id: pub, type: kafka_publish, topic: exact.out, value: "${payload}"}
+"""
+    )
+    (tmp_path / "tests.yaml").write_text(
+        f"""
+integration: integration.yaml
+cases:
+  - name: digits
+    flow: f
+    events_file: events.ndjson
+    expect:
+      status: completed
+      published: [{{topic: exact.out, value: {{id: {BIG}, tenth: 0.1}}, count: 1}}]
+      files:
+        out.json: {{content: {{id: {BIG}, ledger: 1234567890123456.78}}}}
+  - name: another digit is a difference
+    flow: f
+    events_file: events.ndjson
+    expect:
+      published: [{{topic: exact.out, value: {{id: {BIG + 1}}}}}]
+"""
+    )
+    ok, differs = await run_test_files(load_test_files([tmp_path]))
+    assert ok.passed, ok.details()
+    assert not differs.passed and str(BIG) in differs.details(), differs.details()
