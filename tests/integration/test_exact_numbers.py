@@ -341,3 +341,16 @@ cases:
     ok, differs = await run_test_files(load_test_files([tmp_path]))
     assert ok.passed, ok.details()
     assert not differs.passed and str(BIG) in differs.details(), differs.details()
+
+
+def test_dlq_edit_in_editor_keeps_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq replay --edit` wrote the payload with json.dump (a Decimal crashed it) and read the
+    edit back with json.loads (long decimals rounded)."""
+    from streamflow.cli.commands import _edit_in_editor
+
+    editor = tmp_path / "editor.sh"  # an editor that changes one field and keeps the rest
+    editor.write_text('#!/bin/sh\nsed -i \'s/"tenth": 0.1/"tenth": 0.25/\' "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.setenv("EDITOR", str(editor))
+    edited = _edit_in_editor({**VALUES, "tenth": 0.1})
+    assert same(edited, {**VALUES, "tenth": 0.25})
