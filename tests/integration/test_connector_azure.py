@@ -92,6 +92,8 @@ async def test_large_blobs_stream_through_files(
              "blob": "big.bin", "file": "out/copy.bin"},
             {"id": "mem", "type": "azure_blob", "connection": "lake", "container": container,
              "blob": "big.bin", "max_bytes": 1000000},
+            {"id": "fetch", "type": "azure_blob", "connection": "lake", "container": container,
+             "blob": "big.bin", "file": "in/${payload.name}"},
         ],
         connections=lake,
         directory=tmp_path / "topo",
@@ -103,6 +105,10 @@ async def test_large_blobs_stream_through_files(
     assert [p.name for p in (tmp_path / "topo" / "out").iterdir()] == ["copy.bin"]
     with pytest.raises(PoisonMessageError, match="more than max_bytes"):
         await runner.run("mem", {})
+    # a payload value cannot steer the local file out of in/ (the default root)
+    with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+        await runner.run("fetch", {"name": "../../escape.bin"})
+    assert not (tmp_path / "escape.bin").exists()
     from azure.storage.blob.aio import BlobServiceClient
 
     async with BlobServiceClient.from_connection_string(azurite.connection_string) as client:
