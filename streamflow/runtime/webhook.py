@@ -174,16 +174,9 @@ class WebhookEndpoint:
     def validate(self, payload: Any) -> None:
         if self.validator is None:
             return
-        errors = sorted(self.validator.iter_errors(payload), key=lambda e: list(e.path))
+        errors = schema_errors(self.validator, payload)
         if errors:
-            raise Refusal(
-                422,
-                "body does not match the schema",
-                errors=[
-                    {"path": "/" + "/".join(str(p) for p in e.path), "message": e.message}
-                    for e in errors[:MAX_ERRORS]
-                ],
-            )
+            raise Refusal(422, "body does not match the schema", errors=errors)
 
     # -- the envelope -----------------------------------------------------------------
 
@@ -274,3 +267,25 @@ def _typed(value: str, prop: dict[str, Any]) -> Any:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+_DECIMAL_REPR = re.compile(r"Decimal\('(-?[0-9.eE+-]+|-?NaN|-?Infinity)'\)")
+
+
+def schema_errors(validator: Any, payload: Any) -> list[dict[str, str]]:
+    """The first MAX_ERRORS schema errors of ``payload`` as ``{path, message}`` (path a JSON
+    pointer); the offending value is quoted as JSON, never as a Python repr (an exact
+    decimal showed as ``Decimal('19.90')``, an object as ``{'a': 1}``)."""
+    out = []
+    for e in sorted(validator.iter_errors(payload), key=lambda e: list(e.path))[:MAX_ERRORS]:
+        message, shown = str(e.message), repr(e.instance)
+        if message.startswith(shown) and not isinstance(e.instance, str):
+            try:
+                text = exactjson.dumps_text(e.instance)
+            except (TypeError, ValueError):
+                text = shown
+            text = text if len(text) <= 200 else text[:197] + "..."
+            message = text + message[len(shown) :]
+        message = _DECIMAL_REPR.sub(r"\1", message)
+        out.append({"path": "/" + "/".join(str(p) for p in e.path), "message": message})
+    return out

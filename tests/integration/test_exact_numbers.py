@@ -354,3 +354,29 @@ def test_dlq_edit_in_editor_keeps_numbers(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("EDITOR", str(editor))
     edited = _edit_in_editor({**VALUES, "tenth": 0.1})
     assert same(edited, {**VALUES, "tenth": 0.25})
+
+
+def test_webhook_schema_errors_quote_exact_numbers_as_json() -> None:
+    """A 422's messages showed exact decimals as Python reprs (Decimal('...'))."""
+    from jsonschema import Draft202012Validator
+
+    from streamflow.runtime.webhook import schema_errors
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "amount": {"type": "number", "maximum": 10},
+            "name": {"type": "string"},
+            "kind": {"enum": [1, 2]},
+        },
+    }
+    body = exactjson.loads(
+        b'{"amount":1234567890123456.78,"name":123456789012345678901234567890,'
+        b'"kind":{"x":0.10000000000000000001}}'
+    )
+    errors = schema_errors(Draft202012Validator(schema), body)
+    assert errors == [
+        {"path": "/amount", "message": "1234567890123456.78 is greater than the maximum of 10"},
+        {"path": "/kind", "message": '{"x":0.10000000000000000001} is not one of [1, 2]'},
+        {"path": "/name", "message": "123456789012345678901234567890 is not of type 'string'"},
+    ]
