@@ -19,7 +19,7 @@ import base64
 import json
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 MASK = "***"
 _MIN_SECRET = 3  # shorter strings would mask ordinary text; they are not secrets anyway
@@ -40,8 +40,10 @@ class Masker:
                 self._secrets.update(derived_forms(value))
                 # a DSN's password may also appear on its own (e.g. in a driver's message)
                 pw = dsn_password(value)
-                if pw and len(pw) >= _MIN_SECRET:
-                    self._secrets.update(derived_forms(pw))
+                # as written (percent-encoded) and as the driver sends it (decoded)
+                for form in {pw, unquote(pw)} if pw else ():
+                    if len(form) >= _MIN_SECRET:
+                        self._secrets.update(derived_forms(form))
                 if self is not PROCESS:
                     PROCESS.add(value)
 
