@@ -291,8 +291,7 @@ async def test_connection_validation(step_runner: Any) -> None:
         await step_runner([{"id": "a", "type": "http", "connection": "nope", "url": "/x"}])
     with pytest.raises(
         ValidationFailed,
-        match=r"connections\.crm\.auth: Value error, auth type "
-        "oauth2 needs token_url",
+        match=r"connections\.crm\.auth: auth type oauth2 needs token_url",
     ):
         await step_runner(
             [{"id": "a", "type": "http", "connection": "crm", "url": "/x"}],
