@@ -369,7 +369,7 @@ class RabbitMQPublishStep(AsyncStep):
         url = str(self.url.render(scope) or "")
         if not url:
             raise ConfigError(f"step {self.cfg.id}: the url is empty")
-        self.masker.add(url)
+        self.masker.add_dsn(url)
         headers = self.headers.render(scope) or {}
         self.masker.add(*(v for v in headers.values() if isinstance(v, str)))
         routing_key = str(self.routing_key.render(scope) or "")

@@ -47,6 +47,17 @@ class Masker:
                 if self is not PROCESS:
                     PROCESS.add(value)
 
+    def add_dsn(self, *urls: str | None) -> None:
+        """The password of each connection URL (``scheme://user:password@host/...``), in
+        every form; not the whole URL: its host and database are what an error must name
+        (a URL that is a secret config value is masked whole by the process masker)."""
+        for url in urls:
+            pw = dsn_password(url) if isinstance(url, str) else None
+            if pw:
+                self.add(pw, unquote(pw))
+            elif isinstance(url, str) and "://" not in url:
+                self.add(url)  # not a URL: treat it as the secret it may be
+
     def add_basic(self, username: str, password: str) -> str:
         """The Basic credential ``base64(username:password)`` (returned) and its forms."""
         token = base64.b64encode(f"{username}:{password}".encode()).decode()

@@ -208,3 +208,16 @@ def test_a_percent_encoded_dsn_password_is_masked_in_every_form(dsn: str) -> Non
         assert "p@ss" not in masker.mask(f"login refused for {text}: x"), kind
         assert masker.mask(text) == "***", kind
     assert masker.mask("p%40ss%2Fw0rd%21") == "***"
+
+
+def test_a_connection_url_masks_its_password_not_its_host() -> None:
+    from streamflow.connectors.secrets import Masker
+
+    masker = Masker()
+    masker.add_dsn("mongodb://127.0.0.1:27017/db", "amqp://bot:p%40ss%2Fw0rd%21@mq.local:5672/")
+    assert masker.mask("mongodb://127.0.0.1:27017/db: refused") == (
+        "mongodb://127.0.0.1:27017/db: refused"
+    )
+    assert masker.mask("amqp://mq.local:5672/ refused p@ss/w0rd! (bot)") == (
+        "amqp://mq.local:5672/ refused *** (bot)"
+    )
