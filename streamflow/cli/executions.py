@@ -92,7 +92,7 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     since = None
     if args.since:
         try:
-            since = int((time.time() - parse_duration(args.since)) * 1000)
+            since = max(0, int((time.time() - min(parse_duration(args.since), 1e12)) * 1000))
         except ValueError as exc:
             raise ConfigError(f"--since: {exc}") from None
     return {"flow": args.flow, "status": args.status, "instance": args.instance, "since_ms": since}
