@@ -516,9 +516,12 @@ def _print_dead_letters(
 
 def _typed(row: dict[str, Any]) -> dict[str, Any]:
     """JSON output keeps numbers as numbers (headers arrive as text)."""
-    return {
-        k: int(v) if isinstance(v, str) and v.isdigit() and k != "id" else v for k, v in row.items()
-    }
+    return {k: int(v) if k == "attempt" and _digits(v) else v for k, v in row.items()}
+
+
+def _digits(v: Any) -> bool:
+    """ASCII digits only: int() of '²' raised, and an id of digits is text, not a number."""
+    return isinstance(v, str) and v.isascii() and v.isdigit()
 
 
 def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) -> None:
