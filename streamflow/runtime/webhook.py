@@ -19,9 +19,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -258,8 +260,11 @@ def _typed(value: str, prop: dict[str, Any]) -> Any:
     if "integer" in types and re.fullmatch(r"[-+]?[0-9]{1,4300}", v):
         return int(v)
     if "number" in types and re.fullmatch(r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?", v):
-        n = exactjson.loads(v.lstrip("+"))
-        return n
+        # not JSON's grammar: ".5", "007" and "1e400" raised (a 500) instead of converting
+        d = Decimal(v)
+        if len(v) > 4300 or not math.isfinite(float(d)):
+            return value  # beyond a double: stays text, and the schema check says so (422)
+        return exactjson.number(d)
     if "null" in types and v == "":
         return None
     return value
