@@ -171,6 +171,12 @@ class WebhookEndpoint:
         try:
             return exactjson.loads(body)
         except exactjson.JSONDecodeError as exc:
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as bad:  # the parser's words were "str is not valid"
+                raise Refusal(
+                    400, f"body is not UTF-8 (byte {bad.start}): JSON is read as UTF-8 only"
+                ) from None
             raise Refusal(400, f"body is not JSON: {exc}") from None
 
     def validate(self, payload: Any) -> None:

@@ -229,6 +229,8 @@ async def test_refused_requests_produce_nothing(
 
     not_json = await gw.post_order(b"{not json")
     assert not_json.status == 400
+    latin = await gw.post_order(b'{"id": "\xe9"}')  # e.g. sent with charset=latin-1
+    assert latin.status == 400 and "not UTF-8 (byte 8)" in (await latin.json())["error"]
 
     name = gw.integration.name
     wrong_method = await gw.session.put(f"{gw.base}/webhooks/{name}/orders", json=good)
