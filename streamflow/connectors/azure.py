@@ -267,6 +267,12 @@ class AzureBlobStep(AsyncStep):
         name = str(self.blob.render(scope) or "") if op != "list" else ""
         if not container or (op != "list" and not name):
             raise PoisonMessageError(f"step {self.cfg.id}: the container or blob name is empty")
+        if "/" in container or "." in container or {".", ".."} & set(name.split("/")):
+            # URLs collapse ./.. segments: `../other/x` would address another container's blob
+            raise PoisonMessageError(
+                f"step {self.cfg.id}: {container}/{name[:200]} has a '.' or '..' path segment "
+                "(or a container name with '/' or '.'): it would address another place"
+            )
         what = f"azure_blob {op} {container}/{name}"
         try:
             client = azure_client(
