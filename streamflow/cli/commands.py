@@ -524,9 +524,12 @@ def _print_dead_letters(
 
 def _typed(row: dict[str, Any]) -> dict[str, Any]:
     """JSON output keeps numbers as numbers (headers arrive as text)."""
-    return {
-        k: int(v) if isinstance(v, str) and v.isdigit() and k != "id" else v for k, v in row.items()
-    }
+    return {k: int(v) if k == "attempt" and _digits(v) else v for k, v in row.items()}
+
+
+def _digits(v: Any) -> bool:
+    """ASCII digits only: int() of '²' raised, and an id of digits is text, not a number."""
+    return isinstance(v, str) and v.isascii() and v.isdigit()
 
 
 def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) -> None:
@@ -541,13 +544,13 @@ def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) 
 
 def _edit_in_editor(payload: Any) -> Any:
     editor = os.environ.get("EDITOR", "vi")
-    with tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False) as f:
-        json.dump(payload, f, indent=2)
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
+        f.write(exactjson.dumps(payload, exactjson.OPT_INDENT_2))  # every digit, both ways
         path = f.name
     try:
         subprocess.run([*shlex.split(editor), path], check=True)
-        return json.loads(Path(path).read_text())
-    except (subprocess.CalledProcessError, json.JSONDecodeError) as exc:
+        return exactjson.loads(Path(path).read_bytes())
+    except (subprocess.CalledProcessError, exactjson.JSONDecodeError) as exc:
         raise ConfigError(f"edited payload not used: {exc}") from None
     finally:
         os.unlink(path)

@@ -8,10 +8,10 @@ Shaped like ``streamflow dlq``: a topology, filters, ``--json`` (one object per 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
+from streamflow import exactjson
 from streamflow.cli.trace import execution_block
 from streamflow.errors import ConfigError
 from streamflow.runtime import history
@@ -92,7 +92,7 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     since = None
     if args.since:
         try:
-            since = int((time.time() - parse_duration(args.since)) * 1000)
+            since = max(0, int((time.time() - min(parse_duration(args.since), 1e12)) * 1000))
         except ValueError as exc:
             raise ConfigError(f"--since: {exc}") from None
     return {"flow": args.flow, "status": args.status, "instance": args.instance, "since_ms": since}
@@ -104,7 +104,7 @@ def _list(
     rows = store.list(limit=args.limit, **_filters(args))
     if args.json:
         for row in rows:
-            print(json.dumps(redact(row.to_json())), flush=True)
+            print(exactjson.dumps_text(redact(row.to_json())), flush=True)
     elif rows:
         print(_header())
         for row in rows:
@@ -121,7 +121,9 @@ def _list(
         changed = store.list(after_seq=seq, limit=10_000, **_filters(args))
         seq = max(seq, history.seq_of(changed))
         for row in changed:
-            print(json.dumps(redact(row.to_json())) if args.json else _line(row), flush=True)
+            print(
+                exactjson.dumps_text(redact(row.to_json())) if args.json else _line(row), flush=True
+            )
 
 
 def _header() -> str:
@@ -154,7 +156,7 @@ def _show(
         events = [ExecutionEvent(**redact(e)) for e in (row.timeline if row else [])]
         if args.json:
             for ev in events[printed:]:
-                print(json.dumps({k: getattr(ev, k) for k in ev.__slots__}), flush=True)
+                print(exactjson.dumps_text({k: getattr(ev, k) for k in ev.__slots__}), flush=True)
         elif follower is None or (events and is_terminal(events[-1].event, events[-1].note)):
             assert row is not None
             print(execution_block(row.id, row.flow, events))

@@ -364,7 +364,7 @@ class MongoStep(AsyncStep):
         url = str(self.url.render(scope) or "")
         if not url:
             raise ConfigError("the url is empty")
-        self.masker.add(url)
+        self.masker.add_dsn(url)
         name = str(self.collection.render(scope) or "")
         database = self.database.render(scope)
         where = f"{safe_dsn(url)} collection {name!r}"

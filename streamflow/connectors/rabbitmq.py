@@ -33,6 +33,7 @@ from streamflow.connectors.connections import (
     check_connection,
     fill_from_connection,
 )
+from streamflow.connectors.files import fixed_prefix
 from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
@@ -322,6 +323,11 @@ class RabbitMQPublishStep(AsyncStep):
         self.exchange = compile_value(config.exchange)
         self.body = compile_value(config.body)
         self.headers = compile_value(config.headers)
+        # header values written by the deployer (text, config, env) may be credentials; a
+        # value from the event is data: masking it hid words and grew the masker per event
+        self.fixed_headers = frozenset(
+            k for k, v in config.headers.items() if isinstance(v, str) and fixed_prefix(v) is None
+        )
         self.message_id = compile_value(config.message_id)
         self.correlation_id = compile_value(config.correlation_id)
         self.masker = Masker()
@@ -369,9 +375,11 @@ class RabbitMQPublishStep(AsyncStep):
         url = str(self.url.render(scope) or "")
         if not url:
             raise ConfigError("the url is empty")
-        self.masker.add(url)
+        self.masker.add_dsn(url)
         headers = self.headers.render(scope) or {}
-        self.masker.add(*(v for v in headers.values() if isinstance(v, str)))
+        self.masker.add(
+            *(v for k, v in headers.items() if k in self.fixed_headers and isinstance(v, str))
+        )
         routing_key = str(self.routing_key.render(scope) or "")
         exchange_name = str(self.exchange.render(scope) or "")
         message = self.message(env, scope)

@@ -183,7 +183,7 @@ class SqlStep(AsyncStep):
         dsn = str(self.dsn.render(scope) or "")
         if not dsn:
             raise ConfigError("the dsn is empty")
-        self.masker.add(dsn)
+        self.masker.add_dsn(dsn)
         db = await database(
             self.ctx.resources, dsn, self.cfg.pool_size or 10, self.masker, self.cfg.pool
         )

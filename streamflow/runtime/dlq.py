@@ -56,7 +56,7 @@ class DeadLetter:
     @property
     def time_ms(self) -> int:
         raw = self.header("time")
-        return int(raw) if raw.isdigit() else self.record.timestamp_ms
+        return int(raw) if raw.isascii() and raw.isdigit() else self.record.timestamp_ms
 
     def summary(self) -> dict[str, Any]:
         return {

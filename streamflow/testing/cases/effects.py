@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from streamflow import exactjson
 from streamflow.testing.cases.matching import compare
 from streamflow.testing.cases.models import Expect, FileExpect, RowsExpect
 from streamflow.topology.loader import load_integration
@@ -86,9 +86,9 @@ def _parse(path: Path, text: str) -> Any:
     """JSON -> the document, NDJSON/JSONL -> a list, CSV -> a list of row mappings."""
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return json.loads(text)
+        return exactjson.loads(text)  # every digit, as the flow wrote it
     if suffix in (".ndjson", ".jsonl"):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [exactjson.loads(line) for line in text.splitlines() if line.strip()]
     if suffix == ".csv":
         return list(csv.DictReader(io.StringIO(text)))
     return text

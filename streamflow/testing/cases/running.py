@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.runtime.app import AppOptions, environment
 from streamflow.runtime.dlq import DeadLetter
 from streamflow.runtime.events import ExecutionEvent
@@ -151,8 +150,8 @@ def _published(transport: LocalTransport, topic: str) -> list[Published]:
     out = []
     for rec in transport.read_all(topic):
         try:
-            value: Any = orjson.loads(rec.value)
-        except orjson.JSONDecodeError:
+            value: Any = exactjson.loads(rec.value)  # every digit, as the flow wrote it
+        except exactjson.JSONDecodeError:
             value = rec.value.decode(errors="replace")
         key = rec.key.decode(errors="replace") if rec.key is not None else None
         out.append(Published(topic, key, value))
