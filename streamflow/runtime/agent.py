@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from streamflow.runtime.processor import ChainProcessor, Deferred, Out, Processor
 from streamflow.transport.base import (
@@ -45,6 +45,22 @@ from streamflow.transport.base import (
 )
 
 log = logging.getLogger("streamflow.runtime")
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A processor that keeps state between records (``aggregate``, see state.py)."""
+
+    def tick(self, assignment: Sequence[TopicPartition]) -> list[Out]:
+        """Before each batch, on the agent's I/O thread: restore newly assigned partitions,
+        drop revoked ones; return what due timers produce (and their state changes)."""
+        ...
+
+    def reset(self) -> None:
+        """The last batch was not committed: forget the state (restored at the next tick)."""
+        ...
+
+
 LAG_INTERVAL = 5.0  # seconds between consumer-lag readings
 R = TypeVar("R")
 
@@ -74,6 +90,8 @@ class StepAgent:
         self.processed = 0  # records processed (produced, maybe not yet committed)
         self.committed = 0  # records whose offsets are committed
         self._uncommitted = 0
+        self.unflushed = False  # timer outputs (stateful agents) not yet flushed/committed
+        self.stateful = processor if isinstance(processor, Stateful) else None
         # one thread per agent for blocking broker calls: a shared pool would starve
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
 
@@ -106,6 +124,15 @@ class StepAgent:
             if self.paused_until:
                 wait = min(wait, min(self.paused_until.values()) - time.monotonic())
             records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
+            if self.stateful is not None:  # restore state, fire due timers (state.py)
+                timed = await self._io(self.stateful.tick, consumer.assignment())
+                if timed:
+                    if self.exactly_once and not self.in_txn:
+                        producer.begin()
+                        self.in_txn = True
+                    for out in timed:
+                        producer.send(out.topic, out.value, out.key, out.headers, out.partition)
+                    self.unflushed = True
             if records:
                 if self.exactly_once and not self.in_txn:
                     producer.begin()
@@ -114,7 +141,7 @@ class StepAgent:
                 self.metrics.in_flight.set(len(records))
                 outs, done = await self._process(records)
                 for out in outs:
-                    producer.send(out.topic, out.value, out.key, out.headers)
+                    producer.send(out.topic, out.value, out.key, out.headers, out.partition)
                 self.metrics.in_flight.set(0)
                 self.processor.flush_metrics()
                 self._advance_offsets(consumer, records, done)
@@ -125,7 +152,7 @@ class StepAgent:
             # at-least-once agent that drained its input flushes, so the next hop sees
             # the outputs at once (exactly-once outputs are visible only at commit)
             due = time.monotonic() - last_commit >= self.commit_interval
-            if self.pending and (due or not records or stop.is_set()):
+            if (self.pending or self.unflushed) and (due or not records or stop.is_set()):
                 await self._io(self._commit, consumer, producer)
                 last_commit = time.monotonic()
             elif records and len(records) < self.max_batch and not self.exactly_once:
@@ -134,7 +161,7 @@ class StepAgent:
                 self.next_lag_check = time.monotonic() + LAG_INTERVAL
                 for (topic, part), lag in (await self._io(consumer.lag)).items():
                     self.metrics.lag(topic, part, lag)
-        if self.pending:  # stopped right after a batch: commit it, or it is redone on restart
+        if self.pending or self.unflushed:  # stopped after a batch: commit it, or it is redone
             await self._io(self._commit, consumer, producer)
 
     def _commit(self, consumer: Consumer, producer: Producer) -> None:
@@ -142,7 +169,8 @@ class StepAgent:
         also from inside ``poll`` when partitions are being revoked."""
         offsets, self.pending = self.pending, {}
         count, self._uncommitted = self._uncommitted, 0
-        if not offsets:
+        unflushed, self.unflushed = self.unflushed, False
+        if not offsets and not unflushed:
             return
         started = time.perf_counter()
         try:
@@ -152,7 +180,8 @@ class StepAgent:
                 self.metrics.commits.inc()
             else:
                 producer.flush()
-                consumer.commit(offsets)
+                if offsets:
+                    consumer.commit(offsets)
             self.committed += count
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except (TransactionAborted, DeliveryError) as exc:
@@ -161,6 +190,8 @@ class StepAgent:
             # nothing of this batch is committed: read it again from the committed offsets
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
             consumer.rewind()
+            if self.stateful is not None:
+                self.stateful.reset()  # its state is read again from the changelog
 
     async def _process(self, records: Sequence[Record]) -> tuple[list[Out], list[bool]]:
         """Outputs of the batch, and which records were handled. A record whose processor

@@ -1,7 +1,8 @@
 """Execution lifecycle events, written to ``sf.<integration>.executions``.
 
 One JSON object per event, keyed by execution id: ``started``, ``step`` (a step
-finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``.
+finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``. A child
+execution of a ``split`` carries ``parent`` (the execution it came from) and ``index``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class ExecutionEvent:
     note: str = ""
     error: str = ""
     payload: Any = None
+    parent: str = ""  # a split's child: the execution it was split from
+    index: int = -1  # a split's child: its item's index
 
     def encode(self) -> bytes:
         return orjson.dumps(self)  # orjson serialises dataclasses natively
@@ -45,6 +48,10 @@ class ExecutionEvent:
 def event_for(
     env: Envelope, event: str, *, note: str = "", error: str = "", payload: Any = None
 ) -> ExecutionEvent:
+    split = env.meta.get("split") if env.meta else None
+    parent, index = "", -1
+    if type(split) is dict:  # a child of a split step links to its parent
+        parent, index = str(split.get("parent", "")), int(split.get("index", -1))
     return ExecutionEvent(
         env.execution_id,
         env.flow,
@@ -56,4 +63,6 @@ def event_for(
         note,
         error,
         payload,
+        parent,
+        index,
     )

@@ -36,6 +36,7 @@ BUILTIN_MODULES = (
     "streamflow.connectors.aws",
     "streamflow.connectors.s3",
     "streamflow.connectors.azure",
+    "streamflow.steps.patterns",
 )
 
 S = TypeVar("S", bound=type[StepConfig])

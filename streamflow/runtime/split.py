@@ -1,0 +1,84 @@
+"""The split agent: one child execution per item (the Splitter of the integration patterns).
+
+A ``split`` step always runs in an agent of its own (``plan.py``). For an envelope with
+``n`` items it produces, in the agent's batch (one transaction in an exactly-once flow),
+``n`` child envelopes for the next step, keyed like the parent's record so that every child
+of one parent lands in the same partition (an ``aggregate`` without ``key`` relies on it).
+A child's execution id is ``<parent>-<index>``, its payload the item, and its
+``meta.split`` is ``{parent, index, size, step}`` (plus ``up``: the parent's own
+``meta.split``, for a split inside a split). Execution events: the parent's ``step`` event
+says ``split into n``; when no ``aggregate`` collects the children the parent is
+``completed`` there. Each child starts with a ``started`` event carrying ``parent`` and
+``index``. A re-delivered parent (at-least-once) produces the same child ids again, which
+an ``aggregate`` recognises as duplicates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamflow.envelope import Envelope, encode
+from streamflow.errors import PoisonMessageError
+from streamflow.runtime.processor import ChainProcessor, Out
+from streamflow.steps.base import Outcome
+from streamflow.transport.base import Record
+
+
+class SplitProcessor(ChainProcessor):
+    """A ChainProcessor whose split steps fan out instead of going on with one envelope."""
+
+    def _advance(
+        self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out], before: Any
+    ) -> Envelope | None:
+        node = self.flow.nodes[env.step]
+        if node.config.type != "split":
+            return super()._advance(env, outcome, rec, outs, before)
+        sid, items = env.step, outcome.payload
+        if sid in self.store and outcome.result is not None:
+            env.steps[sid] = outcome.result
+        env.payload = before  # the parent's payload, in its own events
+        collected = any(
+            n.config.type == "aggregate" and getattr(n.config, "key", None) is None
+            for n in self.flow.nodes.values()
+        )
+        note = f"split into {len(items)}"
+        if node.next is None or not items or not collected:
+            self.completed += 1
+            self._event(env, outs, "completed", note=note)
+        else:
+            self._event(env, outs, "step", note=note)
+        if node.next is None:
+            return None
+        target = self.plan.entry_of[node.next]
+        up = env.meta.get("split")
+        for i, item in enumerate(items):
+            meta = {k: v for k, v in env.meta.items() if k not in ("split", "last_error")}
+            link: dict[str, Any] = {"parent": env.execution_id, "index": i, "size": len(items)}
+            link["step"] = sid
+            if up is not None:
+                link["up"] = up
+            meta["split"] = link
+            child = Envelope(
+                f"{env.execution_id}-{i}",
+                env.integration,
+                env.flow,
+                node.next,
+                item,
+                instance=env.instance,
+                created_ms=env.created_ms,
+                trace=env.trace,
+                trigger=env.trigger,
+                steps=env.steps,
+                meta=meta,
+            )
+            self._event(child, outs, "started", note=f"item {i} of {len(items)} from {sid}")
+            try:
+                value = encode(child, self.opts.encoding)
+            except (TypeError, ValueError) as exc:
+                self._dead_letter(
+                    child, rec, PoisonMessageError(f"cannot encode the child: {exc}"), outs
+                )
+                continue
+            outs.append(Out(target, value, rec.key))
+            self.produced += 1
+        return None
