@@ -157,3 +157,69 @@ def test_plan_shows_the_changelog_and_the_agents(tmp_path: Path) -> None:
     chains = [a.steps for a in plan.flows["orders"].agents]
     assert ("lines",) in chains and ("collect",) in chains
     assert ("price",) in chains  # the step after a split starts an agent
+
+
+TIMEOUT = """\
+apiVersion: streamflow/v1
+kind: Integration
+name: {name}
+flows:
+  - name: quotes
+    partitions: 2
+    guarantee: {guarantee}
+    trigger: {{type: kafka, topic: {source}}}
+    steps:
+      - {{id: carriers, type: split, items: "${{payload.carriers}}"}}
+      - id: slow-one
+        type: branch
+        routes:
+          - when: ${{payload.name == 'slow'}}
+            steps: [{{id: wait, type: delay, duration: 3s}}]
+      - id: quote
+        type: transform
+        output: {{carrier: "${{payload.name}}", price: "${{payload.price}}"}}
+      - id: gather
+        type: aggregate
+        complete: {{split: true, timeout: 1s}}
+      - id: best
+        type: transform
+        output:
+          best: ${{min_by(payload.items, 'item.price').carrier}}
+          answers: ${{payload.count}}
+          expected: ${{payload.expected}}
+          complete: ${{payload.complete}}
+      - {{id: out, type: kafka_publish, topic: {sink}}}
+"""
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_timeout_completes_with_what_arrived_and_a_late_answer_changes_nothing(
+    broker_url: str, tmp_path: Path, unique: str, guarantee: str
+) -> None:
+    name, source, sink = f"to-{unique}", f"to-in-{unique}", f"to-out-{unique}"
+    topo = tmp_path / "t.yaml"
+    topo.write_text(TIMEOUT.format(name=name, guarantee=guarantee, source=source, sink=sink))
+    transport = open_transport(broker_url)
+    transport.ensure_topics([TopicSpec(source, 2), TopicSpec(sink, 2)])
+    carriers = [
+        {"name": "slow", "price": 1},  # the cheapest answers too late
+        {"name": "a", "price": 7},
+        {"name": "b", "price": 5},
+    ]
+    produce(transport, source, [(b"q1", {"carriers": carriers})])
+    executions = f"sf.{name}.executions"
+
+    def late_seen() -> bool:
+        events = [ExecutionEvent.decode(r.value) for r in transport.read_all(executions)]
+        return any(e.event == "filtered" and "late" in e.note for e in events)
+
+    try:
+        await run_until(transport, topo, late_seen, settle=1.0)
+        out = values(transport, sink)
+        assert out == [{"best": "b", "answers": 2, "expected": 3, "complete": "timeout"}]
+        events = [ExecutionEvent.decode(r.value) for r in transport.read_all(executions)]
+        late = [e for e in events if e.event == "filtered"]
+        assert len(late) == 1 and late[0].index == 0 and late[0].step == "gather"
+        assert "already complete: timeout" in late[0].note
+    finally:
+        transport.close()
