@@ -5,9 +5,10 @@ State. Every group lives in the agent's changelog topic (``state.py``), in the p
 the input records that feed it: ``g<US>key`` (the group: first arrival, deadline, expected
 size, the envelope it continues as), ``m<US>key<US>member`` (one per collected event: its
 payload and index) and ``c<US>key`` (a completed group, remembered ``retain_closed`` to
-recognise late events). An aggregate with ``key:`` first moves each record to the partition
-of its key (it re-produces the record to its own input topic keyed by the group key, once);
-without ``key`` the group is the split's parent, whose children already share a partition.
+recognise late events). A record not keyed by its group key (``key:``, or the split's
+parent id) is first moved to the partition of its group: re-produced, once, to the agent's
+own input topic keyed by the group key (a repartition, as Kafka Streams does). A split's
+group continues with the key of the parent's record.
 
 Completion. After each arrival: ``split`` (every child of the parent arrived), ``count``,
 ``when`` (an expression over ``group.items``/``group.count``/``group.key``), ``max_items``.
@@ -152,7 +153,7 @@ class AggregateProcessor(ChainProcessor):
             self._dead_letter(env, rec, exc, outs)
             return
         raw_key = key.encode()
-        if self.cfg.key is not None and rec.key != raw_key and rec.header(REKEYED) is None:
+        if rec.key != raw_key and rec.header(REKEYED) is None:
             # to the partition of its group: the same topic, keyed by the group key
             outs.append(Out(self.agent.input_topic, rec.value, raw_key, [(REKEYED, b"1")]))
             return
@@ -205,10 +206,10 @@ class AggregateProcessor(ChainProcessor):
         if window is not None:
             deadline = window[1] + int(c.grace * 1000)
         meta = dict(env.meta)
-        expected = None
+        expected, rkey = None, rec.key.hex() if rec.key is not None else None
         if self.cfg.by_split:
             split = meta.pop("split", {})
-            expected = split.get("size")
+            expected, rkey = split.get("size"), split.get("key")
             if "up" in split:
                 meta["split"] = split["up"]
             execution_id = key
@@ -223,7 +224,7 @@ class AggregateProcessor(ChainProcessor):
             "deadline_ms": deadline,
             "expected": expected,
             "window": list(window) if window else None,
-            "rkey": rec.key.hex() if rec.key is not None else None,
+            "rkey": rkey,
             "base": {
                 "execution_id": execution_id,
                 "instance": env.instance,

@@ -2,12 +2,13 @@
 
 A ``split`` step always runs in an agent of its own (``plan.py``). For an envelope with
 ``n`` items it produces, in the agent's batch (one transaction in an exactly-once flow),
-``n`` child envelopes for the next step, keyed like the parent's record so that every child
-of one parent lands in the same partition (an ``aggregate`` without ``key`` relies on it).
-A child's execution id is ``<parent>-<index>``, its payload the item, and its
-``meta.split`` is ``{parent, index, size, step}`` (plus ``up``: the parent's own
-``meta.split``, for a split inside a split). Execution events: the parent's ``step`` event
-says ``split into n``; when no ``aggregate`` collects the children the parent is
+``n`` child envelopes for the next step, each keyed by its own execution id, so that the
+children spread over the partitions and run concurrently (an ``aggregate`` moves them back
+together by their parent). A child's execution id is ``<parent>-<index>``, its payload the
+item, and its ``meta.split`` is ``{parent, index, size, step, key}`` (``key``: the parent
+record's key in hex, which the parent continues with after an aggregate; ``up``: the
+parent's own ``meta.split``, for a split inside a split). Execution events: the parent's
+``step`` event says ``split into n``; when no ``aggregate`` collects the children the parent is
 ``completed`` there. Each child starts with a ``started`` event carrying ``parent`` and
 ``index``. A re-delivered parent (at-least-once) produces the same child ids again, which
 an ``aggregate`` recognises as duplicates.
@@ -55,6 +56,7 @@ class SplitProcessor(ChainProcessor):
             meta = {k: v for k, v in env.meta.items() if k not in ("split", "last_error")}
             link: dict[str, Any] = {"parent": env.execution_id, "index": i, "size": len(items)}
             link["step"] = sid
+            link["key"] = rec.key.hex() if rec.key is not None else None  # the parent's key
             if up is not None:
                 link["up"] = up
             meta["split"] = link
@@ -79,6 +81,6 @@ class SplitProcessor(ChainProcessor):
                     child, rec, PoisonMessageError(f"cannot encode the child: {exc}"), outs
                 )
                 continue
-            outs.append(Out(target, value, rec.key))
+            outs.append(Out(target, value, child.execution_id.encode()))
             self.produced += 1
         return None

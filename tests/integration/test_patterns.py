@@ -174,13 +174,13 @@ flows:
         type: branch
         routes:
           - when: ${{payload.name == 'slow'}}
-            steps: [{{id: wait, type: delay, duration: 3s}}]
+            steps: [{{id: wait, type: delay, duration: 10s}}]
       - id: quote
         type: transform
         output: {{carrier: "${{payload.name}}", price: "${{payload.price}}"}}
       - id: gather
         type: aggregate
-        complete: {{split: true, timeout: 1s}}
+        complete: {{split: true, timeout: 5s}}  # far more than a fast answer takes
       - id: best
         type: transform
         output:
