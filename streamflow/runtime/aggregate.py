@@ -24,7 +24,9 @@ late: ``late: drop`` ends its execution with a ``filtered`` event saying why,
 ``dead_letter`` dead-letters it.
 
 The result payload: ``{key, items, count, complete}`` (``complete`` says which condition
-held; ``expected`` for a split, ``window: {start_ms, end_ms}`` for a window). Items are in
+held; for a split ``expected`` and ``failed``: ``[{index, step, error}]`` of the children
+that were dead-lettered on the way, which count as arrived; ``window: {start_ms, end_ms}``
+for a window). Items are in
 index order for a split, else in arrival order. The event continues as the split's parent
 execution (its id, trigger, steps and meta), or, keyed, as a new execution whose id is
 derived from the group so that a repeated completion has the same id.
@@ -182,15 +184,19 @@ class AggregateProcessor(ChainProcessor):
         if member in group.members:
             return  # a re-delivered record: already collected
         split = env.meta.get("split") if self.cfg.by_split else None
-        entry = {
+        entry: dict[str, Any] = {
             "i": split.get("index") if isinstance(split, dict) else None,
             "n": len(group.members),
             "payload": env.payload,
         }
+        failed = env.meta.get("split_failed")
+        if self.cfg.by_split and isinstance(failed, dict):
+            entry["failed"] = failed  # a dead-lettered child (its failure is recorded already)
         group.members[member] = entry
         self.changelog.put(p, f"m{US}{gkey}{US}{member}", entry)
-        self.completed += 1
-        self._event(env, outs, "completed", note=f"collected by {self.sid} (group {key})")
+        if "failed" not in entry:
+            self.completed += 1
+            self._event(env, outs, "completed", note=f"collected by {self.sid} (group {key})")
         reason = self._complete_now(group)
         if reason is not None:
             self._emit(p, group, reason, outs)
@@ -236,13 +242,16 @@ class AggregateProcessor(ChainProcessor):
             },
         }
 
-    def _items(self, group: Group) -> list[Any]:
+    def _entries(self, group: Group) -> list[dict[str, Any]]:
         entries = list(group.members.values())
         if entries and all(e.get("i") is not None for e in entries):
             entries.sort(key=lambda e: e["i"])
         else:
             entries.sort(key=lambda e: e.get("n", 0))
-        return [e.get("payload") for e in entries]
+        return entries
+
+    def _items(self, group: Group) -> list[Any]:
+        return [e.get("payload") for e in self._entries(group) if "failed" not in e]
 
     def _complete_now(self, group: Group) -> str | None:
         c, n = self.cfg.complete, len(group.members)
@@ -281,6 +290,11 @@ class AggregateProcessor(ChainProcessor):
         }
         if head.get("expected") is not None:
             payload["expected"] = head["expected"]
+            payload["failed"] = [
+                {"index": e.get("i"), **e["failed"]}
+                for e in self._entries(group)
+                if "failed" in e
+            ]
         if head.get("window"):
             payload["window"] = {"start_ms": head["window"][0], "end_ms": head["window"][1]}
         base = head["base"]

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamflow.envelope import Envelope, encode
+from streamflow.envelope import Encoding, Envelope, encode
 from streamflow.errors import PoisonMessageError
 from streamflow.runtime.processor import ChainProcessor, Out
 from streamflow.steps.base import Outcome
+from streamflow.topology.models import Flow
+from streamflow.topology.plan import FlowPlan
 from streamflow.transport.base import Record
 
 
@@ -84,3 +86,40 @@ class SplitProcessor(ChainProcessor):
             outs.append(Out(target, value, child.execution_id.encode()))
             self.produced += 1
         return None
+
+
+def failed_child(
+    flow: Flow, plan: FlowPlan, env: Envelope, error: str, encoding: Encoding
+) -> list[Out]:
+    """A dead-lettered child still counts for the ``aggregate`` that waits for every child
+    of its split: it gets the child (``meta.split_failed`` = ``{step, error}``), so the
+    group completes without waiting for its timeout and lists it under ``failed``."""
+    split = env.meta["split"]
+    order = list(flow.nodes)
+    after = order.index(split["step"]) if split.get("step") in flow.nodes else -1
+    target = next(
+        (
+            sid
+            for sid in order[after + 1 :]
+            if flow.nodes[sid].config.type == "aggregate"
+            and getattr(flow.nodes[sid].config, "key", None) is None
+        ),
+        None,
+    )
+    if target is None or env.step == target:
+        return []
+    meta = {**env.meta, "split_failed": {"step": env.step, "error": error[:2000]}}
+    notice = Envelope(
+        env.execution_id,
+        env.integration,
+        env.flow,
+        target,
+        None,
+        instance=env.instance,
+        created_ms=env.created_ms,
+        trace=env.trace,
+        trigger=env.trigger,
+        steps=env.steps,
+        meta=meta,
+    )
+    return [Out(plan.entry_of[target], encode(notice, encoding), str(split["parent"]).encode())]
