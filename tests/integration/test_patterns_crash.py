@@ -186,3 +186,43 @@ def test_sigkill_mid_window(broker_url: str, tmp_path: Path, unique: str, guaran
     dup = sum(windows.values()) - len(windows)
     print(f"\n{guarantee}: {len(windows)} windows ({dup} twice), {len(late)} late, {sent} sent")
     transport.close()
+
+
+def test_state_moves_with_its_partitions_between_two_workers(
+    kafka_bootstrap: str, tmp_path: Path, unique: str
+) -> None:
+    """Two workers share the join (exactly-once); one is SIGKILLed (its partitions and their
+    state go to the other), then comes back (some move back): every join once, complete."""
+    broker_url = f"kafka://{kafka_bootstrap}"
+    transport, topo, name, source, sink = setup(broker_url, tmp_path, unique, JOIN, "exactly_once")
+    orders = {f"o{i}": list(range(i, i + LINES)) for i in range(ORDERS)}
+    produce(transport, source, [(k.encode(), {"order": k, "lines": v}) for k, v in orders.items()])
+    w0 = Worker(topo, broker_url, "w0", tmp_path, log_level="INFO")
+    w1 = Worker(topo, broker_url, "w1", tmp_path, log_level="INFO")
+    group = f"sf.{name}.join.collect"
+
+    def joined() -> int:
+        return len(sink_values(transport, sink))
+
+    try:
+        w0.start()
+        w1.start()
+        wait_for(lambda: bool(w1.assignments(group)), 120, "w1 holds part of the aggregate",
+                 w1.log_tail)  # fmt: skip
+        wait_for(lambda: joined() >= 5, 180, "5 joins", w0.log_tail)
+        w1.kill()  # w1's partitions, and the groups kept in them, move to w0
+        wait_for(lambda: joined() >= 25, 240, "25 joins", w0.log_tail)
+        assert joined() < ORDERS, "killed too late"
+        w1.start()  # a rebalance again: partitions move back with their state
+        wait_for(lambda: len({v["order"] for v in sink_values(transport, sink)}) >= ORDERS, 240,
+                 "every join", lambda: w0.log_tail() + "\n" + w1.log_tail())  # fmt: skip
+        time.sleep(3)
+    finally:
+        w0.stop()
+        w1.stop()
+    out = sink_values(transport, sink)
+    counts = Counter(v["order"] for v in out)
+    assert set(counts) == set(orders) and max(counts.values()) == 1, counts.most_common(3)
+    for v in out:
+        assert v["lines"] == orders[v["order"]], v["order"]
+    transport.close()
