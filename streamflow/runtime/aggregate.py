@@ -90,6 +90,15 @@ class AggregateProcessor(ChainProcessor):
         self.closed: dict[int, dict[str, dict[str, Any]]] = {}
         self.next_timer = 0.0
         self.next_purge = 0.0
+        # the join of a `parallel` step (loader.py names it '<parallel id>-join')
+        self.join_of = next(
+            (
+                sid
+                for sid, n in flow.nodes.items()
+                if n.config.type == "parallel" and f"{sid}-join" == self.sid
+            ),
+            None,
+        )
 
     # -- the agent's hooks (agent.py) ------------------------------------------------------
     def tick(self, assignment: Sequence[TopicPartition]) -> list[Out]:
@@ -189,6 +198,9 @@ class AggregateProcessor(ChainProcessor):
             "n": len(group.members),
             "payload": env.payload,
         }
+        if self.join_of is not None and isinstance(split, dict):
+            entry["b"] = split.get("branch")
+            entry["saga"] = env.saga[int(split.get("saga_len", 0)) :]
         failed = env.meta.get("split_failed")
         if self.cfg.by_split and isinstance(failed, dict):
             entry["failed"] = failed  # a dead-lettered child (its failure is recorded already)
@@ -224,6 +236,10 @@ class AggregateProcessor(ChainProcessor):
             digest = hashlib.sha256(f"{self.agent.name}{US}{key}{US}{env.execution_id}".encode())
             execution_id = f"agg-{digest.hexdigest()[:24]}"
         meta.pop("last_error", None)
+        joined: dict[str, Any] = {}
+        if self.join_of is not None and self.cfg.by_split:
+            link = env.meta.get("split") or {}
+            joined = {"payload": link.get("payload"), "saga": env.saga[: link.get("saga_len", 0)]}
         return {
             "key": key,
             "first_ms": first,
@@ -239,6 +255,7 @@ class AggregateProcessor(ChainProcessor):
                 "trigger": env.trigger,
                 "steps": env.steps,
                 "meta": meta,
+                **joined,
             },
         }
 
@@ -258,7 +275,8 @@ class AggregateProcessor(ChainProcessor):
         expected = group.head.get("expected")
         if (c.split or self.cfg.by_split) and expected is not None and n >= expected:
             return "split"
-        if c.count is not None and n >= c.count:
+        ok = sum(1 for e in group.members.values() if "failed" not in e)
+        if c.count is not None and ok >= c.count:
             return "count"
         if n >= self.cfg.max_items:
             return "max_items"
@@ -291,9 +309,7 @@ class AggregateProcessor(ChainProcessor):
         if head.get("expected") is not None:
             payload["expected"] = head["expected"]
             payload["failed"] = [
-                {"index": e.get("i"), **e["failed"]}
-                for e in self._entries(group)
-                if "failed" in e
+                {"index": e.get("i"), **e["failed"]} for e in self._entries(group) if "failed" in e
             ]
         if head.get("window"):
             payload["window"] = {"start_ms": head["window"][0], "end_ms": head["window"][1]}
@@ -323,9 +339,51 @@ class AggregateProcessor(ChainProcessor):
             self._event(env, outs, "started", note=f"aggregate of group {head['key']}")
         rkey = bytes.fromhex(head["rkey"]) if head.get("rkey") else None
         origin = Record(self.agent.input_topic, p, -1, rkey, b"")
+        if self.join_of is not None:
+            self._joined(env, group, reason, origin, outs)
+            return
         result = {"key": head["key"], "count": len(items), "complete": reason}
         outcome = Outcome(payload, result, note=f"{len(items)} item(s), complete: {reason}")
         self._advance(env, outcome, origin, outs, payload)
+
+    def _joined(
+        self, env: Envelope, group: Group, reason: str, origin: Record, outs: list[Out]
+    ) -> None:
+        """A parallel step's branches are joined: the parent goes on with its own payload and
+        ``steps.<parallel>.<branch>``, or fails (``on_failure: fail``) when a branch failed
+        or is missing - then its completed branches' compensations run (saga)."""
+        assert self.join_of is not None
+        cfg = self.flow.nodes[self.join_of].config
+        base = group.head["base"]
+        entries = self._entries(group)
+        results = {e["b"]: e.get("payload") for e in entries if "failed" not in e}
+        failed = {e["b"]: e["failed"].get("error", "") for e in entries if "failed" in e}
+        names = [r.when for r in self.flow.nodes[self.join_of].routes]
+        missing = [b for b in names if b not in results and b not in failed]
+        needed = getattr(cfg, "join", "all")
+        want = len(names) if needed == "all" else 1 if needed == "any" else int(needed)
+        enough = len(results) >= want
+        env.payload = base.get("payload")
+        env.saga = list(base.get("saga") or []) + [x for e in entries for x in e.get("saga", [])]
+        if not enough and getattr(cfg, "on_failure", "fail") == "fail":
+            why = "; ".join(
+                [f"branch {b} failed: {err}" for b, err in failed.items()]
+                + (
+                    [f"branch(es) {', '.join(missing)} did not finish ({reason})"]
+                    if missing
+                    else []
+                )
+            )
+            env.step = self.join_of
+            self._dead_letter(
+                env, origin, PoisonMessageError(f"parallel {self.join_of}: {why}"), outs
+            )
+            return
+        if failed or not enough:  # (with join any/n the branches not waited for are absent)
+            results["_partial"] = {"failed": failed, "missing": missing, "complete": reason}
+        env.steps[self.join_of] = results
+        note = f"joined {len(results) - ('_partial' in results)} of {len(names)} ({reason})"
+        self._advance(env, Outcome(env.payload, None, note=note), origin, outs, env.payload)
 
     def _fire_due(self, outs: list[Out]) -> None:
         now = now_ms()

@@ -248,9 +248,11 @@ class App:
 
 def pattern_processor(step_type: str) -> type[ChainProcessor]:
     """The processor of an agent whose first step is of ``step_type``."""
-    return {"split": SplitProcessor, "aggregate": AggregateProcessor}.get(
-        step_type, ChainProcessor
-    )
+    return {
+        "split": SplitProcessor,
+        "parallel": SplitProcessor,
+        "aggregate": AggregateProcessor,
+    }.get(step_type, ChainProcessor)
 
 
 def _stored_results(flow: Flow) -> frozenset[str]:

@@ -28,12 +28,16 @@ from streamflow.transport.base import Record
 
 
 class SplitProcessor(ChainProcessor):
-    """A ChainProcessor whose split steps fan out instead of going on with one envelope."""
+    """A ChainProcessor whose split and parallel steps fan out instead of going on with one
+    envelope."""
 
     def _advance(
         self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out], before: Any
     ) -> Envelope | None:
         node = self.flow.nodes[env.step]
+        if node.config.type == "parallel":
+            self._branches(env, outcome, rec, outs, before)
+            return None
         if node.config.type != "split":
             return super()._advance(env, outcome, rec, outs, before)
         sid, items = env.step, outcome.payload
@@ -52,40 +56,74 @@ class SplitProcessor(ChainProcessor):
             self._event(env, outs, "step", note=note)
         if node.next is None:
             return None
-        target = self.plan.entry_of[node.next]
-        up = env.meta.get("split")
         for i, item in enumerate(items):
-            meta = {k: v for k, v in env.meta.items() if k not in ("split", "last_error")}
-            link: dict[str, Any] = {"parent": env.execution_id, "index": i, "size": len(items)}
-            link["step"] = sid
-            link["key"] = rec.key.hex() if rec.key is not None else None  # the parent's key
-            if up is not None:
-                link["up"] = up
-            meta["split"] = link
-            child = Envelope(
-                f"{env.execution_id}-{i}",
-                env.integration,
-                env.flow,
-                node.next,
-                item,
-                instance=env.instance,
-                created_ms=env.created_ms,
-                trace=env.trace,
-                trigger=env.trigger,
-                steps=env.steps,
-                meta=meta,
-            )
-            self._event(child, outs, "started", note=f"item {i} of {len(items)} from {sid}")
-            try:
-                value = encode(child, self.opts.encoding)
-            except (TypeError, ValueError) as exc:
-                self._dead_letter(
-                    child, rec, PoisonMessageError(f"cannot encode the child: {exc}"), outs
-                )
-                continue
-            outs.append(Out(target, value, child.execution_id.encode()))
-            self.produced += 1
+            self._child(env, rec, outs, node.next, str(i), item, {"index": i, "size": len(items)})
         return None
+
+    def _branches(
+        self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out], before: Any
+    ) -> None:
+        """One child per branch, starting at the branch's first step (or, for an empty
+        branch, at the join), with the parent's payload."""
+        sid = env.step
+        node = self.flow.nodes[sid]
+        join = f"{sid}-join"
+        env.payload = before
+        self._event(env, outs, "step", note=outcome.note)
+        for i, route in enumerate(node.routes):
+            link = {
+                "index": i,
+                "size": len(node.routes),
+                "branch": route.when,
+                "join": join,
+                "payload": before,
+                "saga_len": len(env.saga),
+            }
+            first = route.steps[0] if route.steps else join
+            self._child(env, rec, outs, first, route.when, before, link)
+
+    def _child(
+        self,
+        env: Envelope,
+        rec: Record,
+        outs: list[Out],
+        step: str,
+        suffix: str,
+        payload: Any,
+        link: dict[str, Any],
+    ) -> None:
+        meta = {k: v for k, v in env.meta.items() if k not in ("split", "last_error")}
+        link = {"parent": env.execution_id, **link, "step": env.step}
+        link["key"] = rec.key.hex() if rec.key is not None else None  # the parent's key
+        up = env.meta.get("split")
+        if up is not None:
+            link["up"] = up
+        meta["split"] = link
+        child = Envelope(
+            f"{env.execution_id}-{suffix}",
+            env.integration,
+            env.flow,
+            step,
+            payload,
+            instance=env.instance,
+            created_ms=env.created_ms,
+            trace=env.trace,
+            trigger=env.trigger,
+            steps=env.steps,
+            saga=list(env.saga),
+            meta=meta,
+        )
+        what = f"branch {link['branch']}" if "branch" in link else f"item {link['index']}"
+        self._event(child, outs, "started", note=f"{what} of {link['size']} from {env.step}")
+        try:
+            value = encode(child, self.opts.encoding)
+        except (TypeError, ValueError) as exc:
+            self._dead_letter(
+                child, rec, PoisonMessageError(f"cannot encode the child: {exc}"), outs
+            )
+            return
+        outs.append(Out(self.plan.entry_of[step], value, child.execution_id.encode()))
+        self.produced += 1
 
 
 def failed_child(
@@ -97,14 +135,17 @@ def failed_child(
     split = env.meta["split"]
     order = list(flow.nodes)
     after = order.index(split["step"]) if split.get("step") in flow.nodes else -1
-    target = next(
-        (
-            sid
-            for sid in order[after + 1 :]
-            if flow.nodes[sid].config.type == "aggregate"
-            and getattr(flow.nodes[sid].config, "key", None) is None
-        ),
-        None,
+    target = (
+        split.get("join")
+        or next(  # a parallel's branch: its join
+            (
+                sid
+                for sid in order[after + 1 :]
+                if flow.nodes[sid].config.type == "aggregate"
+                and getattr(flow.nodes[sid].config, "key", None) is None
+            ),
+            None,
+        )
     )
     if target is None or env.step == target:
         return []

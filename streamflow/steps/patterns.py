@@ -172,3 +172,68 @@ def _split(config: SplitConfig, ctx: StepContext) -> SplitStep:
 @step_factory("aggregate")
 def _aggregate(config: AggregateConfig, ctx: StepContext) -> AggregateStep:
     return AggregateStep(config, ctx)
+
+
+@step_config("parallel")
+class ParallelConfig(StepConfig):
+    """Run named branches of steps concurrently for one execution; join them (all, any or n)
+    and go on with the branch results under steps.<id>.<branch>."""
+
+    type: Literal["parallel"]
+    branches: dict[str, list[dict[str, Any]]] = Field(
+        min_length=1, description="branch name -> its steps (a child execution each)"
+    )
+    join: Literal["all", "any"] | int = Field(
+        "all", description="go on when all branches, any one, or this many have finished"
+    )
+    timeout: Duration | None = Field(
+        None, gt=0, description="go on (or fail) with what arrived after this long"
+    )
+    on_failure: Literal["fail", "continue"] = Field(
+        "fail",
+        description="a failed or missing branch: fail the execution (completed branches are "
+        "compensated in a saga), or continue with steps.<id>._partial saying what is missing",
+    )
+    pure: ClassVar[bool] = True
+    nested_fields: ClassVar[frozenset[str]] = frozenset({"branches"})
+    example: ClassVar[str] = """- id: lookups
+  type: parallel
+  join: all
+  timeout: 5s
+  branches:
+    crm: [{id: crm, type: http, method: GET, url: "${config.crm_url}/c/${payload.id}"}]
+    erp: [{id: erp, type: http, method: GET, url: "${config.erp_url}/c/${payload.id}"}]
+# then: ${steps.lookups.crm} and ${steps.lookups.erp} (each branch's final payload)"""
+
+    @model_validator(mode="after")
+    def _join(self) -> ParallelConfig:
+        if isinstance(self.join, int) and not 1 <= self.join <= len(self.branches):
+            raise ValueError(f"join: {self.join} is not between 1 and {len(self.branches)}")
+        for name in self.branches:
+            if not name.replace("_", "a").replace("-", "a").isalnum() or name.startswith("_"):
+                raise ValueError(f"branch name {name!r}: letters, digits, '-' and '_' only")
+        return self
+
+    def join_step(self) -> AggregateConfig:
+        """The join, an aggregate of this step's branches (its own agent and state)."""
+        n = len(self.branches) if self.join == "all" else 1 if self.join == "any" else self.join
+        complete = Completion(split=True if n == len(self.branches) else None, timeout=self.timeout)
+        if n < len(self.branches):
+            complete = Completion(count=n, timeout=self.timeout)
+        return AggregateConfig(id=f"{self.id}-join", type="aggregate", complete=complete)
+
+
+class ParallelStep(Step):
+    """The parallel agent (``runtime/split.py``) starts the branches."""
+
+    def __init__(self, config: ParallelConfig, ctx: StepContext) -> None:
+        self.cfg, self.ctx = config, ctx
+
+    def process(self, env: Envelope) -> Outcome:
+        names = list(self.cfg.branches)
+        return Outcome(names, None, note=f"parallel: {len(names)} branches")
+
+
+@step_factory("parallel")
+def _parallel(config: ParallelConfig, ctx: StepContext) -> ParallelStep:
+    return ParallelStep(config, ctx)

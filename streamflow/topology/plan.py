@@ -14,7 +14,7 @@ from typing import Any
 from streamflow.topology.models import Flow, Integration
 
 COMPACTED = {"cleanup.policy": "compact"}
-STATEFUL = frozenset({"split", "aggregate"})  # step types that run in an agent of their own
+STATEFUL = frozenset({"split", "aggregate", "parallel"})  # each runs in an agent of its own
 # triggers run by a leader keep their state (and elect the leader) on a compacted topic
 STATE_TOPIC_SUFFIX = {
     "schedule": "schedule",
