@@ -55,7 +55,14 @@ from bench.broker import (
 )
 from bench.common import BATCH, PARTITIONS, SEED, dataset, encoded, event
 from bench.machine import machine, versions
-from bench.topologies import SPLIT_100, http_step, integration_yaml, publish_step, steps_yaml
+from bench.topologies import (
+    PARALLEL_3,
+    SPLIT_100,
+    http_step,
+    integration_yaml,
+    publish_step,
+    steps_yaml,
+)
 from bench.venvs import PEERS, PeerEnv, ensure
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +80,7 @@ OUTPUT_KEYS = {
     "3-step": frozenset({"id", "gross", "who", "ts"}),
     "http": INPUT_KEYS,
     "split-100": frozenset({"id", "lines", "total", "ts"}),
+    "parallel-3": frozenset({"id", "gross", "who", "ts"}),
 }
 
 
@@ -81,7 +89,7 @@ class Contestant:
     name: str
     label: str
     kind: str  # ceiling | streamflow | peer
-    pipeline: str  # copy | 1-step | 3-step | http | split-100
+    pipeline: str  # copy | 1-step | 3-step | http | split-100 | parallel-3
     guarantee: str = "at_least_once"
     commit_interval: float = 0.1
     fuse: bool = False
@@ -116,6 +124,10 @@ CONTESTANTS = [
     Contestant(
         "sf-split100", "StreamFlow split 100 -> enrich -> aggregate (events = orders)",
         "streamflow", "split-100",
+    ),
+    Contestant(
+        "sf-parallel3", "StreamFlow 3-branch parallel (pure branches)", "streamflow",
+        "parallel-3",
     ),
     Contestant(
         "quix-1step", "Quix Streams 1-step", "peer", "1-step",
@@ -288,6 +300,8 @@ def streamflow_files(
         body = http_step(http_url)
     elif c.pipeline == "split-100":
         body = SPLIT_100
+    elif c.pipeline == "parallel-3":
+        body = PARALLEL_3
     else:
         body = steps_yaml(c.steps)
     text = integration_yaml(

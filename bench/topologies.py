@@ -37,6 +37,20 @@ SPLIT_100 = """      - {id: lines, type: split, items: "${[payload] * 100}"}
 """
 
 
+# three pure branches joined back (the event's fields, each shaped by one branch)
+PARALLEL_3 = """      - id: fan
+        type: parallel
+        branches:
+          price: [{id: p, type: transform, output: "${payload.amount * 1.2}"}]
+          who: [{id: w, type: transform, output: "${upper(payload.user)}"}]
+          where: [{id: c, type: transform, output: "${payload.country}"}]
+      - id: shape
+        type: transform
+        output: {id: "${payload.id}", gross: "${steps.fan.price}", who: "${steps.fan.who}",
+                 ts: "${payload.ts}"}
+"""
+
+
 def http_step(url: str) -> str:
     return f"""      - id: call
         type: http
