@@ -99,6 +99,10 @@ class AggregateProcessor(ChainProcessor):
             ),
             None,
         )
+        self.branch_steps: dict[str, frozenset[str]] = {}  # branch -> its step ids (nested too)
+        if self.join_of is not None:
+            for route in flow.nodes[self.join_of].routes:
+                self.branch_steps[route.when] = _reachable(flow, route.steps, self.sid)
 
     # -- the agent's hooks (agent.py) ------------------------------------------------------
     def tick(self, assignment: Sequence[TopicPartition]) -> list[Out]:
@@ -201,6 +205,8 @@ class AggregateProcessor(ChainProcessor):
         if self.join_of is not None and isinstance(split, dict):
             entry["b"] = split.get("branch")
             entry["saga"] = env.saga[int(split.get("saga_len", 0)) :]
+            own = self.branch_steps.get(str(entry["b"]), ())
+            entry["steps"] = {k: v for k, v in env.steps.items() if k in own}
         failed = env.meta.get("split_failed")
         if self.cfg.by_split and isinstance(failed, dict):
             entry["failed"] = failed  # a dead-lettered child (its failure is recorded already)
@@ -365,6 +371,8 @@ class AggregateProcessor(ChainProcessor):
         enough = len(results) >= want
         env.payload = base.get("payload")
         env.saga = list(base.get("saga") or []) + [x for e in entries for x in e.get("saga", [])]
+        for e in entries:  # the branches' step results: ${steps.<a branch's step>} after it
+            env.steps.update(e.get("steps") or {})
         if not enough and getattr(cfg, "on_failure", "fail") == "fail":
             why = "; ".join(
                 [f"branch {b} failed: {err}" for b, err in failed.items()]
@@ -399,3 +407,19 @@ class AggregateProcessor(ChainProcessor):
             for gkey in [k for k, v in closed.items() if v.get("at_ms", 0) < oldest]:
                 del closed[gkey]
                 self.changelog.put(p, f"c{US}{gkey}", None)
+
+
+def _reachable(flow: Flow, first: Sequence[str], join: str) -> frozenset[str]:
+    """The step ids a branch may run: its steps and the routes nested in them."""
+    seen: set[str] = set()
+    todo = list(first)
+    while todo:
+        sid = todo.pop()
+        if sid in seen or sid not in flow.nodes:
+            continue
+        seen.add(sid)
+        node = flow.nodes[sid]
+        todo.extend(s for r in node.routes for s in r.steps)
+        if node.next is not None and node.next != join:
+            todo.append(node.next)
+    return frozenset(seen)
