@@ -46,6 +46,34 @@ flows:
         output: {{order: "${{trigger.key}}", lines: "${{pluck(payload.items, 'line')}}"}}
       - {{id: out, type: kafka_publish, topic: {sink}, key: "${{payload.order}}"}}
 """
+PARALLEL_JOIN = """\
+apiVersion: streamflow/v1
+kind: Integration
+name: {name}
+flows:
+  - name: join
+    partitions: 3
+    guarantee: {guarantee}
+    key: ${{payload.order}}
+    max_batch: 20
+    concurrency: 2
+    trigger: {{type: kafka, topic: {source}}}
+    steps:
+      - id: fan
+        type: parallel
+        branches:
+          count:
+            - {{id: slow, type: delay, duration: 150ms}}  # slow enough to be caught
+            - {{id: lo, type: transform, output: "${{len(payload.lines)}}"}}
+          high: [{{id: hi, type: transform, output: "${{payload.lines}}"}}]
+      - id: total
+        type: transform
+        output:
+          order: ${{payload.order}}
+          lines: ${{steps.fan.high}}
+          n: ${{steps.fan.count}}
+      - {{id: out, type: kafka_publish, topic: {sink}, key: "${{payload.order}}"}}
+"""
 WINDOW = """\
 apiVersion: streamflow/v1
 kind: Integration
@@ -96,8 +124,12 @@ def setup(
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_sigkill_mid_join(broker_url: str, tmp_path: Path, unique: str, guarantee: str) -> None:
-    transport, topo, name, source, sink = setup(broker_url, tmp_path, unique, JOIN, guarantee)
+@pytest.mark.parametrize("pattern", ["split", "parallel"])
+def test_sigkill_mid_join(
+    broker_url: str, tmp_path: Path, unique: str, guarantee: str, pattern: str
+) -> None:
+    template = JOIN if pattern == "split" else PARALLEL_JOIN
+    transport, topo, name, source, sink = setup(broker_url, tmp_path, unique, template, guarantee)
     orders = {f"o{i}": list(range(i, i + LINES)) for i in range(ORDERS)}
     produce(transport, source, [(k.encode(), {"order": k, "lines": v}) for k, v in orders.items()])
     worker = Worker(topo, broker_url, "w0", tmp_path)
@@ -118,8 +150,9 @@ def test_sigkill_mid_join(broker_url: str, tmp_path: Path, unique: str, guarante
         worker.stop()
     out = sink_values(transport, sink)
     counts = Counter(v["order"] for v in out)
-    for v in out:  # complete, in index order: all children's results
+    for v in out:  # complete, in index order: all children's (both branches') results
         assert v["lines"] == orders[v["order"]], v["order"]
+        assert pattern == "split" or v["n"] == LINES
     assert set(counts) == set(orders)
     duplicates = sum(counts.values()) - len(counts)
     transport_name = broker_url.split(":", maxsplit=1)[0]
