@@ -133,20 +133,7 @@ def failed_child(
     of its split: it gets the child (``meta.split_failed`` = ``{step, error}``), so the
     group completes without waiting for its timeout and lists it under ``failed``."""
     split = env.meta["split"]
-    order = list(flow.nodes)
-    after = order.index(split["step"]) if split.get("step") in flow.nodes else -1
-    target = (
-        split.get("join")
-        or next(  # a parallel's branch: its join
-            (
-                sid
-                for sid in order[after + 1 :]
-                if flow.nodes[sid].config.type == "aggregate"
-                and getattr(flow.nodes[sid].config, "key", None) is None
-            ),
-            None,
-        )
-    )
+    target = split.get("join") or _collector(flow, env.step)  # a parallel's branch: its join
     if target is None or env.step == target:
         return []
     meta = {**env.meta, "split_failed": {"step": env.step, "error": error[:2000]}}
@@ -164,3 +151,21 @@ def failed_child(
         meta=meta,
     )
     return [Out(plan.entry_of[target], encode(notice, encoding), str(split["parent"]).encode())]
+
+
+def _collector(flow: Flow, failed_at: str) -> str | None:
+    """The aggregate that waits for a child that failed at ``failed_at``: the first
+    split-mode aggregate on the way on, not counting the pairs of a nested split."""
+    depth, seen = 0, set()
+    sid = flow.nodes[failed_at].next if failed_at in flow.nodes else None
+    while sid is not None and sid not in seen:
+        seen.add(sid)
+        node = flow.nodes[sid]
+        if node.config.type == "split":
+            depth += 1
+        elif node.config.type == "aggregate" and getattr(node.config, "key", None) is None:
+            if depth == 0:
+                return sid
+            depth -= 1
+        sid = node.next
+    return None

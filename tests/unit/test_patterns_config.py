@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,3 +92,28 @@ def test_split_and_aggregate_run_in_agents_of_their_own(tmp_path: Path) -> None:
     assert len(state) == 1 and state[0].partitions == 4
     assert state[0].config == {"cleanup.policy": "compact"}
     assert plan.flows["f"].state_topic_of == {"agg": "sf.pat.f.agg.state"}
+
+
+def test_a_failed_child_is_reported_to_the_aggregate_of_its_own_split(tmp_path: Path) -> None:
+    from streamflow.runtime.split import _collector
+
+    integration: Any = load(
+        tmp_path,
+        """\
+      - {id: outer, type: split, items: '${payload.orders}'}
+      - {id: a, type: transform, output: '${payload}'}
+      - {id: inner, type: split, items: '${payload.lines}'}
+      - id: route
+        type: branch
+        routes: [{when: '${payload.x}', steps: [{id: r, type: transform, output: '${payload}'}]}]
+      - {id: inner-agg, type: aggregate}
+      - {id: c, type: transform, output: '${payload}'}
+      - {id: outer-agg, type: aggregate}
+""",
+    )
+    flow = integration.flows["f"]
+    assert _collector(flow, "a") == "outer-agg"  # an order: past the lines' split and join
+    assert _collector(flow, "r") == "inner-agg"  # a line, in a nested route
+    assert _collector(flow, "route") == "inner-agg"
+    assert _collector(flow, "c") == "outer-agg"  # an order after its lines came back
+    assert _collector(flow, "outer-agg") is None
