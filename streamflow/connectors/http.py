@@ -232,9 +232,17 @@ class HttpStep(AsyncStep):
         result = {"responses": responses, "count": len(responses), "failed": failed}
         return Outcome(payload, result, note=note)
 
-    async def each(self, env: Envelope, scope: Mapping[str, Any], items: list[Any]) -> list[Any]:
+    async def each(
+        self,
+        env: Envelope,
+        scope: Mapping[str, Any],
+        items: list[Any],
+        within: float | None = None,
+    ) -> list[Any]:
         """One request per item, ``max_concurrency`` at a time. Answers of an earlier attempt
-        (kept in ``env.meta`` when it failed) are reused: only failed items are sent again."""
+        (kept in ``env.meta`` when it failed) are reused: only failed items are sent again.
+        ``within`` (seconds): requests still unanswered then are cancelled and fail as late
+        (``TimeoutError``)."""
         key = f"for_each.{self.cfg.id}"
         done: dict[str, Any] = env.meta.pop(key, None) or {}
         results: list[Any] = [done.get(str(i)) for i in range(len(items))]
@@ -245,7 +253,18 @@ class HttpStep(AsyncStep):
                 results[i] = await self.call(env, {**scope, "item": items[i]}, i)
 
         todo = [i for i, r in enumerate(results) if r is None]
-        outcomes = await asyncio.gather(*(one(i) for i in todo), return_exceptions=True)
+        tasks = [asyncio.ensure_future(one(i)) for i in todo]
+        late: set[int] = set()
+        if within is not None and tasks:
+            _, pending = await asyncio.wait(tasks, timeout=within)
+            for i, t in zip(todo, tasks, strict=True):
+                if t in pending:
+                    t.cancel()
+                    late.add(i)
+        outcomes: list[Any] = list(await asyncio.gather(*tasks, return_exceptions=True))
+        for n, i in enumerate(todo):
+            if i in late:
+                outcomes[n] = TimeoutError(f"no answer within {within:g}s (late: dropped)")
         errors = [(i, e) for i, e in zip(todo, outcomes, strict=True) if e is not None]
         for _, e in errors:
             if not isinstance(e, Exception):  # cancellation and the like: not ours to keep

@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "streamflow.connectors.s3",
     "streamflow.connectors.azure",
     "streamflow.steps.patterns",
+    "streamflow.connectors.scatter",
 )
 
 S = TypeVar("S", bound=type[StepConfig])

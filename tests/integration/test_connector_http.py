@@ -401,3 +401,42 @@ async def test_for_each_retry_sends_only_the_failed_items(
     )
     with pytest.raises(PoisonMessageError, match=r"item 1: .*400"):
         await step.process(env)  # type: ignore[misc]
+
+
+async def test_scatter_gather_picks_from_the_answers_in_time(
+    step_runner: Any, http_server: Any
+) -> None:
+    async def carrier(call: Any) -> web.Response:
+        name = call.path.strip("/").split("/")[0]
+        if name == "slow":
+            await asyncio.sleep(8)
+        if name == "down":
+            return web.json_response({"error": "busy"}, status=503)
+        prices = {"fast": 12.5, "cheap": 9.9, "slow": 1.0}
+        return web.json_response({"price": prices[name]})
+
+    server = await http_server(carrier)
+    runner = await step_runner(
+        """
+        - id: quotes
+          type: scatter_gather
+          targets: ${payload.carriers}
+          method: POST
+          url: ${config.api}/${item}/quotes
+          json: {kg: "${payload.kg}"}
+          within: 2s
+          pick: ${min_by(answers, 'item.body.price')}
+          replace_payload: true
+        """,
+        config={"api": {"type": "string"}},
+        values={"api": server.url},
+    )
+    out = await runner.run("quotes", {"kg": 2, "carriers": ["fast", "slow", "cheap", "down"]})
+    assert out.payload == {"target": "cheap", "status": 200, "body": {"price": 9.9}}
+    assert [a["target"] for a in out.result["answers"]] == ["fast", "cheap"]
+    assert out.result["late"] == ["slow"]  # the cheapest, but too late: dropped
+    assert {f["target"] for f in out.result["failed"]} == {"slow", "down"}
+    assert len(server.calls) == 4  # one request per target, all at once
+
+    with pytest.raises(RetriableError, match="0 answer\\(s\\) of 2: slow: no answer within 2s"):
+        await runner.run("quotes", {"kg": 1, "carriers": ["slow", "down"]})
