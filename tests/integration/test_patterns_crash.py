@@ -38,7 +38,7 @@ flows:
     trigger: {{type: kafka, topic: {source}}}
     steps:
       - {{id: lines, type: split, items: "${{payload.lines}}"}}
-      - {{id: slow, type: delay, duration: 5ms}}
+      - {{id: slow, type: delay, duration: 15ms}}
       - {{id: price, type: transform, output: {{line: "${{payload}}", price: "${{payload * 2}}"}}}}
       - {{id: collect, type: aggregate}}
       - id: total
@@ -63,7 +63,7 @@ flows:
         type: parallel
         branches:
           count:
-            - {{id: slow, type: delay, duration: 150ms}}  # slow enough to be caught
+            - {{id: slow, type: delay, duration: 400ms}}  # slow enough to be caught
             - {{id: lo, type: transform, output: "${{len(payload.lines)}}"}}
           high: [{{id: hi, type: transform, output: "${{payload.lines}}"}}]
       - id: total
