@@ -55,7 +55,14 @@ from bench.broker import (
 )
 from bench.common import BATCH, PARTITIONS, SEED, dataset, encoded, event
 from bench.machine import machine, versions
-from bench.topologies import http_step, integration_yaml, publish_step, steps_yaml
+from bench.topologies import (
+    PARALLEL_3,
+    SPLIT_100,
+    http_step,
+    integration_yaml,
+    publish_step,
+    steps_yaml,
+)
 from bench.venvs import PEERS, PeerEnv, ensure
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +79,8 @@ OUTPUT_KEYS = {
     "1-step": frozenset({"id", "user", "total", "note", "ts"}),
     "3-step": frozenset({"id", "gross", "who", "ts"}),
     "http": INPUT_KEYS,
+    "split-100": frozenset({"id", "lines", "total", "ts"}),
+    "parallel-3": frozenset({"id", "gross", "who", "ts"}),
 }
 
 
@@ -80,7 +89,7 @@ class Contestant:
     name: str
     label: str
     kind: str  # ceiling | streamflow | peer
-    pipeline: str  # copy | 1-step | 3-step | http
+    pipeline: str  # copy | 1-step | 3-step | http | split-100 | parallel-3
     guarantee: str = "at_least_once"
     commit_interval: float = 0.1
     fuse: bool = False
@@ -112,6 +121,14 @@ CONTESTANTS = [
     Contestant("sf-3step", "StreamFlow 3-step", "streamflow", "3-step"),
     Contestant("sf-3step-fused", "StreamFlow 3-step fused", "streamflow", "3-step", fuse=True),
     Contestant("sf-http", "StreamFlow http step", "streamflow", "http"),
+    Contestant(
+        "sf-split100", "StreamFlow split 100 -> enrich -> aggregate (events = orders)",
+        "streamflow", "split-100",
+    ),
+    Contestant(
+        "sf-parallel3", "StreamFlow 3-branch parallel (pure branches)", "streamflow",
+        "parallel-3",
+    ),
     Contestant(
         "quix-1step", "Quix Streams 1-step", "peer", "1-step",
         peer="quixstreams", module="bench.peers.quix_app",
@@ -281,6 +298,10 @@ def streamflow_files(
     if c.pipeline == "http":
         assert http_url is not None
         body = http_step(http_url)
+    elif c.pipeline == "split-100":
+        body = SPLIT_100
+    elif c.pipeline == "parallel-3":
+        body = PARALLEL_3
     else:
         body = steps_yaml(c.steps)
     text = integration_yaml(
@@ -369,6 +390,8 @@ class Trial:
         s = ctx.settings
         self.c, self.ctx, self.s = c, ctx, s
         self.n = s.http_events if c.pipeline == "http" else s.events
+        if c.pipeline == "split-100":  # each event is 100 child executions
+            self.n = max(20, s.events // 100)
         self.name = f"{s.tag}-{c.name}"
         self.source, self.sink = f"{s.tag}.{c.name}.in", f"{s.tag}.{c.name}.out"
         self.transactional = c.guarantee == "exactly_once"
@@ -607,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in contestants:
         log(f"{c.name} ...")
         row = Trial(c, ctx).run(latency=not args.no_latency)
-        if c.kind == "streamflow" and c.pipeline != "http" and settings.step_only:
+        if c.kind == "streamflow" and c.pipeline in ("1-step", "3-step") and settings.step_only:
             row["step_only"] = step_only(c, ctx)
         rows.append(row)
         log("  " + report.one_line(row))

@@ -23,6 +23,34 @@ STEP_3 = (
 )
 
 
+# split an order of 100 lines (the event, 100 times) -> enrich each (pure) -> aggregate
+SPLIT_100 = """      - {id: lines, type: split, items: "${[payload] * 100}"}
+      - id: enrich
+        type: transform
+        output: {id: "${payload.id}", total: "${payload.amount * 1.2}", ts: "${payload.ts}"}
+      - {id: collect, type: aggregate}
+      - id: order
+        type: transform
+        output: {id: "${payload.items[0].id}", lines: "${payload.count}",
+                 total: "${round(sum(payload.items, 'item.total'), 2)}",
+                 ts: "${payload.items[0].ts}"}
+"""
+
+
+# three pure branches joined back (the event's fields, each shaped by one branch)
+PARALLEL_3 = """      - id: fan
+        type: parallel
+        branches:
+          price: [{id: p, type: transform, output: "${payload.amount * 1.2}"}]
+          who: [{id: w, type: transform, output: "${upper(payload.user)}"}]
+          where: [{id: c, type: transform, output: "${payload.country}"}]
+      - id: shape
+        type: transform
+        output: {id: "${payload.id}", gross: "${steps.fan.price}", who: "${steps.fan.who}",
+                 ts: "${payload.ts}"}
+"""
+
+
 def http_step(url: str) -> str:
     return f"""      - id: call
         type: http

@@ -11,7 +11,7 @@ confined. ``confinement`` says which, for ``validate``.
 
 ``file_read`` makes the records the payload: ``{file, count, records: [...]}``, or with
 ``chunk_size: N`` ``{file, count, chunks: [[...N records], ...]}``. (One downstream event
-per chunk would need a fan-out in the runtime; until then a later step works on the list.)
+per chunk: a ``split`` step with ``items: ${payload.chunks}`` after it.)
 
 ``file_write`` writes atomically: a temporary file in the same folder, flushed to disk,
 then renamed into place. An existing file is not replaced unless ``overwrite: true``

@@ -12,10 +12,14 @@ token; the token is cached per App and refreshed before it expires, see ``auth.p
 ``connection: <name>`` takes base URL, auth, headers, timeout and a concurrency limit
 from the integration's ``connections:``; a relative ``url`` is joined to ``base_url``.
 
-``for_each: ${payload.items}`` sends one request per item, in order (``${item}`` is the
-current item); the result is ``{responses: [...], count}`` and each request carries its
-own ``Idempotency-Key`` (``<execution>-<step>-<index>``). A failure fails the whole step,
-so a retry sends every request again: the keys let the API see the repeats.
+``for_each: ${payload.items}`` sends one request per item (``${item}`` is the current item),
+``max_concurrency`` of them at a time (default 1: in order); the result is ``{responses:
+[...], count, failed}`` in item order and each request carries its own ``Idempotency-Key``
+(``<execution>-<step>-<index>``). ``on_item_error: fail`` (default) fails the step when an
+item fails, after the other items finished; the answers already received travel with the
+retry (in ``meta``), so a retry sends only the items that failed. ``on_item_error:
+continue`` records a failed item as ``{index, error}`` in its place (``failed`` counts them)
+and goes on.
 
 ``cache: {ttl: 60s}`` keeps 2xx results in memory (per step) under ``key`` (default:
 method, URL and query), so repeated lookups do not hit the API; with ``store: redis`` and
@@ -39,6 +43,7 @@ message), retried only for a Server/Receiver fault with a ``retry_on`` status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
@@ -60,7 +65,7 @@ from streamflow.connectors.paginate import Pager, Paginate, PaginationError
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
-from streamflow.topology.expressions import ROOTS, compile_value
+from streamflow.topology.expressions import ROOTS, ExpressionEvalError, compile_value
 from streamflow.topology.exprxml import XmlError, parse_xml, render_xml
 from streamflow.topology.models import Duration
 from streamflow.topology.registry import step_config, step_factory
@@ -115,6 +120,11 @@ class HttpConfig(ConnectedStep):
     )
     max_concurrency: int | None = Field(
         None, ge=1, le=10_000, description="requests in flight (per connection, else per step)"
+    )
+    on_item_error: Literal["fail", "continue"] = Field(
+        "fail",
+        description="for_each: fail the step when an item fails (a retry sends only the failed "
+        "items), or continue with {index, error} in the failed item's place",
     )
     cache: ResponseCache | None = Field(
         None, description="reuse 2xx results: {ttl, key, store: memory|redis, connection}"
@@ -221,13 +231,65 @@ class HttpStep(AsyncStep):
             items = []
         if not isinstance(items, list | tuple):
             raise PoisonMessageError("for_each did not give a list")
-        responses = []
-        for i, item in enumerate(items):
-            responses.append(await self.call(env, {**scope, "item": item}, i))
-        payload = [r["body"] for r in responses] if self.cfg.replace_payload else env.payload
-        statuses = sorted({r["status"] for r in responses})
-        note = f"{len(responses)} x {'/'.join(map(str, statuses))}" if responses else "0 items"
-        return Outcome(payload, {"responses": responses, "count": len(responses)}, note=note)
+        responses = await self.each(env, scope, list(items))
+        failed = sum(1 for r in responses if "error" in r)
+        payload = [r.get("body") for r in responses] if self.cfg.replace_payload else env.payload
+        statuses = sorted({str(r.get("status", "error")) for r in responses})
+        note = f"{len(responses)} x {'/'.join(statuses)}" if responses else "0 items"
+        result = {"responses": responses, "count": len(responses), "failed": failed}
+        return Outcome(payload, result, note=note)
+
+    async def each(
+        self,
+        env: Envelope,
+        scope: Mapping[str, Any],
+        items: list[Any],
+        within: float | None = None,
+    ) -> list[Any]:
+        """One request per item, ``max_concurrency`` at a time. Answers of an earlier attempt
+        (kept in ``env.meta`` when it failed) are reused: only failed items are sent again.
+        ``within`` (seconds): requests still unanswered then are cancelled and fail as late
+        (``TimeoutError``)."""
+        key = f"for_each.{self.cfg.id}"
+        done: dict[str, Any] = env.meta.pop(key, None) or {}
+        results: list[Any] = [done.get(str(i)) for i in range(len(items))]
+        gate = asyncio.Semaphore(self.cfg.max_concurrency or 1)
+
+        async def one(i: int) -> None:
+            async with gate:
+                results[i] = await self.call(env, {**scope, "item": items[i]}, i)
+
+        todo = [i for i, r in enumerate(results) if r is None]
+        tasks = [asyncio.ensure_future(one(i)) for i in todo]
+        late: set[int] = set()
+        if within is not None and tasks:
+            _, pending = await asyncio.wait(tasks, timeout=within)
+            for i, t in zip(todo, tasks, strict=True):
+                if t in pending:
+                    t.cancel()
+                    late.add(i)
+        outcomes: list[Any] = list(await asyncio.gather(*tasks, return_exceptions=True))
+        for n, i in enumerate(todo):
+            if i in late:
+                outcomes[n] = TimeoutError(f"no answer within {within:g}s (late: dropped)")
+        errors = [(i, e) for i, e in zip(todo, outcomes, strict=True) if e is not None]
+        for _, e in errors:
+            if not isinstance(e, Exception):  # cancellation and the like: not ours to keep
+                raise e
+        if not errors:
+            return results
+        if self.cfg.on_item_error == "continue":
+            for i, e in errors:
+                results[i] = {"index": i, "error": str(e) or type(e).__name__}
+            return results
+        env.meta[key] = {str(i): r for i, r in enumerate(results) if r is not None}
+        bad = f"{len(errors)} of {len(items)} for_each item(s) failed"
+        for i, e in errors:  # one that would fail the same way again decides: dead letter
+            if isinstance(e, PoisonMessageError | ExpressionEvalError):
+                raise PoisonMessageError(f"{bad}; item {i}: {e}") from e
+        i, e = errors[0]
+        after = e.retry_after if isinstance(e, RetriableError) else None
+        raise RetriableError(f"{bad}; item {i}: {str(e) or type(e).__name__}", after) from e
 
     async def call(
         self, env: Envelope, scope: Mapping[str, Any], index: int | None
@@ -282,7 +344,9 @@ class HttpStep(AsyncStep):
         ok = status in self.cfg.success_codes if self.cfg.success_codes else 200 <= status < 300
         if not ok:
             body = resp.body
-            detail = "" if body is None else f": {str(body)[:300]}"  # the server's reason
+            # the server's reason, as JSON text (never a Python repr)
+            reason = body if isinstance(body, str) else exactjson.dumps_text(body)
+            detail = "" if body is None else f": {reason[:300]}"
             msg = self.caller.mask(f"{self.cfg.method} {safe_url(url)} answered {status}{detail}")
             if status in self.retry_on:
                 raise RetriableError(msg, retry_after(resp.headers.get("Retry-After")))

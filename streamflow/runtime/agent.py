@@ -40,7 +40,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from streamflow.errors import FatalError
 from streamflow.runtime.contain import Containment, Out, describe
@@ -58,6 +58,22 @@ from streamflow.transport.base import (
 )
 
 log = logging.getLogger("streamflow.runtime")
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A processor that keeps state between records (``aggregate``, see state.py)."""
+
+    def tick(self, assignment: Sequence[TopicPartition]) -> list[Out]:
+        """Before each batch, on the agent's I/O thread: restore newly assigned partitions,
+        drop revoked ones; return what due timers produce (and their state changes)."""
+        ...
+
+    def reset(self) -> None:
+        """The last batch was not committed: forget the state (restored at the next tick)."""
+        ...
+
+
 LAG_INTERVAL = 5.0  # seconds between consumer-lag readings
 KEEPALIVE = 2.0  # a batch running longer polls (paused) this often: see _process_alive
 R = TypeVar("R")
@@ -93,6 +109,9 @@ class StepAgent:
         self.committed = 0  # records whose offsets are committed
         self._uncommitted = 0
         self.contained = 0  # records dead-lettered by the agent itself (see contain.py)
+        self.unflushed = False  # timer outputs (stateful agents) not yet flushed/committed
+        self.stateful = processor if isinstance(processor, Stateful) else None
+        # one thread per agent for blocking broker calls: a shared pool would starve
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
 
     async def _io(self, fn: Callable[..., R], *args: object) -> R:
@@ -140,6 +159,14 @@ class StepAgent:
             if self.paused_until:
                 wait = min(wait, min(self.paused_until.values()) - time.monotonic())
             records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
+            if self.stateful is not None:  # restore state, fire due timers (state.py)
+                timed = await self._io(self.stateful.tick, consumer.assignment())
+                if timed:
+                    if self.exactly_once and not self.in_txn:
+                        await self._io(producer.begin)
+                        self.in_txn = True
+                    await self._io(_send_all, producer, timed)
+                    self.unflushed = True
             if records:
                 self.metrics.consumed.inc(len(records))
                 self.metrics.in_flight.set(len(records))
@@ -159,7 +186,7 @@ class StepAgent:
             # at-least-once agent that drained its input flushes, so the next hop sees
             # the outputs at once (exactly-once outputs are visible only at commit)
             due = time.monotonic() - last_commit >= self.commit_interval
-            if self.pending and (due or not records or stop.is_set()):
+            if (self.pending or self.unflushed) and (due or not records or stop.is_set()):
                 await self._io(self._commit, consumer, producer)
                 last_commit = time.monotonic()
             elif records and len(records) < self.max_batch and not self.exactly_once:
@@ -172,7 +199,7 @@ class StepAgent:
                 self.next_lag_check = time.monotonic() + LAG_INTERVAL
                 for (topic, part), lag in (await self._io(consumer.lag)).items():
                     self.metrics.lag(topic, part, lag)
-        if self.pending:  # stopped right after a batch: commit it, or it is redone on restart
+        if self.pending or self.unflushed:  # stopped after a batch: commit it, or it is redone
             await self._io(self._commit, consumer, producer)
 
     def _commit(self, consumer: Consumer, producer: Producer) -> None:
@@ -180,7 +207,8 @@ class StepAgent:
         also from inside ``poll`` when partitions are being revoked."""
         offsets, self.pending = self.pending, {}
         count, self._uncommitted = self._uncommitted, 0
-        if not offsets:
+        unflushed, self.unflushed = self.unflushed, False
+        if not offsets and not unflushed:
             return
         started = time.perf_counter()
         try:
@@ -190,7 +218,8 @@ class StepAgent:
                 self.metrics.commits.inc()
             else:
                 producer.flush()
-                consumer.commit(offsets)
+                if offsets:
+                    consumer.commit(offsets)
             self.committed += count
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except (TransactionAborted, DeliveryError) as exc:
@@ -199,6 +228,8 @@ class StepAgent:
             # nothing of this batch is committed: read it again from the committed offsets
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
             consumer.rewind()
+            if self.stateful is not None:
+                self.stateful.reset()  # its state is read again from the changelog
 
     def _send(
         self,
@@ -214,7 +245,7 @@ class StepAgent:
                 continue
             try:
                 for out in outs:
-                    producer.send(out.topic, out.value, out.key, out.headers)
+                    producer.send(out.topic, out.value, out.key, out.headers, out.partition)
             except MessageRejected as exc:
                 # the messages of this record sent before the refused one stay (events,
                 # at most a branch's output): at-least-once, the execution ends failed
@@ -370,3 +401,9 @@ class StepAgent:
             for tp in due:
                 del self.paused_until[tp]
             consumer.resume(due)
+
+
+def _send_all(producer: Producer, outs: Sequence[Out]) -> None:
+    """Queue ``outs`` (a stateful agent's timer outputs; I/O thread)."""
+    for out in outs:
+        producer.send(out.topic, out.value, out.key, out.headers, out.partition)

@@ -21,6 +21,7 @@ import aiohttp
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, FatalError
 from streamflow.runtime.agent import StepAgent
+from streamflow.runtime.aggregate import AggregateProcessor
 from streamflow.runtime.contain import Containment, describe, place
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.instances import InstanceTable
@@ -29,6 +30,7 @@ from streamflow.runtime.metrics import AGENT_RESTARTS
 from streamflow.runtime.processor import ChainProcessor, Processor, ProcessorOptions
 from streamflow.runtime.retrying import RetryProcessor
 from streamflow.runtime.saga import CompensationProcessor
+from streamflow.runtime.split import SplitProcessor
 from streamflow.runtime.trigger import KafkaTriggerProcessor
 from streamflow.steps.base import AnyStep, Resources, StepContext
 from streamflow.topology.expressions import compile_value
@@ -209,7 +211,19 @@ class App:
             sid: self._build_step(flow, flow.nodes[sid], flow.nodes[sid].config)
             for sid in aplan.steps
         }
-        return ChainProcessor(
+        kind = pattern_processor(flow.nodes[aplan.steps[0]].config.type)  # split, aggregate
+        if kind is AggregateProcessor:
+            return AggregateProcessor(
+                flow,
+                self.plan.flows[flow.name],
+                aplan,
+                steps,
+                self.plan.executions_topic,
+                self._options(flow),
+                _stored_results(flow),
+                self.transport,
+            )
+        return kind(
             flow,
             self.plan.flows[flow.name],
             aplan,
@@ -222,7 +236,9 @@ class App:
     def _trigger_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
         ingress = FlowIngress(self.integration, flow, self.plan, self.config)
         chain = None
-        if flow.doc.fuse:  # the trigger runs the first agent's steps itself: one hop less
+        first = flow.nodes[flow.first].config.type
+        if flow.doc.fuse and pattern_processor(first) is ChainProcessor:
+            # the trigger runs the first agent's steps itself: one hop less
             chain = self._chain(flow, self.plan.flows[flow.name].agents[0])
         proc = KafkaTriggerProcessor(ingress, aplan, self._options(flow).step_events, chain)
         return self._loop_for(flow, proc)
@@ -355,6 +371,15 @@ class App:
         while not stop.is_set():
             await asyncio.to_thread(table.refresh, 0.5)
             await asyncio.sleep(0.5)
+
+
+def pattern_processor(step_type: str) -> type[ChainProcessor]:
+    """The processor of an agent whose first step is of ``step_type``."""
+    return {
+        "split": SplitProcessor,
+        "parallel": SplitProcessor,
+        "aggregate": AggregateProcessor,
+    }.get(step_type, ChainProcessor)
 
 
 def _stored_results(flow: Flow) -> frozenset[str]:

@@ -56,6 +56,7 @@ class Out:
     value: bytes
     key: bytes | None = None
     headers: Headers | None = None
+    partition: int | None = None  # None: the key picks it (a state changelog names it)
 
 
 @dataclass(frozen=True, slots=True)

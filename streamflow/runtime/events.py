@@ -1,7 +1,8 @@
 """Execution lifecycle events, written to ``sf.<integration>.executions``.
 
 One JSON object per event, keyed by execution id: ``started``, ``step`` (a step
-finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``.
+finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``. A child
+execution of a ``split`` carries ``parent`` (the execution it came from) and ``index``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class ExecutionEvent:
     note: str = ""
     error: str = ""
     payload: Any = None
+    parent: str = ""  # a split's child: the execution it was split from
+    index: int = -1  # a split's child: its item's index
 
     def encode(self) -> bytes:
         """JSON bytes. An event is always encodable: a payload (or text) the encoder
@@ -77,6 +80,10 @@ def event_for(
     """The event of ``env``; an ending one is counted in ``streamflow_executions_ended_total``."""
     if is_terminal(event, note):
         EXECUTIONS_ENDED.labels(env.integration, env.flow, event, env.instance).inc()
+    split = env.meta.get("split") if env.meta else None
+    parent, index = "", -1
+    if type(split) is dict:  # a child of a split step links to its parent
+        parent, index = str(split.get("parent", "")), int(split.get("index", -1))
     return ExecutionEvent(
         env.execution_id,
         env.flow,
@@ -88,6 +95,8 @@ def event_for(
         note,
         error,
         payload,
+        parent,
+        index,
     )
 
 

@@ -409,6 +409,10 @@ class ChainProcessor:
             return
         headers = dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
         outs.append(Out(self.plan.dlq_topic, value, rec.key, headers))
+        if self.plan.state_topic_of and type(env.meta.get("split")) is dict:
+            from streamflow.runtime.split import failed_child  # (split.py imports this module)
+
+            outs.extend(failed_child(self.flow, self.plan, env, error, self.opts.encoding))
         if env.saga and self.plan.compensate_topic is not None:
             # the execution failed for good: undo its completed compensable steps
             self._event(env, outs, "failed", error=error, note="compensating")

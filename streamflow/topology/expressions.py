@@ -29,6 +29,10 @@ Grammar (anything else is rejected when the topology loads):
     date_add(d, dur, zone?) date_sub(d, dur, zone?) start_of(d, unit, zone?)
     date_diff(a, b, unit?) epoch_ms(d)   (see exprdates.py, docs/expressions.md)
     parse_xml(s) render_xml(value, root?)   (see exprxml.py)
+    map(list, 'expr') filter(list, 'expr') pluck(list, 'a.b') sort_by(list, 'expr')
+    min_by(list, 'expr') max_by(list, 'expr') sum(list, 'expr'?) group_by(list, 'expr')
+               ('expr' is a constant string compiled once, ``item`` naming the element;
+               see exprlists.py)
   String functions pass null through; str(x) renders like interpolation;
   bool('false'/'no'/'off'/'0'/'') is false; round() rounds half away from zero
   and returns an int when n is omitted or <= 0; tuples render as lists.
@@ -58,6 +62,9 @@ from streamflow.topology.exprfuncs import (
     lookup,
     text,
 )
+from streamflow.topology.exprlists import ITEM_ROOT, LIST_FUNCS, PER_ITEM_ARG
+
+FUNCS.update(LIST_FUNCS)
 
 __all__ = [
     "ROOTS",
@@ -335,6 +342,9 @@ class _Compiler:
         if len(node.args) < lo or (hi is not None and len(node.args) > hi):
             want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
             self.fail(node, f"{name}() takes {want} argument(s), got {len(node.args)}")
+        per_item = PER_ITEM_ARG.get(name)
+        if per_item is not None and per_item < len(node.args):
+            return self._per_item(node, name, fn, per_item), _NC
         compiled = [self.c(a) for a in node.args]
         for i, check in ARG_CHECKS.get(name, {}).items():
             if i < len(compiled) and compiled[i][1] is not _NC and compiled[i][1] is not None:
@@ -349,6 +359,33 @@ class _Compiler:
             a = args[0]
             return (lambda s: fn(a(s))), _NC
         return (lambda s: fn(*[a(s) for a in args])), _NC
+
+
+    def _per_item(self, node: ast.Call, name: str, fn: Callable[..., Any], at: int) -> Fn:
+        """``map(xs, 'item.price * 2')``: the argument at ``at`` is a constant string,
+        compiled here once as an expression over the roots plus ``item``."""
+        arg = node.args[at]
+        if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+            self.fail(
+                arg,
+                f"{name}(): argument {at + 1} must be a quoted expression over 'item', "
+                f"e.g. {name}(payload.lines, 'item.price')",
+            )
+        refs: Refs = set()
+        try:
+            sub = _expr(arg.value, 0, self.roots | {ITEM_ROOT}, refs)
+        except ExpressionError as e:
+            self.fail(arg, f"{name}(): {e.message} (in '{arg.value}', column {e.column})")
+        self.refs |= {r for r in refs if r[0] != ITEM_ROOT}
+        head = [self.f(a) for a in node.args[:at]]
+
+        def call(s: Scope) -> Any:
+            def one(x: Any) -> Any:
+                return sub({**s, ITEM_ROOT: x})
+
+            return fn(*[h(s) for h in head], one)
+
+        return call
 
 
 def _andor(kind: ast.boolop, a: Fn, b: Fn) -> Fn:

@@ -256,7 +256,6 @@ FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {  # name: (fn, m
     "abs": (abs, 1, 1),
     "min": (lambda *a: min(a[0]) if len(a) == 1 else min(a), 1, None),
     "max": (lambda *a: max(a[0]) if len(a) == 1 else max(a), 1, None),
-    "sum": (lambda xs: 0 if xs is None else sum(xs), 1, 1),
     "default": (lambda x, fallback: fallback if x is None or x == "" else x, 2, 2),
     "coalesce": (lambda *xs: next((x for x in xs if x is not None), None), 1, None),
     "json": (_dumps, 1, 1),

@@ -251,11 +251,30 @@ class _Validator:
                         route.get("steps") or [], (*rpath, "steps"), nodes, set(seen), node.next
                     )
                     routes.append(Route(str(route.get("when", "")), _new_ids(nodes, before)))
+            elif isinstance(value, dict):  # parallel branches: each ends at the step's join
+                join = self.join(node, nodes)
+                for bname, bsteps in value.items():
+                    before = set(nodes)
+                    bpath = (*node.path, name, str(bname))
+                    self.steps(bsteps or [], bpath, nodes, set(seen), join)
+                    routes.append(Route(str(bname), _new_ids(nodes, before)))
             elif value:
                 before = set(nodes)
                 self.steps(value, (*node.path, name), nodes, set(seen), node.next)
                 routes.append(Route("", _new_ids(nodes, before)))
         node.routes = tuple(routes)
+
+    def join(self, node: StepNode, nodes: dict[str, StepNode]) -> str | None:
+        """The node a step with named branches joins them in (``parallel``), after it."""
+        make = getattr(node.config, "join_step", None)
+        if make is None:
+            return node.next
+        cfg = make()
+        if cfg.id in nodes:
+            self.fail((*node.path, "id"), f"step id '{cfg.id}' is taken by the join of this step")
+            return node.next
+        nodes[cfg.id] = StepNode(cfg, node.next, (), node.path)
+        return str(cfg.id)
 
     def expressions(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 from streamflow.topology.models import Flow, Integration
 
 COMPACTED = {"cleanup.policy": "compact"}
+STATEFUL = frozenset({"split", "aggregate", "parallel"})  # each runs in an agent of its own
 # triggers run by a leader keep their state (and elect the leader) on a compacted topic
 STATE_TOPIC_SUFFIX = {
     "schedule": "schedule",
@@ -55,6 +56,7 @@ class FlowPlan:
     retry_topic_of: dict[str, str] = field(default_factory=dict)  # step id -> its .retry topic
     compensate_topic: str | None = None  # set when some step has `compensate:`
     compensate_agent: AgentPlan | None = None
+    state_topic_of: dict[str, str] = field(default_factory=dict)  # aggregate id -> changelog
 
     def all_agents(self) -> list[AgentPlan]:
         """Trigger agent, step agents, retry agents, compensation agent."""
@@ -120,6 +122,12 @@ def compile_plan(integration: Integration) -> Plan:
                     COMPACTED,
                 )
             )
+        state_topic_of = {}
+        for sid, node in flow.nodes.items():
+            if node.config.type == "aggregate":  # Kafka Streams style: a changelog per store
+                state_topic_of[sid] = f"{prefix}.{sid}.state"
+                purpose = f"state of aggregate {sid} (changelog, partitioned like its input)"
+                topics.append(TopicPlan(state_topic_of[sid], parts, purpose, COMPACTED))
         compensate_topic = compensate_agent = None
         if any(n.compensation is not None for n in flow.nodes.values()):
             compensate_topic = f"{prefix}.compensate"
@@ -145,6 +153,7 @@ def compile_plan(integration: Integration) -> Plan:
             retry_topic_of,
             compensate_topic,
             compensate_agent,
+            state_topic_of,
         )
     executions = f"sf.{name}.executions"
     most = max(f.doc.partitions for f in integration.flows.values())
@@ -167,6 +176,10 @@ def _chains(flow: Flow) -> list[list[str]]:
 
     entries = {flow.first}
     for sid, node in flow.nodes.items():
+        if node.config.type in STATEFUL:  # split and aggregate run in an agent of their own
+            entries.add(sid)
+            if node.next is not None:
+                entries.add(node.next)
         if preds[sid] > 1:
             entries.add(sid)
         for r in node.routes:

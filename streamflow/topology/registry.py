@@ -39,6 +39,8 @@ BUILTIN_MODULES = (
     "streamflow.connectors.dedupe",
     "streamflow.connectors.rabbitmq",
     "streamflow.connectors.mongodb",
+    "streamflow.steps.patterns",
+    "streamflow.connectors.scatter",
 )
 
 S = TypeVar("S", bound=type[StepConfig])

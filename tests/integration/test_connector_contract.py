@@ -108,6 +108,18 @@ async def http_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
     return await runner.run("s", {})
 
 
+async def scatter_gather_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    server = await _echo_server(http_server)
+    runner = await step_runner(
+        [{"id": "s", "type": "scatter_gather", "targets": "${['a', 'b']}",
+          "url": "${config.api}/fail/${item}", "query": {"key": "${config.secret}"},
+          "auth": {"type": "bearer", "token": "${config.secret}"}, "retry_on": []}],
+        config={"api": {"type": "string"}, "secret": {"type": "string", "secret": True}},
+        values={"api": server.url, "secret": SECRET},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
 async def graphql_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
     server = await _echo_server(http_server)
     runner = await step_runner(
@@ -310,6 +322,7 @@ SECRET_CASES: dict[str, Case] = {
     "azure_blob": azure_blob_case,
     "rabbitmq_publish": rabbitmq_publish_case,
     "mongodb": mongodb_case,
+    "scatter_gather": scatter_gather_case,
 }
 # more cases for the same step types: other credentials that can leak the same way
 EXTRA_SECRET_CASES: dict[str, Case] = {

@@ -372,3 +372,143 @@ async def test_no_answer_is_told_in_words_not_library_class_names(step_runner: A
     finally:
         for s in servers:
             s.close()
+
+
+def _for_each_step(**extra: Any) -> list[dict[str, Any]]:
+    step: dict[str, Any] = {
+        "id": "push",
+        "type": "http",
+        "method": "POST",
+        "url": "${config.api}/items/${item.n}",
+        "for_each": "${payload.items}",
+        "json": "${item}",
+    }
+    step.update(extra)
+    return [step]
+
+
+async def test_for_each_honours_max_concurrency(step_runner: Any, http_server: Any) -> None:
+    in_flight = {"now": 0, "max": 0}
+
+    async def slow(call: Any) -> web.Response:
+        in_flight["now"] += 1
+        in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        await asyncio.sleep(0.05)
+        in_flight["now"] -= 1
+        return web.json_response({"n": call.json["n"]})
+
+    server = await http_server(slow)
+    for limit, want in ((3, 3), (None, 1)):
+        in_flight["max"] = 0
+        extra = {"max_concurrency": limit} if limit else {}
+        runner = await step_runner(
+            _for_each_step(**extra), config={"api": {"type": "string"}}, values={"api": server.url}
+        )
+        out = await runner.run("push", {"items": [{"n": i} for i in range(7)]})
+        assert in_flight["max"] == want
+        # answers stay in item order whatever order they arrived in
+        assert [r["body"]["n"] for r in out.result["responses"]] == list(range(7))
+
+
+async def test_for_each_continue_records_failed_items(step_runner: Any, http_server: Any) -> None:
+    async def some_fail(call: Any) -> web.Response:
+        if call.json["n"] % 2:
+            return web.json_response({"error": "no"}, status=422)
+        return web.json_response({"n": call.json["n"]})
+
+    server = await http_server(some_fail)
+    runner = await step_runner(
+        _for_each_step(on_item_error="continue", max_concurrency=2),
+        config={"api": {"type": "string"}},
+        values={"api": server.url},
+    )
+    out = await runner.run("push", {"items": [{"n": i} for i in range(4)]})
+    assert out.result["count"] == 4 and out.result["failed"] == 2
+    responses = out.result["responses"]
+    assert responses[0]["body"] == {"n": 0} and responses[2]["body"] == {"n": 2}
+    assert responses[1]["index"] == 1 and "422" in responses[1]["error"]
+    assert "422" in responses[3]["error"]
+
+
+async def test_for_each_retry_sends_only_the_failed_items(
+    step_runner: Any, http_server: Any
+) -> None:
+    from streamflow.envelope import Envelope, decode, encode, new_execution_id
+
+    down = {"n": 2}
+
+    async def flaky(call: Any) -> web.Response:
+        if call.json["n"] == down["n"]:
+            return web.json_response({"error": "busy"}, status=503)
+        if call.json["n"] == 99:
+            return web.json_response({"error": "bad"}, status=400)
+        return web.json_response({"n": call.json["n"]})
+
+    server = await http_server(flaky)
+    runner = await step_runner(
+        _for_each_step(max_concurrency=4),
+        config={"api": {"type": "string"}},
+        values={"api": server.url},
+    )
+    step = runner.step("push")
+    items = [{"n": i} for i in range(5)]
+    env = Envelope(new_execution_id(), runner.integration.name, "f", "push", {"items": items})
+    with pytest.raises(RetriableError, match=r"1 of 5 for_each item\(s\) failed; item 2"):
+        await step.process(env)  # type: ignore[misc]
+    assert sorted(c.json["n"] for c in server.calls) == [0, 1, 2, 3, 4]
+    # the retry travels through a topic: what the step kept must survive the encoding
+    env = decode(encode(env, "json"), "json")
+    server.calls.clear()
+    down["n"] = -1
+    out = await step.process(env)  # type: ignore[misc]
+    assert [c.json["n"] for c in server.calls] == [2]  # only the failed item again
+    assert [r["body"]["n"] for r in out.result["responses"]] == [0, 1, 2, 3, 4]
+    assert not any(k.startswith("for_each.") for k in env.meta)  # nothing left behind
+    keys = {c.headers["Idempotency-Key"] for c in server.calls}
+    assert keys == {f"{env.execution_id}-push-2"}
+
+    # an item the API refuses for good dead-letters the event (retrying would not help)
+    env = Envelope(
+        new_execution_id(), runner.integration.name, "f", "push", {"items": [{"n": 1}, {"n": 99}]}
+    )
+    with pytest.raises(PoisonMessageError, match=r"item 1: .*400"):
+        await step.process(env)  # type: ignore[misc]
+
+
+async def test_scatter_gather_picks_from_the_answers_in_time(
+    step_runner: Any, http_server: Any
+) -> None:
+    async def carrier(call: Any) -> web.Response:
+        name = call.path.strip("/").split("/")[0]
+        if name == "slow":
+            await asyncio.sleep(8)
+        if name == "down":
+            return web.json_response({"error": "busy"}, status=503)
+        prices = {"fast": 12.5, "cheap": 9.9, "slow": 1.0}
+        return web.json_response({"price": prices[name]})
+
+    server = await http_server(carrier)
+    runner = await step_runner(
+        """
+        - id: quotes
+          type: scatter_gather
+          targets: ${payload.carriers}
+          method: POST
+          url: ${config.api}/${item}/quotes
+          json: {kg: "${payload.kg}"}
+          within: 2s
+          pick: ${min_by(answers, 'item.body.price')}
+          replace_payload: true
+        """,
+        config={"api": {"type": "string"}},
+        values={"api": server.url},
+    )
+    out = await runner.run("quotes", {"kg": 2, "carriers": ["fast", "slow", "cheap", "down"]})
+    assert out.payload == {"target": "cheap", "status": 200, "body": {"price": 9.9}}
+    assert [a["target"] for a in out.result["answers"]] == ["fast", "cheap"]
+    assert out.result["late"] == ["slow"]  # the cheapest, but too late: dropped
+    assert {f["target"] for f in out.result["failed"]} == {"slow", "down"}
+    assert len(server.calls) == 4  # one request per target, all at once
+
+    with pytest.raises(RetriableError, match="0 answer\\(s\\) of 2: slow: no answer within 2s"):
+        await runner.run("quotes", {"kg": 1, "carriers": ["slow", "down"]})

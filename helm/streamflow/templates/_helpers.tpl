@@ -72,7 +72,7 @@ their config model). tests/integration/test_helm.py checks this list against the
 registry: a new pure step type must be added here.
 */}}
 {{- define "streamflow.pureStepTypes" -}}
-branch filter kafka_publish log transform
+aggregate branch filter kafka_publish log parallel split transform
 {{- end -}}
 
 {{/*
