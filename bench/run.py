@@ -56,7 +56,7 @@ from bench.broker import (
 from bench.common import BATCH, PARTITIONS, SEED, dataset, encoded, event
 from bench.machine import machine, versions
 from bench.topologies import http_step, integration_yaml, publish_step, steps_yaml
-from bench.venvs import PEERS, PeerEnv, ensure
+from bench.venvs import PEERS, PeerEnv, ensure, ensure_java
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -79,13 +79,13 @@ OUTPUT_KEYS = {
 class Contestant:
     name: str
     label: str
-    kind: str  # ceiling | streamflow | peer
+    kind: str  # ceiling | limit | streamflow | peer
     pipeline: str  # copy | 1-step | 3-step | http
     guarantee: str = "at_least_once"
     commit_interval: float = 0.1
-    fuse: bool = False
-    events: str = "steps"  # execution events: steps | lifecycle
-    peer: str | None = None  # venv name (bench/venvs.py)
+    fuse: bool | None = None  # None: not written in the topology (the default)
+    events: str | None = None  # execution events (None: the default)
+    peer: str | None = None  # venv name (bench/venvs.py), or "kstreams" (Java)
     module: str | None = None  # peer script
 
     @property
@@ -95,7 +95,11 @@ class Contestant:
 
 CONTESTANTS = [
     Contestant("ceiling", "ceiling (bare confluent-kafka copy)", "ceiling", "copy"),
-    Contestant("sf-1step", "StreamFlow 1-step", "streamflow", "1-step"),
+    Contestant("python-limit", "Python limit (bare orjson loop) 1-step", "limit", "1-step"),
+    Contestant("sf-1step", "StreamFlow 1-step (default)", "streamflow", "1-step"),
+    Contestant(
+        "sf-1step-unfused", "StreamFlow 1-step, `fuse: false`", "streamflow", "1-step", fuse=False,
+    ),
     Contestant(
         "sf-1step-eos-100ms", "StreamFlow 1-step exactly-once 100 ms", "streamflow", "1-step",
         guarantee="exactly_once", commit_interval=0.1,
@@ -104,14 +108,11 @@ CONTESTANTS = [
         "sf-1step-eos-1s", "StreamFlow 1-step exactly-once 1 s", "streamflow", "1-step",
         guarantee="exactly_once", commit_interval=1.0,
     ),
-    Contestant("sf-1step-fused", "StreamFlow 1-step fused", "streamflow", "1-step", fuse=True),
+    Contestant("sf-3step", "StreamFlow 3-step (default)", "streamflow", "3-step"),
     Contestant(
-        "sf-1step-fused-lifecycle", "StreamFlow 1-step fused, lifecycle events", "streamflow",
-        "1-step", fuse=True, events="lifecycle",
+        "sf-3step-unfused", "StreamFlow 3-step, `fuse: false`", "streamflow", "3-step", fuse=False,
     ),
-    Contestant("sf-3step", "StreamFlow 3-step", "streamflow", "3-step"),
-    Contestant("sf-3step-fused", "StreamFlow 3-step fused", "streamflow", "3-step", fuse=True),
-    Contestant("sf-http", "StreamFlow http step", "streamflow", "http"),
+    Contestant("sf-http", "StreamFlow http step (20 ms target)", "streamflow", "http"),
     Contestant(
         "quix-1step", "Quix Streams 1-step", "peer", "1-step",
         peer="quixstreams", module="bench.peers.quix_app",
@@ -120,6 +121,8 @@ CONTESTANTS = [
         "quix-3step", "Quix Streams 3-step", "peer", "3-step",
         peer="quixstreams", module="bench.peers.quix_app",
     ),
+    Contestant("kstreams-1step", "Kafka Streams 1-step (Java)", "peer", "1-step", peer="kstreams"),
+    Contestant("kstreams-3step", "Kafka Streams 3-step (Java)", "peer", "3-step", peer="kstreams"),
     Contestant(
         "faust-1step", "faust-streaming 1-step", "peer", "1-step",
         peer="faust", module="bench.peers.faust_app",
@@ -130,6 +133,8 @@ CONTESTANTS = [
     ),
 ]  # fmt: skip
 BY_NAME = {c.name: c for c in CONTESTANTS}
+HTTP_DELAY_S = 0.020  # the http row's target answers after this long
+HTTP_CONCURRENCY = 16  # the flow's `concurrency` (in-flight async steps per agent)
 
 
 @dataclass
@@ -256,15 +261,21 @@ def command(c: Contestant, ctx: Context, source: str, sink: str, name: str) -> l
             "--input", source, "--output", sink, "--group", name,
             "--commit-interval", str(c.commit_interval),
         ]  # fmt: skip
+    if c.kind == "limit":
+        return [
+            sys.executable, "-m", "bench.python_limit", "--bootstrap", s.bootstrap,
+            "--input", source, "--output", sink, "--group", name, "--steps", str(c.steps),
+            "--commit-interval", str(c.commit_interval),
+        ]  # fmt: skip
     if c.kind == "peer":
-        assert c.peer is not None and c.module is not None
+        assert c.peer is not None
         env = ctx.peers.get(c.peer)
-        if env is None or env.python is None:
+        if env is None or env.command is None:
             raise ContestantError(
-                f"{c.peer} virtualenv unavailable: {env.error if env else 'not made'}"
+                f"{c.peer} environment unavailable: {env.error if env else 'not made'}"
             )
         return [
-            str(env.python), "-m", c.module, "--bootstrap", s.bootstrap,
+            *env.command, "--bootstrap", s.bootstrap,
             "--input", source, "--output", sink, "--group", name, "--steps", str(c.steps),
             "--commit-interval", str(s.peer_commit_interval),
         ]  # fmt: skip
@@ -287,6 +298,7 @@ def streamflow_files(
         name,
         trigger=f"{{type: kafka, topic: {source}}}",
         steps=body + publish_step(sink),
+        concurrency=HTTP_CONCURRENCY if c.pipeline == "http" else None,
         guarantee=c.guarantee,
         commit_interval=f"{round(c.commit_interval * 1000)}ms",
         fuse=c.fuse,
@@ -310,7 +322,7 @@ def free_port() -> int:
 
 def start_http_server(ctx: Context) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.http_server"],
+        [sys.executable, "-m", "bench.http_server", "--delay", str(HTTP_DELAY_S)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=child_env(),
     )  # fmt: skip
     assert proc.stdout is not None
@@ -419,6 +431,12 @@ class Trial:
             url = None
             if c.pipeline == "http":
                 self.server, url = start_http_server(self.ctx)
+                # Little's law: at most `concurrency` requests in flight, each HTTP_DELAY_S
+                self.row["http"] = {
+                    "delay_ms": HTTP_DELAY_S * 1000,
+                    "concurrency": HTTP_CONCURRENCY,
+                    "littles_law_events_per_s": round(HTTP_CONCURRENCY / HTTP_DELAY_S),
+                }
             path, hops = streamflow_files(c, self.ctx, self.source, self.sink, self.name, url)
             self.row["agents_on_path"] = hops
             cmd = [
@@ -435,7 +453,7 @@ class Trial:
         self.child = child = Child(cmd, s.logdir / f"{c.name}.log", child_env())
         self.row["log"] = str(child.log_path)
         ready, _ = wait_for(child, watch, self.transactional, len(self.ctx.warmup), 180, "warm-up")
-        self.row["startup_s"] = round(ready - spawned, 3)
+        self.row["startup_s"] = round(ready - spawned, 6)  # > 0 however fast
         return child, watch
 
     def drain(self, child: Child, watch: OutputWatch) -> float:
@@ -446,6 +464,7 @@ class Trial:
             self.row["preload_s"] = round(
                 produce_all(self.s.bootstrap, self.source, self.ctx.data[:n]), 2
             )
+            written0 = self.written()
         finally:
             cpu0, t0 = child.cpu(), time.perf_counter()
             child.signal(signal.SIGCONT)
@@ -458,15 +477,37 @@ class Trial:
         t1, cpu1 = wait_for(child, watch, self.transactional, target, max(120.0, n / 200), "drain")
         seconds = t1 - t0
         self.row["drain"] = {
-            "seconds": round(seconds, 3),
+            "seconds": round(seconds, 6),  # > 0 however fast
             "events_per_s": round(n / seconds),
             "cpu_s": round(cpu1 - cpu0, 2),
             "cpu_us_per_event": round((cpu1 - cpu0) / n * 1e6, 1),
             "cores_used": round((cpu1 - cpu0) / seconds, 2),
         }
+        if "http" in self.row:
+            bound = self.row["http"]["littles_law_events_per_s"]
+            self.row["http"]["of_bound"] = round(n / seconds / bound, 3)
         self.row["rss_after_drain_mb"], self.row["rss_peak_drain_mb"] = child.rss_mb()
         check_shape(watch, self.c.pipeline)
+        self.row["produced_per_event"] = self.produced_per_event(written0)
         return seconds
+
+    def written(self) -> int:
+        """Messages written so far to the output and to the contestant's own topics (a
+        StreamFlow integration's are named after it: sf.<name>.*)."""
+        return self.ctx.admin.records_matching([self.sink, self.name])
+
+    def produced_per_event(self, before: int) -> float:
+        """Messages the contestant produced per drained event (outputs, internal hops,
+        execution events; transaction markers included), once the count stops growing
+        (execution events may follow the outputs by a moment)."""
+        after, deadline = self.written(), time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.written()
+            if now == after:
+                break
+            after = now
+        return round((after - before) / self.n, 2)
 
     def latency(self, child: Child, drain_seconds: float) -> None:
         s = self.s
@@ -504,8 +545,8 @@ def step_only(c: Contestant, ctx: Context) -> dict[str, Any]:
         "--events", str(s.events), "--steps", str(c.steps), "--guarantee", c.guarantee,
         "--commit-interval", f"{round(c.commit_interval * 1000)}ms", "--name", name,
     ]  # fmt: skip
-    if c.fuse:
-        cmd.append("--fuse")
+    if c.fuse is not None:
+        cmd += ["--fuse", str(c.fuse).lower()]
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=max(300.0, s.events / 200),
@@ -530,7 +571,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--only", help="comma-separated contestants: " + ",".join(c.name for c in CONTESTANTS)
     )
-    ap.add_argument("--no-peers", action="store_true", help="skip Quix Streams and faust")
+    ap.add_argument(
+        "--no-peers", action="store_true", help="skip Quix Streams, Kafka Streams and faust"
+    )
     ap.add_argument("--no-latency", action="store_true", help="skip the latency phase")
     ap.add_argument("--latency-seconds", type=float, help="paced phase (default 15; quick: 5)")
     ap.add_argument("--no-step-only", action="store_true", help="skip bench/throughput.py rows")
@@ -590,11 +633,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(settings, Admin(bootstrap), data, warmup, latency_templates(data[:10_000]))
     peer_info: dict[str, Any] = {}
     for peer in sorted({c.peer for c in contestants if c.peer is not None}):
-        log(f"virtualenv of {peer} ({', '.join(PEERS[peer])}) ...")
-        env = ensure(peer)
+        java = peer == "kstreams"
+        reqs = ["bench/peers/kstreams/pom.xml (Maven Central)"] if java else PEERS[peer]
+        log(f"{'build' if java else 'virtualenv'} of {peer} ({', '.join(reqs)}) ...")
+        env = ensure_java() if java else ensure(peer)
         ctx.peers[peer] = env
         peer_info[peer] = {
-            "requirements": PEERS[peer],
+            "requirements": reqs,
             "versions": env.versions,
             "error": env.error,
             "created": env.created,
