@@ -128,7 +128,9 @@ class App:
         return step
 
     def _options(self, flow: Flow) -> ProcessorOptions:
-        step_events = self.options.step_events and flow.doc.events == "steps"
+        # run/test (trace_payloads) show every step an execution went through
+        mode = "steps" if self.options.trace_payloads else flow.doc.events
+        step_events = self.options.step_events and mode == "steps"
         return ProcessorOptions(flow.doc.encoding, step_events, self.options.trace_payloads)
 
     def _compensation_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
