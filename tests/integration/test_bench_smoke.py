@@ -26,7 +26,8 @@ def test_harness_runs_on_tiny_data(kafka_bootstrap: str, tmp_path: Path) -> None
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TMPDIR": str(tmp_path)}
     cmd = [
         sys.executable, "-m", "bench.run", "--events", "300",
-        "--only", "ceiling,python-limit,sf-1step", "--no-latency", "--no-step-only", "--no-docs", "--results-dir", str(tmp_path / "res"),
+        "--only", "ceiling,python-limit,sf-1step", "--no-latency", "--no-step-only",
+        "--no-docs", "--results-dir", str(tmp_path / "res"),
     ]  # fmt: skip
     proc = subprocess.run(
         cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False

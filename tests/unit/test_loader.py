@@ -154,6 +154,9 @@ def test_plan_topics_and_fusion(tmp_path: Path) -> None:
         load_integration(write(tmp_path, text.replace("fuse: true", "fuse: false")))
     )
     assert [a.steps for a in unfused.flows["orders"].agents] == [
-        ("shape",), ("check",), ("push",), ("after",)
+        ("shape",),
+        ("check",),
+        ("push",),
+        ("after",),
     ]
     assert [h[2] for h in unfused.flows["orders"].hops] == ["shape", "check", "push", "after"]
