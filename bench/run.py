@@ -270,12 +270,16 @@ def command(c: Contestant, ctx: Context, source: str, sink: str, name: str) -> l
     if c.kind == "peer":
         assert c.peer is not None
         env = ctx.peers.get(c.peer)
-        if env is None or env.command is None:
+        if env is not None and env.python is not None and c.module is not None:
+            run = [str(env.python), "-m", c.module]
+        elif env is not None and env.command is not None:
+            run = env.command  # Kafka Streams: java ... bench.BenchApp
+        else:
             raise ContestantError(
                 f"{c.peer} environment unavailable: {env.error if env else 'not made'}"
             )
         return [
-            *env.command, "--bootstrap", s.bootstrap,
+            *run, "--bootstrap", s.bootstrap,
             "--input", source, "--output", sink, "--group", name, "--steps", str(c.steps),
             "--commit-interval", str(s.peer_commit_interval),
         ]  # fmt: skip
