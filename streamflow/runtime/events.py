@@ -1,7 +1,12 @@
 """Execution lifecycle events, written to ``sf.<integration>.executions``.
 
 One JSON object per event, keyed by execution id: ``started``, ``step`` (a step
-finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``.
+finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``. Every event
+carries ``started_ms``, when its execution started (epoch ms), so one end record alone
+says when it started and ended: with the flow default ``events: summary`` an execution
+that starts and ends in one agent writes just that record (``started`` is written only
+when it crosses to another agent); ``lifecycle`` adds ``started`` always, ``steps`` one
+``step`` event per step done.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class ExecutionEvent:
     note: str = ""
     error: str = ""
     payload: Any = None
+    started_ms: int = 0  # when the execution started (0: unknown, an older event)
 
     def encode(self) -> bytes:
         return orjson.dumps(self)  # orjson serialises dataclasses natively
@@ -56,4 +62,5 @@ def event_for(
         note,
         error,
         payload,
+        env.created_ms,
     )
