@@ -21,6 +21,14 @@ Commit order (exactly-once)::
 Records of one partition and one key are processed in order; different keys of a batch
 run concurrently (up to the flow's ``concurrency``) when the agent has async steps;
 on an ``ordered: true`` flow the records of a partition run one after the other.
+
+The lean loop: while records are waiting, an agent takes what its consumer already
+fetched without leaving the event loop (a poll with no wait); only when there is nothing
+does it wait for records on its I/O thread. An agent whose steps are all synchronous runs
+its records one after the other with no asyncio task or coroutine per record, and yields
+to the other agents once per batch. Between commits a Kafka producer sends on its own
+(``linger.ms``); only a producer that buffers until flushed (``local://``) is flushed when
+the input ran dry.
 """
 
 from __future__ import annotations
@@ -105,7 +113,12 @@ class StepAgent:
                 wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
             if self.paused_until:
                 wait = min(wait, min(self.paused_until.values()) - time.monotonic())
-            records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
+            # what the consumer already fetched, on this thread; else wait on the I/O thread
+            records = consumer.poll(self.max_batch, 0.0) if not self.paused_until else []
+            if not records:
+                records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
+            else:
+                await asyncio.sleep(0)  # let the other agents of this loop run
             if records:
                 if self.exactly_once and not self.in_txn:
                     producer.begin()
@@ -128,7 +141,12 @@ class StepAgent:
             if self.pending and (due or not records or stop.is_set()):
                 await self._io(self._commit, consumer, producer)
                 last_commit = time.monotonic()
-            elif records and len(records) < self.max_batch and not self.exactly_once:
+            elif (
+                records
+                and len(records) < self.max_batch
+                and not self.exactly_once
+                and getattr(producer, "buffers_until_flush", True)
+            ):
                 await self._io(producer.flush)
             if time.monotonic() >= self.next_lag_check:
                 self.next_lag_check = time.monotonic() + LAG_INTERVAL

@@ -210,6 +210,7 @@ class KafkaConsumer:
 
 
 class KafkaProducer:
+    buffers_until_flush = False  # librdkafka sends within linger.ms on its own
     def __init__(self, base: dict[str, Any], transactional_id: str | None) -> None:
         conf = {
             **base,
@@ -220,6 +221,10 @@ class KafkaProducer:
             "compression.type": "lz4",
             # a missing topic is an error, as on the embedded transport: `streamflow deploy`
             "allow.auto.create.topics": False,
+            # a delivery report only for a message that failed: no Python call per message
+            # delivered, and every failure still counted (``flush`` raises on it)
+            "on_delivery": self._on_delivery,
+            "delivery.report.only.error": True,
         }
         if transactional_id is not None:
             conf["transactional.id"] = transactional_id
@@ -242,14 +247,14 @@ class KafkaProducer:
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
-        if headers:
-            kwargs["headers"] = headers
-        if partition is not None:
-            kwargs["partition"] = partition
         while True:
             try:
-                self.producer.produce(topic, value, key, **kwargs)
+                if partition is not None:
+                    self.producer.produce(topic, value, key, partition, headers=headers or None)  # type: ignore[arg-type]
+                elif headers:
+                    self.producer.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+                else:
+                    self.producer.produce(topic, value, key)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: serve delivery reports, retry
