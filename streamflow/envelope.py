@@ -3,7 +3,8 @@
 An envelope carries one execution (one trigger event travelling through a flow) from
 step to step. It is plain data; ``encode``/``decode`` turn it into bytes with orjson
 (default) or Avro (``schemas/envelope.avsc``; the payload and step results travel as
-JSON text inside the Avro record because their shape is the user's).
+JSON text inside the Avro record because their shape is the user's). Both go through
+``streamflow.exactjson``: integers of any size and ``Decimal`` values round-trip exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 import orjson
 
+from streamflow import exactjson
 from streamflow.errors import PoisonMessageError
 
 Encoding = Literal["json", "avro"]
@@ -90,7 +92,7 @@ class Envelope:
 
 def encode(env: Envelope, encoding: Encoding = "json") -> bytes:
     if encoding == "json":
-        return orjson.dumps(env.to_dict())
+        return exactjson.dumps(env.to_dict())  # numbers exact (big ints, Decimal)
     return _encode_avro(env)
 
 
@@ -98,8 +100,8 @@ def decode(data: bytes, encoding: Encoding = "json") -> Envelope:
     if encoding == "avro":
         return _decode_avro(data)
     try:
-        d = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+        d = exactjson.loads(data)
+    except exactjson.JSONDecodeError as exc:
         raise PoisonMessageError(f"envelope is not valid JSON: {exc}") from exc
     if not isinstance(d, dict):
         raise PoisonMessageError("envelope is not a JSON object")
@@ -122,7 +124,7 @@ def _encode_avro(env: Envelope) -> bytes:
 
     d = env.to_dict()
     for k in _JSON_FIELDS:
-        d[k] = orjson.dumps(d[k]).decode()
+        d[k] = exactjson.dumps_text(d[k])
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, _avro_schema(), d)
     return buf.getvalue()
@@ -135,7 +137,7 @@ def _decode_avro(data: bytes) -> Envelope:
         d = fastavro.schemaless_reader(io.BytesIO(data), _avro_schema(), None)
         assert isinstance(d, dict)
         for k in _JSON_FIELDS:
-            d[k] = orjson.loads(d[k])
+            d[k] = exactjson.loads(d[k])
     except Exception as exc:
         raise PoisonMessageError(f"envelope is not valid Avro: {exc}") from exc
     return Envelope.from_dict(d)

@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamflow import exactjson
+from streamflow.cli.executions import cmd_executions  # noqa: F401  (main dispatches cmd_<verb>)
 from streamflow.cli.inputs import config_values, read_payloads
 from streamflow.cli.trace import TraceWriter
 from streamflow.envelope import decode
 from streamflow.errors import ConfigError, Issue, PoisonMessageError, ValidationFailed
 from streamflow.runtime import dlq, instances
 from streamflow.runtime.app import App, AppOptions, environment
+from streamflow.runtime.console import ConsoleConfig
 from streamflow.runtime.gateway import Gateway, manual_trigger
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.runner import pick_flow, run_events
@@ -57,7 +60,10 @@ def topology_files(paths: list[str]) -> list[Path]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from streamflow.connectors.files import file_places
+
     issues: list[Issue] = []
+    places: list[str] = []
     files = topology_files(args.paths)
     if not files:
         raise ConfigError(f"no topology files found in {' '.join(args.paths)}")
@@ -65,11 +71,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             integration = load_integration(f)
             compile_plan(integration)
+            places.extend(file_places(integration))
         except ValidationFailed as exc:
             issues.extend(exc.issues)
     if issues:
         raise ValidationFailed(issues)
     print(f"{len(files)} topology file(s) valid")
+    for line in places:  # where files may be read or written (F3: confined by default)
+        print(f"  {line}")
     return 0
 
 
@@ -211,12 +220,20 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
             worker_id=worker_id,
             env=environment(),
             instances=True,
+            trace_payloads=args.trace_payloads,
         ),
     )
     app.deploy()
     app.build_agents()
     gateway = (
-        Gateway(integration, transport, config, env=environment(), flows=args.flow)
+        Gateway(
+            integration,
+            transport,
+            config,
+            env=environment(),
+            flows=args.flow,
+            console=ConsoleConfig.from_env(),
+        )
         if serve
         else None
     )
@@ -240,6 +257,8 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if gateway is not None and gateway.console is not None:
+            print(f"  console http://{args.host}:{port}/console/", file=sys.stderr, flush=True)
         try:
             await app.run(stop)
         finally:
@@ -269,6 +288,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             env=environment(),
             flows=args.flow,
             produce_timeout=args.produce_timeout,
+            console=ConsoleConfig.from_env(),
         )
 
         async def main() -> None:
@@ -283,6 +303,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            if gateway.console is not None:
+                print(f"  console {base}/console/", file=sys.stderr)
             for flow in gateway.webhooks:
                 print(f"  webhook {base}/webhooks/{integration.name}/{flow}", file=sys.stderr)
             try:
@@ -364,11 +386,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         if args.since:
             since = int((time.time() - parse_duration(args.since)) * 1000)
         chosen = dlq.select(letters, ids=args.ids, step=args.step, error=args.error, since_ms=since)
+        states = dlq.letter_states(transport, plan, flow, chosen)
         if args.dlq_command == "list":
-            _print_dead_letters(chosen, args.json)
+            _print_dead_letters(chosen, states, args.json)
         elif args.dlq_command == "show":
             for d in chosen:
-                _show_dead_letter(d, integration.flows[flow].doc.encoding)
+                _show_dead_letter(d, states[d.id], integration.flows[flow].doc.encoding)
         else:
             if args.all:
                 chosen = dlq.unreplayed(transport, plan, flow, chosen)
@@ -386,6 +409,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 edit=edit,
                 mark_all=args.all,
                 skipped=skipped,
+                states=states,
+                allow_compensated=args.allow_compensated,
+                again=args.again,
             )
             for why in skipped:
                 print(f"skipped: {why}", file=sys.stderr)
@@ -397,8 +423,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_dead_letters(letters: list[dlq.DeadLetter], as_json: bool) -> None:
-    rows = [d.summary() for d in letters]
+def _print_dead_letters(
+    letters: list[dlq.DeadLetter], states: dict[str, dlq.LetterState], as_json: bool
+) -> None:
+    rows = [{**d.summary(), **states[d.id].columns()} for d in letters]
     if as_json:
         for row in rows:
             print(json.dumps(row))
@@ -406,19 +434,24 @@ def _print_dead_letters(letters: list[dlq.DeadLetter], as_json: bool) -> None:
     if not rows:
         print("no dead letters")
         return
-    print(f"{'ID':<10} {'TIME':<20} {'STEP':<20} {'ATT':>3}  {'ERROR':<22} EXECUTION / MESSAGE")
+    print(
+        f"{'ID':<10} {'TIME':<20} {'STEP':<20} {'ATT':>3}  {'ERROR':<22} "
+        f"{'COMPENSATED':<19} {'REPLAYED':>8}  EXECUTION / MESSAGE"
+    )
     for r in rows:
+        replayed = f"{r['replayed']}x" if r["replayed"] else "no"
         print(
             f"{r['id']:<10} {r['time']:<20} {r['step']:<20} {r['attempt']:>3}  "
-            f"{r['error_type']:<22} {r['execution_id']}\n{'':>58}{r['error'][:200]}"
+            f"{r['error_type']:<22} {r['compensated'] or 'no':<19} {replayed:>8}  "
+            f"{r['execution_id']}\n{'':>88}{r['error'][:200]}"
         )
 
 
-def _show_dead_letter(d: dlq.DeadLetter, encoding: str) -> None:
-    print(json.dumps(d.summary(), indent=2))
+def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) -> None:
+    print(json.dumps({**d.summary(), **state.columns(), "replays": state.replays}, indent=2))
     try:
         env = decode(d.record.value, encoding)  # type: ignore[arg-type]
-        print(json.dumps(env.to_dict(), indent=2, default=str))
+        print(exactjson.dumps_text(env.to_dict(), exactjson.OPT_INDENT_2))  # numbers exact
     except PoisonMessageError:
         print(f"raw record (not an envelope): {d.record.value[:2000]!r}")
 

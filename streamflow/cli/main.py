@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from streamflow.cli import executions
 from streamflow.errors import ConfigError, FatalError, ValidationFailed
 from streamflow.runtime import tracing
 from streamflow.runtime.instances import PUBLIC_URL_ENV
@@ -32,6 +33,15 @@ def _add_broker(p: argparse.ArgumentParser, default: str | None = DEFAULT_BROKER
         default=default,
         required=default is None,
         help="local://DIR (embedded, default local://.streamflow) or kafka://HOST:PORT[,…]",
+    )
+
+
+def _add_trace_payloads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trace-payloads",
+        action="store_true",
+        help="write each step's payload into its execution event (the console's timeline "
+        "shows them; the executions topic grows by a payload per event)",
     )
 
 
@@ -64,6 +74,14 @@ def _add_dlq(sub: Any) -> None:
                 help="replay every dead letter not replayed by --all before",
             )
             d.add_argument("--edit", action="store_true", help="edit each payload in $EDITOR first")
+            d.add_argument(
+                "--allow-compensated",
+                action="store_true",
+                help="replay even letters of executions their saga compensated",
+            )
+            d.add_argument(
+                "--again", action="store_true", help="replay even letters replayed before"
+            )
 
 
 def _add_instance(sub: Any) -> None:
@@ -142,9 +160,26 @@ def _add_test(sub: Any) -> None:
     p.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
 
 
+def visible_runs(command: str) -> None:
+    """At the default level: `log` steps at their own level (run, serve, worker) and one
+    line per finished execution (serve, worker)."""
+    import logging
+
+    if command in ("run", "serve", "worker"):
+        logging.getLogger("streamflow.step").setLevel(logging.INFO)
+    if command in ("serve", "worker"):
+        logging.getLogger("streamflow.executions").setLevel(logging.INFO)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="streamflow", description="Kafka-native integration flows.")
-    ap.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    ap.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING (default), ERROR; by default run/serve/worker also show "
+        "`log` steps at their level and (serve/worker) one line per finished execution; "
+        "an explicit level applies to every line",
+    )
     ap.add_argument(
         "--log-format",
         default="text",
@@ -183,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--flow", action="append", default=[])
+    _add_trace_payloads(p)
     _add_broker(p)
     _add_config(p)
 
@@ -193,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", action="append", default=[])
     p.add_argument("--step", action="append", default=[])
     p.add_argument("--worker-id", default=None, help="stable id per worker slot (exactly-once)")
+    _add_trace_payloads(p)
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -204,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
 
     _add_deploy_produce(sub)
     _add_dlq(sub)
+    executions.add_parser(sub)
     _add_instance(sub)
     _add_test(sub)
     return ap
@@ -211,7 +249,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level or "WARNING", args.log_format)
+    if args.log_level is None:
+        visible_runs(args.command)
     tracing.configure()
     from streamflow.cli import commands
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.runner import Execution, RunResult
 
@@ -20,6 +20,7 @@ _MARK = {
     "filtered": "⊘",
     "failed": "✗",
     "completed": "■",
+    "replayed": "⟲",
 }
 
 
@@ -36,7 +37,7 @@ class TraceWriter:
 
     def __call__(self, ex: Execution, ev: ExecutionEvent) -> None:
         if self.json:
-            self.out.write(orjson.dumps(_event_dict(ev)).decode() + "\n")
+            self.out.write(exactjson.dumps(_event_dict(ev)).decode() + "\n")
         elif self.verbose and is_terminal(ev.event, ev.note):
             self._block(ex)
         if is_terminal(ev.event, ev.note):
@@ -48,17 +49,7 @@ class TraceWriter:
 
     def _block(self, ex: Execution) -> None:
         """One execution, step by step, printed when it has ended."""
-        start = ex.events[0].ts if ex.events else 0
-        lines = [f"execution {ex.execution_id} ({ex.flow})"]
-        for ev in ex.events:
-            what = ev.step if ev.event in ("step", "retry", "failed", "filtered") else ev.event
-            line = f"  {_MARK.get(ev.event, '·')} {what:<24} +{ev.ts - start:>5}ms"
-            if ev.error or ev.note:
-                line += f"  {ev.error or ev.note}"
-            lines.append(line)
-        if ex.events and ex.events[-1].payload is not None:
-            lines.append(f"    output: {_short(ex.events[-1].payload)}")
-        self.out.write("\n".join(lines) + "\n\n")
+        self.out.write(execution_block(ex.execution_id, ex.flow, ex.events) + "\n\n")
 
     def summary(self, result: RunResult) -> None:
         counts = result.by_status()
@@ -66,7 +57,8 @@ class TraceWriter:
         msg = f"{len(result.executions)} executions in {result.seconds:.2f}s: {text}"
         if self.json:
             print(
-                orjson.dumps({"summary": counts, "seconds": result.seconds}).decode(), file=self.out
+                exactjson.dumps({"summary": counts, "seconds": result.seconds}).decode(),
+                file=self.out,
             )
         else:
             print(msg, file=self.out)
@@ -75,10 +67,25 @@ class TraceWriter:
                     print(f"  ✗ {ex.execution_id} {ex.status}: {ex.error}", file=self.out)
 
 
+def execution_block(execution_id: str, flow: str, events: Sequence[ExecutionEvent]) -> str:
+    """An execution's events as lines: mark, step or event, ms since its first event."""
+    start = events[0].ts if events else 0
+    lines = [f"execution {execution_id} ({flow})"]
+    for ev in events:
+        what = ev.step if ev.event in ("step", "retry", "failed", "filtered") else ev.event
+        line = f"  {_MARK.get(ev.event, '·')} {what:<24} +{ev.ts - start:>5}ms"
+        if ev.error or ev.note:
+            line += f"  {ev.error or ev.note}"
+        lines.append(line)
+    if events and events[-1].payload is not None:
+        lines.append(f"    output: {_short(events[-1].payload)}")
+    return "\n".join(lines)
+
+
 def _event_dict(ev: ExecutionEvent) -> dict[str, Any]:
     return {k: getattr(ev, k) for k in ev.__slots__}
 
 
 def _short(payload: Any, limit: int = 300) -> str:
-    text = orjson.dumps(payload).decode()
+    text = exactjson.dumps(payload).decode()
     return text if len(text) <= limit else text[: limit - 1] + "…"

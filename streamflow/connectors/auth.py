@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from typing import Any, Literal
 
@@ -146,9 +147,9 @@ class TokenSource:
         if self.audience:
             form["audience"] = str(self.audience)
         headers = {"Accept": "application/json"}
-        if self.client_auth == "basic":
-            cred = f"{self.client_id}:{self.client_secret or ''}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
+        if self.client_auth == "basic":  # the derived credential is masked too
+            cred = self.masker.add_basic(str(self.client_id), str(self.client_secret or ""))
+            headers["Authorization"] = "Basic " + cred
         else:
             form["client_id"] = self.client_id
             if self.client_secret is not None:
@@ -183,6 +184,8 @@ class TokenSource:
         try:
             lifetime = float(body.get("expires_in") or 3600)
         except (TypeError, ValueError):
+            lifetime = 3600.0
+        if not math.isfinite(lifetime) or lifetime <= 0:  # "nan", "inf", -1: not an answer
             lifetime = 3600.0
         self._token = token
         self._expires = time.monotonic() + lifetime

@@ -33,6 +33,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from streamflow.connectors.auth import HttpAuth
+from streamflow.connectors.pools import PoolSettings
 from streamflow.topology.models import ConnectionConfig, Duration, StepConfig
 from streamflow.topology.registry import connection_config
 
@@ -61,6 +62,47 @@ class PostgresConnection(ConnectionConfig):
     pool_size: int | None = Field(None, ge=1, le=1000, description="pool connections (default 10)")
     timeout: Duration | None = None
     secret_fields: ClassVar[frozenset[str]] = frozenset({"dsn"})
+
+
+@connection_config("mysql")
+class MysqlConnection(ConnectionConfig):
+    """A MySQL or MariaDB database (asyncmy pool); for `sql` steps and SQL poll triggers."""
+
+    type: Literal["mysql"]
+    dsn: str = Field(description="mysql://user:password@host:3306/db, e.g. ${config.mysql_dsn}")
+    pool_size: int | None = Field(None, ge=1, le=1000, description="pool connections (default 10)")
+    pool: PoolSettings | None = Field(
+        None, description="min_size, max_size, idle_timeout, acquire_timeout, keepalive"
+    )
+    timeout: Duration | None = None
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"dsn"})
+
+    @field_validator("dsn")
+    @classmethod
+    def _mysql_scheme(cls, v: str) -> str:
+        scheme = v.split(":", 1)[0].lower()
+        if "${" not in v and scheme not in ("mysql", "mariadb"):
+            raise ValueError("a mysql connection's dsn starts with mysql:// or mariadb://")
+        return v
+
+
+@connection_config("redis")
+class RedisConnection(ConnectionConfig):
+    """A Redis server (redis-py asyncio pool); for response caches, `dedupe` and shared
+    rate limits (`store: redis`)."""
+
+    type: Literal["redis"]
+    url: str = Field(
+        description="redis://[:password@]host:6379/0 (rediss:// for TLS), e.g. ${config.redis}"
+    )
+    username: str | None = Field(None, description="ACL user (Redis 6+)")
+    password: str | None = Field(None, description="AUTH password (overrides the URL's)")
+    prefix: str = Field("sf:", description="every key this connection writes starts with this")
+    timeout: Duration = Field(5.0, description="connect and per-command timeout")
+    pool: PoolSettings | None = Field(
+        None, description="max_size, idle_timeout (health check), acquire_timeout, keepalive"
+    )
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"url", "username", "password"})
 
 
 @connection_config("sqlite")
@@ -163,6 +205,13 @@ def sql_fields(directory: Path) -> Callable[[ConnectionConfig], dict[str, Any]]:
             if "${" not in path and not Path(path).is_absolute():
                 path = str(directory / path)
             return {"dsn": f"sqlite:///{path}", "timeout": conn.timeout}
+        if isinstance(conn, MysqlConnection):
+            return {
+                "dsn": conn.dsn,
+                "pool_size": conn.pool_size,
+                "pool": conn.pool.model_dump() if conn.pool else None,
+                "timeout": conn.timeout,
+            }
         assert isinstance(conn, PostgresConnection)
         return {"dsn": conn.dsn, "pool_size": conn.pool_size, "timeout": conn.timeout}
 

@@ -2,8 +2,12 @@
 also XLSX and XML, see ``filefmt.py``).
 
 Relative paths are resolved against ``base_dir``, which defaults to the folder of the
-topology file; with ``root`` set, a path that resolves outside it fails the event (paths
-often come from payloads).
+topology file. Files are **confined**: a path that resolves (``..``, symlinks followed)
+outside the allowed folder fails the event. The folder is ``root`` when set; by default
+it is the fixed folder written before the first event-dependent part of the template
+(``out/${payload.name}`` -> ``out/``; ``${payload.file}`` -> ``base_dir``). A path with
+no event-dependent part (only text, ``config`` and ``env``) is the deployer's and is not
+confined. ``confinement`` says which, for ``validate``.
 
 ``file_read`` makes the records the payload: ``{file, count, records: [...]}``, or with
 ``chunk_size: N`` ``{file, count, chunks: [[...N records], ...]}``. (One downstream event
@@ -22,21 +26,22 @@ import asyncio
 import csv
 import io
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
-import orjson
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow import exactjson, textio
 from streamflow.connectors.connections import context_directory
 from streamflow.connectors.filefmt import READ_EXTENSIONS, XlsxOptions, read_structured
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import Model, StepConfig
+from streamflow.topology.models import Integration, Model, StepConfig
 from streamflow.topology.registry import step_config, step_factory
 
 Format = Literal["json", "ndjson", "csv"]
@@ -78,7 +83,11 @@ class _FileConfig(StepConfig):
     base_dir: str | None = Field(
         None, validate_default=True, description="default: the topology file's folder"
     )
-    root: str | None = Field(None, description="refuse paths outside this folder")
+    root: str | None = Field(
+        None,
+        description="refuse paths outside this folder (relative to base_dir); default: the "
+        "folder written before the first ${payload/steps/trigger/meta...} of path",
+    )
 
     @field_validator("base_dir", mode="after")
     @classmethod
@@ -87,20 +96,76 @@ class _FileConfig(StepConfig):
         return str(directory if v is None else directory / v)
 
 
+_TEMPLATE = re.compile(r"\$\{([^}]*)\}")
+_EVENT_ROOTS = re.compile(r"\b(payload|steps|trigger|meta)\b")
+
+
+def fixed_prefix(template: str) -> str | None:
+    """The part of a path template before its first event-dependent ``${...}`` (one that
+    reads payload, steps, trigger or meta), or None when no part depends on the event."""
+    for m in _TEMPLATE.finditer(template):
+        if template[max(m.start() - 1, 0) : m.start()] == "$":
+            continue  # $${ is a literal
+        if _EVENT_ROOTS.search(m.group(1)):
+            return template[: m.start()]
+    return None
+
+
+def confinement(config: _FileConfig) -> str:
+    """Where this step's files may be, in words (for ``streamflow validate``)."""
+    base = Path(config.base_dir or ".")
+    if config.root:
+        return f"only under {base / config.root} (root)"
+    prefix = fixed_prefix(config.path)
+    if prefix is None:
+        return "at the path written in the topology (no part of it comes from the event)"
+    folder = prefix.rpartition("/")[0] if "/" in prefix else ""
+    return f"only under {base / folder if folder else base} (the default root: set root: to change)"
+
+
+def file_places(integration: Integration) -> list[str]:
+    """One line per file step and file trigger: where its files may be."""
+    lines = []
+    for flow in integration.flows.values():
+        trigger = flow.trigger
+        if getattr(trigger, "type", "") == "file":
+            where = Path(str(getattr(trigger, "path", "")))
+            lines.append(f"{integration.name}/{flow.name} trigger (file): only files in {where}")
+        for node in flow.nodes.values():
+            if isinstance(node.config, _FileConfig):
+                lines.append(
+                    f"{integration.name}/{flow.name}/{node.config.id} ({node.config.type}): "
+                    f"files {confinement(node.config)}"
+                )
+    return lines
+
+
 class _FileStep(AsyncStep):
     def __init__(self, config: _FileConfig, ctx: StepContext) -> None:
         self.ctx = ctx
         self.path = compile_value(config.path)
         self.base = Path(config.base_dir or ".")
         self.root = (self.base / config.root).resolve() if config.root else None
+        prefix = None if config.root else fixed_prefix(config.path)
+        # the default root: the fixed folder before the event's part (config/env rendered)
+        self.prefix = compile_value(prefix) if prefix is not None else None
 
     def resolve(self, env: Envelope) -> Path:
-        raw = self.path.render(self.ctx.scope(env))
+        scope = self.ctx.scope(env)
+        raw = self.path.render(scope)
         if not raw:
             raise PoisonMessageError("the path is empty")
-        path = (self.base / str(raw)).resolve()
-        if self.root is not None and not path.is_relative_to(self.root):
-            raise PoisonMessageError(f"{raw} is outside the allowed folder {self.root}")
+        path = (self.base / str(raw)).resolve()  # follows symlinks: a link out is outside
+        root = self.root
+        if root is None and self.prefix is not None:
+            prefix = str(self.prefix.render(scope) or "")
+            folder = prefix.rpartition("/")[0] if "/" in prefix else ""
+            root = (self.base / folder).resolve()
+        if root is not None and not path.is_relative_to(root):
+            raise PoisonMessageError(
+                f"the path {str(raw)[:200]!r} is outside the allowed folder {root} "
+                "(it comes from the event: set root: to allow another folder)"
+            )
         return path
 
 
@@ -166,7 +231,7 @@ class FileReadStep(_FileStep):
         try:
             if path.stat().st_size > self.cfg.max_bytes:
                 raise PoisonMessageError(f"{path} is larger than max_bytes={self.cfg.max_bytes}")
-            text = path.read_text(encoding=self.cfg.encoding)
+            text = textio.read_text(path, self.cfg.encoding)  # no BOM in names
         except FileNotFoundError:
             raise PoisonMessageError(f"{path}: no such file") from None
         except IsADirectoryError:
@@ -180,9 +245,9 @@ class FileReadStep(_FileStep):
             if fmt == "csv":
                 return self.csv_records(text)
             if fmt == "ndjson":
-                return [orjson.loads(line) for line in text.splitlines() if line.strip()]
-            return self.json_records(orjson.loads(text))
-        except orjson.JSONDecodeError as exc:
+                return [exactjson.loads(line) for line in text.splitlines() if line.strip()]
+            return self.json_records(exactjson.loads(text))
+        except exactjson.JSONDecodeError as exc:
             raise PoisonMessageError(f"{path}: invalid JSON: {exc}") from None
         except csv.Error as exc:
             raise PoisonMessageError(f"{path}: invalid CSV: {exc}") from None
@@ -260,11 +325,11 @@ class FileWriteStep(_FileStep):
 
     def encode(self, fmt: Format, content: Any, with_header: bool) -> tuple[bytes, int]:
         if fmt == "json":
-            option = orjson.OPT_INDENT_2 if self.cfg.pretty else 0
-            return orjson.dumps(content, option=option) + b"\n", 1
+            option = exactjson.OPT_INDENT_2 if self.cfg.pretty else 0
+            return exactjson.dumps(content, option=option) + b"\n", 1
         records = content if isinstance(content, list) else [content]
         if fmt == "ndjson":
-            return b"".join(orjson.dumps(r) + b"\n" for r in records), len(records)
+            return b"".join(exactjson.dumps(r) + b"\n" for r in records), len(records)
         opts = self.cfg.csv
         buf = io.StringIO()
         columns = opts.columns
@@ -301,7 +366,7 @@ class FileWriteStep(_FileStep):
                 return _result(path, "appended", data, count)
             data, count = self.encode(fmt, content, with_header=True)
             return self.replace(path, data, count)
-        except (TypeError, orjson.JSONEncodeError) as exc:
+        except (TypeError, ValueError) as exc:
             raise PoisonMessageError(f"cannot write {fmt}: {exc}") from None
         except FileNotFoundError as exc:
             raise PoisonMessageError(f"{path}: {exc.strerror} (create_dirs is off?)") from None
@@ -351,7 +416,7 @@ def _backup(path: Path) -> None:
 
 def _cell(value: Any) -> Any:
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
+        return exactjson.dumps(value).decode()
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else value

@@ -9,7 +9,8 @@ problems, timeouts and the ``retry_on`` statuses (408, 425, 429, 5xx) are retria
 as the variable ``variable`` for the next one, while ``has_next`` is true (up to
 ``max_pages``). The items at ``path`` of every page are collected: the result is
 ``{status, items, pages}``. Paths are dotted, from the response root (``data.…``).
-Auth, headers and connections work as for the ``http`` step (oauth2 included).
+Auth, headers and connections work as for the ``http`` step (oauth2 included), and so
+does ``rate_limit`` (each page waits for its slot).
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationInfo, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.auth import HttpAuth
+from streamflow.connectors.cache import RateLimit, RateLimiter
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
 from streamflow.connectors.http import DEFAULT_RETRY_ON
 from streamflow.connectors.httpclient import HttpCaller, join_url, retry_after, safe_url
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
-from streamflow.topology.expressions import compile_value
+from streamflow.topology.expressions import ROOTS, compile_value
 from streamflow.topology.models import Duration, Model
 from streamflow.topology.registry import step_config, step_factory
 
@@ -69,6 +71,9 @@ class GraphqlConfig(ConnectedStep):
     paginate: Paginate | None = Field(None, description="follow a cursor connection")
     replace_payload: bool = Field(False, description="data (or the items) become the payload")
     max_concurrency: int | None = Field(None, ge=1, le=10_000)
+    rate_limit: RateLimit | None = Field(
+        None, description="{requests, per, store: memory|redis, connection}: wait for a slot"
+    )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth", "headers"})
     example: ClassVar[str] = """- id: orders
   type: graphql
@@ -99,6 +104,11 @@ class GraphqlConfig(ConnectedStep):
     def _endpoint(self) -> GraphqlConfig:
         if not self.url and not self.base_url:
             raise ValueError("set url (the GraphQL endpoint) or connection")
+        if "${" in self.query:  # the document is sent as written, like sql's query:
+            raise ValueError(
+                "query: ${...} is not rendered in the GraphQL document; declare a variable "
+                "($name in the query) and give variables: {name: \"${payload...}\"}"
+            )
         return self
 
 
@@ -131,6 +141,11 @@ class GraphqlStep(AsyncStep):
         self.variables = compile_value(config.variables)
         self.headers = compile_value(config.headers)
         self.retry_on = frozenset(config.retry_on)
+        self.limiter = (
+            RateLimiter(config.rate_limit, ctx, config.connection, ROOTS)
+            if config.rate_limit
+            else None
+        )
 
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
@@ -172,7 +187,9 @@ class GraphqlStep(AsyncStep):
         headers = {k: str(v) for k, v in self.headers.render(scope).items()}
         headers.setdefault("Content-Type", "application/json")
         headers.setdefault("Accept", "application/json")
-        resp = await self.caller.send("POST", url, headers, {}, orjson.dumps(doc), scope)
+        if self.limiter is not None:
+            await self.limiter.wait(scope)
+        resp = await self.caller.send("POST", url, headers, {}, exactjson.dumps(doc), scope)
         body = resp.body if isinstance(resp.body, dict) else {}
         errors = body.get("errors")
         where = f"POST {safe_url(url)}"

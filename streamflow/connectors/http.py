@@ -18,7 +18,11 @@ own ``Idempotency-Key`` (``<execution>-<step>-<index>``). A failure fails the wh
 so a retry sends every request again: the keys let the API see the repeats.
 
 ``cache: {ttl: 60s}`` keeps 2xx results in memory (per step) under ``key`` (default:
-method, URL and query), so repeated lookups do not hit the API.
+method, URL and query), so repeated lookups do not hit the API; with ``store: redis`` and
+a redis ``connection`` they are shared by every worker (memory first, then Redis). One
+process makes one call for concurrent misses of a key. ``rate_limit: {requests: 100,
+per: 1s}`` waits for a slot before each request (``store: redis``: shared by every
+worker; see ``cache.py``).
 
 ``paginate:`` reads every page of a list endpoint (``Link`` header, a next URL or cursor in
 the body, page or offset numbers; see ``paginate.py``): the result is ``{status, headers,
@@ -36,15 +40,14 @@ message), retried only for a Server/Receiver fault with a ``retry_on`` status.
 from __future__ import annotations
 
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationInfo, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.auth import HttpAuth
+from streamflow.connectors.cache import RateLimit, RateLimiter, ResponseCache, TwoLevelCache
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, http_fields
 from streamflow.connectors.httpclient import (
     HttpCaller,
@@ -59,20 +62,14 @@ from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, compile_value
 from streamflow.topology.exprxml import XmlError, parse_xml, render_xml
-from streamflow.topology.models import Duration, Model
+from streamflow.topology.models import Duration
 from streamflow.topology.registry import step_config, step_factory
 
-__all__ = ["HttpAuth", "HttpConfig", "HttpStep"]
+__all__ = ["HttpAuth", "HttpConfig", "HttpStep", "ResponseCache"]
 
 log = logging.getLogger("streamflow.step")
 DEFAULT_RETRY_ON = (408, 425, 429, *range(500, 600))
 _KINDS = ("http",)
-
-
-class ResponseCache(Model):
-    ttl: Duration = Field(description="how long a 2xx result is reused, e.g. 5m")
-    key: str | None = Field(None, description="template; default: method, URL and query")
-    max_entries: int = Field(1000, ge=1, le=1_000_000)
 
 
 @step_config("http")
@@ -119,7 +116,12 @@ class HttpConfig(ConnectedStep):
     max_concurrency: int | None = Field(
         None, ge=1, le=10_000, description="requests in flight (per connection, else per step)"
     )
-    cache: ResponseCache | None = Field(None, description="reuse 2xx results: {ttl, key}")
+    cache: ResponseCache | None = Field(
+        None, description="reuse 2xx results: {ttl, key, store: memory|redis, connection}"
+    )
+    rate_limit: RateLimit | None = Field(
+        None, description="{requests, per, store: memory|redis, connection}: wait for a slot"
+    )
     paginate: Paginate | None = Field(
         None,
         description="read every page: style link (Link header), next (URL), cursor, page, "
@@ -191,11 +193,16 @@ class HttpStep(AsyncStep):
         self.for_each = compile_value(config.for_each) if config.for_each is not None else None
         self.retry_on = frozenset(config.retry_on)
         self.pager = Pager(config.paginate, roots) if config.paginate is not None else None
-        self.cache: OrderedDict[str, tuple[float, dict[str, Any]]] | None = None
-        self.cache_key = None
-        if config.cache is not None:
-            self.cache = OrderedDict()
-            self.cache_key = template(config.cache.key)
+        self.cache = (
+            TwoLevelCache(config.cache, ctx, roots, lock_ttl=config.timeout + 1.0)
+            if config.cache
+            else None
+        )
+        self.limiter = (
+            RateLimiter(config.rate_limit, ctx, config.connection, roots)
+            if config.rate_limit
+            else None
+        )
 
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
@@ -227,34 +234,32 @@ class HttpStep(AsyncStep):
     ) -> dict[str, Any]:
         url = join_url(self.base_url.render(scope), str(self.url.render(scope)))
         query = {k: str(v) for k, v in self.query.render(scope).items() if v is not None}
-        key = None
-        if self.cache is not None:
-            key = self.key(url, query, scope)
-            hit = self.cache.get(key)
-            if hit is not None and hit[0] > time.monotonic():
-                self.cache.move_to_end(key)
-                return hit[1]
         suffix = "" if index is None else f"-{index}"
-        resp = await self.fetch(env, scope, suffix, url, query)
-        result = resp.as_result()
-        if self.cache is not None and key is not None and 200 <= resp.status < 300:
-            assert self.cfg.cache is not None
-            self.cache[key] = (time.monotonic() + self.cfg.cache.ttl, result)
-            self.cache.move_to_end(key)
-            while len(self.cache) > self.cfg.cache.max_entries:
-                self.cache.popitem(last=False)
-        return result
+        if self.cache is None:
+            return (await self.fetch(env, scope, suffix, url, query)).as_result()
+        key = self.cache.key(f"{self.cfg.method} {url} {sorted(query.items())}", scope)
+
+        async def load() -> dict[str, Any]:
+            return (await self.fetch(env, scope, suffix, url, query)).as_result()
+
+        def cacheable(result: dict[str, Any]) -> bool:
+            return 200 <= int(result["status"]) < 300
+
+        return await self.cache.get_or_load(key, scope, load, cacheable)
 
     async def fetch(
         self, env: Envelope, scope: Mapping[str, Any], suffix: str, url: str, query: dict[str, str]
     ) -> Response:
-        """One request; a status outside success_codes raises (retriable or poison)."""
+        """One request (after a rate-limit slot); a status outside success_codes raises
+        (retriable or poison)."""
+        if self.limiter is not None:
+            await self.limiter.wait(scope)
         headers = {k: str(v) for k, v in self.headers.render(scope).items()}
         if self.cfg.idempotency_key:
             headers.setdefault("Idempotency-Key", f"{env.execution_id}-{self.cfg.id}{suffix}")
         data: Any = None
         if self.json is not None:
-            data = orjson.dumps(self.json.render(scope))
+            data = exactjson.dumps(self.json.render(scope))
             headers.setdefault("Content-Type", "application/json")
         elif self.body is not None:
             data = str(self.body.render(scope)).encode()
@@ -339,11 +344,6 @@ class HttpStep(AsyncStep):
             "complete": complete,
         }
 
-    def key(self, url: str, query: dict[str, str], scope: Mapping[str, Any]) -> str:
-        if self.cache_key is not None:
-            return str(self.cache_key.render(scope))
-        return f"{self.cfg.method} {url} {sorted(query.items())}"
-
 
 def read_body(step_id: str, resp: Response, fmt: str) -> Any:
     """The body per ``response_format`` (json/xml/text); unreadable -> PoisonMessageError
@@ -352,10 +352,10 @@ def read_body(step_id: str, resp: Response, fmt: str) -> Any:
         return None
     try:
         if fmt == "json":
-            return orjson.loads(resp.raw)
+            return exactjson.loads(resp.raw)
         if fmt == "xml":
             return parse_xml(resp.raw)
-    except (orjson.JSONDecodeError, XmlError) as exc:
+    except (exactjson.JSONDecodeError, XmlError) as exc:
         if 200 <= resp.status < 300:
             raise PoisonMessageError(f"step {step_id}: the answer is not {fmt}: {exc}") from None
     return resp.raw.decode(errors="replace")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,13 +19,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-import orjson
 from yarl import URL
 
+from streamflow import exactjson, textio
 from streamflow.connectors.auth import HttpAuth, apply_static_auth, auth_secrets, token_source
 from streamflow.connectors.aws import sigv4_headers
 from streamflow.connectors.secrets import Masker
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
+from streamflow.errtext import plain
 from streamflow.steps.base import StepContext
 from streamflow.topology.expressions import ROOTS, Template, compile_value
 
@@ -86,6 +88,8 @@ class HttpCaller:
         source = None
         if auth is not None:
             self.masker.add(*auth_secrets(auth))
+            if auth["type"] == "basic":  # base64(user:password) is the secret as sent
+                self.masker.add_basic(str(auth["username"]), str(auth.get("password") or ""))
             if auth["type"] == "oauth2":
                 source = token_source(self.ctx.resources, auth, self.masker)
             elif auth["type"] == "aws_sigv4":
@@ -122,6 +126,11 @@ class HttpCaller:
             raise PoisonMessageError(self.mask(msg)) from None
         except aiohttp.ClientError as exc:
             raise RetriableError(self.mask(f"{where} failed: {exc.__class__.__name__}")) from None
+        except ValueError as exc:  # aiohttp refuses a header with CR/LF (injection) and such
+            text = "a header name or value contains a line break (CR/LF)"
+            if "header" not in str(exc).lower():
+                text = plain(exc)
+            raise PoisonMessageError(self.mask(f"{where} not sent: {text}")) from None
 
     async def _request(
         self, method: str, url: str | URL, headers: dict[str, str], query: dict[str, str], data: Any
@@ -171,11 +180,11 @@ def parse_body(raw: bytes, content_type: str) -> Any:
         return None
     if "json" in content_type:
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            return exactjson.loads(raw)
+        except exactjson.JSONDecodeError:
             pass
     try:
-        return raw.decode()
+        return textio.decode(raw)
     except UnicodeDecodeError:
         return base64.b64encode(raw).decode()
 
@@ -184,7 +193,8 @@ def retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None  # nan/inf: no advice
     except ValueError:
         try:
             parsed = email.utils.parsedate_to_datetime(value)

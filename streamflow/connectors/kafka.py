@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field
 
+from streamflow import exactjson
 from streamflow.envelope import Envelope
 from streamflow.steps.base import Emit, Outcome, Step, StepContext
 from streamflow.topology.expressions import compile_value
@@ -52,7 +52,7 @@ class KafkaPublishStep(Step):
     def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
         value = self.value.render(scope)
-        data = str(value).encode() if self.text else orjson.dumps(value)
+        data = str(value).encode() if self.text else exactjson.dumps(value)
         key = None
         if self.key is not None:
             k = self.key.render(scope)

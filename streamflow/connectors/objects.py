@@ -27,6 +27,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, ValidationInfo, field_validator
 
+from streamflow import exactjson
 from streamflow.connectors.connections import context_directory
 from streamflow.connectors.files import CsvOptions
 from streamflow.errors import PoisonMessageError
@@ -70,9 +71,9 @@ def decode_body(
         raise PoisonMessageError(f"{name}: not {encoding} text ({exc})") from None
     try:
         if fmt == "json" or (fmt == "auto" and "json" in content_type and text.strip()):
-            return orjson.loads(text)
+            return exactjson.loads(text)
         if fmt == "ndjson":
-            return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+            return [exactjson.loads(line) for line in text.splitlines() if line.strip()]
         if fmt == "csv":
             return csv_rows(text, opts)
     except orjson.JSONDecodeError as exc:
@@ -112,10 +113,10 @@ def encode_body(
         if fmt == "text":
             return str(value).encode(encoding), _CONTENT_TYPES[fmt]
         if fmt == "json":
-            return orjson.dumps(value), _CONTENT_TYPES[fmt]
+            return exactjson.dumps(value), _CONTENT_TYPES[fmt]
         records = value if isinstance(value, list) else [value]
         if fmt == "ndjson":
-            return b"".join(orjson.dumps(r) + b"\n" for r in records), _CONTENT_TYPES[fmt]
+            return b"".join(exactjson.dumps(r) + b"\n" for r in records), _CONTENT_TYPES[fmt]
         return _csv_text(records, opts).encode(encoding), _CONTENT_TYPES[fmt]
     except (binascii.Error, ValueError) as exc:
         raise PoisonMessageError(f"{name}: cannot write {fmt}: {exc}") from None

@@ -4,13 +4,22 @@ A connector collects the secret values it renders (tokens, passwords, the passwo
 DSN) in a ``Masker`` and passes every message it raises or logs through ``mask``. Error
 messages travel on topics (dead-letter headers, execution events), so a message that
 quoted a secret would leak it; masking is done where the message is made.
+
+A secret is masked in every form StreamFlow or a target may write it: as is,
+URL-encoded (``%2F``, ``+``), JSON-escaped (``\"``, ``\u00e9``), its UTF-8 bytes read
+as Latin-1 (how many servers decode header values), base64 (standard and
+URL-safe, with or without padding), and - for Basic auth - the whole
+``base64(user:password)`` credential (``add_basic``). ``PROCESS`` is the process-wide
+masker that logs, execution events and dead letters pass through as a last line.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 MASK = "***"
 _MIN_SECRET = 3  # shorter strings would mask ordinary text; they are not secrets anyway
@@ -28,11 +37,20 @@ class Masker:
     def add(self, *values: str | None) -> None:
         for value in values:
             if isinstance(value, str) and len(value) >= _MIN_SECRET:
-                self._secrets.add(value)
+                self._secrets.update(derived_forms(value))
                 # a DSN's password may also appear on its own (e.g. in a driver's message)
                 pw = dsn_password(value)
                 if pw and len(pw) >= _MIN_SECRET:
-                    self._secrets.add(pw)
+                    self._secrets.update(derived_forms(pw))
+                if self is not PROCESS:
+                    PROCESS.add(value)
+
+    def add_basic(self, username: str, password: str) -> str:
+        """The Basic credential ``base64(username:password)`` (returned) and its forms."""
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        if password:
+            self.add(token)
+        return token
 
     def mask(self, text: str) -> str:
         out = mask_urls(text)
@@ -43,6 +61,25 @@ class Masker:
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
+
+
+def derived_forms(secret: str) -> set[str]:
+    """``secret`` as written raw, URL-encoded, JSON-escaped and base64-encoded."""
+    forms = {secret, quote_plus(secret), json.dumps(secret)[1:-1]}
+    # percent-encoded as URL paths and query strings keep different characters (yarl, curl)
+    forms.update(quote(secret, safe=safe) for safe in _URL_SAFE)
+    forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+    raw = secret.encode()
+    # UTF-8 bytes read back as Latin-1 (HTTP header values are Latin-1 to many servers)
+    latin = raw.decode("latin-1")
+    forms.update((latin, json.dumps(latin)[1:-1], json.dumps(latin, ensure_ascii=False)[1:-1]))
+    for enc in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+        forms.update((enc, enc.rstrip("=")))
+    return {f for f in forms if len(f) >= _MIN_SECRET}
+
+
+_URL_SAFE = ("", "/", "/:@", "/?:@!$'()*,;", "/?:@!$'()*,;=+&")
+PROCESS = Masker()  # every secret any masker of this process learnt: logs, events, DLQ
 
 
 def mask_urls(text: str) -> str:

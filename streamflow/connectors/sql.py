@@ -1,10 +1,11 @@
-"""The ``sql`` step: query or write PostgreSQL and SQLite, values always bound.
+"""The ``sql`` step: query or write PostgreSQL, MySQL/MariaDB and SQLite, values always bound.
 
 Operations: ``query`` (any SQL; ``:name`` placeholders with ``params`` a mapping, or ``$1``
 with ``params`` a list), ``insert`` and ``upsert`` (one row from ``values``), and
 ``batch_insert`` (many rows from ``rows``, ``batch_size`` per statement, optionally as an
 upsert). Table and column names are checked to be plain names and quoted; values never
-become SQL text. One step call is one transaction.
+become SQL text. One step call is one transaction. On MySQL an upsert is ``INSERT ...
+ON DUPLICATE KEY UPDATE`` (any unique key of the table matches, not only ``conflict``).
 
 The result (``steps.<id>``) is shaped by ``result``: ``rows`` -> ``{rows, count}``,
 ``first`` -> ``{row, count}``, ``count`` -> ``{count}``, ``none`` -> nothing stored; column
@@ -14,6 +15,7 @@ rows (or row, or count) become the payload.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -25,6 +27,7 @@ from streamflow.connectors.connections import (
     context_directory,
     sql_fields,
 )
+from streamflow.connectors.pools import PoolSettings
 from streamflow.connectors.secrets import Masker
 from streamflow.connectors.sqldb import (
     CompiledSql,
@@ -32,6 +35,7 @@ from streamflow.connectors.sqldb import (
     Statement,
     compile_sql,
     database,
+    database_kind,
     quote_ident,
     to_json_value,
 )
@@ -42,18 +46,22 @@ from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration
 from streamflow.topology.registry import step_config, step_factory
 
-_KINDS = ("postgres", "sqlite")
+_KINDS = ("postgres", "mysql", "sqlite")
 _MAX_PARAMS = 30_000  # below PostgreSQL's 32767 bound parameters per statement
 
 
 @step_config("sql")
 class SqlConfig(ConnectedStep):
-    """Run SQL on PostgreSQL or SQLite with bound parameters; one transaction per call."""
+    """Run SQL on PostgreSQL, MySQL/MariaDB or SQLite, values bound; one transaction a call."""
 
     type: Literal["sql"]
-    connection: str | None = Field(None, description="a `connections:` entry (postgres, sqlite)")
+    connection: str | None = Field(
+        None, description="a `connections:` entry (postgres, mysql, sqlite)"
+    )
     dsn: str | None = Field(
-        None, description="postgresql://user:pw@host:5432/db or sqlite:///path (a config variable)"
+        None,
+        description="postgresql://user:pw@host:5432/db, mysql://user:pw@host:3306/db or "
+        "sqlite:///path (a config variable)",
     )
     operation: Literal["query", "insert", "upsert", "batch_insert"] = "query"
     query: str | None = Field(None, description="query: SQL with :name or $1 placeholders")
@@ -86,7 +94,12 @@ class SqlConfig(ConnectedStep):
     exclude: list[str] = Field(default_factory=list, description="columns left out of rows")
     replace_payload: bool = Field(False, description="the shaped result becomes the payload")
     timeout: Duration = Field(30.0, description="whole transaction")
-    pool_size: int | None = Field(None, ge=1, le=1000, description="PostgreSQL pool (default 10)")
+    pool_size: int | None = Field(
+        None, ge=1, le=1000, description="PostgreSQL/MySQL pool (default 10)"
+    )
+    pool: PoolSettings | None = Field(
+        None, description="MySQL: {min_size, max_size, idle_timeout, acquire_timeout, keepalive}"
+    )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"dsn"})
     example: ClassVar[str] = """- id: save
   type: sql
@@ -110,6 +123,11 @@ class SqlConfig(ConnectedStep):
     def _complete(self) -> SqlConfig:
         if self.dsn is None:
             raise ValueError("set dsn (e.g. ${config.db_dsn}) or connection")
+        if "${" not in self.dsn:
+            try:
+                database_kind(self.dsn)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         op = self.operation
         needs = {
             "query": ("query",),
@@ -124,6 +142,7 @@ class SqlConfig(ConnectedStep):
             raise ValueError("operation upsert needs conflict: [the unique columns]")
         if op == "query":
             assert self.query is not None
+            _no_template(self.query)
             sql = compile_sql(self.query)
             if sql.names and not isinstance(self.params, dict):
                 raise ValueError(f"the query uses :{sql.names[0]}; give params as a mapping")
@@ -164,7 +183,9 @@ class SqlStep(AsyncStep):
         if not dsn:
             raise ConfigError(f"step {self.cfg.id}: the dsn is empty")
         self.masker.add(dsn)
-        db = await database(self.ctx.resources, dsn, self.cfg.pool_size or 10, self.masker)
+        db = await database(
+            self.ctx.resources, dsn, self.cfg.pool_size or 10, self.masker, self.cfg.pool
+        )
         statements = self.statements(scope)
         results = await db.run(statements, self.cfg.timeout)
         result, shaped = self.shape_result(results)
@@ -182,7 +203,10 @@ class SqlStep(AsyncStep):
                 args: list[Any] = [params[n] for n in self.sql.names]
             else:
                 args = list(params or [])[: self.sql.positional]
-            return [Statement(self.sql.postgres, self.sql.sqlite, args, fetch=True)]
+            sql = self.sql
+            return [
+                Statement(sql.postgres, sql.sqlite, args, True, sql.mysql, sql.mysql_refs)
+            ]
         if op in ("insert", "upsert"):
             row = self.values.render(scope)
             if not isinstance(row, Mapping) or not row:
@@ -220,6 +244,7 @@ class SqlStep(AsyncStep):
             pg_rows.append("(" + ", ".join(f"${first + j}" for j in range(len(row))) + ")")
             lite_rows.append("(" + ", ".join(f"?{first + j}" for j in range(len(row))) + ")")
             args.extend(row)
+        my_rows = "(" + ", ".join(["%s"] * len(columns)) + ")"
         head = f"INSERT INTO {quote_ident(self.cfg.table)} ({', '.join(cols)}) VALUES "
         tail = ""
         if upsert:
@@ -239,7 +264,29 @@ class SqlStep(AsyncStep):
             head + ", ".join(lite_rows) + tail,
             args,
             fetch=self.cfg.returning,
+            mysql=self.mysql_insert(columns, ", ".join([my_rows] * len(rows)), upsert),
         )
+
+    def mysql_insert(self, columns: list[str], values: str, upsert: bool) -> str:
+        """The MySQL text: backtick names, %s values, ON DUPLICATE KEY UPDATE (MariaDB
+        also takes RETURNING; MySQL refuses it)."""
+        assert self.cfg.table is not None
+        cols = ", ".join(quote_ident(c, "`") for c in columns)
+        text = f"INSERT INTO {quote_ident(self.cfg.table, '`')} ({cols}) VALUES {values}"
+        if upsert:
+            update = self.cfg.update
+            if update is None:
+                update = [c for c in columns if c not in self.cfg.conflict]
+            if self.cfg.on_conflict == "ignore" or not update:
+                first = quote_ident(self.cfg.conflict[0], "`")
+                text += f" ON DUPLICATE KEY UPDATE {first} = {first}"  # a no-op: kept as is
+            else:
+                text += " ON DUPLICATE KEY UPDATE " + ", ".join(
+                    f"{quote_ident(c, '`')} = VALUES({quote_ident(c, '`')})" for c in update
+                )
+        if self.cfg.returning:
+            text += " RETURNING *"
+        return text
 
     # -- results ---------------------------------------------------------------------------
     def shape_result(self, results: list[Result]) -> tuple[Any, Any]:
@@ -261,6 +308,22 @@ class SqlStep(AsyncStep):
                 continue
             out[camel(name) if self.cfg.camel_case else name] = to_json_value(value)
         return out
+
+
+_TEMPLATE = re.compile(r"\$\{([^}]*)\}?")
+
+
+def _no_template(query: str) -> None:
+    """``query:`` is SQL sent as written (never templated, so never injectable): a ``${…}``
+    in it would reach the database literally. Point to the bound ``params`` instead."""
+    m = _TEMPLATE.search(query)
+    if m is not None:
+        expr = m.group(1).strip() or "payload.x"
+        name = re.sub(r"\W+", "_", expr.split(".")[-1]).strip("_") or "value"
+        raise ValueError(
+            f"query: ${{{expr}}} is not rendered in SQL text (values are never spliced into "
+            f"SQL); write a placeholder :{name} and give params: {{{name}: \"${{{expr}}}\"}}"
+        )
 
 
 def camel(name: str) -> str:

@@ -1,9 +1,11 @@
-"""The databases behind the ``sql`` step: PostgreSQL (asyncpg pool) and SQLite (stdlib).
+"""The databases behind the ``sql`` step: PostgreSQL (asyncpg pool), MySQL/MariaDB (asyncmy
+pool, ``mysqldb.py``) and SQLite (stdlib). ``DATABASES`` is the one list of DSN schemes.
 
 A step call hands its database a list of ``Statement`` and gets one ``Result`` each; the
 whole list runs in one transaction (all or nothing). Values are always bound parameters:
 ``compile_sql`` finds the placeholders of a query (``:name`` or ``$1``, never inside
-string literals, quoted identifiers or comments) and rewrites them to each driver's style.
+string literals, quoted identifiers or comments) and rewrites them to each driver's style
+(``$1`` for asyncpg, ``?1``/``:name`` for sqlite3, ``%s`` for asyncmy).
 Pools are shared per DSN through ``StepContext.resources``.
 
 Failures are classified for the retry policy: connection problems, timeouts, lock and
@@ -27,8 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import Resources
@@ -53,12 +54,16 @@ class CompiledSql:
     sqlite: str
     names: tuple[str, ...] = ()  # named style: parameter order of the postgres text
     positional: int = 0  # positional style: highest $N used
+    mysql: str = ""  # %s placeholders (a literal % doubled)
+    mysql_refs: tuple[int, ...] = ()  # per %s: the 1-based $N of the postgres text
 
 
 def compile_sql(sql: str) -> CompiledSql:  # noqa: PLR0915 (one scanner, kept in one piece)
     """Find the placeholders of ``sql``; raise ValueError on a mix of styles."""
     pg: list[str] = []
     lite: list[str] = []
+    my: list[str] = []
+    refs: list[int] = []
     names: list[str] = []
     highest = 0
     i, n = 0, len(sql)
@@ -66,7 +71,7 @@ def compile_sql(sql: str) -> CompiledSql:  # noqa: PLR0915 (one scanner, kept in
         ch = sql[i]
         nxt = sql[i + 1] if i + 1 < n else ""
         end = i + 1
-        if ch in "'\"":  # string literal or quoted identifier ('' / "" escape)
+        if ch in "'\"`":  # string literal or quoted identifier ('' / "" / `` escape)
             end = i + 1
             while end < n:
                 if sql[end] == ch:
@@ -94,6 +99,8 @@ def compile_sql(sql: str) -> CompiledSql:  # noqa: PLR0915 (one scanner, kept in
             highest = max(highest, number)
             pg.append(f"${number}")
             lite.append(f"?{number}")
+            my.append("%s")
+            refs.append(number)
             i = m.end()
             continue
         elif (
@@ -110,21 +117,27 @@ def compile_sql(sql: str) -> CompiledSql:  # noqa: PLR0915 (one scanner, kept in
                 names.append(name)
             pg.append(f"${names.index(name) + 1}")
             lite.append(f":{name}")
+            my.append("%s")
+            refs.append(names.index(name) + 1)
             i = m.end()
             continue
         chunk = sql[i:end]
         pg.append(chunk)
         lite.append(chunk)
+        my.append(chunk.replace("%", "%%"))
         i = end
-    return CompiledSql("".join(pg), "".join(lite), tuple(names), highest)
+    return CompiledSql(
+        "".join(pg), "".join(lite), tuple(names), highest, "".join(my), tuple(refs)
+    )
 
 
-def quote_ident(name: str) -> str:
-    """``schema.table`` / ``column`` -> quoted identifier; ValueError if not a plain name."""
+def quote_ident(name: str, quote: str = '"') -> str:
+    """``schema.table`` / ``column`` -> quoted identifier (``quote="`"`` for MySQL);
+    ValueError if not a plain name."""
     parts = name.split(".")
     if not 1 <= len(parts) <= 2 or not all(_IDENT.match(p) for p in parts):
         raise ValueError(f"{name!r} is not a plain table or column name")
-    return ".".join(f'"{p}"' for p in parts)
+    return ".".join(f"{quote}{p}{quote}" for p in parts)
 
 
 # --------------------------------------------------------------------------- statements
@@ -132,13 +145,16 @@ def quote_ident(name: str) -> str:
 
 @dataclass
 class Statement:
-    """One SQL statement in the driver-neutral form (``$1`` placeholders for postgres,
-    ``?1`` for sqlite) with its arguments in order; ``fetch`` returns its rows."""
+    """One SQL statement in each driver's form (``$1`` placeholders for postgres, ``?1``
+    for sqlite, ``%s`` for mysql) with its arguments in ``$N`` order; ``fetch`` returns
+    its rows. ``mysql_refs`` maps each ``%s`` to its ``$N`` (None: in order)."""
 
     postgres: str
     sqlite: str
     args: Sequence[Any]
     fetch: bool = False
+    mysql: str = ""
+    mysql_refs: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -154,12 +170,47 @@ class Database(Protocol):
     async def run(self, statements: Sequence[Statement], timeout: float) -> list[Result]: ...
 
 
+DATABASES: dict[str, str] = {
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+}
+"""DSN scheme -> the database it names: the only place that says which databases exist
+(validate, startup and ``database`` all ask ``database_kind``)."""
+
+
+def database_kind(dsn: str) -> str:
+    """The database a DSN names (a value of DATABASES); ConfigError if unsupported."""
+    scheme = dsn.split(":", 1)[0].lower() if ":" in dsn else ""
+    kind = DATABASES.get(scheme)
+    if kind is None:
+        schemes = ", ".join(f"{s}://" for s in sorted(set(DATABASES)))
+        raise ConfigError(
+            f"unsupported database {safe_dsn(dsn)!r}: the DSN must start with one of {schemes}"
+        )
+    return kind
+
+
 async def database(
-    resources: Resources, dsn: str, pool_size: int, masker: Masker
+    resources: Resources, dsn: str, pool_size: int, masker: Masker, pool: Any = None
 ) -> Database:
-    """The App-wide database of ``dsn`` (a pool is created on first use)."""
-    scheme = dsn.split(":", 1)[0].lower()
-    if scheme in ("postgres", "postgresql"):
+    """The App-wide database of ``dsn`` (a pool is created on first use); ``pool`` is a
+    ``PoolSettings`` (MySQL). ConfigError for a scheme not in ``DATABASES``."""
+    kind = database_kind(dsn)
+    if kind == "mysql":
+        from streamflow.connectors.mysqldb import MysqlDatabase
+
+        async def create_my() -> Database:
+            return await MysqlDatabase.connect(dsn, pool_size, masker, pool)
+
+        async def close_my(db: Database) -> None:
+            assert isinstance(db, MysqlDatabase)
+            await db.close()
+
+        return await resources.aget(f"sql\x00{dsn}", create_my, close_my)
+    if kind == "postgresql":
 
         async def create_pg() -> Database:
             return await PostgresDatabase.connect(dsn, pool_size, masker)
@@ -169,7 +220,7 @@ async def database(
             await db.close()
 
         return await resources.aget(f"sql\x00{dsn}", create_pg, close_pg)
-    if scheme == "sqlite":
+    if kind == "sqlite":
         path = sqlite_path(dsn)
 
         async def create_lite() -> Database:
@@ -180,9 +231,7 @@ async def database(
             await db.close()
 
         return await resources.aget(f"sql\x00sqlite\x00{path}", create_lite, close_lite)
-    raise ConfigError(
-        f"unsupported database {safe_dsn(dsn)!r}: use postgresql://... or sqlite:///path"
-    )
+    raise AssertionError(kind)
 
 
 def sqlite_path(dsn: str) -> str:
@@ -199,8 +248,8 @@ def to_json_value(value: Any) -> Any:
     """Database values -> what a payload can carry."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Decimal):  # exact: int, float when a double holds it, else Decimal
+        return exactjson.number(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
@@ -268,8 +317,8 @@ class PostgresDatabase:
             for name in ("json", "jsonb"):
                 await conn.set_type_codec(
                     name,
-                    encoder=lambda v: orjson.dumps(v).decode(),
-                    decoder=orjson.loads,
+                    encoder=exactjson.dumps_text,
+                    decoder=exactjson.loads,
                     schema="pg_catalog",
                 )
 
@@ -334,7 +383,9 @@ def _classify(exc: BaseException, where: str, masker: Masker) -> Exception:
 
 def _bind_sqlite(value: Any) -> Any:
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
+        return exactjson.dumps_text(value)
+    if isinstance(value, Decimal) or (type(value) is int and not -(2**63) <= value < 2**63):
+        return str(value)  # exact digits; SQLite's column affinity decides how to store them
     if isinstance(value, bool):
         return int(value)
     return value

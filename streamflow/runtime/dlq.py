@@ -3,20 +3,28 @@
 A dead letter is the envelope as it failed plus headers (``sf-step``, ``sf-error-type``,
 ``sf-error``, ``sf-attempt``, ``sf-origin-*``, ``sf-execution-id``, ``sf-time``). Replay
 sends the envelope back to its step's input topic with ``attempt`` reset, keeping the
-execution id and marking ``meta.replayed``. ``replay --all`` replays each dead letter
-once: the consumer group ``<dlq topic>.replay`` remembers how far it got.
+execution id and marking ``meta.replayed``; a ``replayed`` execution event (note
+``from <dlq topic> <id>``) records it. ``replay --all`` replays each dead letter once: the
+consumer group ``<dlq topic>.replay`` remembers how far it got.
+
+Replay is refused, unless overridden, for a letter already replayed (``again``) and for a
+letter of an execution that its saga compensated (``allow_compensated``): re-running the
+failed step after its predecessors were undone would, e.g., ship a refunded order.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import ConfigError, PoisonMessageError
-from streamflow.runtime.events import event_for
+from streamflow.runtime.events import ExecutionEvent, event_for
+from streamflow.runtime.history import checked
 from streamflow.topology.models import Flow
 from streamflow.topology.plan import Plan
 from streamflow.transport.base import Record, Transport
@@ -59,6 +67,100 @@ class DeadLetter:
             "origin": f"{self.header('origin-topic')}[{self.header('origin-partition')}]"
             f"@{self.header('origin-offset')}",
         }
+
+
+@dataclass
+class LetterState:
+    """What happened to a dead letter since: ``compensated`` holds the saga outcome of its
+    execution (``compensating``, ``compensated``, ``compensation_failed``) or is empty;
+    ``replayed`` how many times it was sent back."""
+
+    compensated: str = ""
+    replayed: int = 0
+    replays: list[str] = field(default_factory=list)  # times of each replay (ISO 8601)
+
+    def columns(self) -> dict[str, Any]:
+        return {"compensated": self.compensated, "replayed": self.replayed}
+
+
+def letter_states(
+    transport: Transport,
+    plan: Plan,
+    flow: str,
+    letters: Sequence[DeadLetter],
+    events_of: Callable[[str], Sequence[ExecutionEvent]] | None = None,
+) -> dict[str, LetterState]:
+    """letter id -> its state, from the executions topic (its ``replayed`` events, the
+    saga's outcome) and the letter's own envelope (a saga to undo). ``events_of``
+    (execution id -> its events, e.g. from the execution store) spares reading the topic."""
+    topic = plan.flows[flow].dlq_topic
+    by_execution: dict[str, list[DeadLetter]] = {}
+    states: dict[str, LetterState] = {}
+    for d in letters:
+        states[d.id] = LetterState()
+        by_execution.setdefault(d.execution_id, []).append(d)
+        if plan.flows[flow].compensate_topic is not None and _has_saga(d):
+            states[d.id].compensated = "compensating"
+    for ev in _events(transport, plan, by_execution, events_of):
+        for d in by_execution.get(ev.execution_id, ()):
+            st = states[d.id]
+            if ev.event == "replayed" and ev.note == f"from {topic} {d.id}":
+                st.replays.append(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ev.ts / 1000)))
+                st.replayed = max(st.replayed, len(st.replays))
+            elif ev.event in ("compensated", "compensation_failed"):
+                st.compensated = ev.event
+            elif ev.event == "failed" and ev.note == "compensating" and not st.compensated:
+                st.compensated = "compensating"
+    return states
+
+
+def _events(
+    transport: Transport,
+    plan: Plan,
+    wanted: Mapping[str, Any],
+    events_of: Callable[[str], Sequence[ExecutionEvent]] | None,
+) -> Iterator[ExecutionEvent]:
+    """The events of the executions in ``wanted``, in order per execution."""
+    if events_of is not None:
+        for execution_id in wanted:
+            yield from events_of(execution_id)
+        return
+    if not wanted or not transport.partitions(plan.executions_topic):
+        return
+    for rec in transport.read_all(plan.executions_topic):
+        if (rec.key or b"").decode("utf-8", "replace") not in wanted:
+            continue
+        try:
+            yield checked(ExecutionEvent.decode(rec.value))
+        except (ValueError, TypeError):
+            continue
+
+
+def _has_saga(d: DeadLetter) -> bool:
+    try:
+        return bool(orjson.loads(d.record.value).get("saga"))
+    except (ValueError, TypeError, AttributeError):
+        return False  # not a JSON envelope (Avro, raw): the executions topic decides
+
+
+def refusal(d: DeadLetter, state: LetterState | None, *, allow_compensated: bool,
+            again: bool) -> str | None:  # fmt: skip
+    """Why ``d`` must not be replayed without an override, or None."""
+    if state is None:
+        return None
+    if state.compensated and not allow_compensated:
+        return (
+            f"dead letter {d.id}: execution {d.execution_id} was {state.compensated} (its saga "
+            "undid the steps before the failed one); replaying would run the failed step "
+            "again after that. Override with --allow-compensated (the console asks to "
+            "confirm) if that is what you want"
+        )
+    if state.replayed and not again:
+        return (
+            f"dead letter {d.id} was already replayed ({state.replayed}x); replay it once "
+            "more with --again"
+        )
+    return None
 
 
 def read_dead_letters(transport: Transport, plan: Plan, flow: str) -> list[DeadLetter]:
@@ -108,17 +210,30 @@ def replay(
     edit: Callable[[Any], Any] | None = None,
     mark_all: bool = False,
     skipped: list[str] | None = None,
+    states: dict[str, LetterState] | None = None,
+    allow_compensated: bool = False,
+    again: bool = False,
 ) -> list[str]:
     """Send each dead letter back to its step; returns the replayed execution ids.
 
     A letter that cannot be replayed (a raw record, a failed compensation) is an error when
     named; with ``mark_all`` it is passed over and described in ``skipped``. ``mark_all``
-    records as replayed exactly the letters read, not what arrived since."""
+    records as replayed exactly the letters read, not what arrived since. Given
+    ``states`` (``letter_states``), letters of compensated executions and letters already
+    replayed are refused the same way unless ``allow_compensated``/``again``."""
     fplan = plan.flows[flow.name]
     producer = transport.producer()
     replayed = []
     for d in letters:
         try:
+            why = refusal(
+                d,
+                (states or {}).get(d.id),
+                allow_compensated=allow_compensated,
+                again=again,
+            )
+            if why is not None:
+                raise ConfigError(why)
             if d.step not in fplan.entry_of:
                 raise ConfigError(
                     f"dead letter {d.id} failed at '{d.step}', which is not a step of "

@@ -11,13 +11,15 @@ when it crosses to another agent); ``lifecycle`` adds ``started`` always, ``step
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.envelope import Envelope, now_ms
 
+RUNS = logging.getLogger("streamflow.executions")
+"""One INFO line per finished execution (``serve``/``worker`` show INFO of it by default)."""
 TERMINAL = frozenset({"completed", "filtered", "failed", "compensated", "compensation_failed"})
 
 
@@ -41,11 +43,11 @@ class ExecutionEvent:
     started_ms: int = 0  # when the execution started (0: unknown, an older event)
 
     def encode(self) -> bytes:
-        return orjson.dumps(self)  # orjson serialises dataclasses natively
+        return exactjson.dumps(self)  # dataclasses natively; numbers exact
 
     @classmethod
     def decode(cls, data: bytes) -> ExecutionEvent:
-        return cls(**orjson.loads(data))
+        return cls(**exactjson.loads(data))
 
 
 def event_for(
@@ -63,4 +65,24 @@ def event_for(
         error,
         payload,
         env.created_ms,
+    )
+
+
+def announce(env: Envelope, kind: str, *, note: str = "") -> None:
+    """Log one INFO line when ``kind`` ends the execution of ``env`` well (completed,
+    filtered, compensated); a failure has its own WARNING line (the dead letter)."""
+    if kind not in ("completed", "filtered", "compensated") or not RUNS.isEnabledFor(logging.INFO):
+        return
+    took = max(0, now_ms() - env.created_ms)
+    text = f"execution {env.execution_id} {env.flow} {kind} in {took}ms"
+    if kind == "filtered":
+        text += f" at {env.step}"
+    if env.instance:
+        text += f" (instance {env.instance})"
+    if note:
+        text += f": {note[:200]}"
+    RUNS.info(
+        "%s",
+        text,
+        extra={"flow": env.flow, "execution_id": env.execution_id, "instance": env.instance},
     )

@@ -35,8 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson, textio
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
 from streamflow.topology.expressions import compile_value
@@ -65,20 +64,20 @@ class Found:
 def parse(data: bytes, trigger: FileTrigger) -> list[Any]:
     """The file's payload(s): one, or one per record with ``split``."""
     try:
-        text = data.decode(trigger.encoding)
+        text = textio.decode(data, trigger.encoding)  # a BOM is not text
     except (UnicodeDecodeError, LookupError) as exc:
         raise FileFormatError(f"not {trigger.encoding} text: {exc}") from None
     fmt = trigger.format
     try:
         if fmt == "json":
-            doc = orjson.loads(text)
+            doc = exactjson.loads(text)
             if trigger.split:
                 if not isinstance(doc, list):
                     raise FileFormatError("split: the JSON document is not an array")
                 return list(doc)
             return [doc]
         if fmt == "ndjson":
-            records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+            records = [exactjson.loads(line) for line in text.splitlines() if line.strip()]
             return records if trigger.split else [records]
         if fmt == "csv":
             opts = trigger.csv
@@ -94,7 +93,7 @@ def parse(data: bytes, trigger: FileTrigger) -> list[Any]:
             return rows_out if trigger.split else [rows_out]
         lines = [line for line in text.splitlines() if line.strip()]
         return lines if trigger.split else [text]
-    except (orjson.JSONDecodeError, csv.Error) as exc:
+    except (exactjson.JSONDecodeError, csv.Error) as exc:
         raise FileFormatError(str(exc)) from None
 
 
@@ -117,6 +116,7 @@ class FileRunner(LeaderTrigger):
         self.done: dict[str, str] = {}  # file name -> sha256 of what was emitted
         self.last_scan: dict[str, tuple[int, int]] = {}  # name -> (size, mtime) at last scan
         self.next_scan = 0.0
+        self.refused: set[str] = set()  # symlinks out of the folder, warned about once
 
     def reset(self) -> None:
         self.done = {}
@@ -124,7 +124,7 @@ class FileRunner(LeaderTrigger):
 
     def apply(self, rec: Record) -> None:
         if rec.key is not None and rec.key.startswith(FILE_PREFIX):
-            self.done[rec.key[len(FILE_PREFIX) :].decode()] = orjson.loads(rec.value)["sha256"]
+            self.done[rec.key[len(FILE_PREFIX) :].decode()] = exactjson.loads(rec.value)["sha256"]
 
     def on_term(self) -> None:
         self.next_scan = 0.0
@@ -165,6 +165,11 @@ class FileRunner(LeaderTrigger):
             except FileNotFoundError:
                 continue
             if not path.is_file():
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(self.folder.resolve()):
+                if name not in self.refused:  # a link out of the folder is never read
+                    log.warning("%s: %s links outside %s; not taken", self.topic, name, self.folder)
+                    self.refused.add(name)
                 continue
             now = (st.st_size, st.st_mtime_ns)
             seen[name] = now

@@ -7,6 +7,14 @@ the HTTP front can scale apart from the workers. Routes::
     POST /webhooks/<instance>/<integration>/<flow>   the same, for one instance
     GET  /healthz   liveness          GET /readyz   broker reachable (503 if not)
     GET  /metrics   Prometheus
+    /console/, /api/v1/...   the console and its API, when STREAMFLOW_CONSOLE_TOKEN is set
+                             (see ``console.py``)
+
+A request with an ``Idempotency-Key`` already accepted (within the trigger's
+``idempotency.ttl``, in its store: memory, or Redis shared by every gateway) is answered
+``202 {"execution_id", "duplicate": true}`` and not produced again; while the first is
+still being produced a repeat gets ``409`` (retry). A key is recorded only once its
+envelope is confirmed, so a request answered 503 may be retried with the same key.
 
 A webhook is acknowledged only after the broker confirmed its envelope: accepted
 requests are queued to one ``Publisher`` that sends a batch and flushes it, and each
@@ -16,7 +24,8 @@ gateway's producer gives up on a message (``message.timeout.ms``) before the gat
 stops waiting for it, so a 503 is never followed by a late delivery.
 
 Every gateway process also runs the leader-elected triggers (``TriggerHost``): each
-schedule, poll or file trigger fires in one process only (see ``lease.py``).
+schedule, poll or file trigger fires in one process only (see ``lease.py``). A
+``rabbitmq`` trigger has no leader: every gateway process consumes its queue (``amqp.py``).
 """
 
 from __future__ import annotations
@@ -29,23 +38,31 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from streamflow.errors import StreamFlowError
+from streamflow import exactjson
+from streamflow.connectors.secrets import MASK, Masker
+from streamflow.connectors.stores import Store, open_store
+from streamflow.envelope import Envelope
+from streamflow.errors import RetriableError, StreamFlowError
+from streamflow.runtime import instances as instance_store
+from streamflow.runtime.amqp import RabbitMQRunner
+from streamflow.runtime.console import Console, ConsoleConfig
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.filewatch import FileRunner
 from streamflow.runtime.http import HttpSite, add_probe_routes, serve_app
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.instances import InstanceTable
-from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, send_all
+from streamflow.runtime.lease import Outgoing, envelope_messages, send_all
 from streamflow.runtime.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGER_FIRINGS
 from streamflow.runtime.poller import PollRunner
 from streamflow.runtime.s3watch import S3Runner
 from streamflow.runtime.schedule import ScheduleRunner
 from streamflow.runtime.streams import StreamRunner
 from streamflow.runtime.webhook import Refusal, WebhookEndpoint
+from streamflow.steps.base import Resources
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan, compile_plan
 from streamflow.topology.triggers import WebhookTrigger
@@ -54,13 +71,20 @@ from streamflow.transport.base import Consumer, Producer, Transport
 log = logging.getLogger("streamflow.gateway")
 InstanceConfig = Callable[[str], Mapping[str, Any] | None]
 """instance id -> that instance's config values for this integration, or None (unknown)."""
-RUNNERS: dict[str, type[LeaderTrigger]] = {
+
+
+class TriggerRunner(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+RUNNERS: dict[str, Callable[[FlowIngress, Transport, dict[str, str]], TriggerRunner]] = {
     "schedule": ScheduleRunner,
     "poll": PollRunner,
     "file": FileRunner,
     "s3": S3Runner,
     "sse": StreamRunner,
     "websocket": StreamRunner,
+    "rabbitmq": RabbitMQRunner,  # no leader: every process consumes the queue
 }
 READY_TIMEOUT = 2.0
 MAX_BATCH = 1000
@@ -92,7 +116,7 @@ def manual_trigger(flow: Flow) -> dict[str, Any]:
     shapes: dict[str, dict[str, Any]] = {
         "webhook": {"method": "POST", "path": "", "headers": {}, "query": {}},
         "schedule": {"tick": "", "epoch": now // 1000, "fired_ms": now, "late_ms": 0},
-        "poll": {"source": "http" if getattr(flow.trigger, "http", None) else "sql"},
+        "poll": {"source": _poll_source(flow)},
         "file": {"path": "", "name": "", "size": 0, "sha256": "", "modified": ""},
         "s3": {"bucket": "", "key": "", "etag": ""},
         "sse": {"url": "", "event": "message", "id": None},
@@ -104,8 +128,26 @@ def manual_trigger(flow: Flow) -> dict[str, Any]:
             "key": None,
             "timestamp_ms": now,
         },
+        "rabbitmq": {
+            "queue": getattr(flow.trigger, "queue", ""),
+            "exchange": "",
+            "routing_key": "",
+            "message_id": None,
+            "correlation_id": None,
+            "content_type": None,
+            "headers": {},
+            "redelivered": False,
+            "timestamp": None,
+        },
     }
     return {"type": kind, **shapes.get(kind, {}), "manual": True}
+
+
+def _poll_source(flow: Flow) -> str:
+    for source in ("http", "mongodb"):
+        if getattr(flow.trigger, source, None) is not None:
+            return source
+    return "sql"
 
 
 class Publisher:
@@ -243,14 +285,17 @@ class TriggerHost:
         env: Mapping[str, str] | None = None,
         flows: Sequence[str] = (),
     ) -> None:
-        self.factories: list[tuple[str, Callable[[], LeaderTrigger]]] = []
+        self.factories: list[tuple[str, Callable[[], TriggerRunner]]] = []
         for flow in integration.flows.values():
             runner = RUNNERS.get(flow.trigger.type)
             if runner is None or (flows and flow.name not in flows):
                 continue
             ingress = FlowIngress(integration, flow, plan, config)
 
-            def make(r: type[LeaderTrigger] = runner, i: FlowIngress = ingress) -> LeaderTrigger:
+            def make(
+                r: Callable[[FlowIngress, Transport, dict[str, str]], TriggerRunner] = runner,
+                i: FlowIngress = ingress,
+            ) -> TriggerRunner:
                 return r(i, transport, dict(env or {}))
 
             make()  # build once now: a bad config (e.g. a poll query) refuses to start
@@ -260,7 +305,7 @@ class TriggerHost:
         await asyncio.gather(*(self._supervise(name, make, stop) for name, make in self.factories))
 
     @staticmethod
-    async def _supervise(name: str, make: Callable[[], LeaderTrigger], stop: asyncio.Event) -> None:
+    async def _supervise(name: str, make: Callable[[], TriggerRunner], stop: asyncio.Event) -> None:
         backoff = 1.0
         while not stop.is_set():
             started = time.monotonic()
@@ -289,6 +334,7 @@ class Gateway:
         instances: InstanceConfig | None = None,
         produce_timeout: float = 10.0,
         triggers: bool = True,
+        console: ConsoleConfig | None = None,
     ) -> None:
         self.integration = integration
         self.transport = transport
@@ -325,8 +371,23 @@ class Gateway:
         self.stop_triggers = asyncio.Event()
         self.trigger_task: asyncio.Task[None] | None = None
         self.instance_task: asyncio.Task[None] | None = None
+        self.resources = Resources()  # idempotency stores
+        self.masker = Masker()
         self._probe_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-gateway-ready")
         self._probe: Future[int] | None = None
+        self.console = (
+            Console(
+                integration,
+                self.plan,
+                transport,
+                console,
+                flow_config=self.config,
+                instances=lambda: self.instances,
+                instance_rows=self._instance_rows,
+            )
+            if console is not None
+            else None
+        )
 
     def _webhook_triggers(self) -> list[WebhookTrigger]:
         return [
@@ -345,7 +406,24 @@ class Gateway:
         add_probe_routes(app, self.ready)
         app.router.add_route("*", "/webhooks/{integration}/{flow}", self._webhook)
         app.router.add_route("*", "/webhooks/{instance}/{integration}/{flow}", self._webhook)
+        if self.console is not None:
+            self.console.add_routes(app)
         return app
+
+    def _instance_rows(self) -> list[dict[str, Any]]:
+        """The deployed instances of this integration, every secret config value masked."""
+        secret = {n for n, v in self.integration.config.items() if v.secret}
+        rows = []
+        table = instance_store.live(instance_store.read_instances(self.transport))
+        for r in sorted(table.values(), key=lambda r: r.instance):
+            if r.integration != self.integration.name:
+                continue
+            config = {k: MASK if k in secret else v for k, v in r.masked().items()}
+            rows.append(
+                {"instance": r.instance, "version": r.version, "deployed_ms": r.deployed_ms,
+                 "config": config}
+            )  # fmt: skip
+        return rows
 
     async def start(self, host: str, port: int) -> int:
         """Serve on host:port (0: any free port); return the port."""
@@ -362,6 +440,8 @@ class Gateway:
             self.table = await asyncio.to_thread(InstanceTable, self.transport, self.integration)
             self.instances = self._instance_config
             self.instance_task = asyncio.create_task(self._follow_instances())
+        if self.console is not None:
+            await asyncio.to_thread(self.console.start)
         if self.host is not None and self.host.factories:
             self.trigger_task = asyncio.create_task(self.host.run(self.stop_triggers))
         self.site = await serve_app(self.app(), host, port)
@@ -397,6 +477,9 @@ class Gateway:
             await self.publisher.close()
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.close)
+        await self.resources.aclose()
+        if self.console is not None:
+            await asyncio.to_thread(self.console.close)
         self._probe_io.shutdown(wait=False, cancel_futures=True)
 
     async def ready(self) -> bool:
@@ -459,22 +542,73 @@ class Gateway:
         endpoint.check_auth(request.headers)
         body = await _read_body(request, endpoint)
         endpoint.check_signature(request.headers, body)
-        payload = endpoint.parse(request.method, request.content_type, body, request.query)
+        content_type = request.content_type if "Content-Type" in request.headers else ""
+        payload = endpoint.parse(request.method, content_type, body, request.query)
         endpoint.validate(payload)
         env = endpoint.envelope(
             payload, method=request.method, headers=request.headers, query=request.query
         )
+        claim = await self._claim(endpoint, request, env.execution_id)
+        if claim is not None and claim[1] is not None:
+            return claim[1]
+        return await self._publish(endpoint, env, claim[0] if claim is not None else None)
+
+    def _idem_key(self, execution_id: str) -> str:
+        return f"idem:{self.integration.name}:{execution_id}"
+
+    async def _claim(
+        self, endpoint: WebhookEndpoint, request: web.Request, execution_id: str
+    ) -> tuple[Store, web.Response | None] | None:
+        """For an Idempotency-Key: (store, None) when this request owns the key, (store,
+        answer) when it was seen; None without a key (or with idempotency off)."""
+        idem = endpoint.trigger.idempotency
+        if idem is None or not request.headers.get("Idempotency-Key"):
+            return None
+        scope = {"config": endpoint.ingress.config, "env": self.env}
+        try:
+            store = await open_store(idem, self.resources, scope, self.masker)
+            pending = self.produce_timeout + 30  # a crashed gateway's claim expires soon
+            seen = await store.claim(self._idem_key(execution_id), b"pending", pending)
+        except RetriableError as exc:
+            log.warning("%s: idempotency store unavailable: %s", endpoint.path, exc)
+            raise Refusal(503, "the idempotency store is unavailable; retry") from None
+        if seen is None:
+            return store, None
+        if seen == b"pending":
+            refusal = Refusal(409, "a request with this Idempotency-Key is in progress; retry")
+            refusal.headers["Retry-After"] = "1"
+            raise refusal
+        body = {"execution_id": execution_id, "duplicate": True}
+        return store, web.json_response(body, status=202)
+
+    async def _publish(
+        self, endpoint: WebhookEndpoint, env: Envelope, claimed: Store | None
+    ) -> web.Response:
+        """Produce the envelope (a claimed Idempotency-Key becomes done once confirmed, or
+        is released if not) and answer."""
         messages = envelope_messages(endpoint.ingress, env)
         sync = endpoint.trigger.response == "sync" and self.watcher is not None
         waiter = self.watcher.expect(env.execution_id) if sync and self.watcher else None
         assert self.publisher is not None
         try:
             await asyncio.wait_for(self.publisher.publish(messages), self.produce_timeout + 5)
-        except Exception as exc:
+        except BaseException as exc:
             if self.watcher is not None:
                 self.watcher.forget(env.execution_id)
+            if claimed is not None:  # not accepted: a retry with the key must run
+                with contextlib.suppress(RetriableError):
+                    await claimed.delete(self._idem_key(env.execution_id))
+            if not isinstance(exc, Exception):
+                raise
             log.warning("%s: not accepted, the broker did not confirm: %s", endpoint.path, exc)
             raise Refusal(503, "the broker is unavailable; nothing was accepted, retry") from None
+        if claimed is not None:
+            idem = endpoint.trigger.idempotency
+            assert idem is not None
+            try:
+                await claimed.set(self._idem_key(env.execution_id), b"done", idem.ttl)
+            except RetriableError as exc:  # accepted all the same; the claim expires soon
+                log.warning("%s: could not record the Idempotency-Key: %s", endpoint.path, exc)
         TRIGGER_FIRINGS.labels(self.integration.name, endpoint.ingress.flow.name, "webhook").inc()
         accepted = {"execution_id": env.execution_id}
         if waiter is None:
@@ -487,7 +621,9 @@ class Gateway:
         finally:
             self.watcher.forget(env.execution_id)
         if ev.event in ("completed", "filtered"):
-            return web.json_response({**accepted, "status": ev.event, "output": ev.payload})
+            return web.json_response(  # numbers exact: big ints and Decimals keep every digit
+                {**accepted, "status": ev.event, "output": ev.payload}, dumps=exactjson.dumps_text
+            )
         return web.json_response({**accepted, "status": ev.event, "error": ev.error}, status=502)
 
 

@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.runtime.logs import register_secrets
 from streamflow.runtime.vault import Vault, is_sealed
@@ -46,11 +45,11 @@ class InstanceRecord:
         return f"{self.integration}/{self.instance}"
 
     def encode(self) -> bytes:
-        return orjson.dumps(self.__dict__)
+        return exactjson.dumps(self.__dict__)
 
     @classmethod
     def decode(cls, data: bytes) -> InstanceRecord:
-        return cls(**orjson.loads(data))
+        return cls(**exactjson.loads(data))
 
     def masked(self) -> dict[str, Any]:
         return {k: MASK if is_sealed(v) else v for k, v in self.config.items()}

@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from streamflow import exactjson
 from streamflow.envelope import Envelope
 from streamflow.errors import FatalError
 from streamflow.runtime.ingest import FlowIngress
@@ -352,7 +353,7 @@ class LeaderTrigger(ABC):
             await self.lease.close()
 
     def state_record(self, key: bytes, value: Any) -> Outgoing:
-        return Outgoing(self.topic, orjson.dumps(value), key, partition=0)
+        return Outgoing(self.topic, exactjson.dumps(value), key, partition=0)  # cursors exact
 
 
 def now_ms() -> int:

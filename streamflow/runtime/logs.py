@@ -13,11 +13,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
+from streamflow import exactjson
+from streamflow.connectors.secrets import PROCESS
 
-from streamflow.connectors.secrets import Masker
-
-_masker = Masker()
+_masker = PROCESS  # every secret (and derived form) any masker of this process learnt
 CONTEXT_FIELDS = ("integration", "flow", "step", "execution_id", "instance")
 
 
@@ -54,7 +53,7 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info:
             line["exception"] = _masker.mask(self.formatException(record.exc_info))
-        return orjson.dumps(line).decode()
+        return exactjson.dumps(line).decode()
 
 
 class TextFormatter(logging.Formatter):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.errors import ConfigError
 
 
@@ -15,15 +14,15 @@ def parse_payloads(data: bytes, name: str) -> list[Any]:
     if not text:
         return []
     try:
-        doc = orjson.loads(text)
+        doc = exactjson.loads(text)
         return doc if isinstance(doc, list) else [doc]
-    except orjson.JSONDecodeError:
+    except exactjson.JSONDecodeError:
         pass
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
+                out.append(exactjson.loads(line))
+            except exactjson.JSONDecodeError as exc:
                 raise ConfigError(f"{name}:{n}: not JSON: {exc}") from None
     return out

@@ -1,5 +1,5 @@
-"""The ``poll`` trigger: an HTTP endpoint or an SQL query, every ``every``; each new or
-changed record becomes one event, once.
+"""The ``poll`` trigger: an HTTP endpoint, an SQL query or a MongoDB collection, every
+``every``; each new or changed record becomes one event, once.
 
 The leader of ``sf.<integration>.<flow>.cursor`` polls (see ``lease.py``). What was
 emitted is kept on that compacted topic, in the same transaction as the envelopes, so a
@@ -18,18 +18,23 @@ and the records of all pages are compared as one list; ``http.emit: page`` gives
 event per page holding that page's new records (``{page, items}``) instead of one per
 record. A failed poll (connection error, HTTP error status, bad JSON, SQL error) is
 logged and tried again at the next interval; it never moves the cursor.
+
+A MongoDB source in cursor mode queries ``filter`` and ``<cursor.field> >= cursor``, sorted
+by the field, at most ``limit`` documents (see ``connectors.mongodb.poll_documents``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import orjson
 
+from streamflow import exactjson
 from streamflow.connectors.httpclient import safe_url
+from streamflow.connectors.mongodb import poll_documents
 from streamflow.connectors.paginate import Pager, PaginationError
 from streamflow.connectors.secrets import Masker
 from streamflow.connectors.sqldb import Statement, compile_sql, database, to_json_value
@@ -53,16 +58,16 @@ class PollError(Exception):
 
 
 def content_hash(record: Any) -> str:
-    return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return hashlib.sha256(exactjson.dumps(record, option=exactjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 def order_key(value: Any) -> tuple[int, Any]:
     """Numbers compare as numbers, text as text (ISO timestamps sort correctly)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (0, float(value))
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return (0, value)  # exact: 30-digit ids differing in the last digit stay ordered
     if isinstance(value, str):
         return (1, value)
-    return (2, orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+    return (2, exactjson.dumps(value, option=exactjson.OPT_SORT_KEYS).decode())
 
 
 def dig(doc: Any, path: str) -> Any:
@@ -115,6 +120,10 @@ class PollRunner(LeaderTrigger):
                 raise ConfigError(
                     f"flow {self.flow}: a poll query may use only the :cursor parameter"
                 )
+        self.mongo: dict[str, Any] = {}
+        if trigger.mongodb is not None:
+            self.mongo = compile_value(trigger.mongodb.model_dump()).render(self.scope)
+            self.masker.add(self.mongo["url"])
         self.next_poll = 0.0
         self.reset()
 
@@ -127,7 +136,7 @@ class PollRunner(LeaderTrigger):
         self.polled = False
 
     def apply(self, rec: Record) -> None:
-        value = orjson.loads(rec.value)
+        value = exactjson.loads(rec.value)
         if rec.key == CURSOR:
             self.cursor, self.seen = value["value"], set(value["seen"])
         elif rec.key == POLLED:
@@ -265,6 +274,8 @@ class PollRunner(LeaderTrigger):
 
     @property
     def _source(self) -> str:
+        if self.trigger.mongodb is not None:
+            return "mongodb"
         return "http" if self.trigger.http is not None else "sql"
 
     # -- sources ---------------------------------------------------------------------
@@ -272,6 +283,8 @@ class PollRunner(LeaderTrigger):
     async def fetch(self) -> list[Any]:
         if self.trigger.http is not None:
             return await self._fetch_http()
+        if self.trigger.mongodb is not None:
+            return await self._fetch_mongo()
         return await self._fetch_sql()
 
     async def _fetch_http(self) -> list[Any]:
@@ -336,17 +349,18 @@ class PollRunner(LeaderTrigger):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PollError(f"{safe_url(url)}: {exc.__class__.__name__}: {exc}") from None
         try:
-            return status, headers, orjson.loads(body), link
-        except orjson.JSONDecodeError as exc:
+            return status, headers, exactjson.loads(body), link
+        except exactjson.JSONDecodeError as exc:
             raise PollError(f"{safe_url(url)}: the answer is not JSON: {exc}") from None
 
     async def _fetch_sql(self) -> list[Any]:
         assert self.trigger.sql is not None
-        args = [self.cursor] if "cursor" in self.sql.names else []
+        q = self.sql
+        args = [self.cursor] if "cursor" in q.names else []
         try:
             db = await database(self.resources, self.dsn, 2, self.masker)
             [result] = await db.run(
-                [Statement(self.sql.postgres, self.sql.sqlite, args, fetch=True)],
+                [Statement(q.postgres, q.sqlite, args, True, q.mysql, q.mysql_refs)],
                 self.trigger.sql.timeout,
             )
         except Exception as exc:
@@ -355,6 +369,13 @@ class PollRunner(LeaderTrigger):
             {col: to_json_value(v) for col, v in zip(result.columns, row, strict=True)}
             for row in result.rows
         ]
+
+    async def _fetch_mongo(self) -> list[Any]:
+        field = self.trigger.cursor.field if self.mode == "cursor" and self.trigger.cursor else None
+        try:
+            return await poll_documents(self.resources, self.mongo, field, self.cursor, self.masker)
+        except Exception as exc:
+            raise PollError(str(exc)) from None
 
     async def aclose(self) -> None:
         if self.session is not None:

@@ -22,10 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamflow.connectors.secrets import PROCESS
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import CircuitOpenError, FatalError, PoisonMessageError, RetriableError
+from streamflow.errtext import plain
 from streamflow.runtime import tracing
-from streamflow.runtime.events import event_for
+from streamflow.runtime.events import announce, event_for
 from streamflow.runtime.metrics import BREAKER_STATE, StepMetrics
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
 from streamflow.steps.base import NEXT, AnyStep, AsyncStep, Outcome, Step
@@ -355,6 +357,7 @@ class ChainProcessor:
         payload = env.payload if self.opts.trace_payloads or self.output_on_completed else None
         ev = event_for(env, "completed", payload=payload)
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
+        announce(env, "completed")
 
     def _event(
         self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = ""
@@ -362,6 +365,7 @@ class ChainProcessor:
         payload = env.payload if self.opts.trace_payloads else None
         ev = event_for(env, kind, note=note, error=error, payload=payload)
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
+        announce(env, kind, note=note)
 
     def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
         error = describe(exc)
@@ -398,12 +402,16 @@ class ChainProcessor:
 
 
 def describe(exc: BaseException) -> str:
+    """The error text of dead letters and execution events: plain words (no source paths
+    or Python internals; an unexpected error keeps its kind), every secret masked."""
     text = str(exc) or exc.__class__.__name__
     if not isinstance(exc, RetriableError | PoisonMessageError | ExpressionEvalError):
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
-        text = f"{exc.__class__.__name__}: {text}{where}"
-    return text
+        if frame:  # where, for operators: in the log, not in the message
+            log.debug("%s raised at %s:%s", exc.__class__.__name__, frame[0].filename,
+                      frame[0].lineno)  # fmt: skip
+        text = f"{exc.__class__.__name__}: {plain(exc)}"
+    return PROCESS.mask(text)
 
 
 def dlq_headers(

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import FatalError, PoisonMessageError
 from streamflow.runtime import tracing
-from streamflow.runtime.events import event_for
+from streamflow.runtime.events import announce, event_for
 from streamflow.runtime.metrics import StepMetrics
 from streamflow.runtime.processor import Out, ProcessorOptions, describe, dlq_headers
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
@@ -125,6 +125,7 @@ class CompensationProcessor:
         payload = env.payload if self.opts.trace_payloads else None
         ev = event_for(env, kind, note=note, error=error, payload=payload)
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
+        announce(env, kind, note=note)
 
     def flush_metrics(self) -> None:
         return None

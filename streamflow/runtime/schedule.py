@@ -9,7 +9,11 @@ is ``<flow>-<tick epoch seconds>``: a duplicate would be visible at once.
 Ticks:
 
 * ``every: D`` — multiples of D since the Unix epoch (``every: 1h`` fires on the hour, UTC).
-* ``cron: "m h dom mon dow"`` in ``timezone`` (croniter; daylight-saving jumps follow it).
+* ``cron: "m h dom mon dow"`` in ``timezone`` (croniter), across daylight-saving changes
+  as Debian/Vixie cron: when clocks go forward, a time that does not exist that day fires
+  at the jump (``30 2 * * *`` at 03:00 in Europe/Berlin); when clocks go back, a job with
+  fixed hours fires once, in the first pass of the repeated hour, while a job whose hour
+  field is a wildcard (``*``, ``*/2``) fires in both passes (it runs every hour).
 
 Tolerance (documented in docs/triggers.md): while a leader runs, every tick fires, late if
 the process was busy (at most ``BURST`` at once). When a term starts — after a restart,
@@ -28,8 +32,9 @@ import orjson
 from croniter import croniter
 
 from streamflow.envelope import Envelope
+from streamflow.runtime.clock import SYSTEM_CLOCK, Clock
 from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import ScheduleTrigger
 from streamflow.transport.base import Record, Transport
@@ -46,16 +51,31 @@ class Ticks:
         self.cron = trigger.cron
         self.tz = ZoneInfo(trigger.timezone)
         self.every_ms = round(trigger.every * 1000) if trigger.every is not None else 0
+        # fixed hours (not `*`, `*/n`): once a day even when the hour repeats (fall back)
+        fields = (self.cron or "").split()
+        self.fixed_hours = len(fields) >= 2 and not fields[1].startswith("*")
 
     def _at(self, ms: int) -> datetime:
         return datetime.fromtimestamp(ms / 1000, self.tz)
+
+    def _repeat(self, ms: int) -> bool:
+        """A tick in the second pass of a repeated (fall-back) hour that a fixed-time job
+        already had in the first pass."""
+        if not self.fixed_hours:
+            return False
+        at = self._at(ms)
+        return at.fold == 1 and at.utcoffset() != at.replace(fold=0).utcoffset()
 
     def next_after(self, ms: int) -> int:
         """The first tick strictly after ``ms``."""
         if self.every_ms:
             return (ms // self.every_ms + 1) * self.every_ms
         assert self.cron is not None
-        return round(croniter(self.cron, self._at(ms)).get_next(float) * 1000)
+        it = croniter(self.cron, self._at(ms))
+        while True:
+            tick = round(it.get_next(float) * 1000)
+            if not self._repeat(tick):
+                return tick
 
     def due(self, after_ms: int, upto_ms: int, limit: int) -> tuple[list[int], bool]:
         """The latest ``limit`` ticks in (after_ms, upto_ms], oldest first, and whether
@@ -76,6 +96,8 @@ class Ticks:
             tick = round(it.get_prev(float) * 1000)
             if tick <= after_ms:
                 return out[::-1], False
+            if self._repeat(tick):
+                continue
             if len(out) >= limit:
                 return out[::-1], True
             out.append(tick)
@@ -94,9 +116,14 @@ class ScheduleRunner(LeaderTrigger):
     trigger_type = "schedule"
 
     def __init__(
-        self, ingress: FlowIngress, transport: Transport, env: dict[str, str] | None = None
+        self,
+        ingress: FlowIngress,
+        transport: Transport,
+        env: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(ingress, transport, env)
+        self.clock = clock
         trigger = ingress.flow.trigger
         assert isinstance(trigger, ScheduleTrigger)
         self.trigger = trigger
@@ -117,7 +144,7 @@ class ScheduleRunner(LeaderTrigger):
         self.starting = True
 
     async def work(self) -> float:
-        now = now_ms()
+        now = self.clock.now_ms()
         if self.starting:
             return await self._start(now)
         assert self.last_ms is not None

@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import orjson
 
+from streamflow import exactjson
 from streamflow.connectors.httpclient import safe_url
 from streamflow.connectors.secrets import Masker
 from streamflow.runtime.ingest import FlowIngress
@@ -255,14 +256,14 @@ class StreamRunner(LeaderTrigger):
         if msg.text is None:
             if fmt == "json":
                 try:
-                    return orjson.loads(msg.raw), None
+                    return exactjson.loads(msg.raw), None
                 except orjson.JSONDecodeError:
                     pass
             return None, "a binary message that is not UTF-8 text"
         if fmt == "text":
             return msg.text, None
         try:
-            return orjson.loads(msg.text), None
+            return exactjson.loads(msg.text), None
         except orjson.JSONDecodeError as exc:
             if fmt == "json":
                 return None, f"the message is not JSON ({exc})"
@@ -363,7 +364,7 @@ class StreamRunner(LeaderTrigger):
                 rendered = compile_value(sub).render(self.scope)
                 for item in rendered if isinstance(rendered, list) else [rendered]:
                     await ws.send_str(
-                        item if isinstance(item, str) else orjson.dumps(item).decode()
+                        item if isinstance(item, str) else exactjson.dumps_text(item)
                     )
             async for frame in ws:
                 trigger = {"type": "websocket", "url": self.where}

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.envelope import Envelope, encode
 from streamflow.errors import PoisonMessageError
 from streamflow.runtime.events import event_for
@@ -63,8 +62,8 @@ class KafkaTriggerProcessor:
             except UnicodeDecodeError as exc:
                 raise PoisonMessageError(f"record is not UTF-8 text: {exc}") from exc
         try:
-            return orjson.loads(rec.value)
-        except orjson.JSONDecodeError as exc:
+            return exactjson.loads(rec.value)
+        except exactjson.JSONDecodeError as exc:
             raise PoisonMessageError(f"record is not valid JSON: {exc}") from exc
 
     def handle_sync(self, rec: Record) -> list[Out]:

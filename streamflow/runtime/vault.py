@@ -14,6 +14,7 @@ import os
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from streamflow import exactjson
 from streamflow.errors import ConfigError
 
 ENV_KEY = "STREAMFLOW_SECRET_KEY"
@@ -45,15 +46,13 @@ class Vault:
         return cls(key)
 
     def encrypt(self, value: object) -> dict[str, str]:
-        import orjson
 
-        return {MARK: self.fernet.encrypt(orjson.dumps(value)).decode()}
+        return {MARK: self.fernet.encrypt(exactjson.dumps(value)).decode()}
 
     def decrypt(self, sealed: dict[str, str]) -> object:
-        import orjson
 
         try:
-            return orjson.loads(self.fernet.decrypt(sealed[MARK].encode()))
+            return exactjson.loads(self.fernet.decrypt(sealed[MARK].encode()))
         except (InvalidToken, KeyError) as exc:
             raise ConfigError(f"cannot decrypt an instance secret: wrong {ENV_KEY}?") from exc
 

@@ -19,18 +19,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.envelope import Envelope
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import WebhookTrigger
 
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?", re.ASCII)
 _ALGORITHMS = {"hmac-sha256": hashlib.sha256, "hmac-sha1": hashlib.sha1}
 ALWAYS_HIDDEN = frozenset({"authorization", "proxy-authorization", "cookie"})
 MAX_ERRORS = 20
@@ -125,11 +126,11 @@ class WebhookEndpoint:
         content = body
         if sig.timestamp_header is not None:
             stamp = headers.get(sig.timestamp_header, "").strip()
-            try:
-                sent = float(stamp)
-            except ValueError:
-                raise Refusal(401, f"missing or bad {sig.timestamp_header} header") from None
-            if abs(time.time() - sent) > sig.tolerance:
+            if _UNIX_SECONDS.fullmatch(stamp) is None:  # not nan, inf, 1e9, -5, ' 1_0', ...
+                raise Refusal(
+                    401, f"missing or bad {sig.timestamp_header} header: expected Unix seconds"
+                )
+            if abs(time.time() - float(stamp)) > sig.tolerance:
                 raise Refusal(401, "timestamp outside the accepted window")
             content = stamp.encode() + b"." + body
         given = headers.get(sig.header, "").strip()
@@ -145,19 +146,29 @@ class WebhookEndpoint:
 
     def parse(self, method: str, content_type: str, body: bytes, query: Mapping[str, str]) -> Any:
         """The payload: the JSON body (a form body as an object; no body on GET/DELETE:
-        the query parameters)."""
+        the query parameters). ``content_type`` is the media type without parameters
+        ("" when the request has no Content-Type); see docs/triggers.md for the table."""
         if not body.strip():
             if method in ("GET", "DELETE"):
                 return dict(query)
             raise Refusal(400, "empty body: send a JSON document")
         if content_type == "application/x-www-form-urlencoded":
             try:
-                return dict(parse_qsl(body.decode(), keep_blank_values=True))
+                pairs = parse_qsl(body.decode(), keep_blank_values=True, errors="strict")
             except UnicodeDecodeError:
                 raise Refusal(400, "form body is not UTF-8") from None
+            return form_payload(pairs, self.trigger.schema_)
+        if not _reads_json(content_type):
+            refusal = Refusal(
+                415,
+                f"Content-Type {content_type or '(none)'} is not read: send application/json "
+                "(or application/*+json, or application/x-www-form-urlencoded)",
+            )
+            refusal.headers["Accept-Post"] = "application/json, application/x-www-form-urlencoded"
+            raise refusal
         try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            return exactjson.loads(body)
+        except exactjson.JSONDecodeError as exc:
             raise Refusal(400, f"body is not JSON: {exc}") from None
 
     def validate(self, payload: Any) -> None:
@@ -203,6 +214,62 @@ class WebhookEndpoint:
             execution_id=execution_id,
             trace=headers.get("traceparent", ""),  # continue the caller's W3C trace
         )
+
+
+def _reads_json(content_type: str) -> bool:
+    ct = content_type.lower()
+    return ct == "application/json" or (ct.startswith("application/") and ct.endswith("+json"))
+
+
+def form_payload(pairs: list[tuple[str, str]], schema: Any) -> dict[str, Any]:
+    """A form body as an object: a repeated key becomes a list (in order); with a JSON
+    Schema, a value whose property is ``integer``/``number``/``boolean`` (or an ``array``
+    of those) is converted, and an ``array`` property is always a list. A value that does
+    not convert stays text, so the schema check then says which field is wrong (422)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            prev = out[key]
+            out[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[key] = value
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict):
+        return out
+    for key, value in out.items():
+        prop = props.get(key)
+        if not isinstance(prop, dict):
+            continue
+        if "array" in _types(prop):
+            items = prop.get("items")
+            item = items if isinstance(items, dict) else {}
+            values = value if isinstance(value, list) else [value]
+            out[key] = [_typed(v, item) for v in values]
+        elif not isinstance(value, list):
+            out[key] = _typed(value, prop)
+    return out
+
+
+def _types(prop: dict[str, Any]) -> list[str]:
+    t = prop.get("type")
+    return [t] if isinstance(t, str) else [x for x in t if isinstance(x, str)] if t else []
+
+
+def _typed(value: str, prop: dict[str, Any]) -> Any:
+    types = _types(prop)
+    if "string" in types:
+        return value
+    v = value.strip()
+    if "boolean" in types and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if "integer" in types and re.fullmatch(r"[-+]?[0-9]{1,4300}", v):
+        return int(v)
+    if "number" in types and re.fullmatch(r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?", v):
+        n = exactjson.loads(v.lstrip("+"))
+        return n
+    if "null" in types and v == "":
+        return None
+    return value
 
 
 def _text(value: Any) -> str:

@@ -46,10 +46,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any, Self
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from streamflow import exactjson
 from streamflow.errors import ConfigError, Issue, ValidationFailed
 from streamflow.topology.expressions import (
     ExpressionError,
@@ -214,7 +214,7 @@ def _text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return orjson.dumps(value).decode()
+    return exactjson.dumps(value).decode()
 
 
 def _issues_from_pydantic(exc: ValidationError, positions: Positions) -> list[Issue]:
@@ -491,8 +491,8 @@ class MockServices:
         parsed: Any = None
         if raw.strip():
             try:
-                parsed = orjson.loads(raw)
-            except orjson.JSONDecodeError:
+                parsed = exactjson.loads(raw)
+            except exactjson.JSONDecodeError:
                 parsed = None
         method = request.method.upper()
         path = request.path
@@ -565,7 +565,7 @@ def _render(route: _Route, scope: Mapping[str, Any]) -> web.Response:
     headers = {k: _text(t.render(scope)) for k, t in route.headers.items()}
     has_type = any(k.lower() == "content-type" for k in headers)
     if route.json is not None:
-        payload = orjson.dumps(route.json.render(scope))
+        payload = exactjson.dumps(route.json.render(scope))
         if not has_type:
             headers["Content-Type"] = "application/json"
         return web.Response(status=route.status, body=payload, headers=headers)

@@ -44,6 +44,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
+from streamflow.errtext import plain
 from streamflow.topology.exprfuncs import ARG_CHECKS, BINOPS, CMPOPS, FUNCS, lookup, text
 
 __all__ = [
@@ -362,7 +363,9 @@ def _expr(src: str, offset: int, roots: frozenset[str], refs: Refs) -> Fn:
     except (ValueError, RecursionError, MemoryError) as e:
         if isinstance(e, ExpressionError):
             raise
-        raise ExpressionError(f"invalid expression: {e}", body, base) from None
+        why = "nested too deeply" if isinstance(e, RecursionError | MemoryError) else str(e)
+        why = why or "cannot be parsed"
+        raise ExpressionError(f"invalid expression: {why}", body, base) from None
     refs |= comp.refs
     if const is not _NC or comp.path(tree.body) is not None:
         return fn  # constants and plain paths cannot fail
@@ -373,7 +376,7 @@ def _expr(src: str, offset: int, roots: frozenset[str], refs: Refs) -> Fn:
         except ExpressionEvalError:
             raise
         except Exception as e:  # every runtime failure becomes an ExpressionEvalError
-            raise ExpressionEvalError(f"{type(e).__name__}: {e}", body) from e
+            raise ExpressionEvalError(f"{type(e).__name__}: {plain(e)}", body) from e
 
     return guarded
 

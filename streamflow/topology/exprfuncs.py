@@ -16,21 +16,28 @@ from typing import Any
 
 import orjson
 
+from streamflow import exactjson
 from streamflow.topology.exprdates import ARG_CHECKS, DATE_FUNCS
 from streamflow.topology.exprxml import parse_xml, render_xml
 
 __all__ = ["ARG_CHECKS", "BINOPS", "CMPOPS", "FUNCS", "lookup", "text"]
 
 _MAX = 1_000_000  # cap for 'x' * n and [..] * n
+_MAX_PLACES = 1000  # round(x, n): |n| at most
 
 
 # --------------------------------------------------------------- runtime helpers
 def _json_default(o: Any) -> Any:
+    if isinstance(o, Decimal) and o.is_finite():
+        return orjson.Fragment(str(o))  # exact digits
     return dict(o) if isinstance(o, Mapping) else str(o)
 
 
 def _dumps(v: Any) -> str:
-    return orjson.dumps(v, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        return orjson.dumps(v, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # an integer beyond 64 bits: the exact (slower) path
+        return exactjson.dumps_text(v, orjson.OPT_NON_STR_KEYS)
 
 
 def text(v: Any) -> str:
@@ -71,6 +78,23 @@ def _ordered(cmp: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return safe
 
 
+def _exact(f: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``f`` that also mixes an exact Decimal (SQL numeric, long JSON decimals) with a float:
+    the float is taken at its shortest decimal form and the result stays Decimal."""
+
+    def mixed(a: Any, b: Any) -> Any:
+        try:
+            return f(a, b)
+        except TypeError:
+            if type(a) is Decimal and type(b) is float:
+                return f(a, Decimal(repr(b)))
+            if type(a) is float and type(b) is Decimal:
+                return f(Decimal(repr(a)), b)
+            raise
+
+    return mixed
+
+
 def _mul(a: Any, b: Any) -> Any:
     for seq, n in ((a, b), (b, a)):
         if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX:
@@ -97,8 +121,12 @@ def _int(x: Any) -> Any:
 def _round(x: Any, n: int | None = None) -> Any:
     if x is None:
         return None
+    if n is not None and not -_MAX_PLACES <= n <= _MAX_PLACES:
+        raise ValueError(f"round() places must be between -{_MAX_PLACES} and {_MAX_PLACES}")
     q = Decimal(str(x)).quantize(Decimal(1).scaleb(-(n or 0)), rounding=ROUND_HALF_UP)
-    return int(q) if n is None or n <= 0 else float(q)
+    if n is None or n <= 0:
+        return int(q)
+    return q if isinstance(x, Decimal) else float(q)  # an exact input stays exact
 
 
 _FALSY = frozenset({"", "false", "0", "no", "off", "null", "none"})
@@ -132,7 +160,7 @@ FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {  # name: (fn, m
     "default": (lambda x, fallback: fallback if x is None or x == "" else x, 2, 2),
     "coalesce": (lambda *xs: next((x for x in xs if x is not None), None), 1, None),
     "json": (_dumps, 1, 1),
-    "parse_json": (lambda s: None if s is None else orjson.loads(s), 1, 1),
+    "parse_json": (lambda s: None if s is None else exactjson.loads(s), 1, 1),
     "sha256": (lambda s: hashlib.sha256(text(s).encode()).hexdigest(), 1, 1),
     "base64": (lambda s: _b64.b64encode(text(s).encode()).decode("ascii"), 1, 1),
     "unbase64": (lambda s: _b64.b64decode(text(s).strip() + "==").decode(), 1, 1),
@@ -141,12 +169,12 @@ FUNCS.update(DATE_FUNCS)
 FUNCS["parse_xml"] = (parse_xml, 1, 1)
 FUNCS["render_xml"] = (render_xml, 1, 2)
 BINOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
-    ast.Add: op.add,
-    ast.Sub: op.sub,
-    ast.Mult: _mul,
-    ast.Div: op.truediv,
-    ast.FloorDiv: op.floordiv,
-    ast.Mod: _mod,
+    ast.Add: _exact(op.add),
+    ast.Sub: _exact(op.sub),
+    ast.Mult: _exact(_mul),
+    ast.Div: _exact(op.truediv),
+    ast.FloorDiv: _exact(op.floordiv),
+    ast.Mod: _exact(_mod),
 }
 CMPOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
     ast.Eq: op.eq,

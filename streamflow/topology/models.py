@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -65,6 +65,36 @@ class ConfigVar(Model):
     required: bool | None = Field(None, description="default: required when there is no default")
     description: str = ""
     enum: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _default_has_the_type(self) -> ConfigVar:
+        """A default of the wrong type fails `validate`, not the first run; the message
+        names the types, never the value (it may be a secret)."""
+        d = self.default
+        if d is None:
+            return self
+        wanted = _CONFIG_TYPES[self.type]
+        is_bool = isinstance(d, bool)
+        if not isinstance(d, wanted) or (self.type in ("integer", "number") and is_bool):
+            yaml_type = _YAML_TYPES.get(type(d), type(d).__name__)
+            raise ValueError(f"default must be {_ARTICLES[self.type]}, not {yaml_type}")
+        if self.enum is not None and d not in self.enum:
+            raise ValueError("default is not one of enum")
+        return self
+
+
+_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": (str, int, float, bool),  # a scalar default reads as its text
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+}
+_ARTICLES = {"string": "text", "integer": "an integer", "number": "a number",
+             "boolean": "a boolean", "object": "a mapping", "array": "a list"}  # fmt: skip
+_YAML_TYPES = {str: "text", int: "an integer", float: "a number", bool: "a boolean",
+               dict: "a mapping", list: "a list"}  # fmt: skip
 
 
 class StepConfig(Model):

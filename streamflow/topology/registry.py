@@ -36,6 +36,9 @@ BUILTIN_MODULES = (
     "streamflow.connectors.aws",
     "streamflow.connectors.s3",
     "streamflow.connectors.azure",
+    "streamflow.connectors.dedupe",
+    "streamflow.connectors.rabbitmq",
+    "streamflow.connectors.mongodb",
 )
 
 S = TypeVar("S", bound=type[StepConfig])

@@ -9,18 +9,20 @@ relative to the topology file's folder. What runs each type lives in ``streamflo
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow import exactjson
 from streamflow.connectors.paginate import Paginate
+from streamflow.connectors.stores import Idempotency
+from streamflow.errors import ValidationFailed
 from streamflow.topology.models import Duration, Model, TriggerConfig
 from streamflow.topology.registry import trigger_config
+from streamflow.topology.source import decode_utf8, safe_load
 
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
@@ -115,6 +117,11 @@ class WebhookTrigger(TriggerConfig):
         "execution to end (up to `timeout`) and answer with its output",
     )
     timeout: Duration = Field(30.0, description="sync: how long to wait for the execution")
+    idempotency: Idempotency | None = Field(
+        default_factory=Idempotency,
+        description="Idempotency-Key: a repeated key within ttl (24h) runs once; {ttl, store: "
+        "memory|redis, connection}; null: every request runs",
+    )
     secret_fields: ClassVar[frozenset[str]] = frozenset({"signature", "auth"})
 
     @field_validator("schema_", mode="after")
@@ -128,11 +135,15 @@ class WebhookTrigger(TriggerConfig):
             path = (directory / v).resolve()
             if not path.is_relative_to(directory):
                 raise ValueError(f"schema file {v} is outside the topology's folder")
-            try:
-                text = path.read_text()
-                v = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-            except (OSError, ValueError, yaml.YAMLError) as exc:
-                raise ValueError(f"cannot read schema file {v}: {exc}") from None
+            try:  # YAML with the topology's limits (nesting, aliases); both must be UTF-8
+                text = decode_utf8(path.read_bytes(), str(path))
+                v = exactjson.loads(text) if path.suffix == ".json" else safe_load(text, str(path))
+            except exactjson.JSONDecodeError as exc:
+                raise ValueError(f"schema file {v} is not JSON: {exc}") from None
+            except OSError as exc:
+                raise ValueError(f"cannot read schema file {v}: {exc.strerror}") from None
+            except ValidationFailed as exc:
+                raise ValueError(f"cannot read schema file: {exc}") from None
             if not isinstance(v, dict):
                 raise ValueError(f"schema file {path.name} does not hold a JSON Schema object")
         from jsonschema import SchemaError, validators
@@ -231,9 +242,12 @@ class PollHttp(Model):
 
 
 class PollSql(Model):
-    """A query on PostgreSQL (postgresql://…) or SQLite (sqlite:///path); one record per row."""
+    """A query on PostgreSQL (postgresql://…), MySQL/MariaDB (mysql://…) or SQLite
+    (sqlite:///path); one record per row."""
 
-    dsn: str | None = Field(None, description="or `connection:` (a postgres/sqlite connection)")
+    dsn: str | None = Field(
+        None, description="or `connection:` (a postgres/mysql/sqlite connection)"
+    )
     connection: str | None = None
     query: str = Field(description="may use :cursor (the current cursor value)")
     timeout: Duration = 30.0
@@ -245,8 +259,8 @@ class PollSql(Model):
             return data
         ctx = info.context if isinstance(info.context, dict) else {}
         conn = (ctx.get("connections") or {}).get(data["connection"])
-        if conn is None or conn.type not in ("postgres", "sqlite"):
-            raise ValueError(f"unknown postgres/sqlite connection '{data['connection']}'")
+        if conn is None or conn.type not in ("postgres", "mysql", "sqlite"):
+            raise ValueError(f"unknown postgres/mysql/sqlite connection '{data['connection']}'")
         dsn = getattr(conn, "dsn", None)
         if conn.type == "sqlite":
             path = Path(conn.path)
@@ -259,6 +273,53 @@ class PollSql(Model):
     def _dsn(self) -> PollSql:
         if not self.dsn:
             raise ValueError("sql needs `dsn` or `connection`")
+        if "${" not in self.dsn:
+            from streamflow.connectors.sqldb import database_kind
+            from streamflow.errors import ConfigError
+
+            try:
+                database_kind(self.dsn)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+
+class PollMongo(Model):
+    """A MongoDB collection (PyMongo's async client); one record per document."""
+
+    url: str | None = Field(None, description="or `connection:` (a mongodb connection)")
+    connection: str | None = None
+    database: str | None = Field(None, description="default: the database named in the URL")
+    collection: str
+    filter: dict[str, Any] = Field(default_factory=dict, description="query document")
+    projection: dict[str, Any] | None = None
+    limit: int = Field(1000, ge=1, le=100_000, description="documents per poll")
+    cursor_type: Literal["json", "objectid", "date"] = Field(
+        "json",
+        description="how the cursor is compared: as its JSON value (numbers, text), as an "
+        "ObjectId (cursor field _id) or as a date (ISO text -> BSON date)",
+    )
+    timeout: Duration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_connection(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("connection"), str):
+            return data
+        ctx = info.context if isinstance(info.context, dict) else {}
+        conn = (ctx.get("connections") or {}).get(data["connection"])
+        if conn is None or conn.type != "mongodb":
+            raise ValueError(f"unknown mongodb connection '{data['connection']}'")
+        return {
+            **data,
+            "url": data.get("url") or conn.url,
+            "database": data.get("database") or conn.database,
+        }
+
+    @model_validator(mode="after")
+    def _url(self) -> PollMongo:
+        if not self.url:
+            raise ValueError("mongodb needs `url` or `connection`")
         return self
 
 
@@ -272,7 +333,7 @@ class PollCursor(Model):
 
 @trigger_config("poll")
 class PollTrigger(TriggerConfig):
-    """Poll an HTTP endpoint or an SQL query; emit each new or changed record once."""
+    """Poll an HTTP endpoint, an SQL query or a MongoDB collection; emit each new or changed record once."""  # noqa: E501
 
     example: ClassVar[str] = """trigger:
   type: poll
@@ -286,7 +347,12 @@ trigger:
   type: poll
   every: 30s
   sql: {connection: db, query: "SELECT * FROM orders WHERE id > :cursor ORDER BY id"}
-  cursor: {field: id, initial: 0}"""
+  cursor: {field: id, initial: 0}
+trigger:
+  type: poll
+  every: 30s
+  mongodb: {connection: mongo, collection: orders, filter: {status: paid}, cursor_type: date}
+  cursor: {field: updated_at}    # the query adds updated_at >= cursor, sorted by it"""
 
     type: Literal["poll"]
     every: Duration = Field(60.0, description="time between polls")
@@ -294,7 +360,14 @@ trigger:
         None, description="url, method, headers, params, items (path to the list), timeout"
     )
     sql: PollSql | None = Field(
-        None, description="dsn (postgresql://… or sqlite:///path) or connection, query, timeout"
+        None,
+        description="dsn (postgresql://…, mysql://… or sqlite:///path) or connection, query, "
+        "timeout",
+    )
+    mongodb: PollMongo | None = Field(
+        None,
+        description="url or connection, database, collection, filter, projection, limit, "
+        "cursor_type, timeout",
     )
     mode: Literal["cursor", "hash"] | None = Field(
         None, description="cursor (default with `cursor:`) or hash (new/changed content)"
@@ -308,13 +381,14 @@ trigger:
     skip_existing: bool = Field(
         False, description="the first poll only records what exists, emitting nothing"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"http", "sql"})
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"http", "sql", "mongodb"})
     expression_roots: ClassVar[frozenset[str]] = frozenset({"response"})  # http.paginate
 
     @model_validator(mode="after")
     def _source(self) -> PollTrigger:
-        if (self.http is None) == (self.sql is None):
-            raise ValueError("a poll trigger has exactly one of `http` or `sql`")
+        sources = [s for s in (self.http, self.sql, self.mongodb) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("a poll trigger has exactly one of `http`, `sql` or `mongodb`")
         mode = self.effective_mode
         if mode == "cursor" and self.cursor is None:
             raise ValueError("mode cursor needs `cursor: {field: …}`")
@@ -384,6 +458,13 @@ class FileTrigger(TriggerConfig):
         1_000_000, ge=1, description="larger files fail (format none has no limit)"
     )
     encoding: str = "utf-8"
+
+    @field_validator("processed_dir", "failed_dir", mode="after")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts or "${" in v:
+            raise ValueError(f"{v!r} must be a folder inside path (no '..', not absolute)")
+        return v
 
     @field_validator("path", mode="after")
     @classmethod

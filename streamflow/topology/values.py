@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-import yaml
-
-from streamflow.errors import ConfigError
+from streamflow import exactjson
+from streamflow.errors import ConfigError, ValidationFailed
 from streamflow.topology.models import ConfigVar
+from streamflow.topology.source import decode_utf8, safe_load
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -26,9 +26,14 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+        data = safe_load(decode_utf8(Path(path).read_bytes(), str(path)), str(path))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except ValidationFailed as exc:  # where and what (syntax, nesting, alias bomb, not UTF-8)
+        i = exc.issues[0]
+        raise ConfigError(
+            f"{path}: cannot read config file: line {i.line}, column {i.column}: {i.message}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -60,7 +65,7 @@ def resolve_config(
         if name in supplied:
             try:
                 values[name] = _coerce(supplied[name], var)
-            except ValueError as exc:
+            except ValueError as exc:  # the message never holds the value: it may be secret
                 problems.append(f"config variable '{name}': {exc}")
         elif var.default is not None:
             values[name] = var.default
@@ -79,23 +84,55 @@ def resolve_config(
     return values
 
 
+_ARTICLE = {"integer": "an integer", "number": "a number", "boolean": "a boolean",
+            "object": "an object (a JSON mapping)", "array": "an array (a JSON list)"}  # fmt: skip
+
+
 def _coerce(value: Any, var: ConfigVar) -> Any:
+    """``value`` as ``var.type``; raises ValueError with a message that names the type but
+    never repeats the value (it may be a secret)."""
     t = var.type
     if t == "string":
         return value if isinstance(value, str) else str(value)
     if isinstance(value, str):
-        if t == "integer":
-            return int(value)
-        if t == "number":
-            return float(value)
-        if t == "boolean":
-            if value.lower() in ("true", "1", "yes", "on"):
-                return True
-            if value.lower() in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(f"{value!r} is not a boolean")
-        parsed = orjson.loads(value)
-        value = parsed
+        try:
+            return _from_text(value.strip(), t)
+        except (ValueError, RecursionError):
+            shown = "a secret value" if var.secret else _shown(value)
+            raise ValueError(f"{shown} is not {_ARTICLE[t]}") from None
+    return check_type(value, t)
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+
+
+_JSON_NAMES = {bool: "a boolean", type(None): "null", dict: "an object", list: "an array",
+               str: "text", int: "an integer", float: "a number"}  # fmt: skip
+
+
+def _from_text(value: str, t: str) -> Any:
+    if t == "integer":
+        if not value.lstrip("+-").isdigit() or len(value) > 4300:
+            raise ValueError
+        return int(value)
+    if t == "number":
+        number = float(value)
+        if not math.isfinite(number):  # nan, inf, 1e999
+            raise ValueError
+        return number
+    if t == "boolean":
+        if value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError
+    return check_type(exactjson.loads(value), t)
+
+
+def check_type(value: Any, t: str) -> Any:
+    """``value`` if it is of config type ``t`` (no conversion), else ValueError (which
+    names the types, never the value)."""
     checks: dict[str, type | tuple[type, ...]] = {
         "integer": int,
         "number": (int, float),
@@ -104,5 +141,6 @@ def _coerce(value: Any, var: ConfigVar) -> Any:
         "array": list,
     }
     if not isinstance(value, checks[t]) or (t in ("integer", "number") and isinstance(value, bool)):
-        raise ValueError(f"expected {t}, got {type(value).__name__}")
+        got = _JSON_NAMES.get(type(value), "another type")
+        raise ValueError(f"expected {_ARTICLE[t].split(' (')[0]}, got {got}")
     return value

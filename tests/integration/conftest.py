@@ -7,6 +7,8 @@
 - ``pg_schema``: a fresh schema per test (dropped after), so tests never share tables.
 - ``smtp_server``: an aiosmtpd server on 127.0.0.1 that records every message (and, with
   ``auth=True``, requires AUTH LOGIN/PLAIN against a known user).
+- ``rabbitmq_url``, ``mongodb_url``: a RabbitMQ broker and FerretDB, started once per
+  session on free loopback ports (``servers.py``).
 - ``step_runner``: build a step from YAML the way the runtime does (a loaded topology,
   a StepContext with a real aiohttp session and shared Resources) and run it on payloads.
 """
@@ -39,6 +41,9 @@ from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.registry import STEPS
 from streamflow.topology.values import resolve_config
+from tests.integration.servers_mq import mongodb_url, rabbitmq_url
+
+__all__ = ["mongodb_url", "rabbitmq_url"]  # session fixtures (servers_mq.py), started once
 
 REPO = Path(__file__).resolve().parents[2]
 _pg: dict[str, Any] = {}
@@ -402,3 +407,12 @@ async def http_server() -> AsyncIterator[Callable[[Handler], Awaitable[HttpServe
     yield start
     for r in runners:
         await r.cleanup()
+
+
+# --------------------------------------------------------------------------- MariaDB, Redis
+from tests.integration.servers import (  # noqa: E402, F401  (fixtures, by name)
+    mariadb_server,
+    mysql_url,
+    redis_server,
+    redis_url,
+)

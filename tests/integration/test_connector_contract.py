@@ -4,7 +4,8 @@ For each type: its ``example`` validates, its config round-trips through
 ``model_dump``/``model_validate``, it has a docstring. For each type with secret fields:
 a failing call (a refused login, an unreachable server, an error that quotes the secret)
 raises an error whose message, and every log line written meanwhile, is free of the
-secret. A new type with secret fields must add its case to ``SECRET_CASES``.
+secret. A new step type with secret fields must add its case to ``SECRET_CASES``, a new
+connection type with secret fields its case to ``CONNECTION_CASES``.
 """
 
 from __future__ import annotations
@@ -59,12 +60,18 @@ def test_connection_types_round_trip(name: str) -> None:
         "http": {"type": "http", "base_url": "http://127.0.0.1:1",
                  "auth": {"type": "bearer", "token": "t"}},
         "postgres": {"type": "postgres", "dsn": "postgresql://u:p@127.0.0.1:1/db"},
+        "mysql": {"type": "mysql", "dsn": "mysql://u:p@127.0.0.1:1/db",
+                  "pool": {"min_size": 0, "max_size": 4, "acquire_timeout": "2s"}},
+        "redis": {"type": "redis", "url": "redis://:p@127.0.0.1:1/0", "pool": {"max_size": 3}},
         "sqlite": {"type": "sqlite", "path": "x.db"},
         "smtp": {"type": "smtp", "host": "127.0.0.1", "from": "a@x.io"},
         "s3": {"type": "s3", "endpoint_url": "http://127.0.0.1:1", "region": "eu-west-1",
                "access_key_id": "k", "secret_access_key": "s", "addressing_style": "path"},
         "azure_blob": {"type": "azure_blob", "account_url": "http://127.0.0.1:1/acct",
                        "account_name": "acct", "account_key": "a2V5"},
+        "rabbitmq": {"type": "rabbitmq", "url": "amqp://u:p@127.0.0.1:1/", "pool_size": 2},
+        "mongodb": {"type": "mongodb", "url": "mongodb://u:p@127.0.0.1:1/db",
+                    "max_pool_size": 5, "acquire_timeout": "2s"},
     }[name]  # fmt: skip
     cfg = model.model_validate(minimal)
     assert model.model_validate(cfg.model_dump(by_alias=True)) == cfg
@@ -202,6 +209,98 @@ async def aws_sigv4_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
     return await runner.run("s", {})
 
 
+async def mysql_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "sql", "connection": "shop", "query": "SELECT 1", "timeout": "5s"}],
+        config={"dsn": {"type": "string", "secret": True}},
+        values={"dsn": f"mysql://app:{SECRET}@127.0.0.1:{free_port()}/db"},
+        connections={"shop": {"type": "mysql", "dsn": "${config.dsn}"}},
+    )
+    return await runner.run("s", {})
+
+
+async def redis_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    server = await _echo_server(http_server)
+    runner = await step_runner(
+        [{"id": "s", "type": "http", "url": f"{server.url}/ok",
+          "rate_limit": {"requests": 1, "per": "1s", "connection": "cache"}}],
+        config={"url": {"type": "string", "secret": True},
+                "pw": {"type": "string", "secret": True}},
+        values={"url": f"redis://:{SECRET}@127.0.0.1:{free_port()}/0", "pw": SECRET},
+        connections={"cache": {"type": "redis", "url": "${config.url}",
+                               "password": "${config.pw}", "timeout": "1s"}},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
+async def rabbitmq_publish_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "rabbitmq_publish", "url": "${config.url}", "routing_key": "q",
+          "headers": {"x-token": "${config.secret}"}, "timeout": "3s"}],
+        config={"url": {"type": "string", "secret": True},
+                "secret": {"type": "string", "secret": True}},
+        values={"url": f"amqp://app:{SECRET}@127.0.0.1:{free_port()}/", "secret": SECRET},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
+async def s3_connection_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    server = await _quoting_server(http_server)
+    runner = await step_runner(
+        [{"id": "s", "type": "s3", "connection": "store", "operation": "put", "bucket": "bkt",
+          "key": "k"}],
+        config=_SECRET_CONFIG, values={"api": server.url, "secret": SECRET},
+        connections={"store": {"type": "s3", "endpoint_url": "${config.api}",
+                               "addressing_style": "path", "access_key_id": "${config.secret}",
+                               "secret_access_key": "${config.secret}",
+                               "session_token": "${config.secret}"}},
+    )  # fmt: skip
+    return await runner.run("s", {"x": 1})
+
+
+async def azure_blob_connection_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    server = await _quoting_server(http_server)
+    runner = await step_runner(
+        [{"id": "s", "type": "azure_blob", "connection": "blobs", "operation": "put",
+          "container": "ccc", "blob": "k"}],
+        config=_SECRET_CONFIG, values={"api": server.url, "secret": SECRET},
+        connections={"blobs": {"type": "azure_blob", "account_url": "${config.api}/acct",
+                               "sas_token": "sv=1&sig=${config.secret}"}},
+    )  # fmt: skip
+    return await runner.run("s", {"x": 1})
+
+
+async def mongodb_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "mongodb", "url": "${config.url}", "collection": "c",
+          "connect_timeout": "1s"}],
+        config={"url": {"type": "string", "secret": True}},
+        values={"url": f"mongodb://app:{SECRET}@127.0.0.1:{free_port()}/db"},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
+async def rabbitmq_connection_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "rabbitmq_publish", "connection": "mq", "routing_key": "q",
+          "timeout": "3s"}],
+        config={"url": {"type": "string", "secret": True}},
+        values={"url": f"amqp://app:{SECRET}@127.0.0.1:{free_port()}/"},
+        connections={"mq": {"type": "rabbitmq", "url": "${config.url}"}},
+    )  # fmt: skip
+    return await runner.run("s", {"x": 1})
+
+
+async def mongodb_connection_case(step_runner: Any, http_server: Any, smtp: Any) -> Any:
+    runner = await step_runner(
+        [{"id": "s", "type": "mongodb", "connection": "db", "collection": "c"}],
+        config={"url": {"type": "string", "secret": True}},
+        values={"url": f"mongodb://app:{SECRET}@127.0.0.1:{free_port()}/db"},
+        connections={"db": {"type": "mongodb", "url": "${config.url}", "connect_timeout": "1s"}},
+    )  # fmt: skip
+    return await runner.run("s", {})
+
+
 SECRET_CASES: dict[str, Case] = {
     "http": http_case,
     "graphql": graphql_case,
@@ -209,11 +308,29 @@ SECRET_CASES: dict[str, Case] = {
     "email": email_case,
     "s3": s3_case,
     "azure_blob": azure_blob_case,
+    "rabbitmq_publish": rabbitmq_publish_case,
+    "mongodb": mongodb_case,
 }
 # more cases for the same step types: other credentials that can leak the same way
 EXTRA_SECRET_CASES: dict[str, Case] = {
     "azure_blob (account key)": azure_blob_key_case,
     "http (aws_sigv4)": aws_sigv4_case,
+    "s3 (connection)": s3_connection_case,
+    "azure_blob (connection)": azure_blob_connection_case,
+    "rabbitmq_publish (connection)": rabbitmq_connection_case,
+    "mongodb (connection)": mongodb_connection_case,
+}
+# connection types with secret fields -> the case that uses one
+CONNECTION_CASES: dict[str, Case] = {
+    "http": http_case,
+    "postgres": sql_case,
+    "smtp": email_case,
+    "mysql": mysql_case,
+    "redis": redis_case,
+    "s3": s3_connection_case,
+    "azure_blob": azure_blob_connection_case,
+    "rabbitmq": rabbitmq_connection_case,
+    "mongodb": mongodb_connection_case,
 }
 # secret fields that never reach an error: they are delivered where they belong
 NO_ERROR_PATH = {"kafka_publish": "headers go onto the published message, never into errors"}
@@ -224,8 +341,15 @@ def test_every_type_with_secret_fields_has_a_case() -> None:
     assert with_secrets == set(SECRET_CASES) | set(NO_ERROR_PATH)
 
 
+def test_every_connection_type_with_secret_fields_has_a_case() -> None:
+    with_secrets = {n for n, model in CONNECTIONS.items() if model.secret_fields}
+    assert with_secrets == set(CONNECTION_CASES)
+
+
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-@pytest.mark.parametrize("name", sorted(SECRET_CASES) + sorted(EXTRA_SECRET_CASES))
+@pytest.mark.parametrize(
+    "name", sorted({*SECRET_CASES, "mysql", "redis"}) + sorted(EXTRA_SECRET_CASES)
+)
 async def test_secrets_never_in_errors_or_logs(
     name: str,
     step_runner: Any,
@@ -234,8 +358,8 @@ async def test_secrets_never_in_errors_or_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    case = SECRET_CASES.get(name) or EXTRA_SECRET_CASES.get(name) or CONNECTION_CASES[name]
     with pytest.raises(StreamFlowError) as info:
-        case = SECRET_CASES.get(name) or EXTRA_SECRET_CASES[name]
         await case(step_runner, http_server, smtp_server_factory)
     assert SECRET not in str(info.value)
     assert SECRET not in repr(info.value.args)

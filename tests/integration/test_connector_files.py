@@ -148,3 +148,75 @@ async def test_write_validation(step_runner: Any) -> None:
             [{"id": "w", "type": "file_write", "path": "x.json", "format": "json",
               "mode": "append"}]
         )  # fmt: skip
+
+
+async def test_event_paths_are_confined_by_default(step_runner: Any, tmp_path: Path) -> None:
+    """F3: without root:, a payload value cannot steer a file out of the folder written
+    in the path template (.., absolute paths, symlinked files and folders)."""
+    for d in ("data", "out", "outside", "data/sub"):
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "outside" / "secret.json").write_text('{"secret": 1}')
+    (tmp_path / "data" / "ok.json").write_text('{"ok": 1}')
+    (tmp_path / "data" / "sub" / "deep.json").write_text('{"deep": 1}')
+    for d in ("data", "out"):
+        (tmp_path / d / "link.json").symlink_to(tmp_path / "outside" / "secret.json")
+        (tmp_path / d / "dirlink").symlink_to(tmp_path / "outside")
+    (tmp_path / "data" / "inner.json").symlink_to(tmp_path / "data" / "ok.json")
+    runner = await step_runner(
+        """
+        - {id: r, type: file_read, path: "data/${payload.name}", format: json}
+        - {id: any, type: file_read, path: "${payload.name}", format: json}
+        - {id: w, type: file_write, path: "out/${payload.name}", content: {v: 1}, overwrite: true}
+        - {id: cfg, type: file_read, path: "${config.dir}/secret.json"}
+        - {id: fixed, type: file_read, path: "outside/secret.json"}
+        - {id: mixed, type: file_read, path: "${config.dir}/${payload.name}", format: json}
+        """,
+        config={"dir": {"type": "string"}},
+        values={"dir": str(tmp_path / "outside")},
+    )
+    for name in ("../outside/secret.json", "link.json", "dirlink/secret.json",
+                 "sub/../../outside/secret.json"):  # fmt: skip
+        with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+            await runner.run("r", {"name": name})
+        with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+            await runner.run("w", {"name": name})
+    assert (tmp_path / "outside" / "secret.json").read_text() == '{"secret": 1}'
+    assert (await runner.run("r", {"name": "ok.json"})).payload["records"] == [{"ok": 1}]
+    assert (await runner.run("r", {"name": "sub/deep.json"})).payload["records"] == [{"deep": 1}]
+    assert (await runner.run("r", {"name": "inner.json"})).payload["records"] == [{"ok": 1}]
+    await runner.run("w", {"name": "sub/new.json"})  # (create_dirs) still inside out/
+    assert (tmp_path / "out" / "sub" / "new.json").exists()
+    # no folder before the event's part: confined to the topology's folder
+    with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+        await runner.run("any", {"name": "/etc/hostname"})
+    assert (await runner.run("any", {"name": "data/ok.json"})).payload["records"] == [{"ok": 1}]
+    # paths from the deployer (text, config) are not the event's: not confined
+    assert (await runner.run("cfg", {})).payload["records"] == [{"secret": 1}]
+    assert (await runner.run("fixed", {})).payload["records"] == [{"secret": 1}]
+    # a config prefix sets the folder; the event's part stays inside it
+    assert (await runner.run("mixed", {"name": "secret.json"})).payload["records"] == [
+        {"secret": 1}
+    ]
+    with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+        await runner.run("mixed", {"name": "../data/ok.json"})
+
+
+def test_validate_says_where_files_may_be(tmp_path: Path) -> None:
+    from streamflow.connectors.files import file_places
+    from streamflow.topology.loader import load_integration
+
+    (tmp_path / "i.yaml").write_text(
+        "apiVersion: streamflow/v1\nkind: Integration\nname: fs\nflows:\n"
+        "  - name: f\n    trigger: {type: manual}\n    steps:\n"
+        "      - {id: w, type: file_write, path: 'out/${payload.name}', content: {v: 1}}\n"
+        "      - {id: r, type: file_read, path: 'in/x.json', root: in}\n"
+        "      - {id: s, type: file_read, path: 'static.json'}\n"
+    )
+    lines = file_places(load_integration(tmp_path / "i.yaml"))
+    assert lines == [
+        f"fs/f/w (file_write): files only under {tmp_path / 'out'} (the default root: set "
+        "root: to change)",
+        f"fs/f/r (file_read): files only under {tmp_path / 'in'} (root)",
+        "fs/f/s (file_read): files at the path written in the topology (no part of it comes "
+        "from the event)",
+    ]

@@ -146,3 +146,13 @@ async def test_unreachable_endpoint_is_retriable(step_runner: Any) -> None:
     )  # fmt: skip
     with pytest.raises(RetriableError, match="ClientConnectorError"):
         await runner.run("q", {})
+
+
+async def test_a_template_in_the_document_is_refused_at_validate(step_runner: Any) -> None:
+    """Like sql's query: (F9): the document is sent as written, so `${…}` would be literal."""
+    from streamflow.errors import ValidationFailed
+
+    step = {"id": "g", "type": "graphql", "url": "http://127.0.0.1:1/graphql",
+            "query": 'query { order(id: "${payload.id}") { id } }'}  # fmt: skip
+    with pytest.raises(ValidationFailed, match="declare a variable"):
+        await step_runner([step])

@@ -300,3 +300,29 @@ async def test_connection_validation(step_runner: Any) -> None:
             [{"id": "a", "type": "http", "connection": "crm", "url": "/x"}],
             connections={"crm": {"type": "http", "base_url": "${payload.x}"}},
         )
+
+
+async def test_a_line_break_in_a_header_value_is_bad_input(
+    step_runner: Any, http_server: Any
+) -> None:
+    """F8: aiohttp refuses CR/LF in headers (injection); the step says so in plain words
+    (no library path) and the event is not retried (dead letter)."""
+    server = await http_server(lambda call: _ok())
+    runner = await step_runner(
+        f"""
+        - id: h
+          type: http
+          method: POST
+          url: {server.url}/p
+          headers: {{X-Name: "${{payload.name}}"}}
+        """
+    )
+    with pytest.raises(PoisonMessageError) as info:
+        await runner.run("h", {"name": "a\r\nX-Injected: yes"})
+    assert "line break (CR/LF)" in str(info.value)
+    assert ".pyx" not in str(info.value) and "aiohttp" not in str(info.value)
+    assert server.calls == []
+
+
+async def _ok() -> web.Response:
+    return web.json_response({})

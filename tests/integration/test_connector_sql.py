@@ -338,6 +338,12 @@ async def test_validation_errors_point_at_the_step(step_runner: Any) -> None:
         ({"operation": "insert", "table": "t; drop", "values": {"a": 1}}, "not a plain"),
         ({"operation": "insert", "table": "t", "values": {"a b": 1}}, "not a plain"),
         ({"connection": "nope", "query": "SELECT 1"}, "unknown connection 'nope'"),
+        # F9: a template in the SQL text would be sent literally: refused, pointing to params
+        (
+            {"query": "SELECT * FROM t WHERE b = '${payload.b}'"},
+            r'placeholder :b and give params: \{b: "\$\{payload.b\}"\}',
+        ),
+        ({"query": "SELECT ${ config.table }.x"}, "placeholder :table"),
     ]
     for extra, message in cases:
         step: dict[str, Any] = {"id": "s", "type": "sql", "dsn": "${config.db_dsn}", **extra}

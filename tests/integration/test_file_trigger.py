@@ -222,3 +222,31 @@ def test_every_trigger_type_can_be_fed_by_run_input(tmp_path: Path, kind: str) -
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     done = [e["payload"] for e in lines if e.get("event") == "completed"]
     assert sorted(d["id"] for d in done) == [1, 2], proc.stdout
+
+
+def test_links_out_of_the_folder_are_not_taken_and_dirs_stay_inside(tmp_path: Path) -> None:
+    """F3 for the file trigger: a symlink dropped in the folder that points outside it is
+    never read; processed_dir/failed_dir cannot leave the folder."""
+    from streamflow.errors import ValidationFailed
+
+    integration = file_integration(tmp_path, "{type: file, path: inbox, pattern: '*.json'}")
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "secret.json").write_text('{"secret": 1}')
+    (tmp_path / "inbox" / "link.json").symlink_to(tmp_path / "secret.json")
+    (tmp_path / "inbox" / "real.json").write_text('{"ok": 1}')
+    (tmp_path / "inbox" / "alias.json").symlink_to(tmp_path / "inbox" / "real.json")
+    transport = open_transport(f"local://{tmp_path / 'broker'}")
+    try:
+        flow = integration.flows["inbox"]
+        ingress = FlowIngress(integration, flow, compile_plan(integration), {})
+        runner = FileRunner(ingress, transport)
+        runner.scan()  # the first scan records sizes; the second finds them unchanged
+        ready = sorted(f.path.name for f in runner.scan())
+        assert ready == ["alias.json", "real.json"]
+    finally:
+        transport.close()
+    for bad in ("../elsewhere", "/tmp/x"):
+        with pytest.raises(ValidationFailed, match="must be a folder inside path"):
+            file_integration(
+                tmp_path, f"{{type: file, path: inbox, processed_dir: '{bad}'}}", name="bad"
+            )

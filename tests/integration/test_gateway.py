@@ -330,7 +330,11 @@ async def test_an_instance_url_uses_the_instance_config(
 
     def signed(secret: str) -> dict[str, str]:
         mac = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        return {"X-Timestamp": ts, "X-Signature": f"sha256={mac}"}
+        return {
+            "X-Timestamp": ts,
+            "X-Signature": f"sha256={mac}",
+            "Content-Type": "application/json",
+        }
 
     async def accepted() -> bool:
         resp = await gw.session.post(url, data=body, headers=signed(other_secret))
@@ -394,3 +398,107 @@ def test_webhook_config_problems_are_validation_errors(tmp_path: Path) -> None:
         )
         with pytest.raises(ValidationFailed, match=message):
             load_integration(path)
+
+
+@local
+async def test_webhook_numbers_are_exact_through_a_sync_answer(
+    gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    """BH06: a 30-digit integer and an 18-digit decimal cross the webhook, the envelope, an
+    expression and the sync answer with every digit."""
+    gw = await gateway(agents=True)
+    url = f"{gw.base}/webhooks/{gw.integration.name}/echo"
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    for sent, answered in (
+        (b'{"n":123456789012345678901234567890}', b'"doubled":246913578024691357802469135780'),
+        (b'{"n":1234567890123456.78}', b'"doubled":2469135780246913.56'),
+        (b'{"n":18446744073709551615}', b'"doubled":36893488147419103230'),
+    ):
+        resp = await gw.session.post(url, data=sent, headers=headers)
+        assert resp.status == 200, await resp.text()
+        assert answered in await resp.read()
+
+
+@local
+async def test_a_timestamp_that_is_not_unix_seconds_is_refused(
+    gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    """BH08: the window check cannot be skipped with nan, inf or another non-number."""
+    gw = await gateway()
+    body = json.dumps({"id": "o-9", "amount": 1}).encode()
+    for stamp in ("nan", "NaN", "inf", "-inf", "Infinity", "1e9", "0x10", "", " ", "1_700", "-5"):
+        sig = hmac.new(SECRET.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        resp = await gw.session.post(
+            f"{gw.base}/webhooks/{gw.integration.name}/orders",
+            data=body,
+            headers={"Content-Type": "application/json", "X-Timestamp": stamp,
+                     "X-Signature": f"sha256={sig}"},
+        )  # fmt: skip
+        assert resp.status == 401, stamp
+    assert gw.records("orders") == []
+
+
+@local
+async def test_content_types_the_gateway_does_not_read_get_415(
+    gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    """F7: JSON is read from application/json and application/*+json only."""
+    gw = await gateway(agents=True)
+    doc = {"id": "o-7", "amount": 3}
+    for ctype in ("text/plain", "application/xml", "multipart/form-data; boundary=x"):
+        resp = await gw.post_order(doc, **{"Content-Type": ctype})
+        assert resp.status == 415, ctype
+        assert "application/json" in (await resp.json())["error"]
+    url = f"{gw.base}/webhooks/{gw.integration.name}/echo"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    # no Content-Type at all (aiohttp sends none for bytes without a header)
+    resp = await gw.session.post(
+        url, data=b'{"n": 1}', headers=auth, skip_auto_headers=["Content-Type"]
+    )
+    assert resp.status == 415
+    resp = await gw.session.post(
+        url, data=b'{"n": 2}', headers={**auth, "Content-Type": "application/vnd.api+json"}
+    )
+    assert resp.status == 200
+    assert (await resp.json())["output"] == {"doubled": 4}
+    assert gw.records("orders") == []
+
+
+@local
+async def test_form_values_are_typed_by_the_flow_schema(
+    gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    """F7: `amount=12.5` in a form is the number the schema asks for, so the order is
+    accepted as JSON would be; a value that is not a number is a 422 naming the field."""
+    gw = await gateway()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    resp = await gw.post_order(b"id=o-5&amount=12.5", **form)
+    assert resp.status == 202, await resp.text()
+    bad = await gw.post_order(b"id=o-6&amount=lots", **form)
+    assert bad.status == 422
+    assert (await bad.json())["errors"][0]["path"] == "/amount"
+    latin = await gw.post_order(b"id=%ff%fe&amount=1", **form)  # %-escapes that are not UTF-8
+    assert latin.status == 400
+    [rec] = gw.records("orders")
+    assert decode(rec.value).payload == {"id": "o-5", "amount": 12.5}
+
+
+def test_form_bodies_keep_repeated_keys_and_type_by_schema() -> None:
+    from streamflow.runtime.webhook import form_payload
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer"}, "big": {"type": "integer"}, "ok": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "ids": {"type": "array", "items": {"type": "integer"}}, "name": {"type": "string"},
+        },
+    }  # fmt: skip
+    pairs = [("n", "7"), ("big", "123456789012345678901234567890"), ("ok", "true"),
+             ("tags", "a"), ("ids", "1"), ("ids", "2"), ("name", "42"),
+             ("x", "1"), ("x", "2")]  # fmt: skip
+    assert form_payload(pairs, schema) == {
+        "n": 7, "big": 123456789012345678901234567890, "ok": True, "tags": ["a"],
+        "ids": [1, 2], "name": "42", "x": ["1", "2"],
+    }  # fmt: skip
+    assert form_payload([("a", "1"), ("a", "2"), ("b", "3")], None) == {"a": ["1", "2"], "b": "3"}

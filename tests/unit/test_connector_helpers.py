@@ -73,3 +73,12 @@ def test_names_and_paths() -> None:
     assert sqlite_path("sqlite:///rel/x.db") == "rel/x.db"
     assert sqlite_path("sqlite:////abs/x.db") == "/abs/x.db"
     assert sqlite_path("sqlite://:memory:") == ":memory:"
+
+
+def test_a_non_finite_retry_after_is_no_advice() -> None:
+    """BH08's kind on the client side: `nan`/`inf` from a remote never becomes a delay."""
+    from streamflow.connectors.httpclient import retry_after
+
+    assert [retry_after(v) for v in ("nan", "inf", "-inf", "1e999", "NaN")] == [None] * 5
+    assert retry_after("3") == 3.0
+    assert retry_after("-5") == 0.0

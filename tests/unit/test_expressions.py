@@ -868,3 +868,43 @@ def test_deeply_nested_expression_is_compile_error() -> None:
     deep = "${" + "-" * 5000 + "1}"
     with pytest.raises(ExpressionError):
         compile_value(deep)
+
+
+@pytest.mark.parametrize(
+    ("src", "payload", "plain_words"),
+    [
+        ("${round(1.5, 1000000000)}", {}, "places must be between"),
+        ("${int(payload.s)}", {"s": "9" * 100_000}, "a number of more than 4300 digits"),
+        ("${unbase64(payload.s)}", {"s": "////"}, "not UTF-8 text"),
+        ("${sum(payload.l)}", {"l": ["a", "b"]}, "operand types for +: number and text"),
+        ("${payload.a + payload.b}", {"a": 1, "b": None}, "number and null"),
+        ("${round(payload.n, 2)}", {"n": "x"}, "not a representable number"),
+    ],
+)
+def test_runtime_errors_carry_no_python_internals(
+    src: str, payload: dict[str, Any], plain_words: str
+) -> None:
+    """F8: no class reprs, interpreter advice or type names like 'int' and 'str'."""
+    with pytest.raises(ExpressionEvalError) as info:
+        compile_value(src).render({"payload": payload})
+    text = str(info.value)
+    assert plain_words in text
+    for internal in ("<class", "sys.", "set_int_max_str_digits", "'int'", "'str'", ".py"):
+        assert internal not in text, text
+
+
+@pytest.mark.parametrize("src", ["${" + "-" * 100_000 + "1}", "${" + "not " * 50_000 + "1}",
+                                 "${" + "(" * 100_000 + "1" + ")" * 100_000 + "}"])  # fmt: skip
+def test_a_very_deep_expression_says_so(src: str) -> None:
+    with pytest.raises(ExpressionError, match=r"nested too deeply|too many nested"):
+        compile_value(src)
+
+
+def test_unexpected_step_errors_name_no_source_path() -> None:
+    from streamflow.runtime.processor import describe
+
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        text = describe(exc)
+    assert text == "KeyError: 'missing'"
