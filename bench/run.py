@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bench import report
 from bench.broker import (
@@ -286,6 +286,10 @@ def command(c: Contestant, ctx: Context, source: str, sink: str, name: str) -> l
     raise AssertionError(c.kind)
 
 
+if TYPE_CHECKING:
+    from streamflow.topology.plan import FlowPlan
+
+
 def streamflow_files(
     c: Contestant, ctx: Context, source: str, sink: str, name: str, http_url: str | None
 ) -> tuple[Path, int]:
@@ -312,8 +316,13 @@ def streamflow_files(
     )
     path = ctx.settings.logdir / f"{c.name}.yaml"
     path.write_text(text)
-    plan = compile_plan(load_integration(path)).flows["f"]
-    return path, 1 + len(plan.agents)
+    return path, agents_on_path(compile_plan(load_integration(path)).flows["f"])
+
+
+def agents_on_path(plan: FlowPlan) -> int:
+    """Agents an event of the (linear) bench flow passes through: the trigger's, and one
+    more per hop through a topic (a fused trigger runs the first steps in-process)."""
+    return 1 + sum(1 for _, topic, _ in plan.hops if topic)
 
 
 def free_port() -> int:
