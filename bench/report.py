@@ -69,7 +69,8 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             met = value >= target if metric == "events_per_s" else value <= target
         out.append(
             {"ratio": f"{num} / {den}", "metric": metric, "note": note, "value": value,
-             "target": None if target is None else f">= {target:g}", "met": met}
+             "target": None if target is None
+             else f"{'>=' if metric == 'events_per_s' else '<='} {target:g}", "met": met}
         )  # fmt: skip
     http = rows.get("sf-http") or {}
     of_bound = (http.get("http") or {}).get("of_bound") if http.get("ok") else None
@@ -288,7 +289,7 @@ def render(results: dict[str, Any], source: str = "") -> str:
         "*vs Quix*: events/s over Quix Streams' on the same pipeline (the ceiling against "
         "Quix 1-step). *produced/event*: messages the contestant wrote per event during the "
         "drain (output, internal hops, execution records; transaction markers included), "
-        "counted from the end offsets of its topics (StreamFlow rows only).",
+        "counted from the end offsets of its output and internal topics.",
         "",
         "## Ratios (targets from issue 20)",
         "",
