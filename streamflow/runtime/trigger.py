@@ -52,6 +52,7 @@ class KafkaTriggerProcessor:
         self.all_sync = chain.all_sync if chain is not None else True
         self.metrics = StepMetrics(fplan.integration, ingress.flow.name, "trigger")
         self.firings = TRIGGER_FIRINGS.labels(fplan.integration, ingress.flow.name, "kafka")
+        self.fired = 0  # counted per record, exported per batch (flush_metrics)
 
     def _payload(self, rec: Record) -> Any:
         if self.format == "bytes":
@@ -101,7 +102,7 @@ class KafkaTriggerProcessor:
         # (at-least-once) keeps its execution id and downstream can deduplicate
         execution_id = f"{rec.topic}-{rec.partition}-{rec.offset}"
         env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
-        self.firings.inc()
+        self.fired += 1
         key = self.ingress.partition_key(env)
         outs = []
         if self.announce:
@@ -116,7 +117,12 @@ class KafkaTriggerProcessor:
         return outs, env, keyed
 
     def flush_metrics(self) -> None:
-        return None
+        """Export the batch's counts: firings, and the fused chain's (produced, completed)."""
+        if self.fired:
+            self.firings.inc(self.fired)
+            self.fired = 0
+        if self.chain is not None:
+            self.chain.flush_metrics()
 
     async def close(self) -> None:
         return None

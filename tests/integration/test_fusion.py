@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import orjson
+from prometheus_client import REGISTRY
 
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.events import ExecutionEvent
@@ -106,8 +107,23 @@ async def test_unfused_and_lifecycle_events(tmp_path: Path) -> None:
     assert sum(1 for e in evs if e.event == "completed") == 50
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_defaults_write_one_record_per_execution(tmp_path: Path) -> None:
+    completed = _sample("streamflow_executions_completed_total", integration="fz", flow="f")
+    fired = _sample("streamflow_trigger_firings_total", integration="fz", flow="f", trigger="kafka")
     app, evs, outs = await run(tmp_path)
+    # the fused chain's and the trigger's counts reach /metrics (exported per batch)
+    assert (
+        _sample("streamflow_executions_completed_total", integration="fz", flow="f")
+        == completed + 50
+    )
+    assert (
+        _sample("streamflow_trigger_firings_total", integration="fz", flow="f", trigger="kafka")
+        == fired + 50
+    )
     assert [a.plan.steps for a in app.agents if a.plan.steps] == [("double", "out")]
     assert sorted(outs) == list(range(50))
     # one message per event besides the output: its end, which says when it started
