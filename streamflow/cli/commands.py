@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -13,15 +14,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from streamflow import exactjson
+from streamflow.cli.conventions import emit, plural, unknown_name, write_output
 from streamflow.cli.executions import cmd_executions  # noqa: F401  (main dispatches cmd_<verb>)
 from streamflow.cli.inputs import config_values, read_payloads
 from streamflow.cli.trace import TraceWriter
 from streamflow.envelope import decode
-from streamflow.errors import ConfigError, Issue, PoisonMessageError, ValidationFailed
+from streamflow.errors import ConfigError, FatalError, Issue, PoisonMessageError, ValidationFailed
 from streamflow.runtime import dlq, instances
 from streamflow.runtime.app import App, AppOptions, environment
 from streamflow.runtime.console import ConsoleConfig
@@ -76,7 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             issues.extend(exc.issues)
     if issues:
         raise ValidationFailed(issues)
-    print(f"{len(files)} topology file(s) valid")
+    print(f"{plural(len(files), 'topology file')} valid")
     for line in places:  # where files may be read or written (F3: confined by default)
         print(f"  {line}")
     return 0
@@ -120,6 +123,9 @@ def cmd_steps(args: argparse.Namespace) -> int:
         print(reference_markdown(), end="")
         return 0
     load_builtins()
+    known = {*STEPS, *TRIGGERS}
+    if args.type and args.type not in known:
+        raise ConfigError(unknown_name("step or trigger type", args.type, known))
     kinds: dict[str, Any] = {
         **{f"step {k}": v.config for k, v in STEPS.items()},
         **{f"trigger {k}": v for k, v in TRIGGERS.items()},
@@ -128,7 +134,7 @@ def cmd_steps(args: argparse.Namespace) -> int:
         name = label.split()[1]
         if args.type and name != args.type:
             continue
-        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+        doc = summary_line(model.__doc__)
         print(f"{label:<20} {doc}")
         if args.type:
             for fname, f in model.model_fields.items():
@@ -144,18 +150,43 @@ def cmd_steps(args: argparse.Namespace) -> int:
     return 0
 
 
+def summary_line(doc: str | None) -> str:
+    """The first sentence-complete paragraph of a docstring, on one line."""
+    first = (doc or "").strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in first.splitlines())
+
+
+def schema_texts() -> dict[str, str]:
+    """Kind (integration, tests, mocks) -> the JSON text of its schema."""
+    from streamflow.testing.schemas import mocks_schema, tests_schema
+
+    schemas = {
+        "integration": integration_schema(),
+        "tests": tests_schema(),
+        "mocks": mocks_schema(),
+    }
+    return {k: json.dumps(v, indent=2, sort_keys=True) + "\n" for k, v in schemas.items()}
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
-    text = json.dumps(integration_schema(), indent=2, sort_keys=True) + "\n"
-    out = Path(args.output)
-    if args.check:
-        if not out.exists() or out.read_text() != text:
-            print(f"{out} is out of date: run `streamflow schema`", file=sys.stderr)
-            return 1
-        return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"wrote {out}")
-    return 0
+    texts = schema_texts()
+    kinds = [args.kind] if args.kind else list(texts)
+    if args.output and not args.kind:
+        raise ConfigError(
+            "--output needs a KIND (integration, tests or mocks): one schema per file"
+        )
+    stale = []
+    for kind in kinds:
+        path = args.output or str(Path(args.dir) / f"{kind}.schema.json")
+        if args.check:
+            out = Path(path)
+            if not out.exists() or out.read_text() != texts[kind]:
+                stale.append(path)
+        elif write_output(path, texts[kind]):
+            print(f"wrote {path}", file=sys.stderr)
+    for path in stale:
+        print(f"{path} is out of date: run `streamflow schema`", file=sys.stderr)
+    return 1 if stale else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -178,16 +209,20 @@ async def _run(args: argparse.Namespace) -> int:
         transport = open_transport(args.broker)
         stack.callback(transport.close)
         writer = TraceWriter(json=args.json, total=len(payloads))
-        result = await run_events(
-            integration,
-            transport,
-            config,
-            payloads,
-            flow=flow,
-            timeout=args.timeout,
-            on_event=writer,
-            options=AppOptions(trace_payloads=True, env=environment()),
-        )
+        try:
+            result = await run_events(
+                integration,
+                transport,
+                config,
+                payloads,
+                flow=flow,
+                timeout=args.timeout,
+                on_event=writer,
+                options=AppOptions(trace_payloads=True, env=environment()),
+            )
+        except TimeoutError as exc:
+            writer.flush()
+            raise FatalError(f"{exc} (a longer --timeout, e.g. --timeout 5m?)") from None
         writer.summary(result)
         if args.mocks and not args.json:
             counts: dict[str, int] = {}
@@ -225,6 +260,7 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
     )
     app.deploy()
     app.build_agents()
+    app.check_topics()  # before the gateway accepts anything
     gateway = (
         Gateway(
             integration,
@@ -246,22 +282,32 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
         site = None
         port = getattr(args, "port", None)  # `worker` has no --port without --metrics-port
         if gateway is not None:
+            gateway.agents = app.health
             port = await gateway.start(args.host, args.port)
         elif with_http:
             from streamflow.runtime.http import start_http
 
-            site = await start_http(args.host, args.port)
+            broker_ready = _broker_ready(transport, app)
+
+            async def ready() -> bool:  # the broker answers and no agent stopped for good
+                agents_up = all(h["state"] != "stopped" for h in app.health().values())
+                return agents_up and await broker_ready()
+
+            site = await start_http(args.host, args.port, ready, app.health)
         print(
-            f"streamflow: {len(app.agents)} agent(s) of {integration.name} running on "
+            f"streamflow: {plural(len(app.agents), 'agent')} of {integration.name} running on "
             f"{transport.url}" + (f", http://{args.host}:{port}" if with_http else ""),
             file=sys.stderr,
             flush=True,
         )
         if gateway is not None and gateway.console is not None:
             print(f"  console http://{args.host}:{port}/console/", file=sys.stderr, flush=True)
+        exporter = asyncio.create_task(_export_backlog(transport, app)) if with_http else None
         try:
             await app.run(stop)
         finally:
+            if exporter is not None:
+                exporter.cancel()
             if site is not None:
                 await site.stop()
             if gateway is not None:
@@ -273,6 +319,42 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
         transport.close()
     print("streamflow: stopped cleanly", file=sys.stderr)
     return 0
+
+
+BACKLOG_INTERVAL = 30.0  # seconds between dead-letter backlog readings
+
+
+async def _export_backlog(transport: Any, app: App) -> None:
+    """Keep ``streamflow_dead_letter_backlog`` of the flows this process runs current."""
+    from streamflow.runtime.metrics import DEAD_LETTER_BACKLOG
+
+    flows = app.options.flows or list(app.plan.flows)
+    while True:
+        for flow in flows:
+            try:
+                n = await asyncio.to_thread(dlq.backlog, transport, app.plan, flow)
+            except Exception:  # a broker hiccup: keep the last value, try again later
+                continue
+            DEAD_LETTER_BACKLOG.labels(app.plan.integration, flow).set(n)
+        await asyncio.sleep(BACKLOG_INTERVAL)
+
+
+def _broker_ready(transport: Any, app: App) -> Callable[[], Awaitable[bool]]:
+    """A worker's /readyz: the broker answers about the executions topic within 2 s (one
+    probe in flight at a time, so a hung broker does not pile up threads)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sf-readyz")
+    probe: list[concurrent.futures.Future[Any]] = []
+
+    async def ready() -> bool:
+        if not probe or probe[0].done():
+            probe[:] = [pool.submit(transport.partitions, app.plan.executions_topic)]
+        try:
+            n = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(probe[0])), 2.0)
+        except Exception:
+            return False
+        return bool(n)
+
+    return ready
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -371,7 +453,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     producer.flush()
     producer.close()
     transport.close()
-    print(f"produced {n} event(s) to {plan.flows[flow].first_topic}", file=sys.stderr)
+    print(f"produced {plural(n, 'event')} to {plan.flows[flow].first_topic}", file=sys.stderr)
     return 0
 
 
@@ -383,7 +465,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     try:
         letters = dlq.read_dead_letters(transport, plan, flow)
         since = None
-        if args.since:
+        if args.since is not None:
             since = int((time.time() - parse_duration(args.since)) * 1000)
         chosen = dlq.select(letters, ids=args.ids, step=args.step, error=args.error, since_ms=since)
         states = dlq.letter_states(transport, plan, flow, chosen)
@@ -417,7 +499,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 print(f"skipped: {why}", file=sys.stderr)
             for eid in ids:
                 print(eid)
-            print(f"replayed {len(ids)} dead letter(s)", file=sys.stderr)
+            print(f"replayed {plural(len(ids), 'dead letter')}", file=sys.stderr)
     finally:
         transport.close()
     return 0
@@ -429,7 +511,7 @@ def _print_dead_letters(
     rows = [{**d.summary(), **states[d.id].columns()} for d in letters]
     if as_json:
         for row in rows:
-            print(json.dumps(row))
+            print(json.dumps(_typed(row)))
         return
     if not rows:
         print("no dead letters")
@@ -447,8 +529,19 @@ def _print_dead_letters(
         )
 
 
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON output keeps numbers as numbers (headers arrive as text)."""
+    return {k: int(v) if k == "attempt" and _digits(v) else v for k, v in row.items()}
+
+
+def _digits(v: Any) -> bool:
+    """ASCII digits only: int() of '²' raised, and an id of digits is text, not a number."""
+    return isinstance(v, str) and v.isascii() and v.isdigit()
+
+
 def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) -> None:
-    print(json.dumps({**d.summary(), **state.columns(), "replays": state.replays}, indent=2))
+    row = {**d.summary(), **state.columns(), "replays": state.replays}
+    print(json.dumps(_typed(row), indent=2))
     try:
         env = decode(d.record.value, encoding)  # type: ignore[arg-type]
         print(exactjson.dumps_text(env.to_dict(), exactjson.OPT_INDENT_2))  # numbers exact
@@ -458,13 +551,13 @@ def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) 
 
 def _edit_in_editor(payload: Any) -> Any:
     editor = os.environ.get("EDITOR", "vi")
-    with tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False) as f:
-        json.dump(payload, f, indent=2)
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
+        f.write(exactjson.dumps(payload, exactjson.OPT_INDENT_2))  # every digit, both ways
         path = f.name
     try:
         subprocess.run([*shlex.split(editor), path], check=True)
-        return json.loads(Path(path).read_text())
-    except (subprocess.CalledProcessError, json.JSONDecodeError) as exc:
+        return exactjson.loads(Path(path).read_bytes())
+    except (subprocess.CalledProcessError, exactjson.JSONDecodeError) as exc:
         raise ConfigError(f"edited payload not used: {exc}") from None
     finally:
         os.unlink(path)
@@ -509,8 +602,8 @@ def cmd_instance(args: argparse.Namespace) -> int:
                 mine = [r for r in mine if r.instance == args.instance]
                 if not mine:
                     raise ConfigError(f"no instance {args.instance} of {integration.name}")
-            for r in sorted(mine, key=lambda r: r.instance):
-                row = {
+            rows: list[dict[str, Any]] = [
+                {
                     "instance": r.instance,
                     "integration": r.integration,
                     "version": r.version,
@@ -519,12 +612,23 @@ def cmd_instance(args: argparse.Namespace) -> int:
                     ),
                     "config": r.masked(),
                 }
-                if args.json or args.instance_command == "show":
-                    print(json.dumps(row, indent=None if args.json else 2))
-                else:
-                    print(f"{r.instance:<24} version {r.version:<8} deployed {row['deployed']}")
-            if not mine and args.instance_command == "list":
-                print(f"no instances of {integration.name}")
+                for r in sorted(mine, key=lambda r: r.instance)
+            ]
+            if args.instance_command == "show" and not args.json:
+                row = rows[0]
+                width = max(len(k) for k in row["config"]) if row["config"] else 0
+                for key in ("instance", "integration", "version", "deployed"):
+                    print(f"{key + ':':<13}{row[key]}")
+                print("config:")
+                for key, value in row["config"].items():
+                    print(f"  {key:<{width}}  {json.dumps(value)}")
+            else:
+                emit(
+                    rows,
+                    args.json,
+                    ("instance", "version", "deployed"),
+                    empty=f"no instances of {integration.name}",
+                )
     finally:
         transport.close()
     return 0
@@ -538,7 +642,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     results = asyncio.run(cases.run_test_files(files, select=args.select, on_result=reporter.case))
     reporter.summary(results)
     if args.junit_xml:
-        cases.write_junit_xml(results, args.junit_xml)
+        cases.write_junit_xml(results, args.junit_xml)  # "-": stdout
     if not results:
         raise ConfigError(f"no test case matches -k {args.select!r}")
     return 0 if all(r.passed for r in results) else 1

@@ -8,10 +8,10 @@ Shaped like ``streamflow dlq``: a topology, filters, ``--json`` (one object per 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
+from streamflow import exactjson
 from streamflow.cli.trace import execution_block
 from streamflow.errors import ConfigError
 from streamflow.runtime import history
@@ -27,14 +27,16 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("executions", help="list and show executions (status, steps, errors)")
     esub = p.add_subparsers(dest="executions_command", required=True)
     lp = esub.add_parser("list", help="executions, newest first")
-    lp.add_argument("topology")
-    lp.add_argument("--flow")
-    lp.add_argument("--status", choices=history.STATUSES)
-    lp.add_argument("--instance")
+    lp.add_argument("topology", help="the integration YAML file")
+    lp.add_argument("--flow", help="only this flow's executions")
+    lp.add_argument(
+        "--status", choices=history.STATUSES, help="only executions that ended (or are) so"
+    )
+    lp.add_argument("--instance", help="only this instance's executions")
     lp.add_argument("--since", help="only those started in this past window (e.g. 30m, 2h)")
     lp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     sp = esub.add_parser("show", help="one execution step by step (the trace `run` prints)")
-    sp.add_argument("topology")
+    sp.add_argument("topology", help="the integration YAML file")
     sp.add_argument("id", metavar="ID", help="the execution id")
     for d in (lp, sp):
         d.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -90,7 +92,7 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     since = None
     if args.since:
         try:
-            since = int((time.time() - parse_duration(args.since)) * 1000)
+            since = max(0, int((time.time() - min(parse_duration(args.since), 1e12)) * 1000))
         except ValueError as exc:
             raise ConfigError(f"--since: {exc}") from None
     return {"flow": args.flow, "status": args.status, "instance": args.instance, "since_ms": since}
@@ -102,7 +104,7 @@ def _list(
     rows = store.list(limit=args.limit, **_filters(args))
     if args.json:
         for row in rows:
-            print(json.dumps(redact(row.to_json())), flush=True)
+            print(exactjson.dumps_text(redact(row.to_json())), flush=True)
     elif rows:
         print(_header())
         for row in rows:
@@ -119,7 +121,9 @@ def _list(
         changed = store.list(after_seq=seq, limit=10_000, **_filters(args))
         seq = max(seq, history.seq_of(changed))
         for row in changed:
-            print(json.dumps(redact(row.to_json())) if args.json else _line(row), flush=True)
+            print(
+                exactjson.dumps_text(redact(row.to_json())) if args.json else _line(row), flush=True
+            )
 
 
 def _header() -> str:
@@ -152,7 +156,7 @@ def _show(
         events = [ExecutionEvent(**redact(e)) for e in (row.timeline if row else [])]
         if args.json:
             for ev in events[printed:]:
-                print(json.dumps({k: getattr(ev, k) for k in ev.__slots__}), flush=True)
+                print(exactjson.dumps_text({k: getattr(ev, k) for k in ev.__slots__}), flush=True)
         elif follower is None or (events and is_terminal(events[-1].event, events[-1].note)):
             assert row is not None
             print(execution_block(row.id, row.flow, events))

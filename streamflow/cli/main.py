@@ -6,14 +6,18 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from streamflow.cli import executions
+from streamflow.cli.conventions import Parser, duration
 from streamflow.errors import ConfigError, FatalError, ValidationFailed
 from streamflow.runtime import tracing
 from streamflow.runtime.instances import PUBLIC_URL_ENV
 from streamflow.runtime.logs import configure_logging
 from streamflow.transport import DEFAULT_BROKER
+
+SCHEMA_KINDS = ("integration", "tests", "mocks")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -54,8 +58,8 @@ def _add_dlq(sub: Any) -> None:
         ("replay", "send dead letters back to the step where they failed"),
     ):
         d = dsub.add_parser(name, help=text)
-        d.add_argument("topology")
-        d.add_argument("--flow")
+        d.add_argument("topology", help="the integration YAML file")
+        d.add_argument("--flow", help="the flow (default: the only one)")
         d.add_argument(
             "ids",
             nargs="*",
@@ -64,8 +68,13 @@ def _add_dlq(sub: Any) -> None:
         )
         d.add_argument("--step", help="only dead letters of this step")
         d.add_argument("--error", help="only those whose error contains this text")
-        d.add_argument("--since", help="only those newer than this (e.g. 30m, 2h)")
-        d.add_argument("--json", action="store_true")
+        d.add_argument(
+            "--since",
+            type=duration,
+            metavar="DURATION",
+            help="only those newer than this (e.g. 30m, 2h)",
+        )
+        d.add_argument("--json", action="store_true", help="JSON lines instead of a table")
         _add_broker(d)
         if name == "replay":
             d.add_argument(
@@ -92,7 +101,7 @@ def _add_instance(sub: Any) -> None:
     d = isub.add_parser(
         "deploy", help="validate config values, encrypt secrets, record the instance"
     )
-    d.add_argument("topology")
+    d.add_argument("topology", help="the integration YAML file")
     d.add_argument("--instance", required=True, help="the instance id (e.g. the customer)")
     d.add_argument("--upgrade", action="store_true", help="move the instance to this version")
     d.add_argument(
@@ -108,28 +117,30 @@ def _add_instance(sub: Any) -> None:
         ("remove", "remove an instance (its flows stop accepting its events)"),
     ):
         c = isub.add_parser(name, help=text)
-        c.add_argument("topology")
+        c.add_argument("topology", help="the integration YAML file")
         if name != "list":
-            c.add_argument("--instance", required=True)
+            c.add_argument("--instance", required=True, help="the instance id")
         if name == "remove":
             c.add_argument(
-                "--public-url", default=os.environ.get(PUBLIC_URL_ENV, "http://127.0.0.1:8080")
+                "--public-url",
+                default=os.environ.get(PUBLIC_URL_ENV, "http://127.0.0.1:8080"),
+                help=f"the gateway's public base URL for webhook links (${PUBLIC_URL_ENV})",
             )
-        c.add_argument("--json", action="store_true")
+        c.add_argument("--json", action="store_true", help="JSON instead of a table")
         _add_broker(c)
     isub.add_parser("key", help="print a new STREAMFLOW_SECRET_KEY")
 
 
 def _add_deploy_produce(sub: Any) -> None:
     p = sub.add_parser("deploy", help="create or update the topics of the plan (idempotent)")
-    p.add_argument("topology")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("topology", help="the integration YAML file")
+    p.add_argument("--dry-run", action="store_true", help="print the changes, make none")
     _add_broker(p)
 
     p = sub.add_parser("produce", help="send events to a flow")
-    p.add_argument("topology")
-    p.add_argument("--flow")
-    p.add_argument("--input", default="-")
+    p.add_argument("topology", help="the integration YAML file")
+    p.add_argument("--flow", help="the flow (default: the only one)")
+    p.add_argument("--input", default="-", help="JSON or NDJSON file of payloads, - for stdin")
     p.add_argument("--instance", default="", help="the events belong to this deployed instance")
     _add_broker(p)
     _add_config(p)
@@ -139,15 +150,16 @@ def _add_gateway(sub: Any) -> None:
     p = sub.add_parser(
         "gateway", help="webhooks, schedule/poll/file triggers, /readyz, /metrics (no agents)"
     )
-    p.add_argument("topology")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("topology", help="the integration YAML file")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=8080, help="0: any free port")
-    p.add_argument("--flow", action="append", default=[])
+    p.add_argument("--flow", action="append", default=[], help="only this flow (repeatable)")
     p.add_argument(
         "--produce-timeout",
-        type=float,
+        type=duration,
+        metavar="DURATION",
         default=10.0,
-        help="seconds a webhook waits for the broker's confirmation before 503",
+        help="how long a webhook waits for the broker's confirmation before 503 (e.g. 10s)",
     )
     _add_broker(p)
     _add_config(p)
@@ -157,7 +169,9 @@ def _add_test(sub: Any) -> None:
     p = sub.add_parser("test", help="run flow test cases (tests.yaml) on the embedded transport")
     p.add_argument("paths", nargs="+", metavar="PATH", help="test files or directories")
     p.add_argument("-k", dest="select", metavar="TEXT", help="only cases whose id contains TEXT")
-    p.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument(
+        "--junit-xml", metavar="FILE", help="also write a JUnit XML report (- for stdout)"
+    )
 
 
 def visible_runs(command: str) -> None:
@@ -172,7 +186,8 @@ def visible_runs(command: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="streamflow", description="Kafka-native integration flows.")
+    ap = Parser(prog="streamflow", description="Kafka-native integration flows.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     ap.add_argument(
         "--log-level",
         default=None,
@@ -189,35 +204,49 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check topology files; exit 2 with file:line:col lines")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="topology files or directories")
 
     p = sub.add_parser("plan", help="print topics, partitions, groups and agents")
-    p.add_argument("topology")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("topology", help="the integration YAML file")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     p = sub.add_parser("steps", help="list step and trigger types and their fields")
-    p.add_argument("type", nargs="?", help="show one type in detail")
+    p.add_argument("type", nargs="?", help="show one type in detail (e.g. http)")
     p.add_argument("--markdown", action="store_true", help="the reference page (docs/steps.md)")
 
-    p = sub.add_parser("schema", help="write the JSON Schema of the YAML")
-    p.add_argument("--output", default="schemas/integration.schema.json")
-    p.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
+    p = sub.add_parser(
+        "schema", help="write the JSON Schemas (draft-07) of integration, tests and mocks files"
+    )
+    p.add_argument(
+        "kind", nargs="?", choices=SCHEMA_KINDS, help="only this schema (default: all three)"
+    )
+    p.add_argument("--dir", default="schemas", help="where the schema files are")
+    p.add_argument(
+        "--output", "-o", metavar="FILE", help="with KIND: write it here instead (- for stdout)"
+    )
+    p.add_argument("--check", action="store_true", help="exit 1 if a file is not up to date")
 
     p = sub.add_parser("run", help="one-shot: feed events, run until every execution ended")
-    p.add_argument("topology")
-    p.add_argument("--flow")
+    p.add_argument("topology", help="the integration YAML file")
+    p.add_argument("--flow", help="the flow (default: the only one)")
     p.add_argument("--input", default="-", help="JSON or NDJSON file of payloads, - for stdin")
     p.add_argument("--mocks", help="YAML of mock HTTP services to start on loopback")
     p.add_argument("--json", action="store_true", help="machine-readable event lines")
-    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument(
+        "--timeout",
+        type=duration,
+        metavar="DURATION",
+        default=120.0,
+        help="give up on executions not ended by then (e.g. 10s, 2m; default: 120 seconds)",
+    )
     _add_broker(p)
     _add_config(p)
 
     p = sub.add_parser("serve", help="agents and HTTP endpoints until SIGTERM")
-    p.add_argument("topology")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--flow", action="append", default=[])
+    p.add_argument("topology", help="the integration YAML file")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="0: any free port")
+    p.add_argument("--flow", action="append", default=[], help="only this flow (repeatable)")
     _add_trace_payloads(p)
     _add_broker(p)
     _add_config(p)
@@ -225,9 +254,11 @@ def parser() -> argparse.ArgumentParser:
     _add_gateway(sub)
 
     p = sub.add_parser("worker", help="run agents (start more to scale out)")
-    p.add_argument("topology")
-    p.add_argument("--flow", action="append", default=[])
-    p.add_argument("--step", action="append", default=[])
+    p.add_argument("topology", help="the integration YAML file")
+    p.add_argument("--flow", action="append", default=[], help="only this flow (repeatable)")
+    p.add_argument(
+        "--step", action="append", default=[], help="only this step's agent (repeatable)"
+    )
     p.add_argument("--worker-id", default=None, help="stable id per worker slot (exactly-once)")
     _add_trace_payloads(p)
     p.add_argument(
@@ -245,6 +276,13 @@ def parser() -> argparse.ArgumentParser:
     _add_instance(sub)
     _add_test(sub)
     return ap
+
+
+def _version() -> str:
+    try:
+        return metadata.version("streamflow")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

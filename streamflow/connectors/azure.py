@@ -40,6 +40,7 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.aws import quiet_sdk_loggers
 from streamflow.connectors.connections import ConnectedStep, FieldsOf
+from streamflow.connectors.files import Confinement
 from streamflow.connectors.objects import ObjectFields, decode_body, encode_body, local_path
 from streamflow.connectors.secrets import Masker
 from streamflow.envelope import Envelope
@@ -252,6 +253,7 @@ class AzureBlobStep(AsyncStep):
         self.blob = compile_value(config.blob)
         self.prefix = compile_value(config.prefix)
         self.file = compile_value(config.file)
+        self.local = Confinement(config.file or "", config.base_dir, config.root)
         self.content = compile_value(config.content)
         self.content_type = compile_value(config.content_type)
         self.metadata = compile_value(config.metadata)
@@ -264,7 +266,13 @@ class AzureBlobStep(AsyncStep):
         op = self.cfg.operation
         name = str(self.blob.render(scope) or "") if op != "list" else ""
         if not container or (op != "list" and not name):
-            raise PoisonMessageError(f"step {self.cfg.id}: the container or blob name is empty")
+            raise PoisonMessageError("the container or blob name is empty")
+        if "/" in container or "." in container or {".", ".."} & set(name.split("/")):
+            # URLs collapse ./.. segments: `../other/x` would address another container's blob
+            raise PoisonMessageError(
+                f"{container}/{name[:200]} has a '.' or '..' path segment "
+                "(or a container name with '/' or '.'): it would address another place"
+            )
         what = f"azure_blob {op} {container}/{name}"
         try:
             client = azure_client(
@@ -304,7 +312,7 @@ class AzureBlobStep(AsyncStep):
         props = await blob.get_blob_properties()
         facts = _facts(container, name, props)
         if cfg.file is not None:
-            path = local_path(self.file.render(scope), cfg.base_dir, cfg.root)
+            path = local_path(self.file.render(scope), self.local, scope)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
             try:
@@ -336,7 +344,7 @@ class AzureBlobStep(AsyncStep):
         metadata = {str(k): str(v) for k, v in self.metadata.render(scope).items()} or None
         content_type = self.content_type.render(scope)
         if cfg.file is not None:
-            path: Path = local_path(self.file.render(scope), cfg.base_dir, cfg.root)
+            path: Path = local_path(self.file.render(scope), self.local, scope)
             if not path.is_file():
                 raise PoisonMessageError(f"{path}: no such file")
             size = path.stat().st_size

@@ -68,7 +68,7 @@ class CodeConfig(StepConfig):
         return [str((directory / p).resolve()) for p in v]
 
 
-def load_function(spec: str, path: list[str], step_id: str) -> Callable[..., Any]:
+def load_function(spec: str, path: list[str]) -> Callable[..., Any]:
     """Import ``module:function`` with ``path`` first on sys.path."""
     module_name, _, attr = spec.partition(":")
     for folder in reversed(path):
@@ -78,16 +78,16 @@ def load_function(spec: str, path: list[str], step_id: str) -> Callable[..., Any
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ConfigError(
-            f"step {step_id}: cannot import {module_name!r} ({exc}); searched {', '.join(path)} "
+            f"cannot import {module_name!r} ({exc}); searched {', '.join(path)} "
             "first"
         ) from None
     except Exception as exc:
         raise ConfigError(
-            f"step {step_id}: importing {module_name!r} failed: {exc.__class__.__name__}: {exc}"
+            f"importing {module_name!r} failed: {exc.__class__.__name__}: {exc}"
         ) from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ConfigError(f"step {step_id}: {module_name!r} has no function {attr!r}")
+        raise ConfigError(f"{module_name!r} has no function {attr!r}")
     return fn  # type: ignore[no-any-return]
 
 
@@ -95,7 +95,7 @@ class CodeStep(AsyncStep):
     def __init__(self, config: CodeConfig, ctx: StepContext) -> None:
         self.cfg = config
         self.ctx = ctx
-        self.fn = load_function(config.function, config.path, config.id)
+        self.fn = load_function(config.function, config.path)
         self.is_coroutine = inspect.iscoroutinefunction(self.fn)
         self.options = compile_value(config.options)
 

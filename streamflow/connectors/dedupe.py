@@ -50,7 +50,7 @@ class DedupeStep(AsyncStep):
         scope = self.ctx.scope(env)
         value: Any = self.key.render(scope)
         if value is None or value == "":
-            raise PoisonMessageError(f"step {self.cfg.id}: the dedupe key is empty")
+            raise PoisonMessageError("the dedupe key is empty")
         store = await open_store(
             self.cfg, self.ctx.resources, {"config": scope["config"], "env": self.ctx.env},
             self.masker,

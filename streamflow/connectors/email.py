@@ -138,7 +138,7 @@ class EmailStep(AsyncStep):
         to, cc, bcc = addresses(v["to"]), addresses(v["cc"]), addresses(v["bcc"])
         recipients = [*to, *cc, *bcc]
         if not recipients:
-            raise PoisonMessageError(f"step {self.cfg.id}: no recipient (to, cc, bcc are empty)")
+            raise PoisonMessageError("no recipient (to, cc, bcc are empty)")
         msg = EmailMessage()
         try:
             msg["From"] = str(v["from_"])
@@ -154,7 +154,7 @@ class EmailStep(AsyncStep):
             for name, value in (v["headers"] or {}).items():
                 msg[name] = str(value)
         except (ValueError, TypeError) as exc:  # a line break in a header, and the like
-            raise PoisonMessageError(f"step {self.cfg.id}: bad header: {exc}") from None
+            raise PoisonMessageError(f"bad header: {exc}") from None
         text, html = v["text"], v["html"]
         if text is not None:
             msg.set_content(str(text))
@@ -173,7 +173,7 @@ class EmailStep(AsyncStep):
             port = int(v["port"] or _DEFAULT_PORT[self.cfg.security])
         except (TypeError, ValueError):
             raise PoisonMessageError(
-                f"step {self.cfg.id}: port {v['port']!r} is not a number"
+                f"port {v['port']!r} is not a number"
             ) from None
         where = f"smtp {host}:{port}"
         try:

@@ -9,9 +9,10 @@ folders are not followed. ``pattern`` is a glob on the file name (``*.csv``);
 reverses), then ``limit`` keeps the first N (``truncated`` says when more matched).
 
 Paths resolve like ``file_read``'s: relative to ``base_dir`` (default: the topology's
-folder); with ``root`` set, a folder outside it fails the event, and a listed file that
-resolves outside it (a symbolic link) is left out. A missing folder fails the event;
-``missing_ok: true`` gives an empty list instead.
+folder), confined like them: a folder outside ``root`` (default: the folder written
+before the path's first event-dependent ``${...}``) fails the event; with ``root`` set, a
+listed file that resolves outside it (a symbolic link) is left out. A missing folder fails
+the event; ``missing_ok: true`` gives an empty list instead.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from streamflow.connectors.connections import context_directory
+from streamflow.connectors.files import Confinement
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
@@ -51,7 +53,11 @@ class FileListConfig(StepConfig):
     base_dir: str | None = Field(
         None, validate_default=True, description="default: the topology file's folder"
     )
-    root: str | None = Field(None, description="refuse folders (and files) outside this one")
+    root: str | None = Field(
+        None,
+        description="refuse folders (and files) outside this one; default: the folder "
+        "written before the first ${payload/steps/trigger/meta...} of path",
+    )
     replace_payload: bool = Field(True, description="the list becomes the payload")
     example: ClassVar[str] = """- id: todo
   type: file_list
@@ -75,13 +81,13 @@ class FileListStep(AsyncStep):
         self.ctx = ctx
         self.path = compile_value(config.path)
         self.base = Path(config.base_dir or ".")
-        self.root = (self.base / config.root).resolve() if config.root else None
+        self.confined = Confinement(config.path, config.base_dir, config.root)
+        self.root = self.confined.root
 
     async def process(self, env: Envelope) -> Outcome:
-        raw = self.path.render(self.ctx.scope(env))
-        folder = (self.base / str(raw if raw not in (None, "") else ".")).resolve()
-        if self.root is not None and not folder.is_relative_to(self.root):
-            raise PoisonMessageError(f"{raw} is outside the allowed folder {self.root}")
+        scope = self.ctx.scope(env)
+        raw = self.path.render(scope)
+        folder = self.confined.check(raw if raw not in (None, "") else ".", scope)
         files, truncated = await asyncio.to_thread(self.list, folder)
         out = {"folder": str(folder), "count": len(files), "truncated": truncated,
                "files": files}  # fmt: skip

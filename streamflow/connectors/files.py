@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
@@ -111,12 +112,42 @@ def fixed_prefix(template: str) -> str | None:
     return None
 
 
-def confinement(config: _FileConfig) -> str:
-    """Where this step's files may be, in words (for ``streamflow validate``)."""
+class Confinement:
+    """Where the paths rendered from a template may be: under ``root`` (relative to ``base``)
+    when set, else under the folder written before the template's first event-dependent
+    ``${...}`` (config/env rendered), so a payload value cannot steer a path out of it.
+    Used by every step with a local path: file_read/file_write, file_list, s3/azure_blob file."""
+
+    def __init__(self, template: str, base: str | None, root: str | None) -> None:
+        self.base = Path(base or ".")
+        self.root = (self.base / root).resolve() if root else None
+        prefix = None if root else fixed_prefix(template)
+        self.prefix = compile_value(prefix) if prefix is not None else None
+
+    def check(self, raw: Any, scope: Mapping[str, Any]) -> Path:
+        """The absolute path of ``raw`` (symlinks followed: a link out is outside);
+        PoisonMessageError when it is outside the allowed folder."""
+        path = (self.base / str(raw)).resolve()
+        root = self.root
+        if root is None and self.prefix is not None:
+            prefix = str(self.prefix.render(scope) or "")
+            folder = prefix.rpartition("/")[0] if "/" in prefix else ""
+            root = (self.base / folder).resolve()
+        if root is not None and not path.is_relative_to(root):
+            raise PoisonMessageError(
+                f"the path {str(raw)[:200]!r} is outside the allowed folder {root} "
+                "(it comes from the event: set root: to allow another folder)"
+            )
+        return path
+
+
+def confinement(config: Any, template: str | None = None) -> str:
+    """Where a step's files may be, in words (for ``streamflow validate``); ``template``:
+    its path template (default: ``config.path``)."""
     base = Path(config.base_dir or ".")
     if config.root:
         return f"only under {base / config.root} (root)"
-    prefix = fixed_prefix(config.path)
+    prefix = fixed_prefix(config.path if template is None else template)
     if prefix is None:
         return "at the path written in the topology (no part of it comes from the event)"
     folder = prefix.rpartition("/")[0] if "/" in prefix else ""
@@ -132,12 +163,22 @@ def file_places(integration: Integration) -> list[str]:
             where = Path(str(getattr(trigger, "path", "")))
             lines.append(f"{integration.name}/{flow.name} trigger (file): only files in {where}")
         for node in flow.nodes.values():
-            if isinstance(node.config, _FileConfig):
+            cfg = node.config
+            template = _local_template(cfg)
+            if template is not None:
                 lines.append(
-                    f"{integration.name}/{flow.name}/{node.config.id} ({node.config.type}): "
-                    f"files {confinement(node.config)}"
+                    f"{integration.name}/{flow.name}/{cfg.id} ({cfg.type}): "
+                    f"files {confinement(cfg, template)}"
                 )
     return lines
+
+
+def _local_template(cfg: Any) -> str | None:
+    """The local path template of a step that reads or writes local files, else None."""
+    if isinstance(cfg, _FileConfig) or getattr(cfg, "type", "") == "file_list":
+        return str(cfg.path)
+    file = getattr(cfg, "file", None)  # s3 / azure_blob get and put
+    return file if isinstance(file, str) and hasattr(cfg, "base_dir") else None
 
 
 class _FileStep(AsyncStep):
@@ -145,28 +186,14 @@ class _FileStep(AsyncStep):
         self.ctx = ctx
         self.path = compile_value(config.path)
         self.base = Path(config.base_dir or ".")
-        self.root = (self.base / config.root).resolve() if config.root else None
-        prefix = None if config.root else fixed_prefix(config.path)
-        # the default root: the fixed folder before the event's part (config/env rendered)
-        self.prefix = compile_value(prefix) if prefix is not None else None
+        self.confined = Confinement(config.path, config.base_dir, config.root)
 
     def resolve(self, env: Envelope) -> Path:
         scope = self.ctx.scope(env)
         raw = self.path.render(scope)
         if not raw:
             raise PoisonMessageError("the path is empty")
-        path = (self.base / str(raw)).resolve()  # follows symlinks: a link out is outside
-        root = self.root
-        if root is None and self.prefix is not None:
-            prefix = str(self.prefix.render(scope) or "")
-            folder = prefix.rpartition("/")[0] if "/" in prefix else ""
-            root = (self.base / folder).resolve()
-        if root is not None and not path.is_relative_to(root):
-            raise PoisonMessageError(
-                f"the path {str(raw)[:200]!r} is outside the allowed folder {root} "
-                "(it comes from the event: set root: to allow another folder)"
-            )
-        return path
+        return self.confined.check(raw, scope)
 
 
 # --------------------------------------------------------------------------- read

@@ -45,7 +45,7 @@ class GraphQLError(PoisonMessageError):
         self.errors = errors
 
 
-class Paginate(Model):
+class CursorPaginate(Model):
     path: str = Field(description="the items of one page, e.g. data.customers.nodes")
     cursor: str = Field(description="the next cursor, e.g. data.customers.pageInfo.endCursor")
     has_next: str = Field(description="e.g. data.customers.pageInfo.hasNextPage")
@@ -68,7 +68,7 @@ class GraphqlConfig(ConnectedStep):
     auth: HttpAuth | None = Field(None, description="as for the http step")
     timeout: Duration = 30.0
     retry_on: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
-    paginate: Paginate | None = Field(None, description="follow a cursor connection")
+    paginate: CursorPaginate | None = Field(None, description="follow a cursor connection")
     replace_payload: bool = Field(False, description="data (or the items) become the payload")
     max_concurrency: int | None = Field(None, ge=1, le=10_000)
     rate_limit: RateLimit | None = Field(
@@ -167,12 +167,12 @@ class GraphqlStep(AsyncStep):
             if isinstance(found, list):
                 items.extend(found)
             elif found is not None:
-                raise PoisonMessageError(f"step {self.cfg.id}: {page.path} is not a list")
+                raise PoisonMessageError(f"{page.path} is not a list")
             cursor = dig(body, page.cursor)
             if not dig(body, page.has_next) or cursor is None:
                 break
             if cursor == variables.get(page.variable):
-                raise PoisonMessageError(f"step {self.cfg.id}: the cursor did not move")
+                raise PoisonMessageError("the cursor did not move")
             variables[page.variable] = cursor
         result = {"status": status, "items": items, "pages": pages}
         payload = items if self.cfg.replace_payload else env.payload

@@ -166,7 +166,7 @@ class HttpStep(AsyncStep):
     def __init__(self, config: HttpConfig, ctx: StepContext) -> None:
         bodies = (config.json_, config.body, config.form, config.xml)
         if sum(b is not None for b in bodies) > 1:
-            raise ConfigError(f"step {config.id}: use only one of json, body, form, xml")
+            raise ConfigError("use only one of json, body, form, xml")
         self.cfg = config
         self.ctx = ctx
         self.caller = HttpCaller(
@@ -220,7 +220,7 @@ class HttpStep(AsyncStep):
         if items is None:
             items = []
         if not isinstance(items, list | tuple):
-            raise PoisonMessageError(f"step {self.cfg.id}: for_each did not give a list")
+            raise PoisonMessageError("for_each did not give a list")
         responses = []
         for i, item in enumerate(items):
             responses.append(await self.call(env, {**scope, "item": item}, i))
@@ -270,12 +270,12 @@ class HttpStep(AsyncStep):
             try:
                 text = doc if isinstance(doc, str) else render_xml(doc)
             except XmlError as exc:
-                raise PoisonMessageError(f"step {self.cfg.id}: xml body: {exc}") from None
+                raise PoisonMessageError(f"xml body: {exc}") from None
             data = text.encode()
             headers.setdefault("Content-Type", "application/xml; charset=utf-8")
         resp = await self.caller.send(self.cfg.method, url, headers, query, data, scope)
         if self.cfg.response_format != "auto":
-            resp.body = read_body(self.cfg.id, resp, self.cfg.response_format)
+            resp.body = read_body(resp, self.cfg.response_format)
             if self.cfg.response_format == "xml":
                 self.check_fault(resp, url)
         status = resp.status
@@ -327,7 +327,7 @@ class HttpStep(AsyncStep):
                 more = self.pager.advance(state, result, resp.next_link, found, page_scope)
             except PaginationError as exc:
                 raise PoisonMessageError(
-                    self.caller.mask(f"step {own}: page {state.number + 1}: {exc}")
+                    self.caller.mask(f"page {state.number + 1}: {exc}")
                 ) from None
             if not more:
                 complete = True
@@ -345,7 +345,7 @@ class HttpStep(AsyncStep):
         }
 
 
-def read_body(step_id: str, resp: Response, fmt: str) -> Any:
+def read_body(resp: Response, fmt: str) -> Any:
     """The body per ``response_format`` (json/xml/text); unreadable -> PoisonMessageError
     when the status says success (an error answer keeps its text for the message)."""
     if not resp.raw:
@@ -357,7 +357,7 @@ def read_body(step_id: str, resp: Response, fmt: str) -> Any:
             return parse_xml(resp.raw)
     except (exactjson.JSONDecodeError, XmlError) as exc:
         if 200 <= resp.status < 300:
-            raise PoisonMessageError(f"step {step_id}: the answer is not {fmt}: {exc}") from None
+            raise PoisonMessageError(f"the answer is not {fmt}: {exc}") from None
     return resp.raw.decode(errors="replace")
 
 

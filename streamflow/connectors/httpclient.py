@@ -55,7 +55,7 @@ class HttpCaller:
         limit: int | None = None,
     ) -> None:
         if ctx.http_session is None:
-            raise ConfigError(f"step {step_id}: no HTTP session available")
+            raise ConfigError("no HTTP session available")
         self.step_id = step_id
         self.ctx = ctx
         self.session = ctx.http_session
@@ -122,10 +122,10 @@ class HttpCaller:
         except TimeoutError:
             raise RetriableError(f"{where} timed out after {self.timeout_s:g}s") from None
         except aiohttp.InvalidURL:
-            msg = f"step {self.step_id}: invalid URL {safe_url(str(url))}"
+            msg = f"invalid URL {safe_url(str(url))}"
             raise PoisonMessageError(self.mask(msg)) from None
         except aiohttp.ClientError as exc:
-            raise RetriableError(self.mask(f"{where} failed: {exc.__class__.__name__}")) from None
+            raise RetriableError(self.mask(f"{where} failed: {client_reason(exc)}")) from None
         except ValueError as exc:  # aiohttp refuses a header with CR/LF (injection) and such
             text = "a header name or value contains a line break (CR/LF)"
             if "header" not in str(exc).lower():
@@ -216,3 +216,30 @@ def join_url(base: str | None, url: str) -> str:
     if not base or "://" in url:
         return url
     return base.rstrip("/") + "/" + url.lstrip("/") if url else base
+
+
+def client_reason(exc: aiohttp.ClientError) -> str:
+    """Why a request got no answer, in words (no library class names, no addresses that
+    could carry credentials): connection refused, name not found, TLS, cut off ..."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve (DNS)"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "the server's TLS certificate is not trusted"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "the TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused (nothing listens there)"
+        strerror = getattr(exc.os_error, "strerror", None)
+        return f"cannot connect ({strerror.lower()})" if strerror else "cannot connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut off before its end"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return "too many redirects"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"the answer could not be read ({exc.status or 'no status'})"
+    if isinstance(exc, aiohttp.ClientOSError) and exc.strerror:
+        return f"connection error ({exc.strerror.lower()})"
+    return "connection error"

@@ -363,12 +363,12 @@ class MongoStep(AsyncStep):
         scope = self.ctx.scope(env)
         url = str(self.url.render(scope) or "")
         if not url:
-            raise ConfigError(f"step {self.cfg.id}: the url is empty")
-        self.masker.add(url)
+            raise ConfigError("the url is empty")
+        self.masker.add_dsn(url)
         name = str(self.collection.render(scope) or "")
         database = self.database.render(scope)
         where = f"{safe_dsn(url)} collection {name!r}"
-        call = self.call(scope, f"step {self.cfg.id}")
+        call = self.call(scope, f"collection {name!r}")
         try:
             db = await mongo_database(
                 self.ctx.resources, url, None if database is None else str(database), self.options

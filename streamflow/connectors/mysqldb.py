@@ -186,6 +186,8 @@ def classify_mysql(exc: BaseException, where: str, masker: Masker) -> Exception:
     text = masker.mask(f"{where}: {exc.__class__.__name__}: {exc}")
     if isinstance(exc, errors.MySQLError):
         errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        if errno and len(exc.args) == 2:  # (2003, "Can't connect ..."): not a Python tuple
+            text = masker.mask(f"{where}: MySQL error {errno}: {exc.args[1]}")
         if errno in RETRIABLE_ERRNOS or errno in _CLIENT_ERRNOS or errno == 0:
             return RetriableError(text)
         if isinstance(exc, errors.InterfaceError):
@@ -196,4 +198,3 @@ def classify_mysql(exc: BaseException, where: str, masker: Masker) -> Exception:
     if isinstance(exc, TypeError | ValueError | OverflowError | ArithmeticError):
         return PoisonMessageError(text)  # a value the driver cannot encode
     return RetriableError(text)
-

@@ -21,6 +21,7 @@ import base64
 import binascii
 import csv
 import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from streamflow import exactjson
 from streamflow.connectors.connections import context_directory
-from streamflow.connectors.files import CsvOptions
+from streamflow.connectors.files import Confinement, CsvOptions
 from streamflow.errors import PoisonMessageError
 from streamflow.topology.models import Model
 
@@ -163,7 +164,11 @@ class ObjectFields(Model):
     base_dir: str | None = Field(
         None, validate_default=True, description="default: the topology file's folder"
     )
-    root: str | None = Field(None, description="refuse local paths outside this folder")
+    root: str | None = Field(
+        None,
+        description="refuse local paths outside this folder (relative to base_dir); default: "
+        "the folder written before the first ${payload/steps/trigger/meta...} of file",
+    )
     max_bytes: int = Field(
         50_000_000, ge=1, description="get without `file`: larger objects fail the event"
     )
@@ -175,14 +180,9 @@ class ObjectFields(Model):
         return str(directory if v is None else directory / v)
 
 
-def local_path(raw: Any, base: str | None, root: str | None) -> Path:
-    """A local file path from a rendered template, checked against ``root``."""
+def local_path(raw: Any, confined: Confinement, scope: Mapping[str, Any]) -> Path:
+    """A local file path from a rendered ``file:`` template, confined like file_read's paths
+    (``root``, else the folder written before the event's part of the template)."""
     if not raw:
         raise PoisonMessageError("the local file path is empty")
-    where = Path(base or ".")
-    path = (where / str(raw)).resolve()
-    if root is not None:
-        allowed = (where / root).resolve()
-        if not path.is_relative_to(allowed):
-            raise PoisonMessageError(f"{raw} is outside the allowed folder {allowed}")
-    return path
+    return confined.check(raw, scope)

@@ -33,6 +33,7 @@ from streamflow.connectors.connections import (
     check_connection,
     fill_from_connection,
 )
+from streamflow.connectors.files import fixed_prefix
 from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
@@ -322,6 +323,11 @@ class RabbitMQPublishStep(AsyncStep):
         self.exchange = compile_value(config.exchange)
         self.body = compile_value(config.body)
         self.headers = compile_value(config.headers)
+        # header values written by the deployer (text, config, env) may be credentials; a
+        # value from the event is data: masking it hid words and grew the masker per event
+        self.fixed_headers = frozenset(
+            k for k, v in config.headers.items() if isinstance(v, str) and fixed_prefix(v) is None
+        )
         self.message_id = compile_value(config.message_id)
         self.correlation_id = compile_value(config.correlation_id)
         self.masker = Masker()
@@ -338,7 +344,7 @@ class RabbitMQPublishStep(AsyncStep):
                 data = exactjson.dumps(body)
                 content_type = "application/json"
         except (TypeError, ValueError) as exc:
-            raise PoisonMessageError(f"step {self.cfg.id}: body: {exc}") from None
+            raise PoisonMessageError(f"body: {exc}") from None
         headers = self.headers.render(scope) or {}
         message_id = self.message_id.render(scope) or f"{env.execution_id}-{self.cfg.id}"
         correlation = self.correlation_id.render(scope)
@@ -362,16 +368,18 @@ class RabbitMQPublishStep(AsyncStep):
                 app_id="streamflow",
             )
         except (TypeError, ValueError) as exc:
-            raise PoisonMessageError(f"step {self.cfg.id}: {self.masker.mask(str(exc))}") from None
+            raise PoisonMessageError(f"{self.masker.mask(str(exc))}") from None
 
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
         url = str(self.url.render(scope) or "")
         if not url:
-            raise ConfigError(f"step {self.cfg.id}: the url is empty")
-        self.masker.add(url)
+            raise ConfigError("the url is empty")
+        self.masker.add_dsn(url)
         headers = self.headers.render(scope) or {}
-        self.masker.add(*(v for v in headers.values() if isinstance(v, str)))
+        self.masker.add(
+            *(v for k, v in headers.items() if k in self.fixed_headers and isinstance(v, str))
+        )
         routing_key = str(self.routing_key.render(scope) or "")
         exchange_name = str(self.exchange.render(scope) or "")
         message = self.message(env, scope)

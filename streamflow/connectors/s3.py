@@ -41,6 +41,7 @@ from streamflow.connectors.aws import (
 )
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, fill_from_connection
 from streamflow.connectors.connections import check_connection as _check
+from streamflow.connectors.files import Confinement
 from streamflow.connectors.objects import ObjectFields, decode_body, encode_body, local_path
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError
@@ -123,6 +124,7 @@ class S3Step(AsyncStep):
         self.key = compile_value(config.key)
         self.prefix = compile_value(config.prefix)
         self.file = compile_value(config.file)
+        self.local = Confinement(config.file or "", config.base_dir, config.root)
         self.content = compile_value(config.content)
         self.content_type = compile_value(config.content_type)
         self.metadata = compile_value(config.metadata)
@@ -135,11 +137,11 @@ class S3Step(AsyncStep):
         masker = aws_masker(settings)
         bucket = str(self.bucket.render(scope) or "")
         if not bucket:
-            raise PoisonMessageError(f"step {self.cfg.id}: the bucket is empty")
+            raise PoisonMessageError("the bucket is empty")
         op = self.cfg.operation
         key = str(self.key.render(scope) or "") if op != "list" else ""
         if op != "list" and not key:
-            raise PoisonMessageError(f"step {self.cfg.id}: the key is empty")
+            raise PoisonMessageError("the key is empty")
         client = s3_client(self.ctx.resources, settings, self.cfg.timeout)
         what = f"s3 {op} s3://{bucket}/{key}"
         try:
@@ -167,7 +169,7 @@ class S3Step(AsyncStep):
         source_bucket = str(self.source_bucket.render(scope) or bucket)
         source_key = str(self.source_key.render(scope) or "")
         if not source_key:
-            raise PoisonMessageError(f"step {self.cfg.id}: the source key is empty")
+            raise PoisonMessageError("the source key is empty")
         return self.copy(client, bucket, key, source_bucket, source_key)
 
     def copy(self, client: Any, bucket: str, key: str, src_bucket: str, src_key: str) -> Any:
@@ -209,7 +211,7 @@ class S3Step(AsyncStep):
     def get(self, client: Any, bucket: str, key: str, scope: Mapping[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.file is not None:
-            path = local_path(self.file.render(scope), cfg.base_dir, cfg.root)
+            path = local_path(self.file.render(scope), self.local, scope)
             path.parent.mkdir(parents=True, exist_ok=True)
             head = client.head_object(Bucket=bucket, Key=key)
             client.download_file(bucket, key, str(path), Config=self.transfer())
@@ -240,7 +242,7 @@ class S3Step(AsyncStep):
             extra["Metadata"] = metadata
         content_type = self.content_type.render(scope)
         if cfg.file is not None:
-            path = local_path(self.file.render(scope), cfg.base_dir, cfg.root)
+            path = local_path(self.file.render(scope), self.local, scope)
             if not path.is_file():
                 raise PoisonMessageError(f"{path}: no such file")
             if content_type:

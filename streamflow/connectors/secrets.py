@@ -19,7 +19,7 @@ import base64
 import json
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 MASK = "***"
 _MIN_SECRET = 3  # shorter strings would mask ordinary text; they are not secrets anyway
@@ -40,10 +40,23 @@ class Masker:
                 self._secrets.update(derived_forms(value))
                 # a DSN's password may also appear on its own (e.g. in a driver's message)
                 pw = dsn_password(value)
-                if pw and len(pw) >= _MIN_SECRET:
-                    self._secrets.update(derived_forms(pw))
+                # as written (percent-encoded) and as the driver sends it (decoded)
+                for form in {pw, unquote(pw)} if pw else ():
+                    if len(form) >= _MIN_SECRET:
+                        self._secrets.update(derived_forms(form))
                 if self is not PROCESS:
                     PROCESS.add(value)
+
+    def add_dsn(self, *urls: str | None) -> None:
+        """The password of each connection URL (``scheme://user:password@host/...``), in
+        every form; not the whole URL: its host and database are what an error must name
+        (a URL that is a secret config value is masked whole by the process masker)."""
+        for url in urls:
+            pw = dsn_password(url) if isinstance(url, str) else None
+            if pw:
+                self.add(pw, unquote(pw))
+            elif isinstance(url, str) and "://" not in url:
+                self.add(url)  # not a URL: treat it as the secret it may be
 
     def add_basic(self, username: str, password: str) -> str:
         """The Basic credential ``base64(username:password)`` (returned) and its forms."""

@@ -33,9 +33,9 @@ from streamflow.connectors.sqldb import (
     CompiledSql,
     Result,
     Statement,
+    check_dsn,
     compile_sql,
     database,
-    database_kind,
     quote_ident,
     to_json_value,
 )
@@ -123,11 +123,10 @@ class SqlConfig(ConnectedStep):
     def _complete(self) -> SqlConfig:
         if self.dsn is None:
             raise ValueError("set dsn (e.g. ${config.db_dsn}) or connection")
-        if "${" not in self.dsn:
-            try:
-                database_kind(self.dsn)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+        try:
+            check_dsn(self.dsn, {})  # a literal DSN: its database must be supported
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         op = self.operation
         needs = {
             "query": ("query",),
@@ -168,6 +167,8 @@ class SqlStep(AsyncStep):
     def __init__(self, config: SqlConfig, ctx: StepContext) -> None:
         self.cfg = config
         self.ctx = ctx
+        # at startup: a DSN from config values must name a supported database (exit 2)
+        check_dsn(config.dsn, {"config": ctx.config, "env": ctx.env})
         self.dsn = compile_value(config.dsn)
         self.sql: CompiledSql | None = compile_sql(config.query) if config.query else None
         self.params = compile_value(config.params)
@@ -181,8 +182,8 @@ class SqlStep(AsyncStep):
         scope = self.ctx.scope(env)
         dsn = str(self.dsn.render(scope) or "")
         if not dsn:
-            raise ConfigError(f"step {self.cfg.id}: the dsn is empty")
-        self.masker.add(dsn)
+            raise ConfigError("the dsn is empty")
+        self.masker.add_dsn(dsn)
         db = await database(
             self.ctx.resources, dsn, self.cfg.pool_size or 10, self.masker, self.cfg.pool
         )
@@ -210,18 +211,18 @@ class SqlStep(AsyncStep):
         if op in ("insert", "upsert"):
             row = self.values.render(scope)
             if not isinstance(row, Mapping) or not row:
-                raise PoisonMessageError(f"step {self.cfg.id}: values is not a non-empty mapping")
+                raise PoisonMessageError("values is not a non-empty mapping")
             columns = list(row)
             return [self.insert(columns, [[row[c] for c in columns]], op == "upsert")]
         rows = self.rows.render(scope)
         if rows is None:
             rows = []
         if not isinstance(rows, Sequence) or isinstance(rows, str):
-            raise PoisonMessageError(f"step {self.cfg.id}: rows is not a list")
+            raise PoisonMessageError("rows is not a list")
         if not rows:
             return []
         if not all(isinstance(r, Mapping) for r in rows):
-            raise PoisonMessageError(f"step {self.cfg.id}: every row must be a mapping")
+            raise PoisonMessageError("every row must be a mapping")
         columns = list(self.cfg.columns or rows[0])
         size = max(1, min(self.cfg.batch_size, _MAX_PARAMS // max(1, len(columns))))
         upsert = bool(self.cfg.conflict)
@@ -235,7 +236,7 @@ class SqlStep(AsyncStep):
         try:
             cols = [quote_ident(c) for c in columns]
         except ValueError as exc:
-            raise PoisonMessageError(f"step {self.cfg.id}: {exc}") from None
+            raise PoisonMessageError(f"{exc}") from None
         pg_rows: list[str] = []
         lite_rows: list[str] = []
         args: list[Any] = []

@@ -22,7 +22,7 @@ import datetime as dt
 import re
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -182,7 +182,7 @@ DATABASES: dict[str, str] = {
 
 
 def database_kind(dsn: str) -> str:
-    """The database a DSN names (a value of DATABASES); ConfigError if unsupported."""
+    """The database a DSN names (a key's value of DATABASES); ConfigError if unsupported."""
     scheme = dsn.split(":", 1)[0].lower() if ":" in dsn else ""
     kind = DATABASES.get(scheme)
     if kind is None:
@@ -191,6 +191,24 @@ def database_kind(dsn: str) -> str:
             f"unsupported database {safe_dsn(dsn)!r}: the DSN must start with one of {schemes}"
         )
     return kind
+
+
+def check_dsn(dsn: str | None, scope: Mapping[str, Any]) -> None:
+    """At validate and startup: a DSN written literally, or rendered from ``config``/``env``
+    only, must name a supported database (ConfigError). One that depends on the event is
+    checked when it is used."""
+    if not dsn:
+        return
+    if "${" in dsn:
+        from streamflow.topology.expressions import compile_value
+
+        template = compile_value(dsn)
+        if any(ref[0] not in scope for ref in template.references):
+            return
+        dsn = str(template.render(scope) or "")
+        if not dsn:
+            return
+    database_kind(dsn)
 
 
 async def database(

@@ -249,7 +249,8 @@ async def open_store(
     url = str(fields["url"] or "")
     if url.startswith(MEMORY_URL):
         return resources.get("store\x00memory", MemoryStore)
-    masker.add(url, fields.get("password"), fields.get("username"))
+    masker.add_dsn(url)
+    masker.add(fields.get("password"))  # a user name is not a secret: masking it hid words
     pool = conn.pool
     key = f"store\x00redis\x00{url}\x00{fields.get('username')}\x00{fields.get('password')}"
 
@@ -282,9 +283,7 @@ async def open_store(
     return await resources.aget(key, create, close)
 
 
-async def wait_for_slot(
-    store: Store, key: str, limit: int, per: float, max_wait: float
-) -> float:
+async def wait_for_slot(store: Store, key: str, limit: int, per: float, max_wait: float) -> float:
     """Wait (sleeping, never failing) until a slot is free; the seconds waited.
     RetriableError if it would take longer than ``max_wait``."""
     waited = 0.0

@@ -8,7 +8,9 @@ Commit order (at-least-once)::
        flush the producer - wait until the broker confirmed every message
     4. only then commit, per partition, the offset after the last processed record
 
-A crash between 3 and 4 re-delivers the batch (duplicates downstream, never loss).
+A crash between 3 and 4 re-delivers the batch (duplicates downstream, never loss). On the
+embedded transport (``local://``) 3 and 4 are one SQLite transaction in every mode, so a
+crash there loses and doubles nothing.
 
 Commit order (exactly-once)::
 
@@ -22,6 +24,12 @@ Records of one partition and one key are processed in order; different keys of a
 run concurrently (up to the flow's ``concurrency``) when the agent has async steps;
 on an ``ordered: true`` flow the records of a partition run one after the other.
 
+Containment: a record is one execution's business. Whatever goes wrong with it - its
+processor raising something unexpected, an output the producer refuses (over
+``message.max.bytes``) - ends that execution as failed with the record dead-lettered as it
+arrived (``contain.py``), and the offset moves past it. Only ``FatalError`` (and a
+``ConfigError``) leaves ``run``; ``App`` restarts an agent that stopped otherwise.
+
 The lean loop: while records are waiting, an agent takes what its consumer already
 fetched without leaving the event loop (a poll with no wait); only when there is nothing
 does it wait for records on its I/O thread. An agent whose steps are all synchronous runs
@@ -34,6 +42,7 @@ the input ran dry.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -41,10 +50,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from streamflow.runtime.processor import ChainProcessor, Deferred, Out, Processor
+from streamflow.errors import FatalError
+from streamflow.runtime.contain import Containment, Out, describe
+from streamflow.runtime.processor import ChainProcessor, Deferred, Processor
+from streamflow.topology.exprfuncs import DEFAULT_MAX_VALUE, VALUE_LIMIT
 from streamflow.transport.base import (
     Consumer,
     DeliveryError,
+    MessageRejected,
     Producer,
     Record,
     TopicPartition,
@@ -54,6 +67,7 @@ from streamflow.transport.base import (
 
 log = logging.getLogger("streamflow.runtime")
 LAG_INTERVAL = 5.0  # seconds between consumer-lag readings
+KEEPALIVE = 2.0  # a batch running longer polls (paused) this often: see _process_alive
 R = TypeVar("R")
 
 
@@ -62,43 +76,72 @@ class StepAgent:
         self,
         transport: Transport,
         processor: Processor,
+        containment: Containment,
         *,
         exactly_once: bool,
         commit_interval: float,
         max_batch: int,
         concurrency: int,
         transactional_id: str | None = None,
+        max_value_size: int = DEFAULT_MAX_VALUE,
     ) -> None:
         self.transport = transport
         self.processor = processor
+        self.containment = containment
         self.plan = processor.agent
         self.exactly_once = exactly_once
         self.commit_interval = commit_interval
         self.max_batch = max_batch
         self.limit = asyncio.Semaphore(concurrency)
         self.transactional_id = transactional_id
+        self.max_value_size = max_value_size
         self.metrics = processor.metrics
         self.next_lag_check = 0.0
         self.processed = 0  # records processed (produced, maybe not yet committed)
         self.committed = 0  # records whose offsets are committed
         self._uncommitted = 0
-        # one thread per agent for blocking broker calls: a shared pool would starve
+        self.contained = 0  # records dead-lettered by the agent itself (see contain.py)
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
 
     async def _io(self, fn: Callable[..., R], *args: object) -> R:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set. May be called again after it raised (App's
+        supervisor does): it starts over from the committed offsets."""
+        # the flow's bound on values its expressions build, for this agent's task (and the
+        # tasks it starts: they copy its context)
+        VALUE_LIMIT.set(self.max_value_size)
+        # one thread per agent for blocking broker calls: a shared pool would starve
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-{self.plan.name}")
         consumer = await self._io(self.transport.consumer, self.plan.group, [self.plan.input_topic])
-        producer = self.transport.producer(
-            transactional_id=self.transactional_id if self.exactly_once else None
+        # on the I/O thread: a transactional producer's init_transactions waits for the
+        # broker, and the event loop must keep serving the other agents meanwhile
+        txn_id = self.transactional_id if self.exactly_once else None
+        producer = await self._io(
+            functools.partial(self.transport.producer, transactional_id=txn_id)
         )
+        # at-least-once on a transport whose producer commits outputs and offsets in one
+        # transaction anyway (local://): use it, a crash then doubles nothing
+        self.atomic = self.exactly_once or getattr(producer, "atomic_offsets", False)
         try:
             await self._loop(consumer, producer, stop)
         finally:
-            await self._io(producer.close)
+            try:
+                await self._io(producer.close)
+            except Exception as exc:  # already failing: keep the first error
+                log.warning("agent %s: closing its producer: %s", self.plan.name, exc)
             await self._io(consumer.close)
             self.io.shutdown(wait=False)
+
+    async def _poll(self, consumer: Consumer, wait: float) -> list[Record]:
+        """What the consumer already fetched, taken on this thread (then a yield to the other
+        agents of the loop); when there is none, a wait of up to ``wait`` s on the I/O thread."""
+        records = consumer.poll(self.max_batch, 0.0) if not self.paused_until else []
+        if records:
+            await asyncio.sleep(0)
+            return records
+        return await self._io(consumer.poll, self.max_batch, max(0.0, wait))
 
     async def _loop(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
         self.pending: dict[TopicPartition, int] = {}
@@ -113,24 +156,24 @@ class StepAgent:
                 wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
             if self.paused_until:
                 wait = min(wait, min(self.paused_until.values()) - time.monotonic())
-            # what the consumer already fetched, on this thread; else wait on the I/O thread
-            records = consumer.poll(self.max_batch, 0.0) if not self.paused_until else []
-            if not records:
-                records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
-            else:
-                await asyncio.sleep(0)  # let the other agents of this loop run
+            records = await self._poll(consumer, wait)
             if records:
-                if self.exactly_once and not self.in_txn:
-                    producer.begin()
-                    self.in_txn = True
                 self.metrics.consumed.inc(len(records))
                 self.metrics.in_flight.set(len(records))
-                outs, done = await self._process(records)
-                for out in outs:
-                    producer.send(out.topic, out.value, out.key, out.headers)
+                if self.processor.all_sync:  # one synchronous pass: nothing to keep alive
+                    results, done = await self._process(records)
+                else:
+                    results, done = await self._process_alive(consumer, records)
                 self.metrics.in_flight.set(0)
                 self.processor.flush_metrics()
                 self._advance_offsets(consumer, records, done)
+                if self.exactly_once and not self.in_txn:
+                    await self._io(producer.begin)
+                    self.in_txn = True
+                if self.processor.all_sync:  # the lean loop: no thread hop per batch
+                    self._send(producer, records, results, done)
+                else:  # on the I/O thread: a full producer queue must not block the loop
+                    await self._io(self._send, producer, records, results, done)
                 self.processed += sum(done)
                 self._uncommitted += sum(done)
             self._resume_due(consumer)
@@ -141,13 +184,12 @@ class StepAgent:
             if self.pending and (due or not records or stop.is_set()):
                 await self._io(self._commit, consumer, producer)
                 last_commit = time.monotonic()
-            elif (
-                records
-                and len(records) < self.max_batch
-                and not self.exactly_once
-                and getattr(producer, "buffers_until_flush", True)
-            ):
-                await self._io(producer.flush)
+            elif records and len(records) < self.max_batch and not self.exactly_once:
+                if self.atomic:  # outputs only with their offsets (local://)
+                    await self._io(self._commit, consumer, producer)
+                    last_commit = time.monotonic()
+                elif getattr(producer, "buffers_until_flush", True):
+                    await self._io(producer.flush)
             if time.monotonic() >= self.next_lag_check:
                 self.next_lag_check = time.monotonic() + LAG_INTERVAL
                 for (topic, part), lag in (await self._io(consumer.lag)).items():
@@ -164,7 +206,7 @@ class StepAgent:
             return
         started = time.perf_counter()
         try:
-            if self.exactly_once:
+            if self.atomic:
                 self.in_txn = False
                 producer.commit_transaction(consumer, offsets)
                 self.metrics.commits.inc()
@@ -180,32 +222,109 @@ class StepAgent:
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
             consumer.rewind()
 
-    async def _process(self, records: Sequence[Record]) -> tuple[list[Out], list[bool]]:
-        """Outputs of the batch, and which records were handled. A record whose processor
-        raised ``Deferred`` is not handled: it and every later record of its partition
-        (or of every partition, for scope "all") are read again once the deferral ends."""
+    def _send(
+        self,
+        producer: Producer,
+        records: Sequence[Record],
+        results: list[list[Out]],
+        done: list[bool],
+    ) -> None:
+        """Queue the outputs of every handled record (I/O thread). A message the producer
+        refuses (too large ...) fails its record alone: dead-lettered as it arrived."""
+        for rec, outs, ok in zip(records, results, done, strict=True):
+            if not ok or not outs:
+                continue
+            try:
+                for out in outs:
+                    producer.send(out.topic, out.value, out.key, out.headers)
+            except MessageRejected as exc:
+                # the messages of this record sent before the refused one stay (events,
+                # at most a branch's output): at-least-once, the execution ends failed
+                for out in self._contain(rec, exc):
+                    try:
+                        producer.send(out.topic, out.value, out.key, out.headers)
+                    except MessageRejected as again:
+                        log.error("agent %s: cannot dead-letter: %s", self.plan.name, again)
+
+    def _contain(self, rec: Record, exc: Exception) -> list[Out]:
+        """The dead letter (and failed event) of a record that failed outside the
+        processor's own handling."""
+        self.contained += 1
+        if not isinstance(exc, MessageRejected):
+            log.error(
+                "agent %s: unexpected error on record %s[%d]@%d",
+                self.plan.name,
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                exc_info=exc,
+            )
+        error = describe(exc)
+        self.metrics.for_step(self.containment.step).dead_lettered.inc()
+        return self.containment.dead_letter(rec, error, exc.__class__.__name__)
+
+    async def _process_alive(
+        self, consumer: Consumer, records: Sequence[Record]
+    ) -> tuple[list[list[Out]], list[bool]]:
+        """``_process``, keeping the consumer a live member of its group however long the
+        batch takes (a slow target, an ``ordered`` retry): past KEEPALIVE seconds every
+        assigned partition is paused and the consumer polled every KEEPALIVE seconds, so
+        ``max.poll.interval.ms`` never runs out - no eviction, no rebalance, no redelivery.
+        Paused partitions yield nothing (a stray record is sought back and read again);
+        the partitions are resumed when the batch is done."""
+        task = asyncio.ensure_future(self._process(records))
+        paused: set[TopicPartition] = set()
+        try:
+            while True:
+                finished, _ = await asyncio.wait({task}, timeout=KEEPALIVE)
+                if finished:
+                    return task.result()
+                more = [
+                    tp
+                    for tp in consumer.assignment()
+                    if tp not in paused and tp not in self.paused_until
+                ]
+                if more:
+                    await self._io(consumer.pause, more)
+                    paused.update(more)
+                for rec in await self._io(consumer.poll, 1, 0.0):
+                    await self._io(consumer.seek, (rec.topic, rec.partition), rec.offset)
+        finally:
+            if paused:
+                held = set(consumer.assignment())
+                await self._io(consumer.resume, [tp for tp in paused if tp in held])
+
+    async def _process(self, records: Sequence[Record]) -> tuple[list[list[Out]], list[bool]]:
+        """Outputs of each record of the batch, and which records were handled. A record
+        whose processor raised ``Deferred`` is not handled: it and every later record of its
+        partition (or of every partition, for scope "all") are read again once the deferral
+        ends. Any other error but ``FatalError`` is contained: the record is dead-lettered."""
         proc = self.processor
         done = [False] * len(records)
+        results: list[list[Out]] = [[] for _ in records]
         self.deferred: dict[TopicPartition, float] = {}
         self.defer_all: float | None = None
         if proc.all_sync:
-            outs: list[Out] = []
             for i, rec in enumerate(records):
                 tp = (rec.topic, rec.partition)
                 if self.defer_all is not None or tp in self.deferred:
                     continue
                 try:
-                    outs.extend(proc.handle_sync(rec))
+                    results[i] = proc.handle_sync(rec)
                     done[i] = True
                 except Deferred as d:
                     self._defer(tp, d)
-            return outs, done
+                except FatalError:
+                    raise
+                except Exception as exc:
+                    results[i] = self._contain(rec, exc)
+                    done[i] = True
+            return results, done
         by_key: dict[tuple[int, bytes | None], list[int]] = defaultdict(list)
         # an ordered flow retries in place: the whole partition waits, not only the key
         ordered = isinstance(proc, ChainProcessor) and proc.flow.doc.ordered
         for i, rec in enumerate(records):
             by_key[(rec.partition, None if ordered else rec.key)].append(i)
-        results: list[list[Out]] = [[] for _ in records]
 
         async def run_key(indexes: list[int]) -> None:
             async with self.limit:
@@ -219,9 +338,14 @@ class StepAgent:
                     except Deferred as d:
                         self._defer(tp, d)
                         return
+                    except FatalError:
+                        raise
+                    except Exception as exc:
+                        results[i] = self._contain(records[i], exc)
+                        done[i] = True
 
         await asyncio.gather(*(run_key(ix) for ix in by_key.values()))
-        return [o for r in results for o in r], done
+        return results, done
 
     def _defer(self, tp: TopicPartition, d: Deferred) -> None:
         if d.all_partitions:
@@ -233,13 +357,19 @@ class StepAgent:
         self, consumer: Consumer, records: Sequence[Record], done: list[bool]
     ) -> None:
         """Pending offsets move to the first record not handled (per partition); deferred
-        partitions are sought back to it and paused until the deferral ends."""
+        partitions are sought back to it and paused until the deferral ends. A record
+        handled after that one (another key) is read again too: it is marked not done, so
+        its outputs are not sent now (exactly-once must not produce them twice)."""
         first_open: dict[TopicPartition, int] = {}
-        for rec, ok in zip(records, done, strict=True):
+        held = set(consumer.assignment())
+        for i, rec in enumerate(records):
             tp = (rec.topic, rec.partition)
-            if not ok:
-                first_open.setdefault(tp, rec.offset)
-            elif tp not in first_open:
+            # revoked while the batch ran (its new owner redoes it), or after an open one
+            if tp not in held or tp in first_open:
+                done[i] = False
+            elif not done[i]:
+                first_open[tp] = rec.offset
+            else:
                 self.pending[tp] = rec.offset + 1
         if self.defer_all is not None:
             until = self.defer_all
@@ -247,8 +377,9 @@ class StepAgent:
                 self.paused_until[tp] = until
             consumer.pause(consumer.assignment())
         for tp, until in self.deferred.items():
-            self.paused_until[tp] = until
-            consumer.pause([tp])
+            if tp in held:
+                self.paused_until[tp] = until
+                consumer.pause([tp])
         for tp, offset in first_open.items():
             consumer.seek(tp, offset)
 

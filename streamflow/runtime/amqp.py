@@ -108,7 +108,8 @@ class RabbitMQRunner:
             (str(b["exchange"]), str(b["routing_key"]))
             for b in compile_value([b.model_dump() for b in trigger.bindings]).render(scope)
         ]
-        self.masker = Masker([self.url])
+        self.masker = Masker()
+        self.masker.add_dsn(self.url)
         self.where = f"{safe_dsn(self.url)} queue {self.queue!r}"
         self.make_producer = producer
         self.firings = TRIGGER_FIRINGS.labels(ingress.integration.name, self.flow, "rabbitmq")

@@ -8,8 +8,10 @@ config values) and runs agents as asyncio tasks until ``stop`` is set. It is wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,22 +19,28 @@ from typing import Any
 import aiohttp
 
 from streamflow.envelope import Envelope
-from streamflow.errors import ConfigError
+from streamflow.errors import ConfigError, FatalError
 from streamflow.runtime.agent import StepAgent
+from streamflow.runtime.contain import Containment, describe, place
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.instances import InstanceTable
 from streamflow.runtime.logs import register_secrets
+from streamflow.runtime.metrics import AGENT_RESTARTS
 from streamflow.runtime.processor import ChainProcessor, Processor, ProcessorOptions
 from streamflow.runtime.retrying import RetryProcessor
 from streamflow.runtime.saga import CompensationProcessor
 from streamflow.runtime.trigger import KafkaTriggerProcessor
 from streamflow.steps.base import AnyStep, Resources, StepContext
+from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Flow, Integration, StepConfig, StepNode
 from streamflow.topology.plan import AgentPlan, Plan, compile_plan
 from streamflow.topology.registry import STEPS
 from streamflow.transport.base import TopicSpec, Transport
 
 log = logging.getLogger("streamflow.runtime")
+RESTART_MIN, RESTART_MAX = 1.0, 30.0  # seconds between restarts of a failed agent
+RESTART_RESET = 60.0  # an agent that ran this long restarts after RESTART_MIN again
+MAX_FENCED = 3  # fenced this many times in a row: a duplicate worker id, stop
 
 
 @dataclass
@@ -65,6 +73,8 @@ class App:
         self.instances: InstanceTable | None = None
         register_secrets(self.config.get(n) for n, v in integration.config.items() if v.secret)
         self.agents: list[StepAgent] = []
+        self._health: dict[str, dict[str, Any]] = {}
+        self._topics_checked = False  # agent name -> state, restarts, error
         unknown = set(self.options.flows) - set(integration.flows)
         if unknown:
             raise ConfigError(
@@ -77,6 +87,40 @@ class App:
 
     def deploy(self) -> None:
         self.transport.ensure_topics(self.topic_specs())
+
+    def produced_topics(self) -> list[str]:
+        """Every topic this App's flows produce to that can be known before an event
+        arrives: the plan's topics and the ``topic`` of ``kafka_publish`` steps written
+        literally or from config/env values."""
+        topics = {t.name for t in self.plan.topics}
+        scope = {"config": self.config, "env": dict(self.options.env)}
+        for flow in self.integration.flows.values():
+            if self.options.flows and flow.name not in self.options.flows:
+                continue
+            for node in flow.nodes.values():
+                raw = getattr(node.config, "topic", None)
+                if node.config.type != "kafka_publish" or not isinstance(raw, str):
+                    continue
+                template = compile_value(raw)
+                if any(ref[0] not in scope for ref in template.references):
+                    continue  # named by the event: checked when it is produced
+                with contextlib.suppress(Exception):
+                    if name := str(template.render(scope) or ""):
+                        topics.add(name)
+        return sorted(topics)
+
+    def check_topics(self) -> None:
+        """Refuse to start (ConfigError) unless every topic it will produce to exists, so
+        a run never stops half-way through an execution on a missing topic."""
+        if self._topics_checked:
+            return
+        missing = [t for t in self.produced_topics() if self.transport.partitions(t) == 0]
+        self._topics_checked = not missing
+        if missing:
+            raise ConfigError(
+                f"topic(s) {', '.join(missing)} do not exist on {self.transport.url}: "
+                "create them (outside topics) or run `streamflow deploy`; nothing was consumed"
+            )
 
     def http_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -124,7 +168,12 @@ class App:
             self.resources,
             self._instance_config if self.instances is not None else None,
         )
-        step: AnyStep = factory(config, ctx)
+        try:
+            step: AnyStep = factory(config, ctx)
+        except ConfigError as exc:  # the one place that says which step it is
+            raise ConfigError(
+                f"{place(self.integration.name, flow.name, config.id)}: {exc}"
+            ) from exc
         return step
 
     def _options(self, flow: Flow) -> ProcessorOptions:
@@ -132,7 +181,11 @@ class App:
         mode = "steps" if self.options.trace_payloads else flow.doc.events
         step_events = self.options.step_events and mode == "steps"
         return ProcessorOptions(
-            flow.doc.encoding, step_events, self.options.trace_payloads, summary=mode == "summary"
+            flow.doc.encoding,
+            step_events,
+            self.options.trace_payloads,
+            self.transport.max_message_bytes,
+            summary=mode == "summary",
         )
 
     def _compensation_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
@@ -178,20 +231,35 @@ class App:
         return self._loop_for(flow, proc)
 
     def _loop_for(self, flow: Flow, proc: Processor) -> StepAgent:
+        fplan = self.plan.flows[flow.name]
+        containment = Containment(
+            self.integration.name,
+            flow.name,
+            proc.agent.steps[0] if proc.agent.steps else "trigger",
+            fplan.dlq_topic,
+            self.plan.executions_topic,
+            flow.doc.encoding,
+            self.transport.max_message_bytes,
+            trigger=isinstance(proc, KafkaTriggerProcessor),
+        )
         return StepAgent(
             self.transport,
             proc,
+            containment,
             exactly_once=flow.doc.guarantee == "exactly_once",
             commit_interval=flow.doc.commit_interval,
             max_batch=flow.doc.max_batch,
             concurrency=flow.doc.concurrency,
             transactional_id=f"{proc.agent.group}.{self.options.worker_id}",
+            max_value_size=flow.doc.max_value_size,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run every agent until ``stop`` is set; an agent that fails stops the others."""
+        """Run every agent until ``stop`` is set. An agent that stops on an unexpected error
+        is restarted (``_supervise``); ``FatalError``/``ConfigError`` stop them all."""
         agents = self.agents or self.build_agents()
-        tasks = [asyncio.create_task(a.run(stop), name=a.plan.name) for a in agents]
+        await asyncio.to_thread(self.check_topics)
+        tasks = [asyncio.create_task(self._supervise(a, stop), name=a.plan.name) for a in agents]
         if self.instances is not None:
             tasks.append(asyncio.create_task(self._follow_instances(stop), name="instances"))
         try:
@@ -217,6 +285,64 @@ class App:
                 self.instances.close()
             if self._session is not None:
                 await self._session.close()
+
+    async def _supervise(self, agent: StepAgent, stop: asyncio.Event) -> None:
+        """Run ``agent``; restart it with backoff (1 s doubling to 30 s; back to 1 s after
+        a minute of running) when it stops on anything but FatalError/ConfigError. It
+        starts over from its committed offsets; the other agents and the gateway go on.
+        A record cannot crash-loop an agent: the agent contains each record's errors."""
+        name = agent.plan.name
+        state = self._health.setdefault(name, {"state": "running", "restarts": 0, "error": ""})
+        delay = RESTART_MIN
+        fenced = 0  # restarts in a row after the agent's transactional producer was fenced
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await agent.run(stop)
+                return
+            except (FatalError, ConfigError):
+                state["state"] = "stopped"
+                raise
+            except Exception as exc:
+                if time.monotonic() - started > RESTART_RESET:
+                    delay = RESTART_MIN
+                    fenced = 0
+                if exc.__class__.__name__ == "ProducerFenced":
+                    fenced += 1
+                    if fenced >= MAX_FENCED:  # two processes keep fencing each other
+                        state["state"] = "stopped"
+                        raise FatalError(
+                            f"agent {name}: {exc} ({fenced} times in a row: does another "
+                            "worker run with the same --worker-id?)"
+                        ) from exc
+                state.update(
+                    state="restarting", restarts=int(state["restarts"]) + 1, error=describe(exc)
+                )
+                AGENT_RESTARTS.labels(
+                    self.integration.name,
+                    agent.plan.flow,
+                    agent.containment.step,
+                    name,
+                    exc.__class__.__name__,
+                ).inc()
+                log.error(
+                    "agent %s stopped on an unexpected error; restarting in %.0f s",
+                    name,
+                    delay,
+                    exc_info=exc,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, RESTART_MAX)
+                state["state"] = "running"
+
+    def health(self) -> dict[str, Any]:
+        """Agents that restarted or stopped: {name: {state, restarts, error}} (``/readyz``)."""
+        return {
+            name: dict(h)
+            for name, h in self._health.items()
+            if h["restarts"] or h["state"] != "running"
+        }
 
     def _instance_config(self, env: Envelope) -> Mapping[str, Any]:
         """The config of the envelope's instance; a removed instance's only for the flows

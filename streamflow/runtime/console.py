@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from streamflow import exactjson
 from streamflow.connectors.secrets import MASK
 from streamflow.envelope import decode
 from streamflow.errors import ConfigError, PoisonMessageError
@@ -85,7 +86,7 @@ class ConsoleConfig:
             read,
             op,
             env.get(HISTORY_DB_ENV) or None,
-            int(max_rows) if max_rows.isdigit() else history.MAX_EXECUTIONS,
+            int(max_rows) if max_rows.isascii() and max_rows.isdigit() else history.MAX_EXECUTIONS,
         )
 
 
@@ -250,9 +251,12 @@ class Console:
         since = None
         if q.get("since"):
             raw = q["since"]
-            since = int(raw) if raw.isdigit() else int((time.time() - _duration(raw)) * 1000)
-        after = int(q["after"]) if q.get("after", "").isdigit() else None
-        limit = int(q["limit"]) if q.get("limit", "").isdigit() else 100
+            if raw.isascii() and raw.isdigit():
+                since = _whole(q, "since", 0)
+            else:  # a duration back from now; longer than the epoch: everything
+                since = max(0, int((time.time() - min(_duration(raw), 1e12)) * 1000))
+        after = _whole(q, "after", None)
+        limit = _whole(q, "limit", 100) or 1  # the store keeps it within 1..10000
         status = q.get("status") or None
         if status and status not in history.STATUSES:
             return _error(400, f"status must be one of {', '.join(history.STATUSES)}")
@@ -355,7 +359,7 @@ class Console:
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
-            body = await request.json()
+            body = exactjson.loads(await request.read())  # edited numbers keep every digit
         except ValueError:
             raise web.HTTPBadRequest(text="the body is not JSON") from None
         if not isinstance(body, dict):
@@ -429,6 +433,17 @@ class Console:
         return _json({"execution_id": env.execution_id, "rerun_of": started.execution_id}, 202)
 
 
+def _whole(query: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """A query parameter that is a whole number (ASCII digits, at most 15 of them), else
+    400 - never a 500 from int() of '²' or SQLite's refusal of a 30-digit integer."""
+    raw = query.get(name, "")
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
+        raise web.HTTPBadRequest(text=f"{name}: not a whole number of at most 15 digits")
+    return int(raw)
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -465,7 +480,9 @@ def _metrics(integration: str, flow: str) -> dict[str, float]:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(redact(data), status=status, headers=SECURITY_HEADERS)
+    return web.json_response(
+        redact(data), status=status, headers=SECURITY_HEADERS, dumps=exactjson.dumps_text
+    )
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -1,7 +1,9 @@
 """Dead letters: list them, show one, replay them to the step where they failed.
 
 A dead letter is the envelope as it failed plus headers (``sf-step``, ``sf-error-type``,
-``sf-error``, ``sf-attempt``, ``sf-origin-*``, ``sf-execution-id``, ``sf-time``). Replay
+``sf-error``, ``sf-attempt``, ``sf-origin-*``, ``sf-execution-id``, ``sf-time``); when that
+envelope could not be encoded, it is the record as the agent received it (header
+``sf-dead-letter: input``) and replays to the step that record was for. Replay
 sends the envelope back to its step's input topic with ``attempt`` reset, keeping the
 execution id and marking ``meta.replayed``; a ``replayed`` execution event (note
 ``from <dlq topic> <id>``) records it. ``replay --all`` replays each dead letter once: the
@@ -14,6 +16,7 @@ failed step after its predecessors were undone would, e.g., ship a refunded orde
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +56,7 @@ class DeadLetter:
     @property
     def time_ms(self) -> int:
         raw = self.header("time")
-        return int(raw) if raw.isdigit() else self.record.timestamp_ms
+        return int(raw) if raw.isascii() and raw.isdigit() else self.record.timestamp_ms
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -66,7 +69,13 @@ class DeadLetter:
             "execution_id": self.execution_id,
             "origin": f"{self.header('origin-topic')}[{self.header('origin-partition')}]"
             f"@{self.header('origin-offset')}",
+            **({"holds": "the record as the agent received it"} if self.as_received else {}),
         }
+
+    @property
+    def as_received(self) -> bool:
+        """The value is the input record as it arrived (its envelope could not be encoded)."""
+        return self.header("dead-letter") == "input"
 
 
 @dataclass
@@ -192,6 +201,15 @@ def select(
     return out
 
 
+def backlog(transport: Transport, plan: Plan, flow: str) -> int:
+    """How many dead letters of ``flow`` lie past what ``replay --all`` replayed (offsets
+    only, nothing is read). Letters replayed by id are still counted; on Kafka, letters
+    deleted by retention before being replayed are counted until the next ``--all``."""
+    topic = plan.flows[flow].dlq_topic
+    done = transport.committed(f"{topic}.replay", topic)
+    return sum(max(0, end - done.get(p, 0)) for p, end in transport.end_offsets(topic).items())
+
+
 def unreplayed(
     transport: Transport, plan: Plan, flow: str, letters: Sequence[DeadLetter]
 ) -> list[DeadLetter]:
@@ -225,6 +243,7 @@ def replay(
     producer = transport.producer()
     replayed = []
     for d in letters:
+        step = d.step
         try:
             why = refusal(
                 d,
@@ -234,7 +253,10 @@ def replay(
             )
             if why is not None:
                 raise ConfigError(why)
-            if d.step not in fplan.entry_of:
+            if d.as_received:  # the record before its failing step(s): replay it as it was
+                with contextlib.suppress(PoisonMessageError):
+                    step = decode(d.record.value, flow.doc.encoding).step
+            if step not in fplan.entry_of:
                 raise ConfigError(
                     f"dead letter {d.id} failed at '{d.step}', which is not a step of "
                     f"flow {flow.name} now (a raw record or a compensation): cannot replay"
@@ -250,10 +272,10 @@ def replay(
             continue
         if edit is not None:
             env.payload = edit(env.payload)
-        env.step = d.step
+        env.step = step
         env.attempt = 1
         env.meta["replayed"] = int(env.meta.get("replayed", 0)) + 1
-        producer.send(fplan.entry_of[d.step], encode(env, flow.doc.encoding), d.record.key)
+        producer.send(fplan.entry_of[step], encode(env, flow.doc.encoding), d.record.key)
         ev = event_for(env, "replayed", note=f"from {fplan.dlq_topic} {d.id}")
         producer.send(plan.executions_topic, ev.encode(), env.execution_id.encode())
         replayed.append(env.execution_id)

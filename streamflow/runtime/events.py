@@ -17,6 +17,7 @@ from typing import Any
 
 from streamflow import exactjson
 from streamflow.envelope import Envelope, now_ms
+from streamflow.runtime.metrics import EXECUTIONS_ENDED
 
 RUNS = logging.getLogger("streamflow.executions")
 """One INFO line per finished execution (``serve``/``worker`` show INFO of it by default)."""
@@ -43,7 +44,33 @@ class ExecutionEvent:
     started_ms: int = 0  # when the execution started (0: unknown, an older event)
 
     def encode(self) -> bytes:
-        return exactjson.dumps(self)  # dataclasses natively; numbers exact
+        """JSON bytes. An event is always encodable: a payload (or text) the encoder
+        refuses is left out and the reason put in ``note`` (the execution goes on)."""
+        try:
+            return exactjson.dumps(self)  # dataclasses natively; numbers exact
+        except (TypeError, ValueError) as exc:
+            return self._without_payload(exc)
+
+    def _without_payload(self, exc: Exception) -> bytes:
+        from streamflow.runtime.contain import describe
+
+        def clean(text: str) -> str:
+            return text.encode("utf-8", "replace").decode("utf-8")
+
+        why = f"not encodable, the payload is left out of this event: {describe(exc)}"
+        note = f"{clean(self.note)}; {why}" if self.note else why
+        safe = ExecutionEvent(
+            clean(self.execution_id),
+            clean(self.flow),
+            self.event,
+            clean(self.step),
+            clean(self.instance),
+            self.attempt,
+            self.ts,
+            note,
+            clean(self.error),
+        )
+        return exactjson.dumps(safe)
 
     @classmethod
     def decode(cls, data: bytes) -> ExecutionEvent:
@@ -53,6 +80,9 @@ class ExecutionEvent:
 def event_for(
     env: Envelope, event: str, *, note: str = "", error: str = "", payload: Any = None
 ) -> ExecutionEvent:
+    """The event of ``env``; an ending one is counted in ``streamflow_executions_ended_total``."""
+    if is_terminal(event, note):
+        EXECUTIONS_ENDED.labels(env.integration, env.flow, event, env.instance).inc()
     return ExecutionEvent(
         env.execution_id,
         env.flow,

@@ -50,6 +50,7 @@ from streamflow.errors import RetriableError, StreamFlowError
 from streamflow.runtime import instances as instance_store
 from streamflow.runtime.amqp import RabbitMQRunner
 from streamflow.runtime.console import Console, ConsoleConfig
+from streamflow.runtime.contain import describe
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.filewatch import FileRunner
 from streamflow.runtime.http import HttpSite, add_probe_routes, serve_app
@@ -66,7 +67,7 @@ from streamflow.steps.base import Resources
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan, compile_plan
 from streamflow.topology.triggers import WebhookTrigger
-from streamflow.transport.base import Consumer, Producer, Transport
+from streamflow.transport.base import Consumer, MessageRejected, Producer, Transport
 
 log = logging.getLogger("streamflow.gateway")
 InstanceConfig = Callable[[str], Mapping[str, Any] | None]
@@ -388,6 +389,7 @@ class Gateway:
             if console is not None
             else None
         )
+        self.agents: Callable[[], dict[str, Any]] | None = None  # serve: the App's report
 
     def _webhook_triggers(self) -> list[WebhookTrigger]:
         return [
@@ -403,7 +405,7 @@ class Gateway:
     def app(self) -> web.Application:
         limit = max((t.max_body for t in self._webhook_triggers()), default=1 << 20)
         app = web.Application(client_max_size=limit + 1)
-        add_probe_routes(app, self.ready)
+        add_probe_routes(app, self.ready, self.agents)
         app.router.add_route("*", "/webhooks/{integration}/{flow}", self._webhook)
         app.router.add_route("*", "/webhooks/{instance}/{integration}/{flow}", self._webhook)
         if self.console is not None:
@@ -586,7 +588,13 @@ class Gateway:
     ) -> web.Response:
         """Produce the envelope (a claimed Idempotency-Key becomes done once confirmed, or
         is released if not) and answer."""
-        messages = envelope_messages(endpoint.ingress, env)
+        try:
+            messages = envelope_messages(endpoint.ingress, env)
+        except Exception as exc:  # the encoder refuses it: too deep, a value it cannot write
+            if claimed is not None:  # not accepted: a retry with the key must run
+                with contextlib.suppress(RetriableError):
+                    await claimed.delete(self._idem_key(env.execution_id))
+            raise Refusal(422, f"body cannot be carried: {describe(exc)}") from None
         sync = endpoint.trigger.response == "sync" and self.watcher is not None
         waiter = self.watcher.expect(env.execution_id) if sync and self.watcher else None
         assert self.publisher is not None
@@ -600,6 +608,8 @@ class Gateway:
                     await claimed.delete(self._idem_key(env.execution_id))
             if not isinstance(exc, Exception):
                 raise
+            if isinstance(exc, MessageRejected):  # over message.max.bytes with the envelope
+                raise Refusal(413, f"body too large to carry: {exc}") from None
             log.warning("%s: not accepted, the broker did not confirm: %s", endpoint.path, exc)
             raise Refusal(503, "the broker is unavailable; nothing was accepted, retry") from None
         if claimed is not None:

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.runtime.events import ExecutionEvent
 from streamflow.transport.base import Record, Transport
 
@@ -268,7 +267,7 @@ class ExecutionStore:
             cur = self.db.execute(
                 "SELECT data FROM events WHERE execution_id = ? ORDER BY n", (execution_id,)
             )
-            row.timeline = [orjson.loads(d) for (d,) in cur.fetchall()]
+            row.timeline = [exactjson.loads(d) for (d,) in cur.fetchall()]  # numbers exact
         return row
 
     def events(self, execution_id: str) -> list[ExecutionEvent]:

@@ -30,6 +30,18 @@ EVENTS_COMPENSATED = Counter("streamflow_events_compensated_total", "Compensatio
 EXECUTIONS_COMPLETED = Counter(
     "streamflow_executions_completed_total", "Executions completed", ("integration", "flow")
 )
+# status: completed, filtered, failed, compensated, compensation_failed; sf_instance: the
+# customer instance ("" without one), not `instance`, which Prometheus sets to the target
+EXECUTIONS_ENDED = Counter(
+    "streamflow_executions_ended_total",
+    "Executions that ended, by status and instance",
+    ("integration", "flow", "status", "sf_instance"),
+)
+DEAD_LETTER_BACKLOG = Gauge(
+    "streamflow_dead_letter_backlog",
+    "Dead letters past what `streamflow dlq replay --all` has replayed, per flow",
+    ("integration", "flow"),
+)
 STEP_DURATION = Histogram(
     "streamflow_step_duration_seconds", "Time a step took per event", L, buckets=LATENCY_BUCKETS
 )
@@ -62,6 +74,11 @@ GATEWAY_SECONDS = Histogram(
     "Gateway request latency",
     ("route",),
     buckets=LATENCY_BUCKETS,
+)
+AGENT_RESTARTS = Counter(
+    "streamflow_agent_restarts_total",
+    "Agents restarted by the supervisor after an unexpected error",
+    (*L, "agent", "error"),
 )
 TRIGGER_FIRINGS = Counter(
     "streamflow_trigger_firings_total", "Trigger firings", ("integration", "flow", "trigger")

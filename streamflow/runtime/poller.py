@@ -113,7 +113,7 @@ class PollRunner(LeaderTrigger):
         self.dsn = ""
         if trigger.sql is not None:
             self.dsn = str(compile_value(trigger.sql.dsn).render(self.scope))
-            self.masker.add(self.dsn)
+            self.masker.add_dsn(self.dsn)
             self.sql = compile_sql(trigger.sql.query)
             extra = set(self.sql.names) - {"cursor"}
             if extra or self.sql.positional:
@@ -123,7 +123,7 @@ class PollRunner(LeaderTrigger):
         self.mongo: dict[str, Any] = {}
         if trigger.mongodb is not None:
             self.mongo = compile_value(trigger.mongodb.model_dump()).render(self.scope)
-            self.masker.add(self.mongo["url"])
+            self.masker.add_dsn(self.mongo["url"])
         self.next_poll = 0.0
         self.reset()
 

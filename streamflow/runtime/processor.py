@@ -9,7 +9,8 @@ same way again) dead-letters at once. A retriable failure of an I/O step is trie
 after the policy's backoff, up to ``max_attempts``; then it is dead-lettered. Retries in
 place (``ordered: true``) hold the failing record's partition; otherwise a retry waits on
 the step's retry topic and nothing is held. ``FatalError`` propagates and
-stops the agent without committing.
+stops the agent without committing. An envelope that cannot be encoded (after a step, or
+to dead-letter it) is dead-lettered as the input record arrived (``contain.py``).
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamflow.connectors.secrets import PROCESS
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
-from streamflow.errors import CircuitOpenError, FatalError, PoisonMessageError, RetriableError
+from streamflow.errors import (
+    CircuitOpenError,
+    ConfigError,
+    FatalError,
+    PoisonMessageError,
+    RetriableError,
+)
 from streamflow.errtext import plain
 from streamflow.runtime import tracing
+from streamflow.runtime.contain import Containment, Out, place
+from streamflow.runtime.contain import describe as describe_contained
+from streamflow.runtime.contain import dlq_headers as _headers
 from streamflow.runtime.events import announce, event_for
 from streamflow.runtime.metrics import BREAKER_STATE, StepMetrics
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
@@ -35,7 +45,7 @@ from streamflow.steps.breaker import STATE_VALUE, CircuitBreaker
 from streamflow.topology.expressions import ExpressionEvalError
 from streamflow.topology.models import Flow, RetryPolicy
 from streamflow.topology.plan import AgentPlan, FlowPlan
-from streamflow.transport.base import Headers, Record
+from streamflow.transport.base import DEFAULT_MAX_MESSAGE_BYTES, Headers, Record
 
 log = logging.getLogger("streamflow.runtime")
 
@@ -50,19 +60,12 @@ class Deferred(Exception):
         self.all_partitions = all_partitions
 
 
-@dataclass(slots=True)
-class Out:
-    topic: str
-    value: bytes
-    key: bytes | None = None
-    headers: Headers | None = None
-
-
 @dataclass(frozen=True)
 class ProcessorOptions:
     encoding: Encoding = "json"
     step_events: bool = True  # an execution event after every step
     trace_payloads: bool = False  # include payloads in execution events (run, tests)
+    max_message_bytes: int = field(default=DEFAULT_MAX_MESSAGE_BYTES)  # the transport's
     # `events: summary`: an execution that starts and ends here writes its end record only;
     # ``started`` is written when it leaves the agent it started in (``run_sync(fresh=)``)
     summary: bool = False
@@ -116,6 +119,15 @@ class ChainProcessor:
             for sid in steps
             if (cfg := flow.nodes[sid].config.breaker) is not None
         }
+        self.containment = Containment(
+            flow_plan.integration,
+            flow.name,
+            agent.steps[0],
+            flow_plan.dlq_topic,
+            executions_topic,
+            options.encoding,
+            options.max_message_bytes,
+        )
 
     def _breaker_logger(self, sid: str) -> Callable[[str, str], None]:
         gauge = BREAKER_STATE.labels(self.plan.integration, self.flow.name, sid, sid)
@@ -198,10 +210,22 @@ class ChainProcessor:
         assert isinstance(step, Step)
         try:
             return self._call(step, env)
-        except FatalError:
-            raise
+        except FatalError as exc:
+            raise self._fatal(env, exc) from exc
         except Exception as exc:
             return self._give_up(env, rec, exc, outs)
+
+    def _where(self, env: Envelope, exc: BaseException) -> str:
+        """A step error as people read it (events, dead letters, ``meta.last_error``):
+        its place - integration, flow, step, execution - then what went wrong."""
+        return f"{place(self.plan.integration, self.flow.name, env.step, env.execution_id)}: " + (
+            describe(exc)
+        )
+
+    def _fatal(self, env: Envelope, exc: FatalError) -> FatalError:
+        if str(exc).startswith(f"{self.plan.integration}/"):
+            return exc  # already placed (a chain inside a trigger agent)
+        return FatalError(self._where(env, exc))
 
     def _call(self, step: Step, env: Envelope) -> Outcome:
         if not self.traced:
@@ -250,15 +274,16 @@ class ChainProcessor:
                 if breaker is not None:
                     breaker.success()
                 return outcome
-            except FatalError:
-                raise
+            except FatalError as exc:
+                raise self._fatal(env, exc) from exc
             except CircuitOpenError as exc:
                 if node.config.fallback is not None:
                     return self._give_up(env, rec, exc, outs)
                 raise Deferred(
                     time.monotonic() + (exc.retry_after or 1.0), all_partitions=True
                 ) from exc
-            except (PoisonMessageError, ExpressionEvalError) as exc:
+            except (PoisonMessageError, ExpressionEvalError, ConfigError) as exc:
+                # the event, or the step's settings for it, are wrong: trying again won't help
                 if breaker is not None:
                     breaker.success()  # the target answered; the event is what's wrong
                 return self._give_up(env, rec, exc, outs)
@@ -271,7 +296,7 @@ class ChainProcessor:
                 delay = backoff_delay(policy, env.attempt, retry_after)
                 self.counters[env.step].retried.inc()
                 self.counters[env.step].failed(exc.__class__.__name__)
-                error = describe(exc)
+                error = self._where(env, exc)
                 env.attempt += 1
                 env.meta["last_error"] = error  # the next attempt can read ${meta.last_error}
                 if retry_topic is not None:
@@ -299,7 +324,7 @@ class ChainProcessor:
         if fallback is None:
             self._dead_letter(env, rec, exc, outs)
             return None
-        error = describe(exc)
+        error = self._where(env, exc)
         self.counters[env.step].failed(exc.__class__.__name__)
         self._event(env, outs, "retry", error=error, note=f"fallback to {fallback}")
         return Outcome(
@@ -341,10 +366,10 @@ class ChainProcessor:
             return env
         try:
             value = encode(env, self.opts.encoding)
-        except (TypeError, ValueError) as exc:
-            self._dead_letter(
-                env, rec, PoisonMessageError(f"cannot encode the envelope: {exc}"), outs
-            )
+        except Exception as exc:  # any encoder refusal: this execution fails, not the agent
+            env.step = sid  # the step whose result cannot travel
+            error = PoisonMessageError(f"its result cannot be encoded: {describe_contained(exc)}")
+            self._dead_letter(env, rec, error, outs)
             return None
         headers = [("traceparent", env.trace.encode())] if self.traced and env.trace else None
         if fresh and self.opts.summary:  # it goes on in another agent: it is running
@@ -368,7 +393,7 @@ class ChainProcessor:
         announce(env, kind, note=note)
 
     def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
-        error = describe(exc)
+        error = self._where(env, exc)
         counters = self.counters.get(env.step)
         if counters is not None:
             counters.dead_lettered.inc()
@@ -380,12 +405,30 @@ class ChainProcessor:
             error,
             extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id},
         )
+        try:
+            value = encode(env, self.opts.encoding)
+        except Exception as enc:
+            # the envelope as it failed cannot be written (too deep, unencodable value):
+            # dead-letter the input record as it arrived, with both reasons
+            why = describe_contained(enc)
+            why = error if why in error else f"{error}; the envelope cannot be encoded: {why}"
+            why += " (the dead letter holds the record as the agent received it)"
+            outs.extend(
+                self.containment.dead_letter(
+                    rec,
+                    why,
+                    exc.__class__.__name__,
+                    execution_id=env.execution_id,
+                    step=env.step,
+                )
+            )
+            return
         headers = dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
-        outs.append(Out(self.plan.dlq_topic, encode(env, self.opts.encoding), rec.key, headers))
+        outs.append(Out(self.plan.dlq_topic, value, rec.key, headers))
         if env.saga and self.plan.compensate_topic is not None:
             # the execution failed for good: undo its completed compensable steps
             self._event(env, outs, "failed", error=error, note="compensating")
-            outs.append(Out(self.plan.compensate_topic, encode(env, self.opts.encoding), rec.key))
+            outs.append(Out(self.plan.compensate_topic, value, rec.key))
         else:
             self._event(env, outs, "failed", error=error)
 
@@ -397,14 +440,16 @@ class ChainProcessor:
             rec.offset,
             exc,
         )
-        headers = dlq_headers(rec, exc, describe(exc), self.agent.steps[0], 0, "")
+        step = self.agent.steps[0]
+        error = f"{place(self.plan.integration, self.flow.name, step)}: {describe(exc)}"
+        headers = dlq_headers(rec, exc, error, step, 0, "")
         return Out(self.plan.dlq_topic, rec.value, rec.key, headers)
 
 
 def describe(exc: BaseException) -> str:
     """The error text of dead letters and execution events: plain words (no source paths
     or Python internals; an unexpected error keeps its kind), every secret masked."""
-    text = str(exc) or exc.__class__.__name__
+    text = describe_contained(exc)
     if not isinstance(exc, RetriableError | PoisonMessageError | ExpressionEvalError):
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         if frame:  # where, for operators: in the log, not in the message
@@ -417,14 +462,4 @@ def describe(exc: BaseException) -> str:
 def dlq_headers(
     rec: Record, exc: BaseException, error: str, step: str, attempt: int, execution_id: str
 ) -> Headers:
-    return [
-        ("sf-error-type", exc.__class__.__name__.encode()),
-        ("sf-error", error.encode()[:4000]),
-        ("sf-step", step.encode()),
-        ("sf-attempt", str(attempt).encode()),
-        ("sf-origin-topic", rec.topic.encode()),
-        ("sf-origin-partition", str(rec.partition).encode()),
-        ("sf-origin-offset", str(rec.offset).encode()),
-        ("sf-execution-id", execution_id.encode()),
-        ("sf-time", str(time.time_ns() // 1_000_000).encode()),
-    ]
+    return _headers(rec, exc.__class__.__name__, error, step, attempt, execution_id)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 
 from streamflow.envelope import now_ms
+from streamflow.runtime.contain import Out
 from streamflow.runtime.metrics import StepMetrics
-from streamflow.runtime.processor import Deferred, Out
+from streamflow.runtime.processor import Deferred
 from streamflow.topology.plan import AgentPlan, FlowPlan
 from streamflow.transport.base import Record
 

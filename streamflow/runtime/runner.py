@@ -8,6 +8,7 @@ run returns when every execution it started is completed, filtered or failed.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 from streamflow.errors import ConfigError
 from streamflow.runtime.app import App, AppOptions
+from streamflow.runtime.contain import describe, place
 from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.topology.models import Integration
@@ -28,6 +30,12 @@ class Execution:
     flow: str
     input: Any
     events: list[ExecutionEvent] = field(default_factory=list)
+    index: int = 0  # position of its event in the input (0-based)
+
+    @property
+    def via_fallback(self) -> bool:
+        """True when a step's fallback (not the step itself) carried it on."""
+        return any(ev.note == "fallback" or ev.note.startswith("fallback to") for ev in self.events)
 
     @property
     def status(self) -> str:
@@ -67,8 +75,11 @@ class RunResult:
 def pick_flow(integration: Integration, flow: str | None) -> str:
     if flow is not None:
         if flow not in integration.flows:
+            close = difflib.get_close_matches(flow, list(integration.flows), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"unknown flow '{flow}'; this integration has: {', '.join(integration.flows)}"
+                f"unknown flow '{flow}'{hint} (this integration has: "
+                f"{', '.join(integration.flows)})"
             )
         return flow
     if len(integration.flows) == 1:
@@ -96,6 +107,7 @@ async def run_events(
     app = App(integration, transport, config, opts)
     app.deploy()
     app.build_agents()
+    app.check_topics()  # before any event is fed: a missing topic stops nothing half-way
     started = time.monotonic()
     watcher = transport.consumer(
         f"sf.run.{uuid.uuid4().hex}", [app.plan.executions_topic], from_end=True
@@ -103,16 +115,26 @@ async def run_events(
     ingress = FlowIngress(integration, integration.flows[flow_name], app.plan, config)
     executions: dict[str, Execution] = {}
     producer = transport.producer()
-    for payload in payloads:
+    refused: set[str] = set()
+    for index, payload in enumerate(payloads):
         env = ingress.envelope(payload, trigger={"type": "manual"})
-        executions[env.execution_id] = Execution(env.execution_id, flow_name, payload)
-        ingress.send(producer, env)
+        fed = executions[env.execution_id] = Execution(
+            env.execution_id, flow_name, payload, index=index
+        )
+        try:
+            ingress.send(producer, env)
+        except Exception as exc:  # an event that cannot travel fails alone, before any step
+            why = f"{place(integration.name, flow_name, env.step)}: cannot be sent: {describe(exc)}"
+            fed.events.append(
+                ExecutionEvent(env.execution_id, flow_name, "failed", env.step, error=why)
+            )
+            refused.add(env.execution_id)
     await asyncio.to_thread(producer.flush)
     producer.close()
 
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop))
-    open_ids = set(executions)
+    open_ids = set(executions) - refused
     deadline = time.monotonic() + timeout
     try:
         while open_ids:

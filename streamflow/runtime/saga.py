@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import FatalError, PoisonMessageError
 from streamflow.runtime import tracing
+from streamflow.runtime.contain import Out, place
 from streamflow.runtime.events import announce, event_for
 from streamflow.runtime.metrics import StepMetrics
-from streamflow.runtime.processor import Out, ProcessorOptions, describe, dlq_headers
+from streamflow.runtime.processor import ProcessorOptions, describe, dlq_headers
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
 from streamflow.steps.base import AnyStep, AsyncStep, Outcome
 from streamflow.topology.expressions import ExpressionEvalError
@@ -101,7 +102,8 @@ class CompensationProcessor:
             except Exception as exc:
                 final = isinstance(exc, PoisonMessageError | ExpressionEvalError)
                 if final or env.attempt >= policy.max_attempts:
-                    error = describe(exc)
+                    where = place(self.plan.integration, self.flow.name, env.step, env.execution_id)
+                    error = f"{where}: {describe(exc)}"
                     log.error(
                         "compensation %s of execution %s failed for good: %s",
                         env.step,

@@ -121,8 +121,8 @@ class SseParser:
             self.event = value
         elif name == "id" and "\x00" not in value:
             self.last_id, self.explicit = value, True
-        elif name == "retry" and value.isdigit():
-            self.retry = int(value)
+        elif name == "retry" and value.isascii() and value.isdigit() and len(value) <= 12:
+            self.retry = int(value)  # ASCII digits only (the spec); "²" ended the stream
         return None
 
     def dispatch(self) -> SseMessage | None:
@@ -285,7 +285,8 @@ class StreamRunner(LeaderTrigger):
                     async for event in self.sse(resume):
                         opened = True
                         if isinstance(event, int):
-                            base = max(0.001, event / 1000)  # the server's retry: field
+                            # the server's retry: field, within our own backoff ceiling
+                            base = min(max(0.001, event / 1000), self.trigger.max_backoff)
                             continue
                         if first and resume and event.explicit and event.id == resume:
                             first = False
@@ -363,9 +364,7 @@ class StreamRunner(LeaderTrigger):
             if sub is not None:
                 rendered = compile_value(sub).render(self.scope)
                 for item in rendered if isinstance(rendered, list) else [rendered]:
-                    await ws.send_str(
-                        item if isinstance(item, str) else exactjson.dumps_text(item)
-                    )
+                    await ws.send_str(item if isinstance(item, str) else exactjson.dumps_text(item))
             async for frame in ws:
                 trigger = {"type": "websocket", "url": self.where}
                 if frame.type == aiohttp.WSMsgType.TEXT:

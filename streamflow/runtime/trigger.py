@@ -13,10 +13,11 @@ from typing import Any
 from streamflow import exactjson
 from streamflow.envelope import Envelope, encode
 from streamflow.errors import PoisonMessageError
+from streamflow.runtime.contain import Out, place
 from streamflow.runtime.events import event_for
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.metrics import TRIGGER_FIRINGS, StepMetrics
-from streamflow.runtime.processor import ChainProcessor, Out, ProcessorOptions, dlq_headers
+from streamflow.runtime.processor import ChainProcessor, ProcessorOptions, dlq_headers
 from streamflow.topology.plan import AgentPlan
 from streamflow.topology.triggers import KafkaTrigger
 from streamflow.transport.base import Record
@@ -88,7 +89,8 @@ class KafkaTriggerProcessor:
             log.warning(
                 "dead-lettered record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc
             )
-            headers = dlq_headers(rec, exc, str(exc), "trigger", 0, "")
+            where = place(self.ingress.integration.name, self.ingress.flow.name, "trigger")
+            headers = dlq_headers(rec, exc, f"{where}: {exc}", "trigger", 0, "")
             return [Out(self.dlq, rec.value, rec.key, headers)], None, rec
         trigger = {
             "type": "kafka",

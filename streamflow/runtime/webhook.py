@@ -19,9 +19,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -169,21 +171,20 @@ class WebhookEndpoint:
         try:
             return exactjson.loads(body)
         except exactjson.JSONDecodeError as exc:
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as bad:  # the parser's words were "str is not valid"
+                raise Refusal(
+                    400, f"body is not UTF-8 (byte {bad.start}): JSON is read as UTF-8 only"
+                ) from None
             raise Refusal(400, f"body is not JSON: {exc}") from None
 
     def validate(self, payload: Any) -> None:
         if self.validator is None:
             return
-        errors = sorted(self.validator.iter_errors(payload), key=lambda e: list(e.path))
+        errors = schema_errors(self.validator, payload)
         if errors:
-            raise Refusal(
-                422,
-                "body does not match the schema",
-                errors=[
-                    {"path": "/" + "/".join(str(p) for p in e.path), "message": e.message}
-                    for e in errors[:MAX_ERRORS]
-                ],
-            )
+            raise Refusal(422, "body does not match the schema", errors=errors)
 
     # -- the envelope -----------------------------------------------------------------
 
@@ -265,8 +266,11 @@ def _typed(value: str, prop: dict[str, Any]) -> Any:
     if "integer" in types and re.fullmatch(r"[-+]?[0-9]{1,4300}", v):
         return int(v)
     if "number" in types and re.fullmatch(r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?", v):
-        n = exactjson.loads(v.lstrip("+"))
-        return n
+        # not JSON's grammar: ".5", "007" and "1e400" raised (a 500) instead of converting
+        d = Decimal(v)
+        if len(v) > 4300 or not math.isfinite(float(d)):
+            return value  # beyond a double: stays text, and the schema check says so (422)
+        return exactjson.number(d)
     if "null" in types and v == "":
         return None
     return value
@@ -274,3 +278,25 @@ def _typed(value: str, prop: dict[str, Any]) -> Any:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+_DECIMAL_REPR = re.compile(r"Decimal\('(-?[0-9.eE+-]+|-?NaN|-?Infinity)'\)")
+
+
+def schema_errors(validator: Any, payload: Any) -> list[dict[str, str]]:
+    """The first MAX_ERRORS schema errors of ``payload`` as ``{path, message}`` (path a JSON
+    pointer); the offending value is quoted as JSON, never as a Python repr (an exact
+    decimal showed as ``Decimal('19.90')``, an object as ``{'a': 1}``)."""
+    out = []
+    for e in sorted(validator.iter_errors(payload), key=lambda e: list(e.path))[:MAX_ERRORS]:
+        message, shown = str(e.message), repr(e.instance)
+        if message.startswith(shown) and not isinstance(e.instance, str):
+            try:
+                text = exactjson.dumps_text(e.instance)
+            except (TypeError, ValueError):
+                text = shown
+            text = text if len(text) <= 200 else text[:197] + "..."
+            message = text + message[len(shown) :]
+        message = _DECIMAL_REPR.sub(r"\1", message)
+        out.append({"path": "/" + "/".join(str(p) for p in e.path), "message": message})
+    return out

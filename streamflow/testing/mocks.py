@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Annotated, Any, Self
 
 from aiohttp import web
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from streamflow import exactjson
 from streamflow.errors import ConfigError, Issue, ValidationFailed
@@ -57,7 +57,7 @@ from streamflow.topology.expressions import (
     Template,
     compile_value,
 )
-from streamflow.topology.models import parse_duration
+from streamflow.topology.models import DURATION_JSON_SCHEMA, parse_duration
 from streamflow.topology.source import PathT, Positions, format_path, load_yaml
 
 __all__ = ["MockServices", "RecordedCall"]
@@ -83,7 +83,7 @@ def _duration(value: Any) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
+Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(DURATION_JSON_SCHEMA)]
 HeaderValue = str | int | float | bool
 
 

@@ -3,6 +3,7 @@ the docs cannot drift from what validation accepts."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from pydantic import BaseModel
@@ -34,7 +35,7 @@ def reference_markdown() -> str:
 
 
 def _section(name: str, model: type[BaseModel], skip: set[str]) -> str:
-    doc = (model.__doc__ or "").strip()
+    doc = inspect.cleandoc(model.__doc__ or "")
     lines = [f"### `{name}`\n", f"{doc}\n" if doc else ""]
     secret: frozenset[str] = getattr(model, "secret_fields", frozenset())
     rows = [

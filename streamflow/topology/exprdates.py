@@ -23,6 +23,7 @@ import difflib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -81,8 +82,13 @@ def to_datetime(value: Any, tz: tzinfo = UTC) -> datetime:
     """A date value as an aware datetime (see the module docstring)."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"not a date: {value!r}")
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value / 1000, UTC)
+    if isinstance(value, int | float | Decimal):  # epoch ms (an exact number is one too)
+        try:
+            return datetime.fromtimestamp(float(value) / 1000, UTC)
+        except (OverflowError, OSError, ValueError):  # OSError: EOVERFLOW from the C library
+            raise ValueError(
+                f"{str(value)[:32]} epoch milliseconds is not in the years 1 to 9999"
+            ) from None
     if isinstance(value, datetime):
         dt = value
     else:
@@ -179,6 +185,15 @@ def date_add(value: Any, duration: Any, tz: Any = None) -> str | None:
     parts = parse_duration(duration)
     dt = to_datetime(value)
     where = zone(tz) if tz is not None else dt.tzinfo or UTC
+    try:
+        return iso(_moved(dt, parts, where))
+    except (OverflowError, ValueError):  # "year 100002025 is out of range" and the like
+        raise ValueError(
+            f"{str(value)[:64]} moved by {str(duration)[:32]} is not in the years 1 to 9999"
+        ) from None
+
+
+def _moved(dt: datetime, parts: dict[str, float], where: tzinfo) -> datetime:
     local = dt.astimezone(where)
     months = int(parts.get("years", 0) * 12 + parts.get("months", 0))
     days = int(parts.get("weeks", 0) * 7 + parts.get("days", 0))
@@ -196,7 +211,7 @@ def date_add(value: Any, duration: Any, tz: Any = None) -> str | None:
     )
     if elapsed:
         local = (local.astimezone(UTC) + elapsed).astimezone(where)
-    return iso(local)
+    return local
 
 
 def date_sub(value: Any, duration: Any, tz: Any = None) -> str | None:

@@ -33,8 +33,11 @@ Grammar (anything else is rejected when the topology loads):
   bool('false'/'no'/'off'/'0'/'') is false; round() rounds half away from zero
   and returns an int when n is omitted or <= 0; tuples render as lists.
   A runtime failure (division by zero, int('abc'), null + 1, ...) raises
-  ExpressionEvalError.  Rendered values may share objects with the scope and
-  the template source: treat them as read-only.
+  ExpressionEvalError. So does building a value over the size limit (repetition,
+  concatenation, replace, join, concat, json, str, interpolation): 1,000,000 characters
+  (or about bytes of JSON) unless the flow sets ``max_value_size`` (exprfuncs.VALUE_LIMIT).
+  Rendered values may share objects with the scope and the template source: treat them
+  as read-only.
 """
 
 from __future__ import annotations
@@ -45,7 +48,16 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from streamflow.errtext import plain
-from streamflow.topology.exprfuncs import ARG_CHECKS, BINOPS, CMPOPS, FUNCS, lookup, text
+from streamflow.topology.exprfuncs import (
+    ARG_CHECKS,
+    BINOPS,
+    CMPOPS,
+    FUNCS,
+    ValueTooLarge,
+    bounded_text,
+    lookup,
+    text,
+)
 
 __all__ = [
     "ROOTS",
@@ -443,7 +455,14 @@ def _string(
     if all(isinstance(x, str) for x in items):
         return None, "".join(x for x in items if isinstance(x, str))
     fns = tuple(items)
-    return (lambda sc: "".join([x if isinstance(x, str) else text(x(sc)) for x in fns])), _NC
+
+    def interpolate(sc: Scope) -> str:
+        try:
+            return bounded_text("".join([x if isinstance(x, str) else text(x(sc)) for x in fns]))
+        except ValueTooLarge as e:
+            raise ExpressionEvalError(str(e), s) from e
+
+    return interpolate, _NC
 
 
 def _value(

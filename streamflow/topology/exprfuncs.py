@@ -10,6 +10,7 @@ import operator as op
 import time
 import uuid as _uuid
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -25,6 +26,65 @@ __all__ = ["ARG_CHECKS", "BINOPS", "CMPOPS", "FUNCS", "lookup", "text"]
 _MAX = 1_000_000  # cap for 'x' * n and [..] * n
 _MAX_PLACES = 1000  # round(x, n): |n| at most
 
+DEFAULT_MAX_VALUE = 1_000_000
+"""Default bound on every value an expression builds (characters of a string; for a list or
+object, about the bytes of its JSON). A flow sets its own with ``max_value_size``."""
+VALUE_LIMIT: ContextVar[int] = ContextVar("streamflow_value_limit", default=DEFAULT_MAX_VALUE)
+"""The bound in force: each agent sets its flow's, for the records it processes."""
+
+
+class ValueTooLarge(ValueError):
+    """An expression would build a value over the limit: that record fails (poison)."""
+
+
+def _too_large(what: str, size: int, limit: int) -> ValueTooLarge:
+    return ValueTooLarge(
+        f"value too large: {what} would be {size:,} long, over the {limit:,} limit on "
+        "values built by expressions (the flow's max_value_size)"
+    )
+
+
+def size_of(v: Any, budget: int) -> int:
+    """About the size of ``v`` as JSON (str: its length), counted only up to ``budget``:
+    the walk stops as soon as it is exceeded (a list repeating one big value stays cheap)."""
+    total = 0
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if type(x) is str or isinstance(x, (str, bytes)):
+            total += len(x) + 2
+        elif isinstance(x, Mapping):
+            total += 2 + len(x)
+            if total <= budget:
+                for k, val in x.items():
+                    stack.append(k)
+                    stack.append(val)
+        elif isinstance(x, (list, tuple)):
+            total += 2 + len(x)
+            if total <= budget:
+                stack.extend(x)
+        else:
+            total += 8
+        if total > budget:
+            return total
+    return total
+
+
+def bounded_text(s: str) -> str:
+    """``s``, if within the limit (an interpolated string)."""
+    limit = VALUE_LIMIT.get()
+    if len(s) > limit:
+        raise _too_large("the interpolated text", len(s), limit)
+    return s
+
+
+def _check(what: str, v: Any) -> Any:
+    limit = VALUE_LIMIT.get()
+    size = len(v) if type(v) is str else size_of(v, limit)
+    if size > limit:
+        raise _too_large(what, size, limit)
+    return v
+
 
 # --------------------------------------------------------------- runtime helpers
 def _json_default(o: Any) -> Any:
@@ -34,6 +94,10 @@ def _json_default(o: Any) -> Any:
 
 
 def _dumps(v: Any) -> str:
+    limit = VALUE_LIMIT.get()
+    size = size_of(v, limit)
+    if size > limit:
+        raise _too_large("the JSON text", size, limit)
     try:
         return orjson.dumps(v, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:  # an integer beyond 64 bits: the exact (slower) path
@@ -97,9 +161,44 @@ def _exact(f: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
 
 def _mul(a: Any, b: Any) -> Any:
     for seq, n in ((a, b), (b, a)):
-        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX:
-            raise ValueError(f"repetition result too large (> {_MAX})")
+        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and n > 1:
+            limit = VALUE_LIMIT.get()
+            one = len(seq) if isinstance(seq, str) else size_of(seq, limit // n + 1)
+            if one * n > limit:
+                raise _too_large("the repetition", one * n, limit)
     return a * b
+
+
+def _add(a: Any, b: Any) -> Any:
+    r = a + b  # both operands are bounded, so the result is at most twice the limit
+    if type(r) is str:
+        if len(r) > VALUE_LIMIT.get():
+            raise _too_large("the concatenation", len(r), VALUE_LIMIT.get())
+    elif isinstance(r, (list, tuple)):
+        _check("the concatenation", r)
+    return r
+
+
+def _replace(s: str, old: Any, new: Any) -> str:
+    old, new = text(old), text(new)
+    count = s.count(old) if old else len(s) + 1
+    size = len(s) + count * (len(new) - len(old))
+    limit = VALUE_LIMIT.get()
+    if size > limit:
+        raise _too_large("the result of replace()", size, limit)
+    return s.replace(old, new)
+
+
+def _join(xs: Any, sep: Any) -> str:
+    if xs is None:
+        return ""
+    parts = [text(x) for x in xs]
+    glue = text(sep)
+    size = sum(map(len, parts)) + len(glue) * max(0, len(parts) - 1)
+    limit = VALUE_LIMIT.get()
+    if size > limit:
+        raise _too_large("the joined text", size, limit)
+    return glue.join(parts)
 
 
 def _mod(a: Any, b: Any) -> Any:
@@ -138,13 +237,14 @@ FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {  # name: (fn, m
     "upper": (_strfn(str.upper), 1, 1),
     "trim": (_strfn(str.strip), 1, 1),
     "substr": (_strfn(lambda s, a, b=None: s[a:b]), 2, 3),
-    "replace": (_strfn(lambda s, old, new: s.replace(text(old), text(new))), 3, 3),
+    "replace": (_strfn(_replace), 3, 3),
     "startswith": (lambda s, p: s is not None and text(s).startswith(text(p)), 2, 2),
     "endswith": (lambda s, p: s is not None and text(s).endswith(text(p)), 2, 2),
     "contains": (_contains, 2, 2),
-    "split": (lambda s, sep=None: [] if s is None else text(s).split(sep), 1, 2),
-    "join": (lambda xs, sep: "" if xs is None else text(sep).join(map(text, xs)), 2, 2),
-    "concat": (lambda *xs: "".join(map(text, xs)), 1, None),
+    # no text, no items: split('') is [] (str.split(',') would give [''])
+    "split": (lambda s, sep=None: [] if s is None or text(s) == "" else text(s).split(sep), 1, 2),
+    "join": (_join, 2, 2),
+    "concat": (lambda *xs: _join(xs, ""), 1, None),
     "len": (lambda x: 0 if x is None else len(x), 1, 1),
     "keys": (lambda d: list(d.keys()) if isinstance(d, Mapping) else [], 1, 1),
     "values": (lambda d: list(d.values()) if isinstance(d, Mapping) else [], 1, 1),
@@ -169,7 +269,7 @@ FUNCS.update(DATE_FUNCS)
 FUNCS["parse_xml"] = (parse_xml, 1, 1)
 FUNCS["render_xml"] = (render_xml, 1, 2)
 BINOPS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
-    ast.Add: _exact(op.add),
+    ast.Add: _exact(_add),
     ast.Sub: _exact(op.sub),
     ast.Mult: _exact(_mul),
     ast.Div: _exact(op.truediv),

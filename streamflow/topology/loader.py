@@ -62,8 +62,8 @@ def pydantic_issues(
             msg = f"unknown key '{loc[-1]}'" + _suggest(str(loc[-1]), model, loc[:-1])
         elif kind in ("dict_type", "model_type") and not loc:
             msg = "expected a mapping"
-        else:
-            msg = err["msg"]
+        else:  # pydantic's "Value error, " / "Assertion failed, " say nothing to a user
+            msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         out.append(positions.issue((*base, *loc), msg))
     return out
 

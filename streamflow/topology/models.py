@@ -12,10 +12,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$"
+_DURATION = re.compile(DURATION_PATTERN)
+# how a duration appears in the JSON Schema: a number of seconds or a string like 500ms
+# (`pattern` applies to strings only, so one wrong value gives one error)
+DURATION_JSON_SCHEMA: dict[str, Any] = {
+    "type": ["number", "string"],
+    "minimum": 0,
+    "pattern": DURATION_PATTERN,
+    "description": "a duration: 500ms, 1s, 5m, 2h, 1d or a number of seconds",
+}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -30,7 +39,7 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"{value!r} is not a duration (like 500ms, 1s, 5m, 2h)")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_JSON_SCHEMA)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 
 
@@ -155,6 +164,13 @@ class FlowDoc(Model):
     commit_interval: Duration = Field(0.1, description="how often offsets are committed")
     max_batch: int = Field(500, ge=1, le=100_000, description="records per poll")
     concurrency: int = Field(16, ge=1, le=10_000, description="in-flight async steps per agent")
+    max_value_size: int = Field(
+        1_000_000,
+        ge=1_000,
+        le=1_000_000_000,
+        description="largest value an expression may build (characters; for lists and "
+        "objects about bytes of JSON); over it, the execution fails (dead letter)",
+    )
     retry: RetryPolicy | None = None
     events: Literal["summary", "lifecycle", "steps"] = Field(
         "summary",

@@ -8,6 +8,7 @@ point at the YAML that caused them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +106,29 @@ def _fail(file: str, mark: Any, message: str) -> ValidationFailed:
     return ValidationFailed([Issue(file, line, col, "", message)])
 
 
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _check_brackets(text: str, file: str) -> None:
+    """Refuse deep flow nesting (``[[[[…``) before YAML scans it: PyYAML's scanner keeps a
+    possible simple key per open bracket and takes quadratic time on them. Counts raw
+    brackets (quotes are not told apart), so it refuses only what no real file holds."""
+    depth = 0
+    for m in _BRACKETS.finditer(text):
+        if m.group() in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                before = text[: m.start()]
+                line, col = before.count("\n") + 1, m.start() - (before.rfind("\n") + 1) + 1
+                message = f"nesting deeper than {MAX_DEPTH} levels"
+                raise ValidationFailed([Issue(file, line, col, "", message)])
+        elif depth > 0:
+            depth -= 1
+
+
 def _check_nesting(text: str, file: str) -> None:
     """Refuse deep nesting from the event stream (the composer would recurse on it)."""
+    _check_brackets(text, file)
     depth = 0
     for event in yaml.parse(text, Loader=_Loader):
         if isinstance(event, yaml.CollectionStartEvent):

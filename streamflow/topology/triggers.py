@@ -273,14 +273,13 @@ class PollSql(Model):
     def _dsn(self) -> PollSql:
         if not self.dsn:
             raise ValueError("sql needs `dsn` or `connection`")
-        if "${" not in self.dsn:
-            from streamflow.connectors.sqldb import database_kind
-            from streamflow.errors import ConfigError
+        from streamflow.connectors.sqldb import check_dsn
+        from streamflow.errors import ConfigError
 
-            try:
-                database_kind(self.dsn)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+        try:
+            check_dsn(self.dsn, {})  # a literal DSN: its database must be supported
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
-        data = safe_load(decode_utf8(Path(path).read_bytes(), str(path)), str(path))
+        raw = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()  # -: stdin
+        data = safe_load(decode_utf8(raw, str(path)), str(path))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     except ValidationFailed as exc:  # where and what (syntax, nesting, alias bomb, not UTF-8)

@@ -47,6 +47,46 @@ class TopicChange:
     previous: int = 0
 
 
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+"""Kafka's producer default (librdkafka ``message.max.bytes``); both transports enforce it."""
+MAX_MESSAGE_ENV = "STREAMFLOW_MAX_MESSAGE_BYTES"
+_RECORD_OVERHEAD = 64  # bytes a record costs in a v2 batch besides key, value and headers
+_HEADER_OVERHEAD = 10  # per header: its two length varints
+
+
+def max_message_bytes(environ: Mapping[str, str]) -> int:
+    """The largest message a producer accepts: ``STREAMFLOW_MAX_MESSAGE_BYTES`` or Kafka's
+    default (1,000,000 bytes). Raises ValueError on a value that is not a positive int."""
+    raw = environ.get(MAX_MESSAGE_ENV, "")
+    if not raw:
+        return DEFAULT_MAX_MESSAGE_BYTES
+    value = int(raw)
+    if value < 1024:
+        raise ValueError(f"{MAX_MESSAGE_ENV}={raw}: at least 1024 bytes")
+    return value
+
+
+def wire_size(key: bytes | None, value: bytes, headers: Headers | None) -> int:
+    """A message's size as a Kafka producer counts it against ``message.max.bytes``
+    (an upper bound: key, value, headers and the record's framing)."""
+    size = _RECORD_OVERHEAD + len(value) + (len(key) if key else 0)
+    if headers:
+        size += sum(len(k) + len(v) + _HEADER_OVERHEAD for k, v in headers)
+    return size
+
+
+def too_large(topic: str, size: int, limit: int) -> str:
+    return (
+        f"message to {topic} is {size:,} bytes, over the {limit:,}-byte limit "
+        f"(message.max.bytes; set {MAX_MESSAGE_ENV} to change it)"
+    )
+
+
+class MessageRejected(Exception):
+    """The producer refused this one message at once (too large, invalid); other messages
+    are unaffected. The runtime dead-letters the record that produced it."""
+
+
 class DeliveryError(Exception):
     """The broker did not confirm a produced message; nothing may be committed."""
 
@@ -98,7 +138,8 @@ class Producer(Protocol):
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
-        """Queue a message; with a key and no partition, murmur2(key) picks the partition."""
+        """Queue a message; with a key and no partition, murmur2(key) picks the partition.
+        Raises MessageRejected when this message can never be sent (too large)."""
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every queued message is confirmed; raise DeliveryError if any failed."""
@@ -116,6 +157,8 @@ class Producer(Protocol):
 
 class Transport(Protocol):
     url: str
+    max_message_bytes: int
+    """Largest message ``send`` accepts (``wire_size``); larger ones raise MessageRejected."""
 
     def ensure_topics(
         self, specs: Sequence[TopicSpec], *, dry_run: bool = False
@@ -125,9 +168,7 @@ class Transport(Protocol):
     def partitions(self, topic: str) -> int:
         """Partition count of an existing topic (0 when it does not exist)."""
 
-    def consumer(
-        self, group: str, topics: Sequence[str], *, from_end: bool = False
-    ) -> Consumer:
+    def consumer(self, group: str, topics: Sequence[str], *, from_end: bool = False) -> Consumer:
         """A member of consumer ``group``; with group ``""`` a reader of every partition
         that belongs to no group and commits nothing (from the beginning, or ``from_end``)."""
 

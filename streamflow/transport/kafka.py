@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -34,11 +35,15 @@ from streamflow.transport.base import (
 from streamflow.transport.base import (
     DeliveryError,
     Headers,
+    MessageRejected,
     Record,
     RevokeHook,
     TopicChange,
     TopicSpec,
     TransactionAborted,
+    max_message_bytes,
+    too_large,
+    wire_size,
 )
 from streamflow.transport.base import (
     TopicPartition as TP,
@@ -71,7 +76,8 @@ class KafkaConsumer:
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
-            "max.poll.interval.ms": 300_000,
+            # agents poll at least every 2 s even mid-batch (agent.py, _process_alive)
+            "max.poll.interval.ms": int(base.get("max.poll.interval.ms", 300_000)),
         }
         self.group = group
         self.on_revoke: RevokeHook | None = None
@@ -209,8 +215,47 @@ class KafkaConsumer:
         self.consumer.close()
 
 
+def message_limit(conf: Mapping[str, Any]) -> int:
+    """The producer's ``message.max.bytes``: STREAMFLOW_KAFKA_MESSAGE_MAX_BYTES if set, else
+    StreamFlow's limit for both transports (STREAMFLOW_MAX_MESSAGE_BYTES, default 1,000,000)."""
+    raw = conf.get("message.max.bytes")
+    return int(raw) if raw else max_message_bytes(os.environ)
+
+
+TXN_RETRY_BUDGET = 45.0  # seconds a transactional call is retried before giving up
+TXN_CALL_LIMIT = 75.0  # seconds a commit may take in all (well under max.poll.interval.ms)
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not answer a transactional call in time: restart the agent."""
+
+
+class ProducerFenced(Exception):
+    """This transactional producer was fenced: restart the agent with a new one (App's
+    supervisor stops the process if it keeps happening: a duplicate --worker-id)."""
+
+
+_FENCED = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+
+
+# produce() errors that concern one message only: it is refused, the producer goes on
+_MESSAGE_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError._INVALID_ARG,
+        KafkaError._MSG_TIMED_OUT,
+    }
+)
+
+
 class KafkaProducer:
+    atomic_offsets = False  # outputs and offsets are atomic only in a transaction
     buffers_until_flush = False  # librdkafka sends within linger.ms on its own
+
     def __init__(self, base: dict[str, Any], transactional_id: str | None) -> None:
         conf = {
             **base,
@@ -230,6 +275,8 @@ class KafkaProducer:
             conf["transactional.id"] = transactional_id
             conf["transaction.timeout.ms"] = 30_000
         self.transactional_id = transactional_id
+        self.max_bytes = message_limit(conf)
+        conf["message.max.bytes"] = self.max_bytes
         self.producer = Producer(conf)
         self.failed: list[str] = []
         if transactional_id is not None:
@@ -247,6 +294,9 @@ class KafkaProducer:
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
+        size = wire_size(key, value, headers)
+        if size > self.max_bytes:  # the same check and words as the embedded transport
+            raise MessageRejected(too_large(topic, size, self.max_bytes))
         while True:
             try:
                 if partition is not None:
@@ -258,6 +308,11 @@ class KafkaProducer:
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: serve delivery reports, retry
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() in _MESSAGE_ERRORS and not err.fatal():
+                    raise MessageRejected(f"message to {topic} refused: {err.str()}") from None
+                raise
 
     def flush(self, timeout: float = 30.0) -> None:
         left = self.producer.flush(timeout)
@@ -281,36 +336,75 @@ class KafkaProducer:
                 )
             self.producer.commit_transaction(60)
 
-        self._txn(commit)
+        self._bounded(lambda: self._txn(commit), "committing the transaction")
         if self.failed:
             failed, self.failed = self.failed, []
             raise FatalError(f"committed transaction reported failed deliveries: {failed[0]}")
+
+    def _bounded(self, call: Callable[[], None], what: str) -> None:
+        """Run ``call`` on a thread and wait at most TXN_CALL_LIMIT seconds: librdkafka's
+        send_offsets_to_transaction can block past its timeout when the group coordinator
+        went away (librdkafka #5456). Past the limit this producer is given up
+        (BrokerUnavailable: the agent restarts; its new producer fences this one)."""
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the caller's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, name=f"sf-txn-{self.transactional_id}", daemon=True)
+        worker.start()
+        worker.join(TXN_CALL_LIMIT)
+        if worker.is_alive():
+            raise BrokerUnavailable(
+                f"transactional producer {self.transactional_id}: {what} did not return "
+                f"within {TXN_CALL_LIMIT:g}s; giving this producer up"
+            )
+        if errors:
+            raise errors[0]
 
     def abort(self) -> None:
         self._txn(lambda: self.producer.abort_transaction(60))
 
     def _txn(self, call: Any) -> None:
-        """Run a transactional call: retry retriable errors, abort on abortable ones
-        (raising TransactionAborted), stop on fatal ones (fenced by a newer worker)."""
-        for attempt in range(10):
+        """Run a transactional call: retry retriable errors for up to TXN_RETRY_BUDGET
+        seconds, abort on abortable ones (raising TransactionAborted), stop on fatal ones
+        (fenced by a newer worker). Still failing after the budget (the broker is away):
+        BrokerUnavailable - the agent is restarted, and its new producer's
+        ``init_transactions`` settles this transaction (the consumer must poll again well
+        within ``max.poll.interval.ms``, so nothing here may wait longer)."""
+        deadline = time.monotonic() + TXN_RETRY_BUDGET
+        attempt = 0
+        while True:
             try:
                 call()
                 return
             except KafkaException as exc:
                 err = exc.args[0]
+                if err.code() in _FENCED:
+                    # a newer producer with our transactional id, or the broker aborted
+                    # our transaction after transaction.timeout.ms (an outage): this
+                    # producer is done; a new one (agent restart) fences any zombie
+                    raise ProducerFenced(
+                        f"transactional producer {self.transactional_id}: {err.str()}"
+                    ) from exc
                 if err.fatal():
                     raise FatalError(
-                        f"transactional producer {self.transactional_id}: {err.str()} "
-                        "(another worker with the same --worker-id took over?)"
+                        f"transactional producer {self.transactional_id}: {err.str()}"
                     ) from exc
                 if err.txn_requires_abort():
                     self.producer.abort_transaction(60)
                     self.failed = []
                     raise TransactionAborted(err.str()) from exc
-                if err.retriable() and attempt < 9:
-                    time.sleep(0.1 * (attempt + 1))
+                if err.retriable() and time.monotonic() < deadline:
+                    attempt += 1
+                    time.sleep(min(0.1 * attempt, 1.0))
                     continue
-                raise
+                raise BrokerUnavailable(
+                    f"transactional producer {self.transactional_id}: {err.str()}"
+                ) from exc
 
     def close(self) -> None:
         if self.transactional_id is None:
@@ -323,6 +417,7 @@ class KafkaTransport:
             raise ConfigError("kafka:// needs HOST:PORT[,HOST:PORT…]")
         self.url = f"kafka://{bootstrap}"
         self.base = client_settings(bootstrap)
+        self.max_message_bytes = message_limit(self.base)
         self.admin = AdminClient(self.base)
 
     def _metadata(self) -> Any:

@@ -17,6 +17,7 @@ meant to be consumed by one process at a time (Kafka is the transport for scale-
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
 import threading
 import time
@@ -30,11 +31,15 @@ from streamflow.errors import ConfigError
 from streamflow.transport.base import (
     Consumer,
     Headers,
+    MessageRejected,
     Record,
     RevokeHook,
     TopicChange,
     TopicPartition,
     TopicSpec,
+    max_message_bytes,
+    too_large,
+    wire_size,
 )
 from streamflow.transport.partitioner import partition_for
 
@@ -321,9 +326,14 @@ class LocalConsumer:
 
 
 class LocalProducer:
-    def __init__(self, broker: LocalBroker, transactional: bool) -> None:
+    atomic_offsets = True
+    """``commit_transaction`` works without ``transactional_id`` too: one SQLite
+    transaction holds outputs and offsets, so at-least-once agents use it (no duplicates)."""
+
+    def __init__(self, broker: LocalBroker, transactional: bool, max_bytes: int) -> None:
         self.broker = broker
         self.transactional = transactional
+        self.max_bytes = max_bytes
         self.pending: list[_Pending] = []
 
     def send(
@@ -334,6 +344,10 @@ class LocalProducer:
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
+        size = wire_size(key, value, headers)
+        if size > self.max_bytes:
+            # the limit of a Kafka producer (message.max.bytes): what passes here passes there
+            raise MessageRejected(too_large(topic, size, self.max_bytes))
         self.pending.append((topic, partition, key, value, headers or []))
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -373,6 +387,7 @@ class LocalTransport:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.url = f"local://{directory}"
+        self.max_message_bytes = max_message_bytes(os.environ)
         self.broker = LocalBroker.open(self.directory)
 
     def ensure_topics(
@@ -390,7 +405,9 @@ class LocalTransport:
         return c
 
     def producer(self, *, transactional_id: str | None = None) -> LocalProducer:
-        return LocalProducer(LocalBroker.open(self.directory), transactional_id is not None)
+        return LocalProducer(
+            LocalBroker.open(self.directory), transactional_id is not None, self.max_message_bytes
+        )
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         return self.broker.end_offsets(topic)

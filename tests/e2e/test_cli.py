@@ -52,7 +52,7 @@ def example_args(example: Path, broker: Path) -> list[str | Path]:
 def test_validate_examples_is_clean() -> None:
     proc = sf("validate", "topologies/")
     assert proc.returncode == 0, proc.stderr
-    assert f"{len(EXAMPLES)} topology file(s) valid" in proc.stdout
+    assert f"{len(EXAMPLES)} topology files valid" in proc.stdout
     assert proc.stderr == ""
 
 
@@ -232,24 +232,40 @@ def test_steps_lists_types_and_shows_fields() -> None:
 
 def test_schema_check_accepts_fresh_and_refuses_modified(tmp_path: Path) -> None:
     out = tmp_path / "schema.json"
-    proc = sf("schema", "--output", out)
+    proc = sf("schema", "integration", "--output", out)
     assert proc.returncode == 0, proc.stderr
     schema = json.loads(out.read_text())
     assert isinstance(schema, dict) and schema
 
-    assert sf("schema", "--check", "--output", out).returncode == 0
+    assert sf("schema", "integration", "--check", "--output", out).returncode == 0
     modified = tmp_path / "modified.json"
     modified.write_text(out.read_text().replace('"', "'", 2))
-    proc = sf("schema", "--check", "--output", modified)
+    proc = sf("schema", "integration", "--check", "--output", modified)
     assert proc.returncode == 1
     assert "out of date" in proc.stderr
-    assert sf("schema", "--check", "--output", tmp_path / "absent.json").returncode == 1
+    absent = tmp_path / "absent.json"
+    assert sf("schema", "integration", "--check", "--output", absent).returncode == 1
+    # all three kinds into a directory, then checked there
+    assert sf("schema", "--dir", tmp_path / "all").returncode == 0
+    names = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert names == ["integration.schema.json", "mocks.schema.json", "tests.schema.json"]
+    assert sf("schema", "--check", "--dir", tmp_path / "all").returncode == 0
+
+
+def test_schema_output_dash_is_stdout(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamflow.cli.main", "schema", "mocks", "--output", "-"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["$id"].endswith("mocks.schema.json")
+    assert not (tmp_path / "-").exists()
 
 
 def test_schema_check_on_the_committed_schema() -> None:
-    committed = REPO / "schemas" / "integration.schema.json"
-    if not committed.exists():
-        pytest.skip("schemas/integration.schema.json is not in the repository yet")
     proc = sf("schema", "--check")
     assert proc.returncode == 0, proc.stderr
 
@@ -382,7 +398,7 @@ def test_run_exits_1_when_an_execution_fails(tmp_path: Path) -> None:
     proc = sf("run", topo, "--mocks", mocks, "--input", events, "--broker", f"local://{tmp_path}/b")
     no_traceback(proc)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "1 executions in" in proc.stdout
+    assert "1 execution in" in proc.stdout
     assert ": 1 failed" in proc.stdout
     summary_fail = [x for x in proc.stdout.splitlines() if x.startswith("  ✗ ") and "failed:" in x]
     assert len(summary_fail) == 1
@@ -401,7 +417,7 @@ def test_run_exits_1_when_an_execution_fails(tmp_path: Path) -> None:
         (["--config", "nope"], "--config expects NAME=VALUE, got 'nope'"),
         (["--config", "nope=1"], "unknown config variable(s): nope"),
         (["--config", "big_order=lots"], "config variable 'big_order'"),
-        (["--flow", "zzz"], "unknown flow 'zzz'; this integration has: order-created"),
+        (["--flow", "zzz"], "unknown flow 'zzz' (this integration has: order-created)"),
     ],
     ids=["no-equals", "unknown-variable", "bad-value", "unknown-flow"],
 )

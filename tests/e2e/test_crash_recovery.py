@@ -219,10 +219,17 @@ def test_kill_9_mid_stream_loses_nothing(tmp_path: Path) -> None:
         out = transport.consumer(f"test-out-{uuid.uuid4().hex}", [OUT_TOPIC])
         cleanup.callback(out.close)
         results: dict[int, set[int]] = {}
+        outputs = 0
         while records := out.poll(1000, 0.2):
             for rec in records:
                 value = json.loads(rec.value)
                 assert rec.key == str(value["n"]).encode()
                 results.setdefault(value["n"], set()).add(value["result"])
+                outputs += 1
         assert sorted(results) == list(range(TOTAL))
         assert all(r == {2 * n + 1} for n, r in results.items())
+        # and nothing doubled: on local:// outputs and offsets commit together in every
+        # mode, at-least-once included (issue #12, field case F1)
+        ended = [e.execution_id for e in follower.events if e.event == "completed"]
+        assert len(ended) == len(set(ended)) == TOTAL
+        assert outputs == TOTAL

@@ -236,7 +236,7 @@ async def replay_and_check(setup: Setup, broker: str, transport: Transport, ids:
     assert {r["execution_id"] for r in rows} == ids
     for r in rows:
         assert r["step"] == "book"
-        assert r["attempt"] == "2"
+        assert r["attempt"] == 2  # a number in JSON
         assert r["error_type"] == "RetriableError"
         assert "503" in r["error"]
         assert r["origin"].startswith(setup.topic("book") + "[")
@@ -252,7 +252,8 @@ async def replay_and_check(setup: Setup, broker: str, transport: Transport, ids:
     replay = sf("dlq", "replay", setup.path, "--all", "--broker", broker)
     assert replay.returncode == 0, replay.stderr
     assert set(replay.stdout.split()) == ids  # the execution ids are kept
-    assert f"replayed {len(ids)} dead letter(s)" in replay.stderr
+    n = len(ids)
+    assert f"replayed {n} dead letter{'' if n == 1 else 's'}" in replay.stderr
 
     events = await run_until_ended(setup, transport, ids)
     by_order: dict[str, str] = {}
@@ -277,7 +278,7 @@ async def replay_and_check(setup: Setup, broker: str, transport: Transport, ids:
     again = sf("dlq", "replay", setup.path, "--all", "--broker", broker)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == ""
-    assert "replayed 0 dead letter(s)" in again.stderr
+    assert "replayed 0 dead letters" in again.stderr
     after = transport.end_offsets(setup.topic("book"))
     assert sum(after.values()) - sum(before.values()) == len(ids)
 
@@ -340,7 +341,7 @@ async def test_replay_with_edit_fixes_the_payload(tmp_path: Path, setup: Setup) 
     [row] = json_rows(sf("dlq", "list", setup.path, "--broker", broker, "--json").stdout)
     assert (row["execution_id"], row["attempt"], row["error_type"]) == (
         neg,
-        "1",
+        1,
         "PoisonMessageError",
     )  # a 422 is not retried
 

@@ -86,7 +86,7 @@ def test_order_saga_example_with_the_cli(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "Traceback" not in run.stdout + run.stderr, run.stderr
     assert run.returncode == 1, run.stdout + run.stderr  # compensated is not a success
-    assert "1 executions" in run.stdout and "1 compensated" in run.stdout
+    assert "1 execution in" in run.stdout and "1 compensated" in run.stdout
     # the mock summary lists calls in the order they first came
     mock_lines = [line.strip() for line in run.stdout.splitlines() if "mock " in line]
     assert mock_lines == [

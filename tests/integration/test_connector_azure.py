@@ -92,6 +92,10 @@ async def test_large_blobs_stream_through_files(
              "blob": "big.bin", "file": "out/copy.bin"},
             {"id": "mem", "type": "azure_blob", "connection": "lake", "container": container,
              "blob": "big.bin", "max_bytes": 1000000},
+            {"id": "fetch", "type": "azure_blob", "connection": "lake", "container": container,
+             "blob": "big.bin", "file": "in/${payload.name}"},
+            {"id": "named", "type": "azure_blob", "connection": "lake", "container": container,
+             "blob": "${payload.name}"},
         ],
         connections=lake,
         directory=tmp_path / "topo",
@@ -103,6 +107,15 @@ async def test_large_blobs_stream_through_files(
     assert [p.name for p in (tmp_path / "topo" / "out").iterdir()] == ["copy.bin"]
     with pytest.raises(PoisonMessageError, match="more than max_bytes"):
         await runner.run("mem", {})
+    # a payload value cannot steer a blob into another container: URLs collapse `..`
+    # (Azurite answered 403 to the collapsed path; an account SAS would have written there)
+    for name in ("../other/x.bin", "a/./b", "a/.."):
+        with pytest.raises(PoisonMessageError, match=r"'\.' or '\.\.' path segment"):
+            await runner.run("named", {"name": name})
+    # a payload value cannot steer the local file out of in/ (the default root)
+    with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+        await runner.run("fetch", {"name": "../../escape.bin"})
+    assert not (tmp_path / "escape.bin").exists()
     from azure.storage.blob.aio import BlobServiceClient
 
     async with BlobServiceClient.from_connection_string(azurite.connection_string) as client:

@@ -211,6 +211,8 @@ def test_validate_says_where_files_may_be(tmp_path: Path) -> None:
         "      - {id: w, type: file_write, path: 'out/${payload.name}', content: {v: 1}}\n"
         "      - {id: r, type: file_read, path: 'in/x.json', root: in}\n"
         "      - {id: s, type: file_read, path: 'static.json'}\n"
+        "      - {id: l, type: file_list, path: 'in/${payload.who}'}\n"
+        "      - {id: o, type: s3, operation: get, bucket: b, key: k, file: 'dl/${payload.key}'}\n"
     )
     lines = file_places(load_integration(tmp_path / "i.yaml"))
     assert lines == [
@@ -219,4 +221,7 @@ def test_validate_says_where_files_may_be(tmp_path: Path) -> None:
         f"fs/f/r (file_read): files only under {tmp_path / 'in'} (root)",
         "fs/f/s (file_read): files at the path written in the topology (no part of it comes "
         "from the event)",
+        f"fs/f/l (file_list): files only under {tmp_path / 'in'} (the default root: set "
+        "root: to change)",
+        f"fs/f/o (s3): files only under {tmp_path / 'dl'} (the default root: set root: to change)",
     ]

@@ -137,8 +137,9 @@ async def test_oauth2_refresh_token_grant_rotates(step_runner: Any, http_server:
         "refresh_token": "r-0",
         "client_auth": "basic",
     }
-    runner = await step_runner([step], config=OAUTH_CONFIG, values={"api": server.url,
-                                                                   "client_secret": SECRET})
+    runner = await step_runner(
+        [step], config=OAUTH_CONFIG, values={"api": server.url, "client_secret": SECRET}
+    )
     await runner.run("a", {})
     await runner.run("a", {})  # expired: refreshed with the rotated refresh token r-1
     assert [f["refresh_token"] for f in tokens.forms] == ["r-0", "r-1"]
@@ -163,8 +164,13 @@ async def test_oauth2_refused_credentials_are_masked(
 
 async def test_static_auth_kinds(step_runner: Any, http_server: Any) -> None:
     async def echo(call: Any) -> web.Response:
-        return web.json_response({"auth": call.headers.get("Authorization"),
-                                  "key": call.headers.get("X-Key"), "q": call.query})
+        return web.json_response(
+            {
+                "auth": call.headers.get("Authorization"),
+                "key": call.headers.get("X-Key"),
+                "q": call.query,
+            }
+        )
 
     server = await http_server(echo)
     runner = await step_runner(
@@ -257,8 +263,9 @@ async def test_named_http_connection_with_limit(step_runner: Any, http_server: A
         in_flight["max"] = max(in_flight["max"], in_flight["now"])
         await asyncio.sleep(0.02)
         in_flight["now"] -= 1
-        return web.json_response({"auth": call.headers.get("Authorization"),
-                                  "h": call.headers.get("X-Tenant")})
+        return web.json_response(
+            {"auth": call.headers.get("Authorization"), "h": call.headers.get("X-Tenant")}
+        )
 
     server = await http_server(slow)
     runner = await step_runner(
@@ -282,8 +289,10 @@ async def test_named_http_connection_with_limit(step_runner: Any, http_server: A
 async def test_connection_validation(step_runner: Any) -> None:
     with pytest.raises(ValidationFailed, match="unknown connection 'nope'"):
         await step_runner([{"id": "a", "type": "http", "connection": "nope", "url": "/x"}])
-    with pytest.raises(ValidationFailed, match=r"connections\.crm\.auth: Value error, auth type "
-                       "oauth2 needs token_url"):
+    with pytest.raises(
+        ValidationFailed,
+        match=r"connections\.crm\.auth: auth type oauth2 needs token_url",
+    ):
         await step_runner(
             [{"id": "a", "type": "http", "connection": "crm", "url": "/x"}],
             connections={"crm": {"type": "http", "base_url": "http://x",
@@ -326,3 +335,40 @@ async def test_a_line_break_in_a_header_value_is_bad_input(
 
 async def _ok() -> web.Response:
     return web.json_response({})
+
+
+async def test_no_answer_is_told_in_words_not_library_class_names(step_runner: Any) -> None:
+    """A request that got no answer said `failed: ClientConnectorError`; it now says why, and
+    stays retriable. Real sockets on loopback: nothing listening, a server that hangs up at
+    once, one that cuts its body short."""
+    from tests.integration.conftest import free_port
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        await writer.drain()
+        writer.close()
+
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0) for h in (hang_up, cut_short)]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    try:
+        runner = await step_runner(
+            [{"id": "refused", "type": "http", "url": f"http://127.0.0.1:{free_port()}/x"},
+             {"id": "hangup", "type": "http", "url": f"http://127.0.0.1:{ports[0]}/x"},
+             {"id": "cut", "type": "http", "url": f"http://127.0.0.1:{ports[1]}/x"}]
+        )  # fmt: skip
+        for step, reason in (
+            ("refused", "connection refused"),
+            ("hangup", "closed the connection without an answer"),
+            ("cut", "cut off before its end"),
+        ):
+            with pytest.raises(RetriableError, match=reason) as err:
+                await runner.run(step, {})
+            assert "Client" not in str(err.value) and "Error" not in str(err.value)
+    finally:
+        for s in servers:
+            s.close()

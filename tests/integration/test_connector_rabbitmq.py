@@ -168,6 +168,28 @@ async def test_an_unreachable_broker_is_retriable(step_runner: Any) -> None:
     assert "pw-123456" not in str(info.value)
 
 
+async def test_header_values_from_the_event_are_data_not_secrets(step_runner: Any) -> None:
+    """Every rendered header value was added to the process-wide masker: an event's
+    `x-customer: acme` masked "acme" in every later log line, and the masker grew with each
+    event. Values the deployer wrote (config, text) are still masked."""
+    from streamflow.connectors.secrets import PROCESS
+
+    runner = await step_runner(
+        [{"id": "p", "type": "rabbitmq_publish", "url": f"amqp://127.0.0.1:{free_port()}/",
+          "routing_key": "q", "timeout": "3s",
+          "headers": {"x-customer": "${payload.customer}", "x-api-key": "${config.key}"}}],
+        config={"key": {"type": "string"}},
+        values={"key": "deployer-key-4711"},
+    )  # fmt: skip
+    for customer in ("qzx-customer-1", "qzx-customer-2"):
+        before = PROCESS.mask(f"order of {customer}")  # other tests' secrets may mask parts
+        with pytest.raises(RetriableError):
+            await runner.run("p", {"customer": customer})
+        assert PROCESS.mask(f"order of {customer}") == before
+        assert customer not in PROCESS._secrets  # the masker did not learn it
+    assert PROCESS.mask("key deployer-key-4711") == "key ***"
+
+
 def test_validate_errors_point_at_the_yaml(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(

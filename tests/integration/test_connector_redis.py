@@ -89,8 +89,14 @@ async def test_workers_missing_one_key_at_once_make_one_call(
     redis_url: str, step_runner: Any, http_server: Any
 ) -> None:
     server = await counting_server(http_server, delay=0.5)
-    steps = [{"id": "rate", "type": "http", "url": f"{server.url}/rates",
-              "cache": {"ttl": "1m", "key": "${payload.cur}", "connection": "cache"}}]
+    steps = [
+        {
+            "id": "rate",
+            "type": "http",
+            "url": f"{server.url}/rates",
+            "cache": {"ttl": "1m", "key": "${payload.cur}", "connection": "cache"},
+        }
+    ]
     workers = [
         await step_runner(steps, config=REDIS_CONFIG, values={"redis_url": redis_url},
                           connections=redis_conn(redis_url))
@@ -117,9 +123,7 @@ async def test_a_failed_call_is_not_cached_and_fails_every_waiter(
           "cache": {"ttl": "1m", "store": "redis", "connection": "cache"}}],
         config=REDIS_CONFIG, values={"redis_url": redis_url}, connections=redis_conn(redis_url),
     )  # fmt: skip
-    results = await asyncio.gather(
-        *(runner.run("r", {}) for _ in range(3)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(runner.run("r", {}) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, RetriableError) for r in results)
     assert len(server.calls) == 1
     ok = await runner.run("r", {})
@@ -369,3 +373,27 @@ async def test_graphql_pages_share_a_redis_rate_limit(
     assert out.result["items"] == [0, 1, 2, 3] and len(arrivals) == 4
     busiest = max(sum(1 for u in arrivals if t <= u < t + 0.2) for t in arrivals)
     assert busiest == 1  # one page per window: each waited for its slot
+
+
+async def test_an_error_names_the_redis_server_and_masks_only_the_password(
+    step_runner: Any,
+) -> None:
+    """The whole connection URL was taken for a secret: a dedupe on an unreachable Redis
+    said `***: ConnectionError ...`, and its user name was masked in every log line."""
+    port = free_port()
+    secret = "redis-pw-masked-31"
+    url = f"redis://127.0.0.1:{port}/0"  # the credentials in their own fields
+    runner = await step_runner(
+        [{"id": "once", "type": "dedupe", "key": "${payload.k}", "store": "redis",
+          "connection": "cache"}],
+        connections={"cache": {"type": "redis", "url": url, "username": "ops-user",
+                               "password": secret, "timeout": "2s"}},
+    )  # fmt: skip
+    with pytest.raises(RetriableError) as info:
+        await runner.run("once", {"k": 1})
+    text = str(info.value)
+    assert f"redis://127.0.0.1:{port}/0" in text and secret not in text, text
+    from streamflow.connectors.secrets import PROCESS
+
+    assert PROCESS.mask("ops-user logged in") == "ops-user logged in"
+    assert PROCESS.mask(f"said {secret}") == "said ***"

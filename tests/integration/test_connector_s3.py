@@ -92,6 +92,8 @@ async def test_large_objects_stream_through_files_in_parts(
              "key": "big.bin", "file": "out/${payload.name}", "part_size": 5242880},
             {"id": "mem", "type": "s3", "connection": "store", "bucket": bucket,
              "key": "big.bin", "max_bytes": 1000000},
+            {"id": "send", "type": "s3", "connection": "store", "operation": "put",
+             "bucket": bucket, "key": "sent.bin", "file": "${payload.src}"},
         ],
         connections=conn(moto_s3),
         directory=tmp_path / "topo",
@@ -106,6 +108,13 @@ async def test_large_objects_stream_through_files_in_parts(
     assert down["size"] == len(data) and "body" not in down
     with pytest.raises(PoisonMessageError, match=r"more than max_bytes=1000000.*file:"):
         await runner.run("mem", {})
+    # a payload value cannot steer the local file out of its folder (default root), either way
+    for name in ("../../escape.bin", "../escape.bin"):
+        with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+            await runner.run("down", {"name": name})
+    assert not (tmp_path / "escape.bin").exists() and not (tmp_path / "topo/escape.bin").exists()
+    with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+        await runner.run("send", {"src": "/etc/hostname"})
 
 
 async def test_missing_things_are_poison_and_an_unreachable_store_is_retriable(

@@ -356,8 +356,15 @@ async def test_validation_errors_point_at_the_step(step_runner: Any) -> None:
 async def test_secret_dsn_only_in_secret_fields(step_runner: Any) -> None:
     with pytest.raises(ValidationFailed, match="secret config variable 'db_dsn' may not be used"):
         await step_runner(
-            [{"id": "s", "type": "sql", "dsn": "sqlite:///x.db", "query": "SELECT :a",
-              "params": {"a": "${config.db_dsn}"}}],
+            [
+                {
+                    "id": "s",
+                    "type": "sql",
+                    "dsn": "sqlite:///x.db",
+                    "query": "SELECT :a",
+                    "params": {"a": "${config.db_dsn}"},
+                }
+            ],
             config=DB,
         )
 
@@ -378,3 +385,17 @@ async def test_timeout_is_retriable_and_the_pool_recovers(
     with pytest.raises(RetriableError, match=r"no answer within 0\.3s"):
         await runner.run("slow", {})
     assert (await runner.run("quick", {})).result == {"row": {"one": 1}, "count": 1}
+
+
+async def test_an_error_names_the_database_when_its_url_has_no_password(
+    step_runner: Any,
+) -> None:
+    """A DSN without a password (trust, PGPASSWORD, a socket) was masked whole: `***: ...`."""
+    port = free_port()
+    runner = await step_runner(
+        [{"id": "down", "type": "sql", "dsn": f"postgresql://127.0.0.1:{port}/nowhere",
+          "query": "SELECT 1", "timeout": "5s"}]
+    )  # fmt: skip
+    with pytest.raises(RetriableError) as info:
+        await runner.run("down", {})
+    assert str(info.value).startswith(f"postgresql://127.0.0.1:{port}/nowhere: "), info.value

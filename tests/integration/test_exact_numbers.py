@@ -252,3 +252,131 @@ def test_poll_cursors_and_state_records_keep_numbers() -> None:
     assert order_key(1) < order_key(1.5) < order_key(LEDGER)
     state = {"value": BIG + 1, "seen": []}
     assert same(exactjson.loads(exactjson.dumps(state)), state)
+
+
+# ----------------------------------------------------------------------------- executions
+
+
+async def test_execution_history_cli_and_console_keep_numbers(capsys: Any) -> None:
+    """The executions store, `executions list|show --json` and the console API keep digits.
+
+    The store read its timeline back with orjson (30-digit ids became floats); the console and
+    the CLI wrote with the standard json module (a Decimal crashed them)."""
+    import argparse
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from streamflow.cli import executions as cli
+    from streamflow.runtime import console, history
+    from streamflow.runtime.events import ExecutionEvent
+
+    store = history.ExecutionStore({"f": "sf.i.f.dlq"})
+    store.apply([ExecutionEvent("e1", "f", "completed", ts=1, payload=VALUES)])
+    row = store.get("e1")
+    assert row is not None and same(row.timeline[0]["payload"], VALUES)
+    answer = console._json(row.to_json())
+    assert isinstance(answer, web.Response) and answer.body is not None
+    assert same(exactjson.loads(bytes(answer.body))["timeline"][0]["payload"], VALUES)
+
+    args = argparse.Namespace(
+        id="e1", json=True, limit=10, flow=None, status=None, instance=None, since=None
+    )
+    cli._show(store, args, None)
+    cli._list(store, args, None)
+    shown, listed = capsys.readouterr().out.splitlines()
+    assert same(exactjson.loads(shown)["payload"], VALUES)
+    assert exactjson.loads(listed)["id"] == "e1"
+
+    # an operator's edited payload (console replay body) is read with every digit
+    async def body(request: web.Request) -> web.Response:
+        got = await console.Console._body(None, request)  # type: ignore[arg-type]
+        return web.Response(text=exactjson.dumps_text(got))
+
+    app = web.Application()
+    app.router.add_post("/b", body)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/b", data=exactjson.dumps({"payload": VALUES}))
+        assert same(exactjson.loads(await resp.read())["payload"], VALUES)
+
+
+async def test_flow_tests_compare_published_and_written_numbers_exactly(tmp_path: Path) -> None:
+    """`streamflow test` read kafka_publish values with orjson (a 30-digit id became a float
+    and never matched) and written files with json (long decimals rounded)."""
+    from streamflow.testing.cases.loading import load_test_files
+    from streamflow.testing.cases.running import run_test_files
+
+    (tmp_path / "events.ndjson").write_bytes(EXACT_TEXT + b"\n")
+    (tmp_path / "integration.yaml").write_text(
+        """
+apiVersion: streamflow/v1
+kind: Integration
+name: exact
+flows:
+  - name: f
+    trigger: {type: manual}
+    steps:
+      - {id: out, type: file_write, path: out.json, format: json, content: "${payload}"}
+      - {id: pub, type: kafka_publish, topic: exact.out, value: "${payload}"}
+"""
+    )
+    (tmp_path / "tests.yaml").write_text(
+        f"""
+integration: integration.yaml
+cases:
+  - name: digits
+    flow: f
+    events_file: events.ndjson
+    expect:
+      status: completed
+      published: [{{topic: exact.out, value: {{id: {BIG}, tenth: 0.1}}, count: 1}}]
+      files:
+        out.json: {{content: {{id: {BIG}, ledger: 1234567890123456.78}}}}
+  - name: another digit is a difference
+    flow: f
+    events_file: events.ndjson
+    expect:
+      published: [{{topic: exact.out, value: {{id: {BIG + 1}}}}}]
+"""
+    )
+    ok, differs = await run_test_files(load_test_files([tmp_path]))
+    assert ok.passed, ok.details()
+    assert not differs.passed and str(BIG) in differs.details(), differs.details()
+
+
+def test_dlq_edit_in_editor_keeps_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq replay --edit` wrote the payload with json.dump (a Decimal crashed it) and read the
+    edit back with json.loads (long decimals rounded)."""
+    from streamflow.cli.commands import _edit_in_editor
+
+    editor = tmp_path / "editor.sh"  # an editor that changes one field and keeps the rest
+    editor.write_text('#!/bin/sh\nsed -i \'s/"tenth": 0.1/"tenth": 0.25/\' "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.setenv("EDITOR", str(editor))
+    edited = _edit_in_editor({**VALUES, "tenth": 0.1})
+    assert same(edited, {**VALUES, "tenth": 0.25})
+
+
+def test_webhook_schema_errors_quote_exact_numbers_as_json() -> None:
+    """A 422's messages showed exact decimals as Python reprs (Decimal('...'))."""
+    from jsonschema import Draft202012Validator
+
+    from streamflow.runtime.webhook import schema_errors
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "amount": {"type": "number", "maximum": 10},
+            "name": {"type": "string"},
+            "kind": {"enum": [1, 2]},
+        },
+    }
+    body = exactjson.loads(
+        b'{"amount":1234567890123456.78,"name":123456789012345678901234567890,'
+        b'"kind":{"x":0.10000000000000000001}}'
+    )
+    errors = schema_errors(Draft202012Validator(schema), body)
+    assert errors == [
+        {"path": "/amount", "message": "1234567890123456.78 is greater than the maximum of 10"},
+        {"path": "/kind", "message": '{"x":0.10000000000000000001} is not one of [1, 2]'},
+        {"path": "/name", "message": "123456789012345678901234567890 is not of type 'string'"},
+    ]

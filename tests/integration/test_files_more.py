@@ -140,6 +140,28 @@ async def test_file_list(step_runner: Any, tmp_path: Path) -> None:
     assert (await runner.run("missing-ok", {})).payload["files"] == []
 
 
+async def test_file_list_event_folders_are_confined_by_default(
+    step_runner: Any, tmp_path: Path
+) -> None:
+    """Without root:, a payload value cannot steer file_list out of the folder written before
+    it (it listed /etc for customer "../../etc"), as file_read/file_write already were."""
+    tree(tmp_path / "inbox" / "acme")
+    runner = await step_runner(
+        """
+        - {id: todo, type: file_list, path: "inbox/${payload.customer}", pattern: "*.csv"}
+        - {id: any, type: file_list, path: "${payload.dir}"}
+        """
+    )
+    for customer in ("../..", "../../../../etc", "acme/../../.."):
+        with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+            await runner.run("todo", {"customer": customer})
+    listed = (await runner.run("todo", {"customer": "acme"})).payload
+    assert [f["relative"] for f in listed["files"]] == ["a.csv", "b.csv"]
+    with pytest.raises(PoisonMessageError, match="outside the allowed folder"):
+        await runner.run("any", {"dir": "/etc"})
+    assert (await runner.run("any", {"dir": "inbox"})).payload["folder"] == str(tmp_path / "inbox")
+
+
 async def test_file_list_validation(step_runner: Any) -> None:
     with pytest.raises(ValidationFailed, match="sort"):
         await step_runner("- {id: l, type: file_list, sort: date}")

@@ -229,6 +229,8 @@ async def test_refused_requests_produce_nothing(
 
     not_json = await gw.post_order(b"{not json")
     assert not_json.status == 400
+    latin = await gw.post_order(b'{"id": "\xe9"}')  # e.g. sent with charset=latin-1
+    assert latin.status == 400 and "not UTF-8 (byte 8)" in (await latin.json())["error"]
 
     name = gw.integration.name
     wrong_method = await gw.session.put(f"{gw.base}/webhooks/{name}/orders", json=good)
@@ -477,6 +479,8 @@ async def test_form_values_are_typed_by_the_flow_schema(
     bad = await gw.post_order(b"id=o-6&amount=lots", **form)
     assert bad.status == 422
     assert (await bad.json())["errors"][0]["path"] == "/amount"
+    huge = await gw.post_order(b"id=o-7&amount=1e400", **form)  # was a 500 (and ".5" too)
+    assert huge.status == 422 and (await huge.json())["errors"][0]["path"] == "/amount"
     latin = await gw.post_order(b"id=%ff%fe&amount=1", **form)  # %-escapes that are not UTF-8
     assert latin.status == 400
     [rec] = gw.records("orders")
@@ -502,3 +506,12 @@ def test_form_bodies_keep_repeated_keys_and_type_by_schema() -> None:
         "ids": [1, 2], "name": "42", "x": ["1", "2"],
     }  # fmt: skip
     assert form_payload([("a", "1"), ("a", "2"), ("b", "3")], None) == {"a": ["1", "2"], "b": "3"}
+    # numbers outside JSON's grammar convert (or stay text for the 422), never raise
+    numbers = {"type": "object", "properties": {"v": {"type": "number"}}}
+    for text, value in ((".5", 0.5), ("-.5", -0.5), ("007", 7), ("+2.50", 2.5), ("1e3", 1000.0),
+                        ("1e400", "1e400"), ("0.10000000000000000001", None)):  # fmt: skip
+        got = form_payload([("v", text)], numbers)["v"]
+        if value is None:
+            assert str(got) == text and not isinstance(got, float | str)  # exact Decimal
+        else:
+            assert got == value and type(got) is type(value), (text, got)

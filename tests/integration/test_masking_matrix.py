@@ -187,3 +187,37 @@ def events_text(path: Path, store: Path) -> str:
         return "\n".join(lines)
     finally:
         transport.close()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "amqp://bot:p%40ss%2Fw0rd%21@127.0.0.1:5672/",
+        "mongodb://bot:p%40ss%2Fw0rd%21@127.0.0.1:27017/db",
+        "mysql://bot:p%40ss%2Fw0rd%21@127.0.0.1:3306/db",
+        "redis://:p%40ss%2Fw0rd%21@127.0.0.1:6379/0",
+    ],
+)
+def test_a_percent_encoded_dsn_password_is_masked_in_every_form(dsn: str) -> None:
+    """A password with @ / ! must be percent-encoded in a connection URL; the driver sends
+    (and may quote) it decoded: that form and its derived forms were not masked."""
+    from streamflow.connectors.secrets import Masker
+
+    masker = Masker([dsn])
+    for kind, text in forms("p@ss/w0rd!").items():
+        assert "p@ss" not in masker.mask(f"login refused for {text}: x"), kind
+        assert masker.mask(text) == "***", kind
+    assert masker.mask("p%40ss%2Fw0rd%21") == "***"
+
+
+def test_a_connection_url_masks_its_password_not_its_host() -> None:
+    from streamflow.connectors.secrets import Masker
+
+    masker = Masker()
+    masker.add_dsn("mongodb://127.0.0.1:27017/db", "amqp://bot:p%40ss%2Fw0rd%21@mq.local:5672/")
+    assert masker.mask("mongodb://127.0.0.1:27017/db: refused") == (
+        "mongodb://127.0.0.1:27017/db: refused"
+    )
+    assert masker.mask("amqp://mq.local:5672/ refused p@ss/w0rd! (bot)") == (
+        "amqp://mq.local:5672/ refused *** (bot)"
+    )

@@ -259,6 +259,11 @@ def test_sse_parser_follows_the_format() -> None:
     ]
     p.feed("retry: 2500\nid: bad\x00id\ndata: c\n\n")
     assert p.retry == 2500 and p.last_id == "7"  # an id with NUL is ignored
+    # a retry that is not ASCII digits is ignored (the spec), not a crash of the reader,
+    # which then reconnected forever at the same message
+    for hostile in ("\u00b2", "\u0661\u0662", "-5", "1e3", "9" * 40):
+        out = p.feed(f"retry: {hostile}\ndata: d\n\n")
+        assert p.retry == 2500 and [m.data for m in out] == ["d"], hostile
 
 
 # --------------------------------------------------------------------------- websocket

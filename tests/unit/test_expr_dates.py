@@ -198,3 +198,27 @@ def test_a_day_whose_midnight_falls_in_the_gap() -> None:
     assert ev("date_add('2018-11-03T00:00:00-03:00', '1d', 'America/Sao_Paulo')") == (
         "2018-11-04T01:00:00-02:00"
     )
+
+
+@pytest.mark.parametrize(
+    ("expr", "value"),
+    [
+        ("format_date(payload.v, '%Y')", 99999999999999999999),  # OSError EOVERFLOW
+        ("format_date(payload.v, '%Y')", -99999999999999),  # year -1199
+        ("format_date(payload.v, '%Y')", 1.5e300),  # OverflowError
+        ("date_add(payload.v, '99999999y')", "2026-03-29T01:30:00Z"),
+        ("date_add(payload.v, '-3000y')", "2026-03-29T01:30:00Z"),
+        ("date_sub(payload.v, '1d')", "0001-01-01T00:00:00Z"),
+    ],
+)
+def test_dates_out_of_range_fail_with_a_plain_reason(expr: str, value: Any) -> None:
+    """No C-library errno or Python overflow text: the reason names the years 1 to 9999."""
+    with pytest.raises(ExpressionEvalError, match="not in the years 1 to 9999") as err:
+        ev(expr, v=value)
+    assert "Errno" not in str(err.value) and "OverflowError" not in str(err.value)
+
+
+def test_an_exact_number_of_epoch_milliseconds_is_a_date() -> None:
+    from decimal import Decimal
+
+    assert ev("format_date(payload.v, '%Y-%m-%d')", v=Decimal("1700000000000.5")) == "2023-11-14"

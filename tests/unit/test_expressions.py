@@ -425,6 +425,8 @@ def test_uuid_is_fresh_each_render() -> None:
         ("${split('a,b,c', ',')}", ["a", "b", "c"]),
         ("${split(' a  b ')}", ["a", "b"]),
         ("${split(null, ',')}", []),
+        ("${split('', ',')}", []),  # docs/steps.md: split(default(payload.tags, ''), ',')
+        ("${split(default(null, ''), ',')}", []),
         ("${replace('a-b-c', '-', '+')}", "a+b+c"),
         ("${replace(null, '-', '+')}", None),
         ("${startswith(config.progix_url, 'https://')}", True),

@@ -160,3 +160,14 @@ def test_plan_topics_and_fusion(tmp_path: Path) -> None:
         ("after",),
     ]
     assert [h[2] for h in unfused.flows["orders"].hops] == ["shape", "check", "push", "after"]
+
+
+def test_model_checks_read_without_pydantic_prefixes(tmp_path: Path) -> None:
+    """`validate` printed pydantic's "Value error, " before the model's own sentence."""
+    text = (
+        "apiVersion: streamflow/v1\nkind: Integration\nname: s\nflows:\n"
+        "  - name: ws\n    trigger: {type: websocket, url: 'http://127.0.0.1:1/ws'}\n"
+        "    steps: [{id: l, type: log, message: hi}]\n"
+    )
+    (msg,) = issues(tmp_path, text)
+    assert msg.endswith("flows[0].trigger.url: a websocket url starts with ws:// or wss://")

@@ -470,3 +470,18 @@ async def test_avro_encoded_flow_completes(
     assert not records[0].value.startswith(b"{")
     assert {decode(r.value, "avro").payload["id"] for r in records} == {"a1", "a2"}
     # (the envelopes the trigger wrote for the http step: `after` runs in its agent)
+
+
+def test_dead_letter_headers_with_non_ascii_digits_do_not_break_dlq_list() -> None:
+    """`'²'.isdigit()` is true but int('²') raises: `dlq list --json` and the console's
+    dead letters crashed on such a header; an id made of digits stays text."""
+    from streamflow.cli.commands import _typed
+    from streamflow.runtime.dlq import DeadLetter
+    from streamflow.transport.base import Record
+
+    headers = [("sf-time", "²".encode()), ("sf-attempt", b"3"), ("sf-execution-id", b"0123")]
+    letter = DeadLetter(Record("t.dlq", 0, 7, None, b"{}", headers, timestamp_ms=1000))
+    assert letter.time_ms == 1000  # the record's own time
+    row = _typed({**letter.summary(), "replays": 2})
+    assert row["attempt"] == 3 and row["execution_id"] == "0123" and row["replays"] == 2
+    assert _typed({"attempt": "²"})["attempt"] == "²"

@@ -67,6 +67,67 @@ name and flows. Use as: $topo := include "streamflow.topology" . | fromYaml
 {{- end -}}
 
 {{/*
+Step types that never fail on I/O, so the plan gives them no `.retry` topic (`pure` in
+their config model). tests/integration/test_helm.py checks this list against the step
+registry: a new pure step type must be added here.
+*/}}
+{{- define "streamflow.pureStepTypes" -}}
+branch filter kafka_publish log transform
+{{- end -}}
+
+{{/*
+"true" when a flow has a trigger the gateway serves (webhook, schedule, poll, file).
+*/}}
+{{- define "streamflow.needsGateway" -}}
+{{- $topo := include "streamflow.topology" . | fromYaml -}}
+{{- range $topo.flows -}}
+{{- if and (kindIs "map" .trigger) (has (toString .trigger.type) (list "webhook" "schedule" "poll" "file")) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the gateway is rendered: gateway.enabled true, or "auto" and a flow needs it.
+*/}}
+{{- define "streamflow.gatewayEnabled" -}}
+{{- $e := .Values.gateway.enabled -}}
+{{- if or (eq (toString $e) "true") (and (eq (toString $e) "auto") (include "streamflow.needsGateway" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the integration is deployed per customer (instances): instances.enabled true,
+or "auto" and a flow has a deploy or remove trigger.
+*/}}
+{{- define "streamflow.instancesEnabled" -}}
+{{- $e := toString .Values.instances.enabled -}}
+{{- $topo := include "streamflow.topology" . | fromYaml -}}
+{{- $auto := "" -}}
+{{- range $topo.flows -}}
+{{- if and (kindIs "map" .trigger) (has (toString .trigger.type) (list "deploy" "remove")) -}}{{- $auto = "true" -}}{{- end -}}
+{{- end -}}
+{{- if or (eq $e "true") (and (eq $e "auto") $auto) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Refuse to render what would run but not work: instances without the key that decrypts
+their secrets, and service URLs that point a pod at itself (loopback defaults of the
+topology's config variables left unset).
+*/}}
+{{- define "streamflow.checks" -}}
+{{- if and (include "streamflow.instancesEnabled" .) (not .Values.secretKey.existingSecret) -}}
+{{- fail "instances are enabled (a flow has a deploy or remove trigger, or instances.enabled=true) but secretKey.existingSecret is empty: workers could not decrypt instance secrets and would dead-letter every event. Create a Secret holding `streamflow instance key` and set secretKey.existingSecret (and secretKey.key)" -}}
+{{- end -}}
+{{- if not .Values.config.existingSecret -}}
+{{- $topo := include "streamflow.topology" . | fromYaml -}}
+{{- range $name, $var := ($topo.config | default dict) -}}
+{{- $default := (kindIs "map" $var) | ternary (get $var "default") "" | toString -}}
+{{- if and (regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://(127\\.|localhost([:/]|$)|\\[::1\\]|0\\.0\\.0\\.0)" $default) (not (hasKey $.Values.config.values $name)) -}}
+{{- fail (printf "config variable %s defaults to %s, a loopback address (inside a pod that is the pod itself): set config.values.%s to the service's URL (or provide config.existingSecret)" $name $default $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Step ids of a list of steps, depth first, including the steps of branch routes and
 defaults. Call with (dict "steps" LIST "acc" (dict "ids" list)); the ids end in .acc.ids.
 */}}
@@ -75,6 +136,9 @@ defaults. Call with (dict "steps" LIST "acc" (dict "ids" list)); the ids end in 
 {{- range .steps -}}
 {{- if and (kindIs "map" .) .id -}}
 {{- $_ := set $acc "ids" (append $acc.ids .id) -}}
+{{- if not (has (toString .type) (include "streamflow.pureStepTypes" $ | splitList " ")) -}}
+{{- $_ := set $acc "io" (append ($acc.io | default list) .id) -}}
+{{- end -}}
 {{- range (.routes | default list) -}}
 {{- if kindIs "map" . -}}
 {{- include "streamflow.collectStepIds" (dict "steps" (.steps | default list) "acc" $acc) -}}
@@ -122,7 +186,7 @@ flow of the topology. Use as: (include "streamflow.workers" . | fromYaml).worker
 {{- if not $flow -}}
 {{- fail (printf "workers[%d] (%s): flow %q is not a flow of integration %s (flows: %s)" $i $w.name $w.flow $topo.name (join ", " $names)) -}}
 {{- end -}}
-{{- $acc := dict "ids" list -}}
+{{- $acc := dict "ids" list "io" list -}}
 {{- include "streamflow.collectStepIds" (dict "steps" ($flow.steps | default list) "acc" $acc) -}}
 {{- if and $w.step (not (has $w.step $acc.ids)) -}}
 {{- fail (printf "workers[%d] (%s): step %q is not a step of flow %s (steps: %s)" $i $w.name $w.step $w.flow (join ", " $acc.ids)) -}}
@@ -141,6 +205,8 @@ flow of the topology. Use as: (include "streamflow.workers" . | fromYaml).worker
 {{- $_ := set $m "partitions" $partitions -}}
 {{- $_ := set $m "integration" $topo.name -}}
 {{- $_ := set $m "stepIds" $acc.ids -}}
+{{- /* I/O steps have a .retry topic (read by their worker's retry agent) unless the flow is ordered. */ -}}
+{{- $_ := set $m "retrySteps" (ternary (list) $acc.io (eq (toString $flow.ordered) "true")) -}}
 {{- $_ := set $m "step" (default "" $w.step) -}}
 {{- if gt (int $m.replicas) $partitions -}}
 {{- fail (printf "workers[%d] (%s): replicas %d exceeds the %d partitions of flow %s: extra consumers would sit idle" $i $w.name (int $m.replicas) $partitions $w.flow) -}}

@@ -6,6 +6,7 @@ import difflib
 import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from streamflow.envelope import decode
@@ -36,7 +37,7 @@ def _type_of(v: Any) -> str:
         return "boolean"
     if isinstance(v, int):
         return "integer"
-    if isinstance(v, float):
+    if isinstance(v, float | Decimal):
         return "number"
     if isinstance(v, str):
         return "string"
@@ -72,8 +73,10 @@ def _matcher_ok(m: dict[str, Any], actual: Any) -> bool:
 def _scalar_equal(expected: Any, actual: Any) -> bool:
     if isinstance(expected, bool) or isinstance(actual, bool):
         return type(expected) is type(actual) and expected == actual
-    if isinstance(expected, int | float) and isinstance(actual, int | float):
-        return expected == actual
+    if isinstance(expected, int | float | Decimal) and isinstance(actual, int | float | Decimal):
+        if {type(expected), type(actual)} == {float, Decimal}:  # YAML reads 0.1 as a float
+            return float(expected) == float(actual)
+        return bool(expected == actual)
     return type(expected) is type(actual) and bool(expected == actual)
 
 

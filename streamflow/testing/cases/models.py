@@ -78,6 +78,30 @@ class ExecutionExpect(_Model):
     steps: list[str] | None = Field(None, description="ids of the steps that finished, in order")
 
 
+class FileExpect(_Model):
+    """A file a step wrote, in the case's copy of the topology's folder."""
+
+    exists: bool = Field(True, description="false: the file must not have been written")
+    contains: str | None = Field(None, description="text the file contains")
+    records: Count | None = Field(
+        None, description="number of records: JSON array items, NDJSON lines or CSV rows"
+    )
+    content: Any = Field(
+        None, description="subset of the parsed file (JSON; NDJSON and CSV: a list of records)"
+    )
+
+
+class RowsExpect(_Model):
+    """Rows of an SQLite database the steps wrote, in the case's copy of the folder."""
+
+    database: str = Field(
+        description="an sqlite connection's name, or the database file relative to the folder"
+    )
+    query: str = Field(description="a SELECT whose rows are checked, e.g. SELECT * FROM t")
+    rows: list[Any] | None = Field(None, description="subsets of the rows, in order; fixes count")
+    count: Count | None = Field(None, description="exactly this many rows")
+
+
 class Expect(_Model):
     status: Status | list[Status] | None = None
     output: Any = None
@@ -88,6 +112,10 @@ class Expect(_Model):
     dead_letters: Count | list[DeadLetterExpect] | None = None
     published: list[PublishedExpect] = Field(default_factory=list)
     max_duration: Duration | None = None
+    files: dict[str, FileExpect] | None = Field(
+        None, description="files written, by path relative to the topology's folder"
+    )
+    rows: list[RowsExpect] | None = Field(None, description="rows in SQLite databases written")
 
 
 class CaseDoc(_Model):

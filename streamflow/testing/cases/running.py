@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import orjson
-
+from streamflow import exactjson
 from streamflow.runtime.app import AppOptions, environment
 from streamflow.runtime.dlq import DeadLetter
 from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.runner import Execution, run_events
+from streamflow.testing.cases.effects import check_effects, isolated
 from streamflow.testing.cases.matching import (
     Published,
     _check_calls,
@@ -30,6 +30,7 @@ from streamflow.testing.cases.matching import (
 )
 from streamflow.testing.cases.models import CaseResult, Expect, TestCase, TestFile
 from streamflow.testing.mocks import MockServices
+from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.topology.values import resolve_config
 from streamflow.transport.base import TopicSpec
@@ -80,53 +81,61 @@ async def run_case(case: TestCase) -> CaseResult:
 
 
 async def _run_case(case: TestCase) -> list[list[str]]:
-    integration = case.file.integration
+    # steps that write files or SQLite run on a copy of the topology's folder
+    with (
+        tempfile.TemporaryDirectory(prefix="sf-test-") as tmp,
+        isolated(case.file.integration, Path(tmp)) as integration,
+    ):
+        return await _run_isolated(case, integration, Path(tmp))
+
+
+async def _run_isolated(case: TestCase, integration: Integration, tmp: Path) -> list[list[str]]:
     plan = compile_plan(integration)
     encoding = integration.flows[case.flow].doc.encoding
-    with tempfile.TemporaryDirectory(prefix="sf-test-") as tmp:
-        async with contextlib.AsyncExitStack() as stack:
-            mocks: MockServices | None = None
-            urls: dict[str, str] = {}
-            mock_config: dict[str, str] = {}
-            if case.mocks is not None:
-                mocks = MockServices.from_dict(case.mocks, case.mocks_source)
-                await stack.enter_async_context(mocks)
-                urls = {name: mocks.base_url(name) for name in mocks.services}
-                mock_config = mocks.config_values()
-            config = resolve_config(integration.config, {**mock_config, **case.config})
-            scope = {"config": config, "mocks": urls}
-            expect = Expect.model_validate(case.expect.render(scope))
-            transport = LocalTransport(tmp)
-            stack.callback(transport.close)
-            # the outside topics a case expects messages on exist in its embedded broker
-            outside = sorted({p.topic for p in expect.published})
-            transport.ensure_topics([TopicSpec(t, 1, {}) for t in outside])
-            seen: dict[str, Execution] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        mocks: MockServices | None = None
+        urls: dict[str, str] = {}
+        mock_config: dict[str, str] = {}
+        if case.mocks is not None:
+            mocks = MockServices.from_dict(case.mocks, case.mocks_source)
+            await stack.enter_async_context(mocks)
+            urls = {name: mocks.base_url(name) for name in mocks.services}
+            mock_config = mocks.config_values()
+        config = resolve_config(integration.config, {**mock_config, **case.config})
+        scope = {"config": config, "mocks": urls}
+        expect = Expect.model_validate(case.expect.render(scope))
+        transport = LocalTransport(str(tmp / "broker"))
+        stack.callback(transport.close)
+        # the outside topics a case expects messages on exist in its embedded broker
+        outside = sorted({p.topic for p in expect.published})
+        transport.ensure_topics([TopicSpec(t, 1, {}) for t in outside])
+        seen: dict[str, Execution] = {}
 
-            def track(ex: Execution, _: ExecutionEvent) -> None:
-                seen.setdefault(ex.execution_id, ex)
+        def track(ex: Execution, _: ExecutionEvent) -> None:
+            seen.setdefault(ex.execution_id, ex)
 
-            try:
-                result = await run_events(
-                    integration,
-                    transport,
-                    config,
-                    case.events,
-                    flow=case.flow,
-                    timeout=case.doc.timeout,
-                    on_event=track,
-                    options=AppOptions(trace_payloads=True, flows=[case.flow], env=environment()),
-                )
-            except TimeoutError as exc:
-                block = [f"timeout: {exc} (a case's `timeout:` allows longer)"]
-                for ex in seen.values():
-                    block += [f"execution {ex.status}: {_input_line(ex)}", f"  trace: {_trace(ex)}"]
-                return [block]
-            calls = list(mocks.calls) if mocks is not None else []
-            topic = plan.flows[case.flow].dlq_topic
-            letters = [_letter(DeadLetter(r), encoding) for r in transport.read_all(topic)]
-            published = {t: _published(transport, t) for t in {p.topic for p in expect.published}}
-    failures = _check_executions(expect, result)
+        try:
+            result = await run_events(
+                integration,
+                transport,
+                config,
+                case.events,
+                flow=case.flow,
+                timeout=case.doc.timeout,
+                on_event=track,
+                options=AppOptions(trace_payloads=True, flows=[case.flow], env=environment()),
+            )
+        except TimeoutError as exc:
+            block = [f"timeout: {exc} (a case's `timeout:` allows longer)"]
+            for ex in seen.values():
+                block += [f"execution {ex.status}: {_input_line(ex)}", f"  trace: {_trace(ex)}"]
+            return [block]
+        calls = list(mocks.calls) if mocks is not None else []
+        topic = plan.flows[case.flow].dlq_topic
+        letters = [_letter(DeadLetter(r), encoding) for r in transport.read_all(topic)]
+        published = {t: _published(transport, t) for t in {p.topic for p in expect.published}}
+    failures = check_effects(expect, integration)
+    failures += _check_executions(expect, result)
     failures += _check_calls(expect, calls)
     failures += _check_dead_letters(expect, letters)
     failures += _check_published(expect, published)
@@ -141,8 +150,8 @@ def _published(transport: LocalTransport, topic: str) -> list[Published]:
     out = []
     for rec in transport.read_all(topic):
         try:
-            value: Any = orjson.loads(rec.value)
-        except orjson.JSONDecodeError:
+            value: Any = exactjson.loads(rec.value)  # every digit, as the flow wrote it
+        except exactjson.JSONDecodeError:
             value = rec.value.decode(errors="replace")
         key = rec.key.decode(errors="replace") if rec.key is not None else None
         out.append(Published(topic, key, value))
@@ -227,6 +236,9 @@ def write_junit_xml(results: Sequence[CaseResult], path: str | Path) -> None:
                 fail.text = r.details()
     tree = ET.ElementTree(root)
     ET.indent(tree)
+    if str(path) == "-":  # stdout
+        sys.stdout.write(ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
+        return
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tree.write(out, encoding="utf-8", xml_declaration=True)
