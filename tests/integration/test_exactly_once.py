@@ -245,7 +245,9 @@ def test_exactly_once_through_rebalances(kafka_bootstrap: str, unique: str, tmp_
         Action(N * 4 // 10, "w1 restarts", w1.start),
         Action(N * 6 // 10, "SIGTERM w0", term_w0, holds_some(w1)),
     ]
-    feeder = threading.Thread(target=_produce_numbers, args=(transport, source, N / 40))
+    # fed over ~70 s: the four rebalances must land while input still flows, also on a
+    # slow machine
+    feeder = threading.Thread(target=_produce_numbers, args=(transport, source, N / 70))
     started = time.monotonic()
     try:
         w0.start()

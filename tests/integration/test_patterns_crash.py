@@ -228,7 +228,8 @@ def test_state_moves_with_its_partitions_between_two_workers(
     state go to the other), then comes back (some move back): every join once, complete."""
     broker_url = f"kafka://{kafka_bootstrap}"
     transport, topo, name, source, sink = setup(broker_url, tmp_path, unique, JOIN, "exactly_once")
-    orders = {f"o{i}": list(range(i, i + LINES)) for i in range(ORDERS)}
+    n = ORDERS * 3  # enough work that the kill and the return land mid-stream
+    orders = {f"o{i}": list(range(i, i + LINES)) for i in range(n)}
     produce(transport, source, [(k.encode(), {"order": k, "lines": v}) for k, v in orders.items()])
     w0 = Worker(topo, broker_url, "w0", tmp_path, log_level="INFO")
     w1 = Worker(topo, broker_url, "w1", tmp_path, log_level="INFO")
@@ -245,9 +246,9 @@ def test_state_moves_with_its_partitions_between_two_workers(
         wait_for(lambda: joined() >= 5, 180, "5 joins", w0.log_tail)
         w1.kill()  # w1's partitions, and the groups kept in them, move to w0
         wait_for(lambda: joined() >= 25, 240, "25 joins", w0.log_tail)
-        assert joined() < ORDERS, "killed too late"
+        assert joined() < n, "killed too late"
         w1.start()  # a rebalance again: partitions move back with their state
-        wait_for(lambda: len({v["order"] for v in sink_values(transport, sink)}) >= ORDERS, 240,
+        wait_for(lambda: len({v["order"] for v in sink_values(transport, sink)}) >= n, 240,
                  "every join", lambda: w0.log_tail() + "\n" + w1.log_tail())  # fmt: skip
         time.sleep(3)
     finally:
