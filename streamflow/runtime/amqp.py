@@ -241,7 +241,7 @@ class RabbitMQRunner:
         from concurrent.futures import ThreadPoolExecutor
 
         if self.make_producer is None:
-            from streamflow.runtime.gateway import gateway_producer
+            from streamflow.runtime.publish import gateway_producer
 
             self.make_producer = gateway_producer
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-amqp-{self.flow}")

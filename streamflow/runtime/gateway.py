@@ -33,9 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
@@ -51,14 +49,14 @@ from streamflow.runtime import instances as instance_store
 from streamflow.runtime.amqp import RabbitMQRunner
 from streamflow.runtime.console import Console, ConsoleConfig
 from streamflow.runtime.contain import describe
-from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.filewatch import FileRunner
 from streamflow.runtime.http import HttpSite, add_probe_routes, serve_app
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.instances import InstanceTable
-from streamflow.runtime.lease import Outgoing, envelope_messages, send_all
+from streamflow.runtime.lease import envelope_messages
 from streamflow.runtime.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGER_FIRINGS
 from streamflow.runtime.poller import PollRunner
+from streamflow.runtime.publish import ExecutionWatcher, Publisher, gateway_producer
 from streamflow.runtime.s3watch import S3Runner
 from streamflow.runtime.schedule import ScheduleRunner
 from streamflow.runtime.streams import StreamRunner
@@ -67,7 +65,7 @@ from streamflow.steps.base import Resources
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan, compile_plan
 from streamflow.topology.triggers import WebhookTrigger
-from streamflow.transport.base import Consumer, MessageRejected, Producer, Transport
+from streamflow.transport.base import MessageRejected, Transport
 
 log = logging.getLogger("streamflow.gateway")
 InstanceConfig = Callable[[str], Mapping[str, Any] | None]
@@ -88,18 +86,6 @@ RUNNERS: dict[str, Callable[[FlowIngress, Transport, dict[str, str]], TriggerRun
     "rabbitmq": RabbitMQRunner,  # no leader: every process consumes the queue
 }
 READY_TIMEOUT = 2.0
-MAX_BATCH = 1000
-
-
-def gateway_producer(transport: Transport, timeout: float) -> Producer:
-    """A producer whose messages are confirmed or failed within ``timeout`` seconds."""
-    if transport.url.startswith("kafka://"):
-        from streamflow.transport.kafka import KafkaProducer
-
-        base = dict(getattr(transport, "base", {}))
-        base.setdefault("message.timeout.ms", max(1000, int((timeout - 2) * 1000)))
-        return KafkaProducer(base, None)
-    return transport.producer()
 
 
 def has_sync_webhooks(integration: Integration) -> bool:
@@ -149,127 +135,6 @@ def _poll_source(flow: Flow) -> str:
         if getattr(flow.trigger, source, None) is not None:
             return source
     return "sql"
-
-
-class Publisher:
-    """Sends accepted events in batches, one flush per batch, on a thread of its own;
-    ``publish`` returns once the broker confirmed (or raises: answer 503)."""
-
-    def __init__(self, producer: Producer, timeout: float) -> None:
-        self.producer = producer
-        self.timeout = timeout
-        self.queue: asyncio.Queue[tuple[list[Outgoing], asyncio.Future[None]]] = asyncio.Queue()
-        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-gateway-produce")
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name="gateway-publisher")
-
-    async def publish(self, messages: list[Outgoing]) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((messages, fut))
-        await fut
-
-    def _send(self, batch: Sequence[list[Outgoing]]) -> list[Exception | None]:
-        """Queue each request's messages (one refused at once, e.g. too large for the
-        broker, fails alone), then flush: a failed flush fails the whole batch."""
-        results: list[Exception | None] = []
-        for messages in batch:
-            try:
-                send_all(self.producer, messages)
-                results.append(None)
-            except Exception as exc:
-                results.append(exc)
-        self.producer.flush(self.timeout)
-        return results
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            while not self.queue.empty() and len(batch) < MAX_BATCH:
-                batch.append(self.queue.get_nowait())
-            live = [(m, f) for m, f in batch if not f.done()]  # a gone client: not sent
-            if not live:
-                continue
-            try:
-                results = await loop.run_in_executor(self.io, self._send, [m for m, _ in live])
-            except Exception as exc:
-                log.warning("gateway: %d event(s) not confirmed by the broker: %s", len(live), exc)
-                results = [exc] * len(live)
-            for (_, f), error in zip(live, results, strict=True):
-                if f.done():
-                    continue
-                if error is None:
-                    f.set_result(None)
-                else:
-                    f.set_exception(error)
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self.io, self.producer.close)
-        self.io.shutdown(wait=True)
-
-
-class ExecutionWatcher:
-    """Follows the executions topic from its end; ``response: sync`` webhooks wait here
-    for their execution's terminal event."""
-
-    def __init__(self, transport: Transport, topic: str) -> None:
-        self.consumer: Consumer = transport.consumer(
-            f"sf.gateway.{uuid.uuid4().hex}", [topic], from_end=True
-        )
-        self.waiters: dict[
-            str, tuple[asyncio.AbstractEventLoop, asyncio.Future[ExecutionEvent]]
-        ] = {}
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="sf-gateway-watch", daemon=True)
-        self.thread.start()
-
-    def expect(self, execution_id: str) -> asyncio.Future[ExecutionEvent]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[ExecutionEvent] = loop.create_future()
-        with self.lock:
-            self.waiters[execution_id] = (loop, fut)
-        return fut
-
-    def forget(self, execution_id: str) -> None:
-        with self.lock:
-            self.waiters.pop(execution_id, None)
-
-    def _loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                records = self.consumer.poll(500, 0.2)
-            except Exception as exc:
-                log.warning("gateway: reading executions failed: %s", exc)
-                time.sleep(1.0)
-                continue
-            for rec in records:
-                try:
-                    ev = ExecutionEvent.decode(rec.value)
-                except (ValueError, TypeError):
-                    continue
-                if not is_terminal(ev.event, ev.note):
-                    continue
-                with self.lock:
-                    waiter = self.waiters.pop(ev.execution_id, None)
-                if waiter is not None:
-                    loop, fut = waiter
-                    loop.call_soon_threadsafe(_resolve, fut, ev)
-        self.consumer.close()
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=5)
-
-
-def _resolve(fut: asyncio.Future[ExecutionEvent], ev: ExecutionEvent) -> None:
-    if not fut.done():
-        fut.set_result(ev)
 
 
 class TriggerHost:

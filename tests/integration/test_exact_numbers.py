@@ -346,7 +346,7 @@ cases:
 def test_dlq_edit_in_editor_keeps_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`dlq replay --edit` wrote the payload with json.dump (a Decimal crashed it) and read the
     edit back with json.loads (long decimals rounded)."""
-    from streamflow.cli.commands import _edit_in_editor
+    from streamflow.cli.dlqcmd import _edit_in_editor
 
     editor = tmp_path / "editor.sh"  # an editor that changes one field and keeps the rest
     editor.write_text('#!/bin/sh\nsed -i \'s/"tenth": 0.1/"tenth": 0.25/\' "$1"\n')

@@ -474,7 +474,7 @@ async def test_avro_encoded_flow_completes(
 def test_dead_letter_headers_with_non_ascii_digits_do_not_break_dlq_list() -> None:
     """`'²'.isdigit()` is true but int('²') raises: `dlq list --json` and the console's
     dead letters crashed on such a header; an id made of digits stays text."""
-    from streamflow.cli.commands import _typed
+    from streamflow.cli.dlqcmd import _typed
     from streamflow.runtime.dlq import DeadLetter
     from streamflow.transport.base import Record
 
