@@ -40,12 +40,17 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.aws import quiet_sdk_loggers
 from streamflow.connectors.connections import ConnectedStep, FieldsOf
-from streamflow.connectors.files import Confinement
-from streamflow.connectors.objects import ObjectFields, decode_body, encode_body, local_path
+from streamflow.connectors.objects import (
+    ObjectFields,
+    ObjectStep,
+    decode_body,
+    encode_body,
+    local_path,
+)
 from streamflow.connectors.secrets import Masker
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError, StreamFlowError
-from streamflow.steps.base import AsyncStep, Outcome, Resources, StepContext
+from streamflow.steps.base import Outcome, Resources, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import ConnectionConfig, Duration, Model
 from streamflow.topology.registry import connection_config, step_config, step_factory
@@ -244,19 +249,13 @@ def _facts(container: str, name: str, props: Any) -> dict[str, Any]:
     }
 
 
-class AzureBlobStep(AsyncStep):
+class AzureBlobStep(ObjectStep):
+    cfg: AzureBlobConfig
+
     def __init__(self, config: AzureBlobConfig, ctx: StepContext) -> None:
-        self.cfg = config
-        self.ctx = ctx
-        self.settings = compile_value({k: getattr(config, k) for k in _SETTINGS})
+        super().__init__(config, ctx, _SETTINGS)
         self.container = compile_value(config.container)
         self.blob = compile_value(config.blob)
-        self.prefix = compile_value(config.prefix)
-        self.file = compile_value(config.file)
-        self.local = Confinement(config.file or "", config.base_dir, config.root)
-        self.content = compile_value(config.content)
-        self.content_type = compile_value(config.content_type)
-        self.metadata = compile_value(config.metadata)
 
     async def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)

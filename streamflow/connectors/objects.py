@@ -32,6 +32,8 @@ from streamflow import exactjson
 from streamflow.connectors.connections import context_directory
 from streamflow.connectors.files import Confinement, CsvOptions
 from streamflow.errors import PoisonMessageError
+from streamflow.steps.base import AsyncStep, StepContext
+from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Model
 
 BodyFormat = Literal["auto", "text", "json", "ndjson", "csv", "base64"]
@@ -186,3 +188,19 @@ def local_path(raw: Any, confined: Confinement, scope: Mapping[str, Any]) -> Pat
     if not raw:
         raise PoisonMessageError("the local file path is empty")
     return confined.check(raw, scope)
+
+
+class ObjectStep(AsyncStep):
+    """What the s3 and azure_blob steps share: their connection settings, ``prefix``, the
+    confined local ``file`` and the body templates, compiled once."""
+
+    def __init__(self, config: Any, ctx: StepContext, settings: tuple[str, ...]) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self.settings = compile_value({k: getattr(config, k) for k in settings})
+        self.prefix = compile_value(config.prefix)
+        self.file = compile_value(config.file)
+        self.local = Confinement(config.file or "", config.base_dir, config.root)
+        self.content = compile_value(config.content)
+        self.content_type = compile_value(config.content_type)
+        self.metadata = compile_value(config.metadata)

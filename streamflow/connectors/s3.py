@@ -41,11 +41,16 @@ from streamflow.connectors.aws import (
 )
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, fill_from_connection
 from streamflow.connectors.connections import check_connection as _check
-from streamflow.connectors.files import Confinement
-from streamflow.connectors.objects import ObjectFields, decode_body, encode_body, local_path
+from streamflow.connectors.objects import (
+    ObjectFields,
+    ObjectStep,
+    decode_body,
+    encode_body,
+    local_path,
+)
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError
-from streamflow.steps.base import AsyncStep, Outcome, StepContext
+from streamflow.steps.base import Outcome, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration, TriggerConfig
 from streamflow.topology.registry import step_config, step_factory, trigger_config
@@ -115,19 +120,13 @@ def etag(value: Any) -> str | None:
     return str(value).strip('"') if value else None
 
 
-class S3Step(AsyncStep):
+class S3Step(ObjectStep):
+    cfg: S3Config
+
     def __init__(self, config: S3Config, ctx: StepContext) -> None:
-        self.cfg = config
-        self.ctx = ctx
-        self.settings = compile_value({k: getattr(config, k) for k in _SETTINGS})
+        super().__init__(config, ctx, _SETTINGS)
         self.bucket = compile_value(config.bucket)
         self.key = compile_value(config.key)
-        self.prefix = compile_value(config.prefix)
-        self.file = compile_value(config.file)
-        self.local = Confinement(config.file or "", config.base_dir, config.root)
-        self.content = compile_value(config.content)
-        self.content_type = compile_value(config.content_type)
-        self.metadata = compile_value(config.metadata)
         self.source_bucket = compile_value(config.source_bucket)
         self.source_key = compile_value(config.source_key)
 
