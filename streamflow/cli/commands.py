@@ -218,7 +218,7 @@ async def _run(args: argparse.Namespace) -> int:
             for call in mocks.calls:
                 label = f"{call.service} {call.method} {call.path} -> {call.status}"
                 counts[label] = counts.get(label, 0) + 1
-            for label, n in sorted(counts.items()):  # arrival order varies: sorted
+            for label, n in counts.items():  # in the order they first came
                 print(f"  mock {label}  x{n}")
     return 0 if result.ok else 1
 

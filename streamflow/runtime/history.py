@@ -263,7 +263,11 @@ class ExecutionStore:
             cur = self.db.execute(
                 "SELECT data FROM events WHERE execution_id = ? ORDER BY n", (execution_id,)
             )
-            row.timeline = [exactjson.loads(d) for (d,) in cur.fetchall()]  # numbers exact
+            timeline = [exactjson.loads(d) for (d,) in cur.fetchall()]  # numbers exact
+            # by event time, then arrival: two agents' events of one execution can reach
+            # the executions topic out of order (different producers, no ordering between
+            # partitions of their writes), the stamps cannot
+            row.timeline = sorted(timeline, key=_event_ts)
         return row
 
     def events(self, execution_id: str) -> list[ExecutionEvent]:
@@ -398,3 +402,8 @@ def trigger_types(integration: Any) -> dict[str, str]:
 
 def seq_of(rows: Sequence[ExecutionRow]) -> int:
     return max((r.seq for r in rows), default=0)
+
+
+def _event_ts(event: object) -> int:
+    ts = event.get("ts") if isinstance(event, dict) else None
+    return ts if type(ts) is int else 0

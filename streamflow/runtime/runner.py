@@ -8,6 +8,7 @@ run returns when every execution it started is completed, filtered or failed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import difflib
 import time
 import uuid
@@ -151,7 +152,7 @@ async def run_events(
                 ex = executions.get(ev.execution_id)
                 if ex is None:
                     continue
-                ex.events.append(ev)
+                _insert(ex.events, ev)
                 if on_event is not None:
                     on_event(ex, ev)
                 if is_terminal(ev.event, ev.note):
@@ -161,3 +162,13 @@ async def run_events(
         await asyncio.gather(runner, return_exceptions=True)
         watcher.close()
     return RunResult(list(executions.values()), time.monotonic() - started)
+
+
+
+def _insert(events: list[ExecutionEvent], ev: ExecutionEvent) -> None:
+    """Keep ``events`` in event-time order (stable: equal stamps stay in arrival order).
+    Two agents' events of one execution can arrive out of order - each agent produces with
+    its own producer, and a producer orders nothing between partitions, so a step's output
+    can be read and the next step's event written before the step's own event lands - but
+    the later step stamped its event later."""
+    events.insert(bisect.bisect_right(events, ev.ts, key=lambda e: e.ts), ev)
