@@ -92,6 +92,21 @@ class Admin:
             time.sleep(0.1)
         raise RuntimeError(f"topics {names} not ready after 30 s")
 
+    def records_matching(self, needles: Sequence[str]) -> int:
+        """Sum of the end offsets of every partition of every topic whose name contains one
+        of ``needles``: how many messages (and transaction markers) were written to them."""
+        topics = self.client.list_topics(timeout=10).topics
+        meta = _consumer(self.bootstrap)
+        try:
+            return sum(
+                meta.get_watermark_offsets(TopicPartition(name, p), timeout=10, cached=False)[1]
+                for name, topic in topics.items()
+                if any(n in name for n in needles)
+                for p in topic.partitions
+            )
+        finally:
+            meta.close()
+
     def delete_matching(self, needle: str) -> None:
         """Delete every topic and consumer group whose name contains ``needle`` (best effort)."""
         try:

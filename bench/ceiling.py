@@ -20,30 +20,33 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench.common import BATCH
 
 
+def client_config(bootstrap: str, group: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(consumer, producer) settings: StreamFlow's Kafka transport's, shared by the limit row."""
+    consumer = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+    }
+    producer = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "partitioner": "murmur2_random",
+        "compression.type": "lz4",
+    }
+    return consumer, producer
+
+
 def run(bootstrap: str, source: str, sink: str, group: str, interval: float) -> None:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
-        }
-    )
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "partitioner": "murmur2_random",
-            "compression.type": "lz4",
-        }
-    )
+    consumer_conf, producer_conf = client_config(bootstrap, group)
+    consumer, producer = Consumer(consumer_conf), Producer(producer_conf)
     running = True
 
     def stop(*_: Any) -> None:

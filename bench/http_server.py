@@ -1,31 +1,40 @@
 """A local HTTP endpoint for the ``http`` step contestant (127.0.0.1 only).
 
-    python -m bench.http_server          # prints "PORT <n>" once listening
+    python -m bench.http_server [--delay 0.02]   # prints "PORT <n>" once listening
 
-``POST /ingest`` answers 200 ``{"ok": true, "id": <the body's id>}``; it stops on SIGTERM.
+``POST /ingest`` answers 200 ``{"ok": true, "id": <the body's id>}`` after ``--delay``
+seconds (default 0: at once); it stops on SIGTERM. With a delay, a client with at most C
+requests in flight makes at most C / delay requests per second (Little's law).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import socket
 import sys
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 
-async def ingest(request: web.Request) -> web.Response:
-    body = orjson.loads(await request.read())
-    return web.Response(
-        body=orjson.dumps({"ok": True, "id": body.get("id")}), content_type="application/json"
-    )
+def handler(delay: float) -> Any:
+    async def ingest(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return web.Response(
+            body=orjson.dumps({"ok": True, "id": body.get("id")}), content_type="application/json"
+        )
+
+    return ingest
 
 
-async def serve() -> None:
+async def serve(delay: float) -> None:
     app = web.Application()
-    app.router.add_post("/ingest", ingest)
+    app.router.add_post("/ingest", handler(delay))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -43,7 +52,9 @@ async def serve() -> None:
 
 
 def main() -> None:
-    asyncio.run(serve())
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    asyncio.run(serve(ap.parse_args().delay))
     sys.exit(0)
 
 

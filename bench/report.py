@@ -17,28 +17,31 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
 
 # (numerator, denominator, metric, target, note); a target is "higher is better" for
-# events/s ratios and "lower is better" for CPU ratios; None: reported, no target
+# events/s ratios and "lower is better" for CPU ratios; None: reported, no target.
+# Targets from issue 20 (the defaults against Quix Streams on the same pipelines).
 RATIOS: list[tuple[str, str, str, float | None, str]] = [
-    ("sf-1step", "ceiling", "events_per_s", 0.5, "StreamFlow / ceiling"),
-    ("sf-1step", "quix-1step", "events_per_s", 1.5, "StreamFlow / Quix, 1-step"),
-    ("sf-3step-fused", "quix-3step", "events_per_s", 1.5, "StreamFlow fused / Quix, 3-step"),
-    ("sf-3step", "quix-3step", "events_per_s", None, "StreamFlow unfused / Quix, 3-step"),
-    ("sf-1step", "faust-1step", "events_per_s", 5.0, "StreamFlow / faust, 1-step"),
-    ("sf-3step-fused", "faust-3step", "events_per_s", 5.0, "StreamFlow fused / faust, 3-step"),
-    ("sf-3step", "faust-3step", "events_per_s", None, "StreamFlow unfused / faust, 3-step"),
+    ("sf-1step", "quix-1step", "events_per_s", 1.5, "StreamFlow (default) / Quix, 1-step"),
+    ("sf-1step", "quix-1step", "cpu_us_per_event", 0.67, "CPU/event: StreamFlow / Quix, 1-step"),
+    ("sf-3step", "quix-3step", "events_per_s", 1.5, "StreamFlow (default) / Quix, 3-step"),
+    ("sf-3step", "quix-3step", "cpu_us_per_event", 0.67, "CPU/event: StreamFlow / Quix, 3-step"),
+    ("sf-1step-unfused", "quix-1step", "events_per_s", 0.5, "unfused / Quix, 1-step"),
+    ("sf-3step-unfused", "quix-3step", "events_per_s", None, "unfused / Quix, 3-step"),
     ("sf-1step-eos-100ms", "sf-1step", "events_per_s", 0.8, "exactly-once 100 ms / at-least-once"),
     ("sf-1step-eos-1s", "sf-1step", "events_per_s", 0.95, "exactly-once 1 s / at-least-once"),
-    ("sf-3step-fused", "sf-1step", "events_per_s", 0.8, "3-step fused / 1-step"),
-    ("sf-3step", "sf-1step", "events_per_s", None, "3-step unfused / 1-step"),
-    ("sf-1step-fused", "ceiling", "events_per_s", 0.5, "StreamFlow fused / ceiling"),
-    ("sf-1step-fused", "quix-1step", "events_per_s", 1.5, "StreamFlow fused / Quix, 1-step"),
-    ("sf-1step-fused", "faust-1step", "events_per_s", 5.0, "StreamFlow fused / faust, 1-step"),
-    ("sf-1step-fused-lifecycle", "quix-1step", "events_per_s", 1.5,
-     "StreamFlow fused, lifecycle events / Quix, 1-step"),
-    ("sf-1step", "ceiling", "cpu_us_per_event", None, "CPU/event: StreamFlow / ceiling"),
-    ("sf-1step", "quix-1step", "cpu_us_per_event", None, "CPU/event: StreamFlow / Quix, 1-step"),
-    ("sf-1step", "faust-1step", "cpu_us_per_event", None, "CPU/event: StreamFlow / faust, 1-step"),
+    ("sf-3step", "sf-1step", "events_per_s", None, "3-step / 1-step"),
+    ("sf-1step", "ceiling", "events_per_s", None, "StreamFlow / ceiling (bare byte copy)"),
+    ("sf-1step", "python-limit", "events_per_s", None, "StreamFlow / Python limit"),
+    ("sf-1step", "python-limit", "cpu_us_per_event", None, "CPU/event: StreamFlow / Python limit"),
+    ("python-limit", "quix-1step", "events_per_s", None, "Python limit / Quix, 1-step"),
+    ("ceiling", "quix-1step", "events_per_s", None, "ceiling / Quix, 1-step"),
+    ("kstreams-1step", "quix-1step", "events_per_s", None, "Kafka Streams / Quix, 1-step"),
+    ("sf-1step", "kstreams-1step", "events_per_s", None, "StreamFlow / Kafka Streams, 1-step"),
+    ("sf-3step", "kstreams-3step", "events_per_s", None, "StreamFlow / Kafka Streams, 3-step"),
+    ("sf-1step", "faust-1step", "events_per_s", None, "StreamFlow / faust, 1-step"),
+    ("sf-3step", "faust-3step", "events_per_s", None, "StreamFlow / faust, 3-step"),
 ]  # fmt: skip
+# the Quix row each pipeline is compared with in the table's "vs Quix" column
+QUIX = {"copy": "quix-1step", "1-step": "quix-1step", "3-step": "quix-3step"}
 DASH = "\u2013"  # an empty cell
 GUARANTEE = {"at_least_once": "at-least-once", "exactly_once": "exactly-once"}
 
@@ -66,13 +69,16 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             met = value >= target if metric == "events_per_s" else value <= target
         out.append(
             {"ratio": f"{num} / {den}", "metric": metric, "note": note, "value": value,
-             "target": None if target is None else f">= {target:g}", "met": met}
+             "target": None if target is None
+             else f"{'>=' if metric == 'events_per_s' else '<='} {target:g}", "met": met}
         )  # fmt: skip
-    eps = _metric(rows.get("sf-1step"), "events_per_s")
+    http = rows.get("sf-http") or {}
+    of_bound = (http.get("http") or {}).get("of_bound") if http.get("ok") else None
     out.append(
-        {"ratio": "sf-1step", "metric": "events_per_s", "value": eps, "target": ">= 50000",
-         "note": "1-step at-least-once, one worker process",
-         "met": None if eps is None else eps >= 50_000}
+        {"ratio": "sf-http / Little's law", "metric": "events_per_s", "value": of_bound,
+         "target": ">= 0.8",
+         "note": "http row / (concurrency / latency of the target), its I/O bound",
+         "met": None if of_bound is None else of_bound >= 0.8}
     )  # fmt: skip
     lat = (rows.get("sf-1step") or {}).get("latency") or {}
     hop = lat.get("p99_ms_per_hop")
@@ -120,12 +126,13 @@ def summary(results: dict[str, Any]) -> str:
 
 def _table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| contestant | pipeline | guarantee | agents | events/s | drain s | CPU µs/event "
-        "| cores used | peak RSS MiB | p50 ms | p99 ms | at events/s | step-only events/s "
-        "| step-only CPU µs/event |",
+        "| contestant | pipeline | guarantee | agents | events/s | vs Quix | drain s "
+        "| CPU µs/event | produced/event | cores used | peak RSS MiB | p50 ms | p99 ms "
+        "| at events/s | step-only events/s | step-only CPU µs/event |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: | ---: |",
     ]
+    rows = _rows(results)
     for r in results["rows"]:
         guarantee = GUARANTEE.get(r["guarantee"], r["guarantee"])
         if r.get("commit_interval_s") is not None:
@@ -136,20 +143,44 @@ def _table(results: dict[str, Any]) -> list[str]:
         )
         if not r.get("ok"):
             err = str(r.get("error") or "failed").splitlines()[0].replace("|", "\\|")[:160]
-            lines.append(head + f"| **error**: {err} | | | | | | | | | |")
+            lines.append(head + f"| **error**: {err} | | | | | | | | | | | |")
             continue
         d, lat = r["drain"], r.get("latency") or {}
         so = r.get("step_only") or {}
         lines.append(
             head
-            + f"| {_num(d['events_per_s'])} | {_num(d['seconds'], 2)} "
-            + f"| {_num(d['cpu_us_per_event'], 1)} "
+            + f"| {_num(d['events_per_s'])} | {_vs_quix(r, rows)} | {_num(d['seconds'], 2)} "
+            + f"| {_num(d['cpu_us_per_event'], 1)} | {_num(r.get('produced_per_event'), 2)} "
             + f"| {_num(d['cores_used'], 2)} | {_num(r['rss_peak_mb'])} "
             + f"| {_num(lat.get('p50_ms'), 1)} | {_num(lat.get('p99_ms'), 1)}{_late(lat)} "
             + f"| {_num(lat.get('rate'))} | {_num(so.get('events_per_s'))} "
             + f"| {_num(so.get('cpu_us_per_event'), 1)} |"
         )
     return lines
+
+
+def _vs_quix(row: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
+    """events/s of the row / events/s of Quix Streams on the same pipeline, as "0.15x"."""
+    quix = QUIX.get(row["pipeline"])
+    a = _metric(row, "events_per_s")
+    b = _metric(rows.get(quix or ""), "events_per_s")
+    return DASH if a is None or b is None else f"{a / b:.2f}x"
+
+
+def _http_line(results: dict[str, Any]) -> list[str]:
+    r = _rows(results).get("sf-http") or {}
+    h = r.get("http")
+    if not r.get("ok") or not h:
+        return []
+    return [
+        f"The http row's target answers after {h['delay_ms']:g} ms; with the flow's "
+        f"`concurrency: {h['concurrency']}` at most {h['concurrency']} requests are in flight, "
+        f"so Little's law bounds it at {h['concurrency']} / {h['delay_ms'] / 1000:g} s = "
+        f"{_num(h['littles_law_events_per_s'])} events/s: it made "
+        f"{_num(r['drain']['events_per_s'])} events/s, {h.get('of_bound', 0) * 100:.0f}% of the "
+        "bound.",
+        "",
+    ]
 
 
 def _late(lat: dict[str, Any]) -> str:
@@ -182,12 +213,20 @@ METHOD = """\
 - **StreamFlow** rows run `streamflow worker` on a topology with `trigger: {{type: kafka}}`
   and a final `kafka_publish` step: JSON in → envelope → steps → JSON out, every hop a
   Kafka topic ("agents" = agents on an event's path: trigger, steps, publish); default
-  runtime options (step lifecycle events on), `max_batch: {batch}`. The *step-only* columns
+  runtime options unless the row says otherwise (`fuse: false`), `max_batch: {batch}`;
+  the http row's target answers after 20 ms (`concurrency: 16`). The *step-only* columns
   are bench/throughput.py on the same steps: envelopes preloaded on the first step's
   topic, no trigger and no publish, all agents in one process.
 - **Ceiling**: bare confluent-kafka consume → produce with StreamFlow's client settings
   (idempotent producer, acks=all, lz4, linger 5 ms, read_committed), batches of {batch},
   commit every 100 ms.
+- **Python limit**: the 1-step pipeline as a bare loop written for the purpose
+  (bench/python_limit.py): the ceiling's loop and client settings plus `orjson` decode,
+  the output dict, `orjson` encode; no framework.
+- **Kafka Streams** (Java 17, kafka-streams from Maven Central, bench/peers/kstreams):
+  `mapValues`/`filter` over Jackson JSON, at-least-once, one stream thread, commit
+  interval as the Python peers', Kafka Streams' defaults otherwise; the non-Python
+  reference.
 - **Peers**: Quix Streams (`app.dataframe(...).apply(...).filter(...).to_topic(...)`) and
   faust-streaming (an agent iterating `stream.items()` and `await topic.send(...)`), each in
   its own virtualenv, at-least-once, commit interval {peer_ci:g} ms like StreamFlow's.
@@ -219,8 +258,9 @@ def render(results: dict[str, Any], source: str = "") -> str:
         + "`: edit bench/report.py, not this file -->",
         "",
         "StreamFlow against the limit of its Kafka client on this machine (the *ceiling*) and "
-        "against Quix Streams and faust-streaming on the same pipelines, same broker, same data "
-        "(issue 7). Run it with `make bench` (full) or `make bench-quick`; then "
+        "against Quix Streams, Kafka Streams and faust-streaming on the same pipelines, same "
+        "broker, same data (issues 7 and 20). Run it with `make bench` (full) or "
+        "`make bench-quick`; then "
         "`python -m bench.report bench/results/latest.json` rewrites this page.",
         "",
     ]
@@ -245,7 +285,13 @@ def render(results: dict[str, Any], source: str = "") -> str:
         "",
         *_table(results),
         "",
-        "## Ratios (targets from issue 7)",
+        *_http_line(results),
+        "*vs Quix*: events/s over Quix Streams' on the same pipeline (the ceiling against "
+        "Quix 1-step). *produced/event*: messages the contestant wrote per event during the "
+        "drain (output, internal hops, execution records; transaction markers included), "
+        "counted from the end offsets of its output and internal topics.",
+        "",
+        "## Ratios (targets from issue 20)",
         "",
         *_ratio_table(results),
         "",

@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bench import report
 from bench.broker import (
@@ -63,7 +63,7 @@ from bench.topologies import (
     publish_step,
     steps_yaml,
 )
-from bench.venvs import PEERS, PeerEnv, ensure
+from bench.venvs import PEERS, PeerEnv, ensure, ensure_java
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -88,13 +88,13 @@ OUTPUT_KEYS = {
 class Contestant:
     name: str
     label: str
-    kind: str  # ceiling | streamflow | peer
+    kind: str  # ceiling | limit | streamflow | peer
     pipeline: str  # copy | 1-step | 3-step | http | split-100 | parallel-3
     guarantee: str = "at_least_once"
     commit_interval: float = 0.1
-    fuse: bool = False
-    events: str = "steps"  # execution events: steps | lifecycle
-    peer: str | None = None  # venv name (bench/venvs.py)
+    fuse: bool | None = None  # None: not written in the topology (the default)
+    events: str | None = None  # execution events (None: the default)
+    peer: str | None = None  # venv name (bench/venvs.py), or "kstreams" (Java)
     module: str | None = None  # peer script
 
     @property
@@ -104,7 +104,11 @@ class Contestant:
 
 CONTESTANTS = [
     Contestant("ceiling", "ceiling (bare confluent-kafka copy)", "ceiling", "copy"),
-    Contestant("sf-1step", "StreamFlow 1-step", "streamflow", "1-step"),
+    Contestant("python-limit", "Python limit (bare orjson loop) 1-step", "limit", "1-step"),
+    Contestant("sf-1step", "StreamFlow 1-step (default)", "streamflow", "1-step"),
+    Contestant(
+        "sf-1step-unfused", "StreamFlow 1-step, `fuse: false`", "streamflow", "1-step", fuse=False,
+    ),
     Contestant(
         "sf-1step-eos-100ms", "StreamFlow 1-step exactly-once 100 ms", "streamflow", "1-step",
         guarantee="exactly_once", commit_interval=0.1,
@@ -113,14 +117,11 @@ CONTESTANTS = [
         "sf-1step-eos-1s", "StreamFlow 1-step exactly-once 1 s", "streamflow", "1-step",
         guarantee="exactly_once", commit_interval=1.0,
     ),
-    Contestant("sf-1step-fused", "StreamFlow 1-step fused", "streamflow", "1-step", fuse=True),
+    Contestant("sf-3step", "StreamFlow 3-step (default)", "streamflow", "3-step"),
     Contestant(
-        "sf-1step-fused-lifecycle", "StreamFlow 1-step fused, lifecycle events", "streamflow",
-        "1-step", fuse=True, events="lifecycle",
+        "sf-3step-unfused", "StreamFlow 3-step, `fuse: false`", "streamflow", "3-step", fuse=False,
     ),
-    Contestant("sf-3step", "StreamFlow 3-step", "streamflow", "3-step"),
-    Contestant("sf-3step-fused", "StreamFlow 3-step fused", "streamflow", "3-step", fuse=True),
-    Contestant("sf-http", "StreamFlow http step", "streamflow", "http"),
+    Contestant("sf-http", "StreamFlow http step (20 ms target)", "streamflow", "http"),
     Contestant(
         "sf-split100", "StreamFlow split 100 -> enrich -> aggregate (events = orders)",
         "streamflow", "split-100",
@@ -137,6 +138,8 @@ CONTESTANTS = [
         "quix-3step", "Quix Streams 3-step", "peer", "3-step",
         peer="quixstreams", module="bench.peers.quix_app",
     ),
+    Contestant("kstreams-1step", "Kafka Streams 1-step (Java)", "peer", "1-step", peer="kstreams"),
+    Contestant("kstreams-3step", "Kafka Streams 3-step (Java)", "peer", "3-step", peer="kstreams"),
     Contestant(
         "faust-1step", "faust-streaming 1-step", "peer", "1-step",
         peer="faust", module="bench.peers.faust_app",
@@ -147,6 +150,8 @@ CONTESTANTS = [
     ),
 ]  # fmt: skip
 BY_NAME = {c.name: c for c in CONTESTANTS}
+HTTP_DELAY_S = 0.020  # the http row's target answers after this long
+HTTP_CONCURRENCY = 16  # the flow's `concurrency` (in-flight async steps per agent)
 
 
 @dataclass
@@ -273,19 +278,33 @@ def command(c: Contestant, ctx: Context, source: str, sink: str, name: str) -> l
             "--input", source, "--output", sink, "--group", name,
             "--commit-interval", str(c.commit_interval),
         ]  # fmt: skip
+    if c.kind == "limit":
+        return [
+            sys.executable, "-m", "bench.python_limit", "--bootstrap", s.bootstrap,
+            "--input", source, "--output", sink, "--group", name, "--steps", str(c.steps),
+            "--commit-interval", str(c.commit_interval),
+        ]  # fmt: skip
     if c.kind == "peer":
-        assert c.peer is not None and c.module is not None
+        assert c.peer is not None
         env = ctx.peers.get(c.peer)
-        if env is None or env.python is None:
+        if env is not None and env.python is not None and c.module is not None:
+            run = [str(env.python), "-m", c.module]
+        elif env is not None and env.command is not None:
+            run = env.command  # Kafka Streams: java ... bench.BenchApp
+        else:
             raise ContestantError(
-                f"{c.peer} virtualenv unavailable: {env.error if env else 'not made'}"
+                f"{c.peer} environment unavailable: {env.error if env else 'not made'}"
             )
         return [
-            str(env.python), "-m", c.module, "--bootstrap", s.bootstrap,
+            *run, "--bootstrap", s.bootstrap,
             "--input", source, "--output", sink, "--group", name, "--steps", str(c.steps),
             "--commit-interval", str(s.peer_commit_interval),
         ]  # fmt: skip
     raise AssertionError(c.kind)
+
+
+if TYPE_CHECKING:
+    from streamflow.topology.plan import FlowPlan
 
 
 def streamflow_files(
@@ -308,6 +327,7 @@ def streamflow_files(
         name,
         trigger=f"{{type: kafka, topic: {source}}}",
         steps=body + publish_step(sink),
+        concurrency=HTTP_CONCURRENCY if c.pipeline == "http" else None,
         guarantee=c.guarantee,
         commit_interval=f"{round(c.commit_interval * 1000)}ms",
         fuse=c.fuse,
@@ -317,8 +337,13 @@ def streamflow_files(
     )
     path = ctx.settings.logdir / f"{c.name}.yaml"
     path.write_text(text)
-    plan = compile_plan(load_integration(path)).flows["f"]
-    return path, 1 + len(plan.agents)
+    return path, agents_on_path(compile_plan(load_integration(path)).flows["f"])
+
+
+def agents_on_path(plan: FlowPlan) -> int:
+    """Agents an event of the (linear) bench flow passes through: the trigger's, and one
+    more per hop through a topic (a fused trigger runs the first steps in-process)."""
+    return 1 + sum(1 for _, topic, _ in plan.hops if topic)
 
 
 def free_port() -> int:
@@ -331,7 +356,7 @@ def free_port() -> int:
 
 def start_http_server(ctx: Context) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.http_server"],
+        [sys.executable, "-m", "bench.http_server", "--delay", str(HTTP_DELAY_S)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=child_env(),
     )  # fmt: skip
     assert proc.stdout is not None
@@ -442,6 +467,12 @@ class Trial:
             url = None
             if c.pipeline == "http":
                 self.server, url = start_http_server(self.ctx)
+                # Little's law: at most `concurrency` requests in flight, each HTTP_DELAY_S
+                self.row["http"] = {
+                    "delay_ms": HTTP_DELAY_S * 1000,
+                    "concurrency": HTTP_CONCURRENCY,
+                    "littles_law_events_per_s": round(HTTP_CONCURRENCY / HTTP_DELAY_S),
+                }
             path, hops = streamflow_files(c, self.ctx, self.source, self.sink, self.name, url)
             self.row["agents_on_path"] = hops
             cmd = [
@@ -458,7 +489,7 @@ class Trial:
         self.child = child = Child(cmd, s.logdir / f"{c.name}.log", child_env())
         self.row["log"] = str(child.log_path)
         ready, _ = wait_for(child, watch, self.transactional, len(self.ctx.warmup), 180, "warm-up")
-        self.row["startup_s"] = round(ready - spawned, 3)
+        self.row["startup_s"] = round(ready - spawned, 6)  # > 0 however fast
         return child, watch
 
     def drain(self, child: Child, watch: OutputWatch) -> float:
@@ -469,6 +500,7 @@ class Trial:
             self.row["preload_s"] = round(
                 produce_all(self.s.bootstrap, self.source, self.ctx.data[:n]), 2
             )
+            written0 = self.written()
         finally:
             cpu0, t0 = child.cpu(), time.perf_counter()
             child.signal(signal.SIGCONT)
@@ -481,15 +513,37 @@ class Trial:
         t1, cpu1 = wait_for(child, watch, self.transactional, target, max(120.0, n / 200), "drain")
         seconds = t1 - t0
         self.row["drain"] = {
-            "seconds": round(seconds, 3),
+            "seconds": round(seconds, 6),  # > 0 however fast
             "events_per_s": round(n / seconds),
             "cpu_s": round(cpu1 - cpu0, 2),
             "cpu_us_per_event": round((cpu1 - cpu0) / n * 1e6, 1),
             "cores_used": round((cpu1 - cpu0) / seconds, 2),
         }
+        if "http" in self.row:
+            bound = self.row["http"]["littles_law_events_per_s"]
+            self.row["http"]["of_bound"] = round(n / seconds / bound, 3)
         self.row["rss_after_drain_mb"], self.row["rss_peak_drain_mb"] = child.rss_mb()
         check_shape(watch, self.c.pipeline)
+        self.row["produced_per_event"] = self.produced_per_event(written0)
         return seconds
+
+    def written(self) -> int:
+        """Messages written so far to the output and to the contestant's own topics (a
+        StreamFlow integration's are named after it: sf.<name>.*)."""
+        return self.ctx.admin.records_matching([self.sink, self.name])
+
+    def produced_per_event(self, before: int) -> float:
+        """Messages the contestant produced per drained event (outputs, internal hops,
+        execution events; transaction markers included), once the count stops growing
+        (execution events may follow the outputs by a moment)."""
+        after, deadline = self.written(), time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.written()
+            if now == after:
+                break
+            after = now
+        return round((after - before) / self.n, 2)
 
     def latency(self, child: Child, drain_seconds: float) -> None:
         s = self.s
@@ -527,8 +581,8 @@ def step_only(c: Contestant, ctx: Context) -> dict[str, Any]:
         "--events", str(s.events), "--steps", str(c.steps), "--guarantee", c.guarantee,
         "--commit-interval", f"{round(c.commit_interval * 1000)}ms", "--name", name,
     ]  # fmt: skip
-    if c.fuse:
-        cmd.append("--fuse")
+    if c.fuse is not None:
+        cmd += ["--fuse", str(c.fuse).lower()]
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=max(300.0, s.events / 200),
@@ -553,7 +607,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--only", help="comma-separated contestants: " + ",".join(c.name for c in CONTESTANTS)
     )
-    ap.add_argument("--no-peers", action="store_true", help="skip Quix Streams and faust")
+    ap.add_argument(
+        "--no-peers", action="store_true", help="skip Quix Streams, Kafka Streams and faust"
+    )
     ap.add_argument("--no-latency", action="store_true", help="skip the latency phase")
     ap.add_argument("--latency-seconds", type=float, help="paced phase (default 15; quick: 5)")
     ap.add_argument("--no-step-only", action="store_true", help="skip bench/throughput.py rows")
@@ -613,11 +669,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(settings, Admin(bootstrap), data, warmup, latency_templates(data[:10_000]))
     peer_info: dict[str, Any] = {}
     for peer in sorted({c.peer for c in contestants if c.peer is not None}):
-        log(f"virtualenv of {peer} ({', '.join(PEERS[peer])}) ...")
-        env = ensure(peer)
+        java = peer == "kstreams"
+        reqs = ["bench/peers/kstreams/pom.xml (Maven Central)"] if java else PEERS[peer]
+        log(f"{'build' if java else 'virtualenv'} of {peer} ({', '.join(reqs)}) ...")
+        env = ensure_java() if java else ensure(peer)
         ctx.peers[peer] = env
         peer_info[peer] = {
-            "requirements": PEERS[peer],
+            "requirements": reqs,
             "versions": env.versions,
             "error": env.error,
             "created": env.created,

@@ -1,7 +1,7 @@
 """Drain-a-backlog throughput of StreamFlow flows on one transport.
 
     python -m bench.throughput --broker local://.bench --events 20000 --steps 1
-    python -m bench.throughput --broker kafka://127.0.0.1:9092 --events 100000 --steps 3 --fuse
+    python -m bench.throughput --broker kafka://127.0.0.1:9092 --events 100000 --steps 3 --fuse true
 
 Preloads N keyed ~500-byte JSON events (fixed seed, the data of bench/common.py) into the
 flow's first topic, then runs every agent of the flow in this process and times until
@@ -34,7 +34,7 @@ from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
 
 
-def topology(name: str, steps: int, guarantee: str, fuse: bool, interval: str) -> str:
+def topology(name: str, steps: int, guarantee: str, fuse: bool | None, interval: str) -> str:
     return integration_yaml(
         name,
         trigger="{type: manual}",
@@ -63,7 +63,7 @@ async def measure(
     n: int,
     steps: int,
     guarantee: str,
-    fuse: bool,
+    fuse: bool | None,
     interval: str,
     step_events: bool,
     name: str | None = None,
@@ -153,7 +153,9 @@ def main() -> None:
     ap.add_argument("--broker", default=None, help="default: a fresh local:// directory")
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--steps", type=int, choices=(1, 3), default=1)
-    ap.add_argument("--fuse", action="store_true")
+    ap.add_argument(
+        "--fuse", choices=("true", "false"), help="write `fuse:` (default: the flow default)"
+    )
     ap.add_argument(
         "--guarantee", default="at_least_once", choices=("at_least_once", "exactly_once")
     )
@@ -169,7 +171,7 @@ def main() -> None:
                 args.events,
                 args.steps,
                 args.guarantee,
-                args.fuse,
+                None if args.fuse is None else args.fuse == "true",
                 args.commit_interval,
                 not args.no_step_events,
                 args.name,

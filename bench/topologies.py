@@ -80,12 +80,23 @@ def integration_yaml(
     steps: str,
     guarantee: str = "at_least_once",
     commit_interval: str = "100ms",
-    fuse: bool = False,
+    fuse: bool | None = None,
     max_batch: int = 1000,
     partitions: int = 6,
-    events: str = "steps",
+    events: str | None = None,
+    concurrency: int | None = None,
 ) -> str:
-    """One flow ``f``: ``trigger`` is a flow-mapping, e.g. ``{type: kafka, topic: t}``."""
+    """One flow ``f``: ``trigger`` is a flow-mapping, e.g. ``{type: kafka, topic: t}``;
+    ``fuse``, ``events`` and ``concurrency`` are written only when given (else defaults)."""
+    options = "".join(
+        f"    {key}: {value}\n"
+        for key, value in (
+            ("fuse", None if fuse is None else str(fuse).lower()),
+            ("events", events),
+            ("concurrency", concurrency),
+        )
+        if value is not None
+    )
     return f"""apiVersion: streamflow/v1
 kind: Integration
 name: {name}
@@ -95,9 +106,7 @@ flows:
     key: ${{payload.user}}
     guarantee: {guarantee}
     commit_interval: {commit_interval}
-    fuse: {str(fuse).lower()}
-    events: {events}
-    max_batch: {max_batch}
+{options}    max_batch: {max_batch}
     trigger: {trigger}
     steps:
 {steps}"""

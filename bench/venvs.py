@@ -1,4 +1,5 @@
-"""Virtualenvs of the peers, one per library, cached under ~/.cache/streamflow-bench/venvs.
+"""Virtualenvs of the peers, one per library, cached under ~/.cache/streamflow-bench/venvs;
+and the Kafka Streams reference (``ensure_java``), built under ~/.cache/streamflow-bench/java.
 
 A venv is made with ``python3 -m venv`` + pip when it is missing or was made for other
 requirements (a ``.bench-requirements`` file inside records them), else reused as is.
@@ -7,6 +8,7 @@ Each peer has its own because Quix Streams pins a different confluent-kafka than
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +38,7 @@ class PeerEnv:
     created: bool
     seconds: float
     versions: dict[str, str]
+    command: list[str] | None = None  # what runs the peer (the module's arguments follow)
 
 
 def ensure(name: str, base_python: str | None = None) -> PeerEnv:
@@ -60,6 +63,54 @@ def ensure(name: str, base_python: str | None = None) -> PeerEnv:
     except (OSError, subprocess.SubprocessError, RuntimeError, ValueError) as exc:
         return PeerEnv(name, None, str(exc), created, time.perf_counter() - started, {})
     return PeerEnv(name, python, None, created, time.perf_counter() - started, versions)
+
+
+REPO = Path(__file__).resolve().parent.parent
+KSTREAMS = REPO / "bench" / "peers" / "kstreams"
+KSTREAMS_MAIN = "bench.BenchApp"
+
+
+def ensure_java() -> PeerEnv:
+    """The Kafka Streams app of bench/peers/kstreams: its jars resolved from Maven Central by
+    ``mvn dependency:copy-dependencies`` (pom.xml) and BenchApp.java compiled with javac, once
+    per content of those two files; never raises (errors are reported)."""
+    started = time.perf_counter()
+    pom, src = KSTREAMS / "pom.xml", KSTREAMS / "src" / "main" / "java" / "bench" / "BenchApp.java"
+    created = False
+    try:
+        digest = hashlib.sha256(pom.read_bytes() + src.read_bytes()).hexdigest()[:16]
+        root = CACHE / "java" / digest
+        libs, classes = root / "libs", root / "classes"
+        if not (root / MARKER).exists():
+            created = True
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            _call(
+                ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                 "-DincludeScope=runtime", f"-DoutputDirectory={libs}"], 900,
+            )  # fmt: skip
+            _call(["javac", "-cp", f"{libs}/*", "-d", str(classes), str(src)], 300)
+            (root / MARKER).write_text(digest)
+        jars = sorted(p.name for p in libs.glob("*.jar"))
+        versions = {"java": _java_version()}
+        versions.update(
+            {j.rsplit("-", 1)[0]: j.rsplit("-", 1)[1].removesuffix(".jar")
+             for j in jars if j.startswith(("kafka-streams", "kafka-clients"))}
+        )  # fmt: skip
+        command = ["java", "-Xms256m", "-Xmx512m", "-cp", f"{classes}:{libs}/*", KSTREAMS_MAIN]
+    except (OSError, subprocess.SubprocessError, RuntimeError, ValueError, IndexError) as exc:
+        return PeerEnv("kstreams", None, str(exc), created, time.perf_counter() - started, {})
+    return PeerEnv(
+        "kstreams", None, None, created, time.perf_counter() - started, versions, command
+    )
+
+
+def _java_version() -> str:
+    proc = subprocess.run(
+        ["java", "-version"], capture_output=True, text=True, timeout=60, check=True
+    )
+    first = (proc.stderr or proc.stdout).strip().splitlines()[0]
+    return first.split('"')[1] if '"' in first else first
 
 
 def _call(cmd: list[str], timeout: float) -> None:

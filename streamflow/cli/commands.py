@@ -101,9 +101,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 role = f"re-delivers retries of step {a.steps[0]} when due"
             elif a is fp.compensate_agent:
                 role = "runs saga compensations in reverse order"
+            elif a is fp.trigger_agent and fp.trigger_fused:
+                role = f"reads {a.input_topic}, runs steps: " + " -> ".join(fp.agents[0].steps)
             elif a is fp.trigger_agent:
                 role = f"reads {a.input_topic} into step {fp.agents[0].steps[0]}"
             print(f"  {a.group:<{width}}  {role}")
+    print("\nHOPS (where an event crosses a topic; in-process: the same agent)")
+    for fp in plan.flows.values():
+        for src, topic, dst in fp.hops:
+            via = f"topic {topic}" if topic else "in-process"
+            print(f"  {fp.flow}: {src} -> {dst}  {via}")
     return 0
 
 

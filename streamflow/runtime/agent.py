@@ -29,6 +29,14 @@ processor raising something unexpected, an output the producer refuses (over
 ``message.max.bytes``) - ends that execution as failed with the record dead-lettered as it
 arrived (``contain.py``), and the offset moves past it. Only ``FatalError`` (and a
 ``ConfigError``) leaves ``run``; ``App`` restarts an agent that stopped otherwise.
+
+The lean loop: while records are waiting, an agent takes what its consumer already
+fetched without leaving the event loop (a poll with no wait); only when there is nothing
+does it wait for records on its I/O thread. An agent whose steps are all synchronous runs
+its records one after the other with no asyncio task or coroutine per record, and yields
+to the other agents once per batch. Between commits a Kafka producer sends on its own
+(``linger.ms``); only a producer that buffers until flushed (``local://``) is flushed when
+the input ran dry.
 """
 
 from __future__ import annotations
@@ -145,6 +153,15 @@ class StepAgent:
             await self._io(consumer.close)
             self.io.shutdown(wait=False)
 
+    async def _poll(self, consumer: Consumer, wait: float) -> list[Record]:
+        """What the consumer already fetched, taken on this thread (then a yield to the other
+        agents of the loop); when there is none, a wait of up to ``wait`` s on the I/O thread."""
+        records = consumer.poll(self.max_batch, 0.0) if not self.paused_until else []
+        if records:
+            await asyncio.sleep(0)
+            return records
+        return await self._io(consumer.poll, self.max_batch, max(0.0, wait))
+
     async def _loop(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
         self.pending: dict[TopicPartition, int] = {}
         self.paused_until: dict[TopicPartition, float] = {}
@@ -158,27 +175,26 @@ class StepAgent:
                 wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
             if self.paused_until:
                 wait = min(wait, min(self.paused_until.values()) - time.monotonic())
-            records = await self._io(consumer.poll, self.max_batch, max(0.0, wait))
-            if self.stateful is not None:  # restore state, fire due timers (state.py)
-                timed = await self._io(self.stateful.tick, consumer.assignment())
-                if timed:
-                    if self.exactly_once and not self.in_txn:
-                        await self._io(producer.begin)
-                        self.in_txn = True
-                    await self._io(_send_all, producer, timed)
-                    self.unflushed = True
+            records = await self._poll(consumer, wait)
+            if self.stateful is not None:
+                await self._tick(self.stateful, consumer, producer)
             if records:
                 self.metrics.consumed.inc(len(records))
                 self.metrics.in_flight.set(len(records))
-                results, done = await self._process_alive(consumer, records)
+                if self.processor.all_sync:  # one synchronous pass: nothing to keep alive
+                    results, done = await self._process(records)
+                else:
+                    results, done = await self._process_alive(consumer, records)
                 self.metrics.in_flight.set(0)
                 self.processor.flush_metrics()
                 self._advance_offsets(consumer, records, done)
                 if self.exactly_once and not self.in_txn:
                     await self._io(producer.begin)
                     self.in_txn = True
-                # on the I/O thread: a full producer queue must not block the event loop
-                await self._io(self._send, producer, records, results, done)
+                if self.processor.all_sync:  # the lean loop: no thread hop per batch
+                    self._send(producer, records, results, done)
+                else:  # on the I/O thread: a full producer queue must not block the loop
+                    await self._io(self._send, producer, records, results, done)
                 self.processed += sum(done)
                 self._uncommitted += sum(done)
             self._resume_due(consumer)
@@ -193,7 +209,7 @@ class StepAgent:
                 if self.atomic:  # outputs only with their offsets (local://)
                     await self._io(self._commit, consumer, producer)
                     last_commit = time.monotonic()
-                else:
+                elif getattr(producer, "buffers_until_flush", True):
                     await self._io(producer.flush)
             if time.monotonic() >= self.next_lag_check:
                 self.next_lag_check = time.monotonic() + LAG_INTERVAL
@@ -201,6 +217,16 @@ class StepAgent:
                     self.metrics.lag(topic, part, lag)
         if self.pending or self.unflushed:  # stopped after a batch: commit it, or it is redone
             await self._io(self._commit, consumer, producer)
+
+    async def _tick(self, stateful: Stateful, consumer: Consumer, producer: Producer) -> None:
+        """Restore state of newly assigned partitions, fire due timers (state.py)."""
+        timed = await self._io(stateful.tick, consumer.assignment())
+        if timed:
+            if self.exactly_once and not self.in_txn:
+                await self._io(producer.begin)
+                self.in_txn = True
+            await self._io(_send_all, producer, timed)
+            self.unflushed = True
 
     def _commit(self, consumer: Consumer, producer: Producer) -> None:
         """Steps 3-4 of the commit order (module docstring). Runs on the agent's I/O thread,

@@ -179,12 +179,15 @@ class App:
         return step
 
     def _options(self, flow: Flow) -> ProcessorOptions:
-        step_events = self.options.step_events and flow.doc.events == "steps"
+        # run/test (trace_payloads) show every step an execution went through
+        mode = "steps" if self.options.trace_payloads else flow.doc.events
+        step_events = self.options.step_events and mode == "steps"
         return ProcessorOptions(
             flow.doc.encoding,
             step_events,
             self.options.trace_payloads,
             self.transport.max_message_bytes,
+            summary=mode == "summary",
         )
 
     def _compensation_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
@@ -240,7 +243,7 @@ class App:
         if flow.doc.fuse and pattern_processor(first) is ChainProcessor:
             # the trigger runs the first agent's steps itself: one hop less
             chain = self._chain(flow, self.plan.flows[flow.name].agents[0])
-        proc = KafkaTriggerProcessor(ingress, aplan, self._options(flow).step_events, chain)
+        proc = KafkaTriggerProcessor(ingress, aplan, self._options(flow), chain)
         return self._loop_for(flow, proc)
 
     def _loop_for(self, flow: Flow, proc: Processor) -> StepAgent:

@@ -3,6 +3,11 @@
 One JSON object per event, keyed by execution id: ``started``, ``step`` (a step
 finished), ``retry``, ``filtered``, ``failed`` (dead-lettered), ``completed``. A child
 execution of a ``split`` carries ``parent`` (the execution it came from) and ``index``.
+Every event carries ``started_ms``, when its execution started (epoch ms), so one end
+record alone says when it started and ended: with the flow default ``events: summary`` an
+execution that starts and ends in one agent writes just that record (``started`` is
+written only when it crosses to another agent); ``lifecycle`` adds ``started`` always,
+``steps`` one ``step`` event per step done.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class ExecutionEvent:
     payload: Any = None
     parent: str = ""  # a split's child: the execution it was split from
     index: int = -1  # a split's child: its item's index
+    started_ms: int = 0  # when the execution started (0: unknown, an older event)
 
     def encode(self) -> bytes:
         """JSON bytes. An event is always encodable: a payload (or text) the encoder
@@ -66,6 +72,10 @@ class ExecutionEvent:
             self.ts,
             note,
             clean(self.error),
+            None,
+            clean(self.parent),
+            self.index,
+            self.started_ms,
         )
         return exactjson.dumps(safe)
 
@@ -97,6 +107,7 @@ def event_for(
         payload,
         parent,
         index,
+        env.created_ms,
     )
 
 

@@ -86,8 +86,12 @@ def fold(
     """The row after one more event (``row`` None: the first event seen of it).
 
     ``dlq_topics``: flow -> its dead-letter topic (for the link of a failed execution)."""
+    # every event says when its execution started (``started_ms``): with `events: summary`
+    # an execution that starts and ends in one agent has only its end record
     if row is None:
-        row = ExecutionRow(ev.execution_id, ev.flow, started_ms=ev.ts)
+        row = ExecutionRow(ev.execution_id, ev.flow, started_ms=ev.started_ms or ev.ts)
+    elif ev.started_ms and (not row.started_ms or ev.started_ms < row.started_ms):
+        row.started_ms = ev.started_ms
     row.events += 1
     row.updated_ms = max(row.updated_ms, ev.ts)
     row.instance = row.instance or ev.instance
@@ -119,8 +123,8 @@ def checked(ev: ExecutionEvent) -> ExecutionEvent:
     """``ev`` if its fields have their types (a hostile record is refused, not folded)."""
     if not ev.execution_id or not all(isinstance(getattr(ev, f), str) for f in _TEXT):
         raise ValueError("an execution event needs text fields and an execution id")
-    if not all(type(getattr(ev, f)) is int for f in ("ts", "attempt")):
-        raise ValueError("an execution event needs integer ts and attempt")
+    if not all(type(getattr(ev, f)) is int for f in ("ts", "attempt", "started_ms")):
+        raise ValueError("an execution event needs integer ts, attempt and started_ms")
     return ev
 
 

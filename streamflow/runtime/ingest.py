@@ -46,8 +46,16 @@ class FlowIngress:
             payload=payload,
             instance=instance,
             trigger=trigger or {},
-            trace=trace if tracing.valid_traceparent(trace) else tracing.new_traceparent(),
+            trace=self._trace(trace),
         )
+
+    @staticmethod
+    def _trace(trace: str) -> str:
+        """The caller's trace context if valid; else a new one, only when tracing is on
+        (with tracing off nothing reads it: no random bytes per event)."""
+        if trace and tracing.valid_traceparent(trace):
+            return trace
+        return tracing.new_traceparent() if tracing.enabled() else ""
 
     def partition_key(self, env: Envelope) -> bytes:
         """The flow's ``key`` (prefixed by the instance), else the execution id."""

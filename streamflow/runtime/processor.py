@@ -66,6 +66,9 @@ class ProcessorOptions:
     step_events: bool = True  # an execution event after every step
     trace_payloads: bool = False  # include payloads in execution events (run, tests)
     max_message_bytes: int = field(default=DEFAULT_MAX_MESSAGE_BYTES)  # the transport's
+    # `events: summary`: an execution that starts and ends here writes its end record only;
+    # ``started`` is written when it leaves the agent it started in (``run_sync(fresh=)``)
+    summary: bool = False
 
 
 class Processor(Protocol):
@@ -173,17 +176,22 @@ class ChainProcessor:
             await self.run(env, rec, outs)
         return outs
 
-    def run_sync(self, env: Envelope | None, rec: Record, outs: list[Out]) -> None:
+    def run_sync(
+        self, env: Envelope | None, rec: Record, outs: list[Out], fresh: bool = False
+    ) -> None:
         """Run ``env`` from its step through this agent's chain (all steps synchronous);
-        ``rec`` is the record it came from (its key places the outputs)."""
+        ``rec`` is the record it came from (its key places the outputs). ``fresh``: the
+        execution starts here (a fused trigger) and no ``started`` record was written."""
         while env is not None:
             before = env.payload
             outcome = self._sync_step(env, rec, outs)
             if outcome is None:
                 break
-            env = self._advance(env, outcome, rec, outs, before)
+            env = self._advance(env, outcome, rec, outs, before, fresh)
 
-    async def run(self, env: Envelope | None, rec: Record, outs: list[Out]) -> None:
+    async def run(
+        self, env: Envelope | None, rec: Record, outs: list[Out], fresh: bool = False
+    ) -> None:
         while env is not None:
             before = env.payload
             if isinstance(self.steps[env.step], Step):
@@ -194,7 +202,7 @@ class ChainProcessor:
                 self.counters[env.step].duration.observe(time.perf_counter() - started)
             if outcome is None:
                 break
-            env = self._advance(env, outcome, rec, outs, before)
+            env = self._advance(env, outcome, rec, outs, before, fresh)
 
     def _sync_step(self, env: Envelope, rec: Record, outs: list[Out]) -> Outcome | None:
         """Run a pure step: a failure would repeat, so it goes to the fallback or the DLQ."""
@@ -324,7 +332,13 @@ class ChainProcessor:
         )
 
     def _advance(
-        self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out], before: Any
+        self,
+        env: Envelope,
+        outcome: Outcome,
+        rec: Record,
+        outs: list[Out],
+        before: Any,
+        fresh: bool = False,
     ) -> Envelope | None:
         sid = env.step
         env.payload = outcome.payload
@@ -358,6 +372,8 @@ class ChainProcessor:
             self._dead_letter(env, rec, error, outs)
             return None
         headers = [("traceparent", env.trace.encode())] if self.traced and env.trace else None
+        if fresh and self.opts.summary:  # it goes on in another agent: it is running
+            self._event(env, outs, "started")
         outs.append(Out(self.plan.entry_of[nxt], value, rec.key, headers))
         self.produced += 1
         return None

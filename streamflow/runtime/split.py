@@ -33,14 +33,20 @@ class SplitProcessor(ChainProcessor):
     envelope."""
 
     def _advance(
-        self, env: Envelope, outcome: Outcome, rec: Record, outs: list[Out], before: Any
+        self,
+        env: Envelope,
+        outcome: Outcome,
+        rec: Record,
+        outs: list[Out],
+        before: Any,
+        fresh: bool = False,
     ) -> Envelope | None:
         node = self.flow.nodes[env.step]
         if node.config.type == "parallel":
             self._branches(env, outcome, rec, outs, before)
             return None
         if node.config.type != "split":
-            return super()._advance(env, outcome, rec, outs, before)
+            return super()._advance(env, outcome, rec, outs, before, fresh)
         sid, items = env.step, outcome.payload
         if sid in self.store and outcome.result is not None:
             env.steps[sid] = outcome.result

@@ -17,7 +17,7 @@ from streamflow.runtime.contain import Out, place
 from streamflow.runtime.events import event_for
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.metrics import TRIGGER_FIRINGS, StepMetrics
-from streamflow.runtime.processor import ChainProcessor, dlq_headers
+from streamflow.runtime.processor import ChainProcessor, ProcessorOptions, dlq_headers
 from streamflow.topology.plan import AgentPlan
 from streamflow.topology.triggers import KafkaTrigger
 from streamflow.transport.base import Record
@@ -33,12 +33,14 @@ class KafkaTriggerProcessor:
         self,
         ingress: FlowIngress,
         agent: AgentPlan,
-        step_events: bool,
+        options: ProcessorOptions,
         chain: ChainProcessor | None = None,
     ) -> None:
         self.ingress = ingress
         self.agent = agent
-        self.step_events = step_events
+        # fused, `events: summary`: no `started` record unless the execution leaves this
+        # agent (the chain writes it then); its end record carries its start time
+        self.announce = chain is None or not options.summary
         trigger = ingress.flow.trigger
         assert isinstance(trigger, KafkaTrigger)
         self.format = trigger.format
@@ -51,6 +53,7 @@ class KafkaTriggerProcessor:
         self.all_sync = chain.all_sync if chain is not None else True
         self.metrics = StepMetrics(fplan.integration, ingress.flow.name, "trigger")
         self.firings = TRIGGER_FIRINGS.labels(fplan.integration, ingress.flow.name, "kafka")
+        self.fired = 0  # counted per record, exported per batch (flush_metrics)
 
     def _payload(self, rec: Record) -> Any:
         if self.format == "bytes":
@@ -68,13 +71,13 @@ class KafkaTriggerProcessor:
     def handle_sync(self, rec: Record) -> list[Out]:
         outs, env, keyed = self._start(rec)
         if env is not None and self.chain is not None:
-            self.chain.run_sync(env, keyed, outs)
+            self.chain.run_sync(env, keyed, outs, fresh=not self.announce)
         return outs
 
     async def handle(self, rec: Record) -> list[Out]:
         outs, env, keyed = self._start(rec)
         if env is not None and self.chain is not None:
-            await self.chain.run(env, keyed, outs)
+            await self.chain.run(env, keyed, outs, fresh=not self.announce)
         return outs
 
     def _start(self, rec: Record) -> tuple[list[Out], Envelope | None, Record]:
@@ -101,10 +104,12 @@ class KafkaTriggerProcessor:
         # (at-least-once) keeps its execution id and downstream can deduplicate
         execution_id = f"{rec.topic}-{rec.partition}-{rec.offset}"
         env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
-        started = event_for(env, "started")
-        self.firings.inc()
+        self.fired += 1
         key = self.ingress.partition_key(env)
-        outs = [Out(self.executions, started.encode(), env.execution_id.encode())]
+        outs = []
+        if self.announce:
+            started = event_for(env, "started")
+            outs.append(Out(self.executions, started.encode(), env.execution_id.encode()))
         if self.chain is None:
             outs.append(Out(self.first_topic, encode(env, self.encoding), key))
         # the flow's key places every output downstream, not the outside record's key
@@ -114,7 +119,12 @@ class KafkaTriggerProcessor:
         return outs, env, keyed
 
     def flush_metrics(self) -> None:
-        return None
+        """Export the batch's counts: firings, and the fused chain's (produced, completed)."""
+        if self.fired:
+            self.firings.inc(self.fired)
+            self.fired = 0
+        if self.chain is not None:
+            self.chain.flush_metrics()
 
     async def close(self) -> None:
         return None

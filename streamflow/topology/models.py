@@ -154,7 +154,12 @@ class FlowDoc(Model):
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     partitions: int = Field(3, ge=1, le=10_000)
     key: str | None = Field(None, description="partition key expression; ordering is per key")
-    fuse: bool = Field(False, description="run consecutive pure steps in one agent")
+    fuse: bool = Field(
+        True,
+        description="run the trigger and pure steps (transform, filter, branch targets' "
+        "neighbours, log, kafka_publish) in the agent of the step before them; every I/O step "
+        "keeps its own agent, topics and group. `false`: one agent per step",
+    )
     encoding: Literal["json", "avro"] = "json"
     commit_interval: Duration = Field(0.1, description="how often offsets are committed")
     max_batch: int = Field(500, ge=1, le=100_000, description="records per poll")
@@ -167,10 +172,12 @@ class FlowDoc(Model):
         "objects about bytes of JSON); over it, the execution fails (dead letter)",
     )
     retry: RetryPolicy | None = None
-    events: Literal["steps", "lifecycle"] = Field(
-        "steps",
-        description="execution events: `steps` (also one per step done) or `lifecycle` "
-        "(started, retry, filtered, failed, completed): half the messages on a busy flow",
+    events: Literal["summary", "lifecycle", "steps"] = Field(
+        "summary",
+        description="execution records: `summary` (one record per execution that starts and "
+        "ends in one agent - its end, with its start time; `started` too when it crosses "
+        "agents), `lifecycle` (started, retry, filtered, failed, completed) or `steps` "
+        "(lifecycle plus one per step done)",
     )
     ordered: bool = Field(
         False,

@@ -2,8 +2,12 @@
 
 Topic names are the contract of DESIGN.md ("Topics and agents"). Every step that starts
 an agent has an input topic ``sf.<integration>.<flow>.<step>`` read by the consumer group
-of the same name. With ``fuse: true`` consecutive pure steps run in one agent (a branch
-ends a fused chain; a step reached from two places always starts an agent).
+of the same name. With ``fuse: true`` (the default) a pure step (transform, filter, log,
+kafka_publish ...) runs in the agent of the step before it, and a ``kafka`` trigger runs
+the first agent's chain itself; every I/O step starts an agent (its own input topic, retry
+topic and consumer group), as does a branch target and a step reached from two places.
+This is how Kafka Streams fuses a sub-topology: a hop through a topic only where one is
+needed (an I/O step's durable retry, scaling per step), never between pure operators.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ class FlowPlan:
     compensate_topic: str | None = None  # set when some step has `compensate:`
     compensate_agent: AgentPlan | None = None
     state_topic_of: dict[str, str] = field(default_factory=dict)  # aggregate id -> changelog
+    trigger_fused: bool = False  # the trigger agent runs agents[0]'s chain itself
+    # every hop of an event: (from step or "trigger", topic - "" when in-process -, to step)
+    hops: list[tuple[str, str, str]] = field(default_factory=list)
 
     def all_agents(self) -> list[AgentPlan]:
         """Trigger agent, step agents, retry agents, compensation agent."""
@@ -140,6 +147,10 @@ def compile_plan(integration: Integration) -> Plan:
         if external is not None:
             group = getattr(flow.trigger, "group", None) or f"{prefix}.trigger"
             trigger_agent = AgentPlan(f"{prefix}.trigger", flow.name, group, external, ())
+        fused = trigger_agent is not None and flow.doc.fuse
+        # the trigger hands the first step its envelope in-process (fused) or via its topic
+        hops = [("trigger", "" if fused else entry_of[flow.first], flow.first)]
+        hops += [(a, entry_of[b], b) for chain in _chains(flow) for a, b in _handoffs(flow, chain)]
         flows[flow.name] = FlowPlan(
             name,
             flow.name,
@@ -154,11 +165,25 @@ def compile_plan(integration: Integration) -> Plan:
             compensate_topic,
             compensate_agent,
             state_topic_of,
+            fused,
+            hops,
         )
     executions = f"sf.{name}.executions"
     most = max(f.doc.partitions for f in integration.flows.values())
     topics.append(TopicPlan(executions, most, "execution lifecycle events"))
     return Plan(name, executions, topics, flows)
+
+
+def _handoffs(flow: Flow, chain: list[str]) -> list[tuple[str, str]]:
+    """(step, next step) pairs where ``chain`` hands an envelope to another agent."""
+    inside = set(chain)
+    out: list[tuple[str, str]] = []
+    for sid in chain:
+        node = flow.nodes[sid]
+        for t in (node.next, *(r.steps[0] for r in node.routes if r.steps)):
+            if t is not None and t not in inside and (sid, t) not in out:
+                out.append((sid, t))
+    return out
 
 
 def _chains(flow: Flow) -> list[list[str]]:
@@ -172,7 +197,7 @@ def _chains(flow: Flow) -> list[list[str]]:
 
     def fusable(sid: str) -> bool:
         node = flow.nodes[sid]
-        return flow.doc.fuse and node.config.pure and not node.routes
+        return flow.doc.fuse and node.config.pure
 
     entries = {flow.first}
     for sid, node in flow.nodes.items():
@@ -185,7 +210,9 @@ def _chains(flow: Flow) -> list[list[str]]:
         for r in node.routes:
             if r.steps:
                 entries.add(r.steps[0])
-        if node.next is not None and not (fusable(sid) and fusable(node.next)):
+        # a branch ends a chain (its targets start agents); a pure step after any other
+        # step joins that step's agent; an I/O step always starts its own
+        if node.next is not None and (node.routes or not fusable(node.next)):
             entries.add(node.next)
     chains = []
     for sid in flow.nodes:

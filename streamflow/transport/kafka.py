@@ -254,6 +254,7 @@ _MESSAGE_ERRORS = frozenset(
 
 class KafkaProducer:
     atomic_offsets = False  # outputs and offsets are atomic only in a transaction
+    buffers_until_flush = False  # librdkafka sends within linger.ms on its own
 
     def __init__(self, base: dict[str, Any], transactional_id: str | None) -> None:
         conf = {
@@ -265,6 +266,10 @@ class KafkaProducer:
             "compression.type": "lz4",
             # a missing topic is an error, as on the embedded transport: `streamflow deploy`
             "allow.auto.create.topics": False,
+            # a delivery report only for a message that failed: no Python call per message
+            # delivered, and every failure still counted (``flush`` raises on it)
+            "on_delivery": self._on_delivery,
+            "delivery.report.only.error": True,
         }
         if transactional_id is not None:
             conf["transactional.id"] = transactional_id
@@ -289,17 +294,17 @@ class KafkaProducer:
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
-        if headers:
-            kwargs["headers"] = headers
-        if partition is not None:
-            kwargs["partition"] = partition
         size = wire_size(key, value, headers)
         if size > self.max_bytes:  # the same check and words as the embedded transport
             raise MessageRejected(too_large(topic, size, self.max_bytes))
         while True:
             try:
-                self.producer.produce(topic, value, key, **kwargs)
+                if partition is not None:
+                    self.producer.produce(topic, value, key, partition, headers=headers or None)  # type: ignore[arg-type]
+                elif headers:
+                    self.producer.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+                else:
+                    self.producer.produce(topic, value, key)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: serve delivery reports, retry

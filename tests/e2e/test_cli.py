@@ -172,17 +172,11 @@ def test_validate_missing_file_is_an_issue_not_a_crash(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- plan, steps, schema
 
-ORDER_STEPS = [
-    "only-paid",
-    "normalise",
-    "route-by-amount",
-    "request-approval",
-    "mark-pending",
-    "mark-auto",
-    "book-in-erp",
-]
+# fused (the default): a pure step runs in the agent before it, so only the steps that
+# start an agent have a topic - the first, the I/O steps, branch targets
+ORDER_AGENTS = ["only-paid", "request-approval", "mark-auto", "book-in-erp"]
 ORDER_TOPICS = {
-    *(f"sf.order-routing.order-created.{s}" for s in ORDER_STEPS),
+    *(f"sf.order-routing.order-created.{s}" for s in ORDER_AGENTS),
     "sf.order-routing.order-created.dlq",
     "sf.order-routing.executions",
     # I/O steps get a retry topic each
@@ -212,7 +206,7 @@ def test_plan_json_parses() -> None:
     assert {t["name"] for t in plan["topics"]} == ORDER_TOPICS
     assert all(t["partitions"] == 6 for t in plan["topics"])
     groups = {a["group"] for a in plan["agents"]}
-    assert groups == {f"sf.order-routing.order-created.{s}" for s in ORDER_STEPS} | {
+    assert groups == {f"sf.order-routing.order-created.{s}" for s in ORDER_AGENTS} | {
         f"sf.order-routing.order-created.{s}.retry" for s in ("request-approval", "book-in-erp")
     }
 

@@ -226,6 +226,10 @@ def test_exactly_once_through_rebalances(kafka_bootstrap: str, unique: str, tmp_
     transport, topology, sink = _setup(
         kafka_bootstrap, unique, tmp_path, "exactly_once", feed=False
     )
+    # one agent per step (three consumer groups, transactions across hops change hands);
+    # the kill -9 test above runs the fused default (one agent)
+    unfused = topology.read_text().replace("    trigger:", "    fuse: false\n    trigger:")
+    topology.write_text(unfused)
     source = f"eos.{unique}.in"
     broker = f"kafka://{kafka_bootstrap}"
     w0 = Worker(topology, broker, "w0", tmp_path, log_level="INFO")

@@ -432,7 +432,10 @@ async def test_poison_envelope_is_dead_lettered_raw_and_the_next_one_runs(
     tmp_path: Path, serve: Serve
 ) -> None:
     target = await serve(always_ok)
-    path = write_topology(tmp_path, http_flow("{max_attempts: 2, delay: 10ms}", partitions=1))
+    # unfused: `after` has a topic of its own (fused, it runs in the agent of `call`)
+    flow = http_flow("{max_attempts: 2, delay: 10ms}", partitions=1)
+    flow = flow.replace("    steps:\n", "    fuse: false\n    steps:\n", 1)
+    path = write_topology(tmp_path, flow)
     integration = load_integration(path)
     broker = tmp_path / "broker"
     poison_first = b'{"execution_id": "oops", '  # truncated JSON

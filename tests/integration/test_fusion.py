@@ -1,5 +1,6 @@
-"""`fuse: true` with a kafka trigger: one agent runs trigger, transform and kafka_publish;
-`events: lifecycle` writes no per-step events. On the embedded transport."""
+"""`fuse: true` (the default) with a kafka trigger: one agent runs trigger, transform and
+kafka_publish; `events: summary` (the default) writes one record per execution that starts
+and ends in one agent, `lifecycle` no per-step events. On the embedded transport."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import orjson
+from prometheus_client import REGISTRY
 
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.events import ExecutionEvent
@@ -24,20 +26,36 @@ flows:
   - name: f
     partitions: 3
     key: ${{payload.n}}
-    fuse: {fuse}
-    events: {events}
-    trigger: {{type: kafka, topic: outside-in}}
+{options}    trigger: {{type: kafka, topic: outside-in}}
     steps:
-      - {{id: double, type: transform, output: {{n: "${{payload.n}}", d: "${{payload.n * 2}}"}}}}
-      - {{id: out, type: kafka_publish, topic: outside-out, key: "${{payload.n}}"}}
+{steps}"""
+STEPS = """\
+      - {id: double, type: transform, output: {n: "${payload.n}", d: "${payload.n * 2}"}}
+      - {id: out, type: kafka_publish, topic: outside-out, key: "${payload.n}"}
+"""
+# a branch ends a fused chain: its targets run in agents of their own (a hop each)
+BRANCHED = """\
+      - {id: double, type: transform, output: {n: "${payload.n}", d: "${payload.n * 2}"}}
+      - id: route
+        type: branch
+        routes:
+          - when: ${payload.n % 2 == 0}
+            steps:
+              - {id: even, type: transform, merge: true, output: {even: true}}
+        default:
+          - {id: odd, type: transform, merge: true, output: {even: false}}
+      - {id: out, type: kafka_publish, topic: outside-out, key: "${payload.n}"}
 """
 
 
 async def run(
-    tmp_path: Path, fuse: bool, events: str
+    tmp_path: Path, fuse: bool | None = None, events: str | None = None, steps: str = STEPS
 ) -> tuple[App, list[ExecutionEvent], dict[int, tuple[int, bytes | None]]]:
+    """Run the flow over 50 outside records (``None``: the option is left to its default)."""
+    options = "" if fuse is None else f"    fuse: {str(fuse).lower()}\n"
+    options += "" if events is None else f"    events: {events}\n"
     path = tmp_path / "t.yaml"
-    path.write_text(TOPO.format(fuse=str(fuse).lower(), events=events))
+    path.write_text(TOPO.format(options=options, steps=steps))
     integration = load_integration(path)
     transport = LocalTransport(tmp_path / "b")
     transport.ensure_topics([TopicSpec("outside-in", 2), TopicSpec("outside-out", 3)])
@@ -87,3 +105,48 @@ async def test_unfused_and_lifecycle_events(tmp_path: Path) -> None:
     kinds = {e.event for e in evs}
     assert kinds == {"started", "completed"}  # no per-step events
     assert sum(1 for e in evs if e.event == "completed") == 50
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_defaults_write_one_record_per_execution(tmp_path: Path) -> None:
+    completed = _sample("streamflow_executions_completed_total", integration="fz", flow="f")
+    fired = _sample("streamflow_trigger_firings_total", integration="fz", flow="f", trigger="kafka")
+    app, evs, outs = await run(tmp_path)
+    # the fused chain's and the trigger's counts reach /metrics (exported per batch)
+    assert (
+        _sample("streamflow_executions_completed_total", integration="fz", flow="f")
+        == completed + 50
+    )
+    assert (
+        _sample("streamflow_trigger_firings_total", integration="fz", flow="f", trigger="kafka")
+        == fired + 50
+    )
+    assert [a.plan.steps for a in app.agents if a.plan.steps] == [("double", "out")]
+    assert sorted(outs) == list(range(50))
+    # one message per event besides the output: its end, which says when it started
+    assert len(evs) == 50
+    assert {e.event for e in evs} == {"completed"}
+    assert len({e.execution_id for e in evs}) == 50
+    assert all(0 < e.started_ms <= e.ts for e in evs)
+
+
+async def test_summary_writes_started_when_an_execution_crosses_agents(tmp_path: Path) -> None:
+    app, evs, outs = await run(tmp_path, steps=BRANCHED)
+    # `out` is reached from both branches: it starts an agent too
+    assert [a.plan.steps for a in app.agents if a.plan.steps] == [
+        ("double", "route"),
+        ("out",),
+        ("even",),
+        ("odd",),
+    ]
+    assert sorted(outs) == list(range(50))
+    by_id: dict[str, list[str]] = {}
+    for e in evs:
+        by_id.setdefault(e.execution_id, []).append(e.event)
+        assert e.started_ms > 0
+    assert len(by_id) == 50
+    # started in the trigger's agent, ended in another: a record for each
+    assert all(sorted(kinds) == ["completed", "started"] for kinds in by_id.values())

@@ -33,6 +33,7 @@ flows:
   - name: work
     partitions: {partitions}
     key: ${{payload.id}}
+    fuse: false  # one agent per step: two consumer groups to share and hand over
     trigger: {{type: manual}}
     steps:
       - id: shape

@@ -82,7 +82,10 @@ async def test_an_output_over_the_size_limit_fails_its_execution_only(
     transport.close()
 
 
+# one agent per step: the deep result must cross a topic (fused, it never is encoded
+# and the execution completes)
 DEEP = """\
+    fuse: false
     steps:
       - id: deepen
         type: transform

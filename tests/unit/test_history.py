@@ -40,6 +40,23 @@ def test_fold_follows_a_saga_then_a_replay() -> None:
     assert row.status == "completed" and row.to_json()["duration_ms"] == 50
 
 
+def test_fold_of_a_summary_record_alone() -> None:
+    """`events: summary`: one end record per execution, carrying its start time."""
+    row = history.fold(None, ev("s", "completed", "out", 1500, started_ms=1200), DLQ)
+    assert (row.status, row.started_ms, row.ended_ms) == ("completed", 1200, 1500)
+    assert row.to_json()["duration_ms"] == 300
+    failed = history.fold(None, ev("f", "failed", "call", 900, error="boom", started_ms=850), DLQ)
+    assert (failed.status, failed.step, failed.error, failed.started_ms) == (
+        "failed", "call", "boom", 850
+    )  # fmt: skip
+    # a `started` written when the execution left its first agent, then its end elsewhere
+    row = history.fold(None, ev("c", "completed", "out", 2000, started_ms=1000), DLQ)
+    row = history.fold(row, ev("c", "started", "even", 1100, started_ms=1000), DLQ)
+    assert (row.started_ms, row.ended_ms, row.status) == (1000, 2000, "completed")
+    # an event of before started_ms (0) keeps the old rule: the first event's time
+    assert history.fold(None, ev("o", "completed", ts=700), DLQ).started_ms == 700
+
+
 def test_rows_filters_timeline_and_changes(tmp_path: Path) -> None:
     s = store(tmp_path)
     try:

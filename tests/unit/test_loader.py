@@ -136,16 +136,30 @@ def test_plan_topics_and_fusion(tmp_path: Path) -> None:
     )
     plan = compile_plan(load_integration(write(tmp_path, text)))
     agents = [a.steps for a in plan.flows["orders"].agents]
-    assert agents == [("shape", "check"), ("push",), ("after",)]
+    # pure steps run in the agent of the step before them; the I/O step `push` starts one
+    assert agents == [("shape", "check"), ("push", "after")]
     names = [t.name for t in plan.topics]
     assert names == [
         "sf.shop.orders.shape",
         "sf.shop.orders.push",
-        "sf.shop.orders.after",
         "sf.shop.orders.push.retry",
         "sf.shop.orders.dlq",
         "sf.shop.executions",
     ]
+    assert plan.flows["orders"].hops[1:] == [("check", "sf.shop.orders.push", "push")]
+    # fusing is the default; `fuse: false` keeps one agent per step
+    default = compile_plan(load_integration(write(tmp_path, text.replace("    fuse: true\n", ""))))
+    assert [a.steps for a in default.flows["orders"].agents] == agents
+    unfused = compile_plan(
+        load_integration(write(tmp_path, text.replace("fuse: true", "fuse: false")))
+    )
+    assert [a.steps for a in unfused.flows["orders"].agents] == [
+        ("shape",),
+        ("check",),
+        ("push",),
+        ("after",),
+    ]
+    assert [h[2] for h in unfused.flows["orders"].hops] == ["shape", "check", "push", "after"]
 
 
 def test_model_checks_read_without_pydantic_prefixes(tmp_path: Path) -> None:

@@ -461,7 +461,7 @@ async def test_avro_encoded_flow_completes(
     # the envelopes on the step topics really are Avro (not JSON)
     transport = LocalTransport(broker)
     try:
-        consumer = transport.consumer("test-avro-reader", ["sf.rt.f.after"])
+        consumer = transport.consumer("test-avro-reader", ["sf.rt.f.call"])
         records = consumer.poll(100, 1.0)
         consumer.close()
     finally:
@@ -469,6 +469,7 @@ async def test_avro_encoded_flow_completes(
     assert len(records) == 2
     assert not records[0].value.startswith(b"{")
     assert {decode(r.value, "avro").payload["id"] for r in records} == {"a1", "a2"}
+    # (the envelopes the trigger wrote for the http step: `after` runs in its agent)
 
 
 def test_dead_letter_headers_with_non_ascii_digits_do_not_break_dlq_list() -> None:
