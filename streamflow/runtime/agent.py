@@ -43,7 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar, runtime_checkable
 
 from streamflow.errors import FatalError
-from streamflow.runtime.contain import Containment, Out, describe
+from streamflow.errtext import describe
+from streamflow.runtime.contain import Containment, Out
 from streamflow.runtime.processor import ChainProcessor, Deferred, Processor
 from streamflow.topology.exprfuncs import DEFAULT_MAX_VALUE, VALUE_LIMIT
 from streamflow.transport.base import (

@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from streamflow.errors import ConfigError
+from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.runner import RunResult, run_events
 from streamflow.testing.mocks import MockServices
 from streamflow.topology.loader import load_integration

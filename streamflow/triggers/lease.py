@@ -53,8 +53,8 @@ import orjson
 from streamflow import exactjson
 from streamflow.envelope import Envelope
 from streamflow.errors import FatalError
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.metrics import TRIGGER_FIRINGS
+from streamflow.ingress import FlowIngress
+from streamflow.observability.metrics import TRIGGER_FIRINGS
 from streamflow.topology.plan import COMPACTED, topic_prefix
 from streamflow.transport.base import (
     Consumer,

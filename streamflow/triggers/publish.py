@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from streamflow.runtime.events import ExecutionEvent, is_terminal
-from streamflow.runtime.lease import Outgoing, send_all
+from streamflow.observability.events import ExecutionEvent, is_terminal
 from streamflow.transport.base import Consumer, Producer, Transport
+from streamflow.triggers.lease import Outgoing, send_all
 
 MAX_BATCH = 1000
 
