@@ -135,7 +135,7 @@ class StepAgent:
         )
         # at-least-once on a transport whose producer commits outputs and offsets in one
         # transaction anyway (local://): use it, a crash then doubles nothing
-        self.atomic = self.exactly_once or getattr(producer, "atomic_offsets", False)
+        self.atomic = self.exactly_once or producer.atomic_offsets
         try:
             await self._loop(consumer, producer, stop)
         finally:

@@ -23,13 +23,7 @@ log = logging.getLogger("streamflow.gateway")
 
 def gateway_producer(transport: Transport, timeout: float) -> Producer:
     """A producer whose messages are confirmed or failed within ``timeout`` seconds."""
-    if transport.url.startswith("kafka://"):
-        from streamflow.transport.kafka import KafkaProducer
-
-        base = dict(getattr(transport, "base", {}))
-        base.setdefault("message.timeout.ms", max(1000, int((timeout - 2) * 1000)))
-        return KafkaProducer(base, None)
-    return transport.producer()
+    return transport.producer(delivery_timeout=max(1.0, timeout - 2))
 
 
 class Publisher:
