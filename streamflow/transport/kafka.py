@@ -29,9 +29,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic  # type: ignore[attr-defined]
 
 from streamflow.errors import ConfigError, FatalError
-from streamflow.transport.base import (
-    Consumer as ConsumerProto,
-)
+from streamflow.transport.base import Consumer as ConsumerProto
 from streamflow.transport.base import (
     DeliveryError,
     Headers,
@@ -45,9 +43,7 @@ from streamflow.transport.base import (
     too_large,
     wire_size,
 )
-from streamflow.transport.base import (
-    TopicPartition as TP,
-)
+from streamflow.transport.base import TopicPartition as TP
 
 log = logging.getLogger("streamflow.kafka")
 ENV_PREFIX = "STREAMFLOW_KAFKA_"
