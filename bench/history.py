@@ -1,4 +1,4 @@
-"""Cost of the execution store (``streamflow/runtime/history.py``) per execution.
+"""Cost of the execution store (``streamflow/observability/history.py``) per execution.
 
     .venv/bin/python -m bench.history [--executions 20000] [--batch 500]
 
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from bench.common import event
-from streamflow.runtime import history
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability import history
+from streamflow.observability.events import ExecutionEvent
 
 STEPS = ("validate", "enrich", "push", "notify")
 

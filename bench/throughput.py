@@ -28,8 +28,8 @@ from typing import Any
 
 from bench.common import BATCH, PARTITIONS, SEED, event
 from bench.topologies import integration_yaml, steps_yaml
+from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.ingest import FlowIngress
 from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
 

@@ -44,3 +44,18 @@ def plain(exc: BaseException) -> str:
         text = text.replace("operand type(s)", "operand types")
     text = _PATH.sub("", _INTERNALS.sub("a value", text)).strip()
     return text or exc.__class__.__name__
+
+
+ENCODER_MAX_DEPTH = 254
+"""Deepest nesting of arrays/objects the JSON encoder (orjson) writes, the envelope's own
+level included; a deeper value cannot travel and fails its execution."""
+
+
+def describe(exc: BaseException) -> str:
+    """A reason a person can read, for an error the runtime contained."""
+    text = str(exc) or exc.__class__.__name__
+    if "Recursion limit reached" in text:
+        return (
+            f"a value is nested deeper than {ENCODER_MAX_DEPTH} levels (the JSON encoder's limit)"
+        )
+    return text

@@ -21,13 +21,12 @@ from streamflow.cli.executions import cmd_executions  # noqa: F401  (main dispat
 from streamflow.cli.inputs import config_values, read_payloads
 from streamflow.cli.trace import TraceWriter
 from streamflow.errors import ConfigError, FatalError, Issue, ValidationFailed
-from streamflow.runtime import dlq, instances
+from streamflow.ingress import FlowIngress
+from streamflow.instances import store as instances
+from streamflow.instances.vault import new_key
+from streamflow.runtime import dlq
 from streamflow.runtime.app import App, AppOptions, environment
-from streamflow.runtime.console import ConsoleConfig
-from streamflow.runtime.gateway import Gateway, manual_trigger
-from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.runner import pick_flow, run_events
-from streamflow.runtime.vault import new_key
 from streamflow.topology.docs import reference_markdown
 from streamflow.topology.jsonschema import integration_schema
 from streamflow.topology.loader import load_integration
@@ -36,6 +35,8 @@ from streamflow.topology.plan import compile_plan
 from streamflow.topology.registry import STEPS, TRIGGERS, load_builtins
 from streamflow.topology.values import parse_assignments, read_config_file
 from streamflow.transport import open_transport
+from streamflow.triggers.console import ConsoleConfig
+from streamflow.triggers.gateway import Gateway, manual_trigger
 
 AUXILIARY = ("mocks", "events", "config", "tests")
 
@@ -281,7 +282,7 @@ def _serve_like(args: argparse.Namespace, with_http: bool) -> int:
             gateway.agents = app.health
             port = await gateway.start(args.host, args.port)
         elif with_http:
-            from streamflow.runtime.http import start_http
+            from streamflow.triggers.http import start_http
 
             broker_ready = _broker_ready(transport, app)
 
@@ -322,7 +323,7 @@ BACKLOG_INTERVAL = 30.0  # seconds between dead-letter backlog readings
 
 async def _export_backlog(transport: Any, app: App) -> None:
     """Keep ``streamflow_dead_letter_backlog`` of the flows this process runs current."""
-    from streamflow.runtime.metrics import DEAD_LETTER_BACKLOG
+    from streamflow.observability.metrics import DEAD_LETTER_BACKLOG
 
     flows = app.options.flows or list(app.plan.flows)
     while True:

@@ -2,7 +2,7 @@
 
 Shaped like ``streamflow dlq``: a topology, filters, ``--json`` (one object per line),
 ``--broker``. Each call folds the whole topic into an in-memory store (see
-``runtime/history.py``); ``--follow`` then keeps reading and prints what changes.
+``observability/history.py``); ``--follow`` then keeps reading and prints what changes.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 from streamflow import exactjson
 from streamflow.cli.trace import execution_block
 from streamflow.errors import ConfigError
-from streamflow.runtime import history
-from streamflow.runtime.events import ExecutionEvent, is_terminal
-from streamflow.runtime.redact import redact
+from streamflow.observability import history
+from streamflow.observability.events import ExecutionEvent, is_terminal
+from streamflow.observability.redact import redact
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import parse_duration
 from streamflow.topology.plan import compile_plan

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from streamflow.errors import ConfigError
-from streamflow.runtime.payloads import parse_payloads
 from streamflow.topology.models import Integration
 from streamflow.topology.values import parse_assignments, read_config_file, resolve_config
+from streamflow.util.payloads import parse_payloads
 
 
 def read_payloads(source: str) -> list[Any]:

@@ -12,9 +12,9 @@ from typing import Any
 from streamflow.cli import executions
 from streamflow.cli.conventions import Parser, duration
 from streamflow.errors import ConfigError, FatalError, ValidationFailed
-from streamflow.runtime import tracing
-from streamflow.runtime.instances import PUBLIC_URL_ENV
-from streamflow.runtime.logs import configure_logging
+from streamflow.instances.store import PUBLIC_URL_ENV
+from streamflow.observability import tracing
+from streamflow.observability.logs import configure_logging
 from streamflow.transport import DEFAULT_BROKER
 
 SCHEMA_KINDS = ("integration", "tests", "mocks")

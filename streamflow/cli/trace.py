@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from streamflow import exactjson
 from streamflow.cli.conventions import plural
-from streamflow.runtime.events import ExecutionEvent, is_terminal
+from streamflow.observability.events import ExecutionEvent, is_terminal
 from streamflow.runtime.runner import Execution, RunResult
 
 _MARK = {

@@ -23,10 +23,10 @@ import aiohttp
 import orjson
 from pydantic import Field, model_validator
 
-from streamflow.connectors.secrets import Masker
 from streamflow.errors import RetriableError
 from streamflow.steps.base import Resources
 from streamflow.topology.models import Duration, Model
+from streamflow.util.secrets import Masker
 
 AUTH_SECRETS = (
     "token", "password", "value", "client_secret", "refresh_token",

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from streamflow.connectors.secrets import Masker
 from streamflow.errors import PoisonMessageError, RetriableError, StreamFlowError
 from streamflow.steps.base import Resources
 from streamflow.topology.models import ConnectionConfig, Duration, Model
 from streamflow.topology.registry import connection_config
+from streamflow.util.secrets import Masker
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

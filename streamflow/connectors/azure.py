@@ -47,13 +47,13 @@ from streamflow.connectors.objects import (
     encode_body,
     local_path,
 )
-from streamflow.connectors.secrets import Masker
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError, StreamFlowError
 from streamflow.steps.base import Outcome, Resources, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import ConnectionConfig, Duration, Model
 from streamflow.topology.registry import connection_config, step_config, step_factory
+from streamflow.util.secrets import Masker
 
 AZURE_SECRETS = ("connection_string", "account_key", "sas_token")
 _SETTINGS = ("connection_string", "account_url", "account_name", "account_key", "sas_token")

@@ -29,12 +29,12 @@ from typing import Any
 from pydantic import Field
 
 from streamflow import exactjson
-from streamflow.connectors.secrets import Masker
 from streamflow.connectors.stores import Store, StoreOptions, open_store, wait_for_slot
 from streamflow.errors import RetriableError
 from streamflow.steps.base import StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration
+from streamflow.util.secrets import Masker
 
 log = logging.getLogger("streamflow.cache")
 Result = dict[str, Any]

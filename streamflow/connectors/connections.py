@@ -33,9 +33,9 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from streamflow.connectors.auth import HttpAuth
-from streamflow.connectors.pools import PoolSettings
 from streamflow.topology.models import ConnectionConfig, Duration, StepConfig
 from streamflow.topology.registry import connection_config
+from streamflow.util.pools import PoolSettings
 
 
 @connection_config("http")

@@ -1,4 +1,4 @@
-"""The ``dedupe`` step (the webhook's ``Idempotency-Key`` is in ``runtime/gateway.py``).
+"""The ``dedupe`` step (the webhook's ``Idempotency-Key`` is in ``triggers/gateway.py``).
 
 ``dedupe`` lets an event pass once per ``key`` within ``ttl``: the first execution to
 claim a key owns it; another execution with the same key is filtered (recorded as
@@ -15,7 +15,6 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from streamflow.connectors.secrets import Masker
 from streamflow.connectors.stores import DAY, StoreOptions, open_store
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError
@@ -23,6 +22,7 @@ from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration, StepConfig
 from streamflow.topology.registry import step_config, step_factory
+from streamflow.util.secrets import Masker
 
 
 @step_config("dedupe")

@@ -22,13 +22,13 @@ import aiosmtplib
 from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.connections import ConnectedStep, FieldsOf, smtp_fields
-from streamflow.connectors.secrets import Masker
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration
 from streamflow.topology.registry import step_config, step_factory
+from streamflow.util.secrets import Masker
 
 _KINDS = ("smtp",)
 _DEFAULT_PORT = {"starttls": 587, "tls": 465, "none": 25}

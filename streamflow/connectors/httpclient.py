@@ -24,11 +24,11 @@ from yarl import URL
 from streamflow import exactjson, textio
 from streamflow.connectors.auth import HttpAuth, apply_static_auth, auth_secrets, token_source
 from streamflow.connectors.aws import sigv4_headers
-from streamflow.connectors.secrets import Masker
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.errtext import plain
 from streamflow.steps.base import StepContext
 from streamflow.topology.expressions import ROOTS, Template, compile_value
+from streamflow.util.secrets import Masker
 
 
 @dataclass

@@ -32,13 +32,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, model_validator
 
 from streamflow.connectors.connections import ConnectedStep, FieldsOf
-from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, Resources, StepContext
 from streamflow.topology.expressions import Template, compile_value
 from streamflow.topology.models import ConnectionConfig, Duration
 from streamflow.topology.registry import connection_config, step_config, step_factory
+from streamflow.util.secrets import Masker, safe_dsn
 
 _KINDS = ("mongodb",)
 Operation = Literal[

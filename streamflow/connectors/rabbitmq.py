@@ -13,7 +13,7 @@ unroutable message (``Basic.Return``), a missing exchange (``NOT_FOUND``), a den
 exchange (``ACCESS_REFUSED``) and a body or header that cannot be encoded are
 ``PoisonMessageError``. Messages never carry the URL's password.
 
-The trigger that consumes a queue runs in ``streamflow.runtime.amqp``.
+The trigger that consumes a queue runs in ``streamflow.triggers.amqp``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from streamflow.connectors.connections import (
     fill_from_connection,
 )
 from streamflow.connectors.files import fixed_prefix
-from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, Resources, StepContext
@@ -46,6 +45,7 @@ from streamflow.topology.registry import (
     step_factory,
     trigger_config,
 )
+from streamflow.util.secrets import Masker, safe_dsn
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection

@@ -27,9 +27,15 @@ from streamflow.connectors.connections import (
     context_directory,
     sql_fields,
 )
-from streamflow.connectors.pools import PoolSettings
-from streamflow.connectors.secrets import Masker
-from streamflow.connectors.sqldb import (
+from streamflow.envelope import Envelope
+from streamflow.errors import ConfigError, PoisonMessageError
+from streamflow.steps.base import AsyncStep, Outcome, StepContext
+from streamflow.topology.expressions import compile_value
+from streamflow.topology.models import Duration
+from streamflow.topology.registry import step_config, step_factory
+from streamflow.util.pools import PoolSettings
+from streamflow.util.secrets import Masker
+from streamflow.util.sqldb import (
     CompiledSql,
     Result,
     Statement,
@@ -39,12 +45,6 @@ from streamflow.connectors.sqldb import (
     quote_ident,
     to_json_value,
 )
-from streamflow.envelope import Envelope
-from streamflow.errors import ConfigError, PoisonMessageError
-from streamflow.steps.base import AsyncStep, Outcome, StepContext
-from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import Duration
-from streamflow.topology.registry import step_config, step_factory
 
 _KINDS = ("postgres", "mysql", "sqlite")
 _MAX_PARAMS = 30_000  # below PostgreSQL's 32767 bound parameters per statement

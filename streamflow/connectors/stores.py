@@ -27,11 +27,11 @@ from typing import Any, Literal, Protocol
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streamflow.connectors.connections import RedisConnection, check_connection
-from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.errors import RetriableError
 from streamflow.steps.base import Resources
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration, Model
+from streamflow.util.secrets import Masker, safe_dsn
 
 MEMORY_URL = "memory://"
 DAY = 86_400.0

@@ -51,7 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar, runtime_checkable
 
 from streamflow.errors import FatalError
-from streamflow.runtime.contain import Containment, Out, describe
+from streamflow.errtext import describe
+from streamflow.runtime.contain import Containment, Out
 from streamflow.runtime.processor import ChainProcessor, Deferred, Processor
 from streamflow.topology.exprfuncs import DEFAULT_MAX_VALUE, VALUE_LIMIT
 from streamflow.transport.base import (
@@ -142,7 +143,7 @@ class StepAgent:
         )
         # at-least-once on a transport whose producer commits outputs and offsets in one
         # transaction anyway (local://): use it, a crash then doubles nothing
-        self.atomic = self.exactly_once or getattr(producer, "atomic_offsets", False)
+        self.atomic = self.exactly_once or producer.atomic_offsets
         try:
             await self._loop(consumer, producer, stop)
         finally:

@@ -20,13 +20,14 @@ import aiohttp
 
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, FatalError
+from streamflow.errtext import describe
+from streamflow.ingress import FlowIngress
+from streamflow.instances.store import InstanceTable
+from streamflow.observability.logs import register_secrets
+from streamflow.observability.metrics import AGENT_RESTARTS
 from streamflow.runtime.agent import StepAgent
 from streamflow.runtime.aggregate import AggregateProcessor
-from streamflow.runtime.contain import Containment, describe, place
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.instances import InstanceTable
-from streamflow.runtime.logs import register_secrets
-from streamflow.runtime.metrics import AGENT_RESTARTS
+from streamflow.runtime.contain import Containment, place
 from streamflow.runtime.processor import ChainProcessor, Processor, ProcessorOptions
 from streamflow.runtime.retrying import RetryProcessor
 from streamflow.runtime.saga import CompensationProcessor

@@ -20,25 +20,12 @@ from dataclasses import dataclass
 
 from streamflow.envelope import Encoding, decode, now_ms
 from streamflow.errors import PoisonMessageError
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent
 from streamflow.transport.base import DEFAULT_MAX_MESSAGE_BYTES, Headers, Record, wire_size
 
 log = logging.getLogger("streamflow.runtime")
 
-ENCODER_MAX_DEPTH = 254
-"""Deepest nesting of arrays/objects the JSON encoder (orjson) writes, the envelope's own
-level included; a deeper value cannot travel and fails its execution."""
 INPUT_MARK: tuple[str, bytes] = ("sf-dead-letter", b"input")
-
-
-def describe(exc: BaseException) -> str:
-    """A reason a person can read, for an error the runtime contained."""
-    text = str(exc) or exc.__class__.__name__
-    if "Recursion limit reached" in text:
-        return (
-            f"a value is nested deeper than {ENCODER_MAX_DEPTH} levels (the JSON encoder's limit)"
-        )
-    return text
 
 
 def place(integration: str, flow: str, step: str, execution_id: str = "") -> str:

@@ -26,8 +26,8 @@ import orjson
 
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import ConfigError, PoisonMessageError
-from streamflow.runtime.events import ExecutionEvent, event_for
-from streamflow.runtime.history import checked
+from streamflow.observability.events import ExecutionEvent, event_for
+from streamflow.observability.history import checked
 from streamflow.topology.models import Flow
 from streamflow.topology.plan import Plan
 from streamflow.transport.base import Record, Transport

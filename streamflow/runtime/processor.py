@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streamflow.connectors.secrets import PROCESS
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import (
     CircuitOpenError,
@@ -32,20 +31,21 @@ from streamflow.errors import (
     PoisonMessageError,
     RetriableError,
 )
+from streamflow.errtext import describe as describe_contained
 from streamflow.errtext import plain
-from streamflow.runtime import tracing
+from streamflow.observability import tracing
+from streamflow.observability.events import announce, event_for
+from streamflow.observability.metrics import BREAKER_STATE, StepMetrics
+from streamflow.runtime.breaker import STATE_VALUE, CircuitBreaker
 from streamflow.runtime.contain import Containment, Out, place
-from streamflow.runtime.contain import describe as describe_contained
 from streamflow.runtime.contain import dlq_headers as _headers
-from streamflow.runtime.events import announce, event_for
-from streamflow.runtime.metrics import BREAKER_STATE, StepMetrics
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
 from streamflow.steps.base import NEXT, AnyStep, AsyncStep, Outcome, Step
-from streamflow.steps.breaker import STATE_VALUE, CircuitBreaker
 from streamflow.topology.expressions import ExpressionEvalError
 from streamflow.topology.models import Flow, RetryPolicy
 from streamflow.topology.plan import AgentPlan, FlowPlan
 from streamflow.transport.base import DEFAULT_MAX_MESSAGE_BYTES, Headers, Record
+from streamflow.util.secrets import PROCESS
 
 log = logging.getLogger("streamflow.runtime")
 

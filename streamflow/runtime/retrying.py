@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 from streamflow.envelope import now_ms
+from streamflow.observability.metrics import StepMetrics
 from streamflow.runtime.contain import Out
-from streamflow.runtime.metrics import StepMetrics
 from streamflow.runtime.processor import Deferred
 from streamflow.topology.plan import AgentPlan, FlowPlan
 from streamflow.transport.base import Record

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamflow.errors import ConfigError
+from streamflow.errtext import describe
+from streamflow.ingress import FlowIngress
+from streamflow.observability.events import ExecutionEvent, is_terminal
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.contain import describe, place
-from streamflow.runtime.events import ExecutionEvent, is_terminal
-from streamflow.runtime.ingest import FlowIngress
+from streamflow.runtime.contain import place
 from streamflow.topology.models import Integration
 from streamflow.transport.base import Transport
 

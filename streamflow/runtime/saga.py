@@ -16,10 +16,10 @@ from collections.abc import Mapping
 
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import FatalError, PoisonMessageError
-from streamflow.runtime import tracing
+from streamflow.observability import tracing
+from streamflow.observability.events import announce, event_for
+from streamflow.observability.metrics import StepMetrics
 from streamflow.runtime.contain import Out, place
-from streamflow.runtime.events import announce, event_for
-from streamflow.runtime.metrics import StepMetrics
 from streamflow.runtime.processor import ProcessorOptions, describe, dlq_headers
 from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
 from streamflow.steps.base import AnyStep, AsyncStep, Outcome

@@ -13,10 +13,10 @@ from typing import Any
 from streamflow import exactjson
 from streamflow.envelope import Envelope, encode
 from streamflow.errors import PoisonMessageError
+from streamflow.ingress import FlowIngress
+from streamflow.observability.events import event_for
+from streamflow.observability.metrics import TRIGGER_FIRINGS, StepMetrics
 from streamflow.runtime.contain import Out, place
-from streamflow.runtime.events import event_for
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.metrics import TRIGGER_FIRINGS, StepMetrics
 from streamflow.runtime.processor import ChainProcessor, ProcessorOptions, dlq_headers
 from streamflow.topology.plan import AgentPlan
 from streamflow.topology.triggers import KafkaTrigger

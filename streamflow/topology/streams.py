@@ -1,6 +1,6 @@
 """Config models of the stream triggers ``sse`` (Server-Sent Events) and ``websocket``.
 
-Both hold one long-lived connection per flow (the leader's, see ``runtime/streams.py``)
+Both hold one long-lived connection per flow (the leader's, see ``triggers/streams.py``)
 and start one execution per message.
 """
 

@@ -273,8 +273,8 @@ class PollSql(Model):
     def _dsn(self) -> PollSql:
         if not self.dsn:
             raise ValueError("sql needs `dsn` or `connection`")
-        from streamflow.connectors.sqldb import check_dsn
         from streamflow.errors import ConfigError
+        from streamflow.util.sqldb import check_dsn
 
         try:
             check_dsn(self.dsn, {})  # a literal DSN: its database must be supported

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 TopicPartition = tuple[str, int]
@@ -99,6 +100,8 @@ RevokeHook = Callable[[list[TopicPartition]], None]
 
 
 class Consumer(Protocol):
+    group: str
+    """The consumer group (``""``: a reader that belongs to no group)."""
     on_revoke: RevokeHook | None
     """Called inside ``poll`` before partitions are taken away: commit what is done."""
 
@@ -113,8 +116,6 @@ class Consumer(Protocol):
     def rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (after an abort)."""
 
-    def seek_to_end(self) -> None: ...
-
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         """Stop fetching these partitions (their position is kept) until ``resume``."""
 
@@ -126,10 +127,20 @@ class Consumer(Protocol):
     def lag(self) -> dict[TopicPartition, int]:
         """Records between this consumer's position and the log end, per assigned partition."""
 
+    def group_metadata(self) -> object:
+        """What a transaction commits this member's offsets against: on Kafka the group's
+        ``ConsumerGroupMetadata`` (generation and member id, so a member whose partitions
+        moved is fenced), on the embedded transport the group name. Opaque to callers:
+        only ``commit_transaction`` of the same transport reads it."""
+
     def close(self) -> None: ...
 
 
 class Producer(Protocol):
+    atomic_offsets: bool
+    """True when ``commit_transaction`` makes outputs and offsets visible together even
+    without a ``transactional_id`` (the embedded transport: one SQLite transaction)."""
+
     def send(
         self,
         topic: str,
@@ -172,7 +183,16 @@ class Transport(Protocol):
         """A member of consumer ``group``; with group ``""`` a reader of every partition
         that belongs to no group and commits nothing (from the beginning, or ``from_end``)."""
 
-    def producer(self, *, transactional_id: str | None = None) -> Producer: ...
+    def producer(
+        self, *, transactional_id: str | None = None, delivery_timeout: float | None = None
+    ) -> Producer:
+        """A producer; transactional with ``transactional_id``. With ``delivery_timeout``
+        (seconds) every message is confirmed or failed (``flush`` raises) within it."""
+
+    def group_lock(self, group: str) -> Path | None:
+        """A file whose exclusive ``flock`` makes this process the one reader of ``group``
+        where the transport does not share a group's partitions between processes (the
+        embedded one: ``DIR/locks/<group>.lock``); None where the broker does (Kafka)."""
 
     def end_offsets(self, topic: str) -> dict[int, int]: ...
 

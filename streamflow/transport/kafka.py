@@ -14,11 +14,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -29,9 +29,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic  # type: ignore[attr-defined]
 
 from streamflow.errors import ConfigError, FatalError
-from streamflow.transport.base import (
-    Consumer as ConsumerProto,
-)
+from streamflow.transport.base import Consumer as ConsumerProto
 from streamflow.transport.base import (
     DeliveryError,
     Headers,
@@ -45,9 +43,7 @@ from streamflow.transport.base import (
     too_large,
     wire_size,
 )
-from streamflow.transport.base import (
-    TopicPartition as TP,
-)
+from streamflow.transport.base import TopicPartition as TP
 
 log = logging.getLogger("streamflow.kafka")
 ENV_PREFIX = "STREAMFLOW_KAFKA_"
@@ -174,9 +170,6 @@ class KafkaConsumer:
     def assignment(self) -> list[TP]:
         return sorted(self.assigned)
 
-    def positions(self) -> list[TopicPartition]:
-        return [p for p in self.consumer.position(self.consumer.assignment()) if p.offset >= 0]
-
     def rewind(self) -> None:
         parts = self.consumer.assignment()
         if not parts:
@@ -207,9 +200,8 @@ class KafkaConsumer:
             out[(p.topic, p.partition)] = max(0, high - p.offset) if p.offset >= 0 else high
         return out
 
-    def seek_to_end(self) -> None:
-        for p in self.consumer.assignment():
-            self.consumer.seek(TopicPartition(p.topic, p.partition, OFFSET_END))
+    def group_metadata(self) -> object:
+        return self.consumer.consumer_group_metadata()
 
     def close(self) -> None:
         self.consumer.close()
@@ -326,13 +318,12 @@ class KafkaProducer:
         self._txn(self.producer.begin_transaction)
 
     def commit_transaction(self, consumer: ConsumerProto, offsets: Mapping[TP, int]) -> None:
-        assert isinstance(consumer, KafkaConsumer)
         parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
 
         def commit() -> None:
             if parts:
                 self.producer.send_offsets_to_transaction(
-                    parts, consumer.consumer.consumer_group_metadata(), 30
+                    parts, consumer.group_metadata(), 30
                 )
             self.producer.commit_transaction(60)
 
@@ -493,8 +484,16 @@ class KafkaTransport:
     ) -> KafkaConsumer:
         return KafkaConsumer(self.base, group, topics, from_end)
 
-    def producer(self, *, transactional_id: str | None = None) -> KafkaProducer:
-        return KafkaProducer(self.base, transactional_id)
+    def producer(
+        self, *, transactional_id: str | None = None, delivery_timeout: float | None = None
+    ) -> KafkaProducer:
+        base = self.base
+        if delivery_timeout is not None:  # message.timeout.ms from the environment wins
+            base = {"message.timeout.ms": max(1, int(delivery_timeout * 1000)), **base}
+        return KafkaProducer(base, transactional_id)
+
+    def group_lock(self, group: str) -> Path | None:
+        return None  # the group coordinator gives a partition to one member only
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         c = Consumer({**self.base, "group.id": "streamflow-admin", "enable.auto.commit": False})

@@ -280,10 +280,8 @@ class LocalConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.positions[tp] = offset
 
-    def seek_to_end(self) -> None:
-        for topic in self.topics:
-            for p, end in self.broker.end_offsets(topic).items():
-                self.positions[(topic, p)] = end
+    def group_metadata(self) -> object:
+        return self.group
 
     def lag(self) -> dict[TopicPartition, int]:
         out = {}
@@ -363,7 +361,6 @@ class LocalProducer:
         self.pending = []
 
     def commit_transaction(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
-        assert isinstance(consumer, LocalConsumer)
         pending, self.pending = self.pending, []
         with self.broker.write() as db:
             if pending:
@@ -404,10 +401,16 @@ class LocalTransport:
         c = LocalConsumer(LocalBroker.open(self.directory), group, topics, from_end)
         return c
 
-    def producer(self, *, transactional_id: str | None = None) -> LocalProducer:
+    def producer(
+        self, *, transactional_id: str | None = None, delivery_timeout: float | None = None
+    ) -> LocalProducer:
+        # delivery_timeout: nothing to wait for, a flush writes to SQLite before it returns
         return LocalProducer(
             LocalBroker.open(self.directory), transactional_id is not None, self.max_message_bytes
         )
+
+    def group_lock(self, group: str) -> Path | None:
+        return self.directory / "locks" / f"{group}.lock"
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         return self.broker.end_offsets(topic)

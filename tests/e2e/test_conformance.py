@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from streamflow.errors import ConfigError
+from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.runner import RunResult, run_events
 from streamflow.testing.mocks import MockServices
 from streamflow.topology.loader import load_integration
@@ -401,3 +401,21 @@ def test_transactions_commit_atomically_and_abort_cleanly(
     finally:
         watcher.close()
         resumed.close()
+
+
+def test_producer_with_a_delivery_timeout(transport: Transport, unique: str) -> None:
+    """The gateway's producer comes through the protocol (``delivery_timeout``), not by
+    building a transport's own producer class: what it sends is confirmed and readable."""
+    topic = f"cf.{unique}.gw"
+    transport.ensure_topics([TopicSpec(topic, 1)])
+    producer = transport.producer(delivery_timeout=5.0)
+    try:
+        producer.send(topic, b"accepted", b"k")
+        producer.flush(10.0)
+    finally:
+        producer.close()
+    reader = transport.consumer("", [topic])
+    try:
+        assert [(r.key, r.value) for r in _poll(reader, 1)] == [(b"k", b"accepted")]
+    finally:
+        reader.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent
 from streamflow.transport.base import TopicSpec
 from streamflow.transport.local import LocalConsumer, LocalTransport
 

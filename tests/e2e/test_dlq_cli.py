@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 
 from streamflow.envelope import decode
+from streamflow.observability.events import ExecutionEvent, is_terminal
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import ExecutionEvent, is_terminal
 from streamflow.runtime.runner import RunResult, run_events
 from streamflow.testing import run_flow
 from streamflow.topology.loader import load_integration

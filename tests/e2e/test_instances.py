@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from streamflow.runtime.vault import new_key
+from streamflow.instances.vault import new_key
 from streamflow.testing.mocks import MockServices
 from streamflow.transport import open_transport
 

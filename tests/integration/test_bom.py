@@ -11,11 +11,11 @@ from aiohttp import web
 
 from streamflow import exactjson, textio
 from streamflow.connectors.httpclient import parse_body
-from streamflow.runtime.filewatch import parse
-from streamflow.runtime.payloads import parse_payloads
 from streamflow.topology.loader import load_integration
 from streamflow.topology.triggers import FileTrigger
 from streamflow.topology.values import read_config_file
+from streamflow.triggers.filewatch import parse
+from streamflow.util.payloads import parse_payloads
 
 BOM = b"\xef\xbb\xbf"
 CSV = BOM + b"id,name\r\n1,Ann\r\n2,Bob\r\n"

@@ -404,12 +404,12 @@ async def test_stream_trigger_secrets_never_in_logs(
     (header and URL query) is in no log line while the trigger reconnects."""
     import asyncio
 
-    from streamflow.runtime.ingest import FlowIngress
-    from streamflow.runtime.streams import StreamRunner
+    from streamflow.ingress import FlowIngress
     from streamflow.topology.loader import load_integration
     from streamflow.topology.plan import compile_plan
     from streamflow.topology.values import resolve_config
     from streamflow.transport import open_transport
+    from streamflow.triggers.streams import StreamRunner
 
     async def refuse(call: Any) -> web.Response:
         return web.json_response({"denied": call.headers.get("Authorization")}, status=401)

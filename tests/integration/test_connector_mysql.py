@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from streamflow.connectors.secrets import Masker
-from streamflow.connectors.sqldb import Statement, compile_sql, database
 from streamflow.errors import PoisonMessageError, RetriableError, ValidationFailed
 from streamflow.runtime.app import App
 from streamflow.steps.base import Resources
 from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
+from streamflow.util.secrets import Masker
+from streamflow.util.sqldb import Statement, compile_sql, database
 from tests.integration.servers import free_port
 from tests.integration.test_poll import ids, poll_integration, poll_until
 

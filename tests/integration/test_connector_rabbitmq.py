@@ -21,15 +21,15 @@ import pytest
 
 from streamflow.envelope import Envelope, decode
 from streamflow.errors import PoisonMessageError, RetriableError, ValidationFailed
-from streamflow.runtime.amqp import RabbitMQRunner
+from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
-from streamflow.runtime.gateway import TriggerHost
-from streamflow.runtime.ingest import FlowIngress
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import TopicSpec, Transport
+from streamflow.triggers.amqp import RabbitMQRunner
+from streamflow.triggers.gateway import TriggerHost
 from tests.integration.servers import free_port
 
 MQ = {"amqp_url": {"type": "string", "secret": True}}
@@ -172,7 +172,7 @@ async def test_header_values_from_the_event_are_data_not_secrets(step_runner: An
     """Every rendered header value was added to the process-wide masker: an event's
     `x-customer: acme` masked "acme" in every later log line, and the masker grew with each
     event. Values the deployer wrote (config, text) are still masked."""
-    from streamflow.connectors.secrets import PROCESS
+    from streamflow.util.secrets import PROCESS
 
     runner = await step_runner(
         [{"id": "p", "type": "rabbitmq_publish", "url": f"amqp://127.0.0.1:{free_port()}/",

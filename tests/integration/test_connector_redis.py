@@ -393,7 +393,7 @@ async def test_an_error_names_the_redis_server_and_masks_only_the_password(
         await runner.run("once", {"k": 1})
     text = str(info.value)
     assert f"redis://127.0.0.1:{port}/0" in text and secret not in text, text
-    from streamflow.connectors.secrets import PROCESS
+    from streamflow.util.secrets import PROCESS
 
     assert PROCESS.mask("ops-user logged in") == "ops-user logged in"
     assert PROCESS.mask(f"said {secret}") == "said ***"

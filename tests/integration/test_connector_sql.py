@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from streamflow.connectors.secrets import Masker
-from streamflow.connectors.sqldb import database
 from streamflow.errors import PoisonMessageError, RetriableError, ValidationFailed
 from streamflow.steps.base import Resources
+from streamflow.util.secrets import Masker
+from streamflow.util.sqldb import database
 
 DB = {"db_dsn": {"type": "string", "secret": True}}
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from streamflow.runtime.console import Console, ConsoleConfig
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent
 from streamflow.topology.loader import load_integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
+from streamflow.triggers.console import Console, ConsoleConfig
 
 TOKEN = "viewer-token-0123456789"
 TOPOLOGY = """

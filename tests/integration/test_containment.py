@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamflow.runtime.events import ExecutionEvent, is_terminal
+from streamflow.observability.events import ExecutionEvent, is_terminal
 from streamflow.transport import open_transport
 from streamflow.transport.base import TopicSpec, Transport
 

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from streamflow import exactjson
 from streamflow.envelope import Envelope, decode, encode
-from streamflow.runtime.payloads import parse_payloads
 from streamflow.topology.expressions import compile_value
+from streamflow.util.payloads import parse_payloads
 
 BIG = 123456789012345678901234567890  # 30 digits: beyond 64 bits
 U64 = 18446744073709551615  # the largest orjson writes natively
@@ -245,7 +245,7 @@ async def test_postgres_numeric_rows_are_exact(
 
 def test_poll_cursors_and_state_records_keep_numbers() -> None:
     """A poll cursor over 30-digit ids (or exact decimals) orders and persists exactly."""
-    from streamflow.runtime.poller import order_key
+    from streamflow.triggers.poller import order_key
 
     assert order_key(BIG) < order_key(BIG + 1)
     assert order_key(LEDGER) < order_key(Decimal("1234567890123456.79"))
@@ -267,8 +267,9 @@ async def test_execution_history_cli_and_console_keep_numbers(capsys: Any) -> No
     from aiohttp.test_utils import TestClient, TestServer
 
     from streamflow.cli import executions as cli
-    from streamflow.runtime import console, history
-    from streamflow.runtime.events import ExecutionEvent
+    from streamflow.observability import history
+    from streamflow.observability.events import ExecutionEvent
+    from streamflow.triggers import console
 
     store = history.ExecutionStore({"f": "sf.i.f.dlq"})
     store.apply([ExecutionEvent("e1", "f", "completed", ts=1, payload=VALUES)])
@@ -360,7 +361,7 @@ def test_webhook_schema_errors_quote_exact_numbers_as_json() -> None:
     """A 422's messages showed exact decimals as Python reprs (Decimal('...'))."""
     from jsonschema import Draft202012Validator
 
-    from streamflow.runtime.webhook import schema_errors
+    from streamflow.triggers.webhook import schema_errors
 
     schema = {
         "type": "object",

@@ -16,10 +16,10 @@ import orjson
 from pymongo import AsyncMongoClient
 
 from streamflow.runtime.app import App
-from streamflow.runtime.gateway import TriggerHost
 from streamflow.topology.loader import load_integration
 from streamflow.topology.values import resolve_config
 from streamflow.transport import open_transport
+from streamflow.triggers.gateway import TriggerHost
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "topologies" / "orders-rabbitmq-to-mongodb"
 

@@ -24,8 +24,8 @@ import pytest
 from aiohttp import web
 
 from streamflow.envelope import decode
+from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.runner import Execution, RunResult
 from streamflow.testing import run_flow
 from streamflow.topology.loader import load_integration

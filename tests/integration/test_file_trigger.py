@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from streamflow.envelope import Envelope, decode
+from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
-from streamflow.runtime.filewatch import FileRunner
-from streamflow.runtime.ingest import FlowIngress
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
+from streamflow.triggers.filewatch import FileRunner
 
 
 def file_integration(tmp_path: Path, trigger: str, name: str = "files") -> Integration:

@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 from prometheus_client import REGISTRY
 
+from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import ExecutionEvent
 from streamflow.topology.loader import load_integration
 from streamflow.transport.base import TopicSpec
 from streamflow.transport.local import LocalTransport

@@ -22,14 +22,14 @@ import aiohttp
 import pytest
 
 from streamflow.envelope import decode
+from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import ExecutionEvent
-from streamflow.runtime.gateway import Gateway, has_sync_webhooks
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.values import resolve_config
 from streamflow.transport import open_transport
 from streamflow.transport.base import Record, Transport
+from streamflow.triggers.gateway import Gateway, has_sync_webhooks
 
 SECRET = "s3cret-webhook-key"
 TOKEN = "tok-123456"
@@ -312,8 +312,8 @@ async def test_routes_probes_and_metrics(gateway: Callable[..., Awaitable[Runnin
 async def test_an_instance_url_uses_the_instance_config(
     gateway: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streamflow.runtime.instances import deploy_instance
-    from streamflow.runtime.vault import ENV_KEY, new_key
+    from streamflow.instances.store import deploy_instance
+    from streamflow.instances.vault import ENV_KEY, new_key
 
     monkeypatch.setenv(ENV_KEY, new_key())
     gw = await gateway()
@@ -488,7 +488,7 @@ async def test_form_values_are_typed_by_the_flow_schema(
 
 
 def test_form_bodies_keep_repeated_keys_and_type_by_schema() -> None:
-    from streamflow.runtime.webhook import form_payload
+    from streamflow.triggers.webhook import form_payload
 
     schema = {
         "type": "object",

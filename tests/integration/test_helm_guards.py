@@ -261,7 +261,7 @@ def test_the_ended_executions_metric_counts_by_status_and_instance(tmp_path: Pat
     from prometheus_client import REGISTRY
 
     from streamflow.envelope import Envelope
-    from streamflow.runtime.events import event_for
+    from streamflow.observability.events import event_for
 
     def value(status: str, inst: str) -> float:
         v = REGISTRY.get_sample_value(

@@ -168,7 +168,7 @@ def test_no_secret_form_lands_anywhere(
 
 def events_text(path: Path, store: Path) -> str:
     """The execution events and the dead letters' headers and envelopes, decoded."""
-    from streamflow.runtime.events import ExecutionEvent
+    from streamflow.observability.events import ExecutionEvent
     from streamflow.topology.loader import load_integration
     from streamflow.topology.plan import compile_plan
     from streamflow.transport import open_transport
@@ -201,7 +201,7 @@ def events_text(path: Path, store: Path) -> str:
 def test_a_percent_encoded_dsn_password_is_masked_in_every_form(dsn: str) -> None:
     """A password with @ / ! must be percent-encoded in a connection URL; the driver sends
     (and may quote) it decoded: that form and its derived forms were not masked."""
-    from streamflow.connectors.secrets import Masker
+    from streamflow.util.secrets import Masker
 
     masker = Masker([dsn])
     for kind, text in forms("p@ss/w0rd!").items():
@@ -211,7 +211,7 @@ def test_a_percent_encoded_dsn_password_is_masked_in_every_form(dsn: str) -> Non
 
 
 def test_a_connection_url_masks_its_password_not_its_host() -> None:
-    from streamflow.connectors.secrets import Masker
+    from streamflow.util.secrets import Masker
 
     masker = Masker()
     masker.add_dsn("mongodb://127.0.0.1:27017/db", "amqp://bot:p%40ss%2Fw0rd%21@mq.local:5672/")

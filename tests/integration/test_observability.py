@@ -20,13 +20,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from streamflow.runtime import tracing
+from streamflow.observability import tracing
+from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import ExecutionEvent
-from streamflow.runtime.gateway import Gateway
 from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
 from streamflow.transport.local import LocalTransport
+from streamflow.triggers.gateway import Gateway
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = (REPO / "helm/streamflow/dashboards/METRICS.txt").read_text().split()

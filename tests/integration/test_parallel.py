@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent
 from streamflow.transport import open_transport
 from streamflow.transport.base import TopicSpec
 from tests.integration.test_patterns import produce, run_until, values

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
+from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.events import ExecutionEvent
 from streamflow.topology.loader import load_integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport

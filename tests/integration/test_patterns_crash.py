@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent
 from streamflow.transport import open_transport
 from streamflow.transport.base import TopicSpec, Transport
 from tests.integration.workers import Worker, wait_for

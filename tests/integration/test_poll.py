@@ -15,14 +15,14 @@ import pytest
 from aiohttp import web
 
 from streamflow.envelope import Envelope, decode
+from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.poller import PollRunner
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
+from streamflow.triggers.poller import PollRunner
 
 
 def poll_integration(tmp_path: Path, name: str, trigger: str) -> Integration:

@@ -13,12 +13,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from streamflow.envelope import decode
+from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.s3watch import S3Runner
 from streamflow.topology.loader import load_integration
 from streamflow.topology.values import resolve_config
 from streamflow.transport import open_transport
+from streamflow.triggers.s3watch import S3Runner
 from tests.integration.cloud import S3Server, moto_s3  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from streamflow.envelope import Envelope, decode
+from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.s3watch import S3Runner
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
+from streamflow.triggers.s3watch import S3Runner
 from tests.integration.cloud import S3Server, moto_s3  # noqa: F401
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent
 from streamflow.transport.base import Consumer, TopicPartition
 from streamflow.transport.kafka import KafkaTransport
 from tests.integration.workers import Worker, run_cli, wait_for

@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 
 from streamflow.envelope import decode
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.schedule import ScheduleRunner, Ticks, tick_id
+from streamflow.ingress import FlowIngress
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.topology.triggers import ScheduleTrigger
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
+from streamflow.triggers.schedule import ScheduleRunner, Ticks, tick_id
 
 
 def schedule_topology(tmp_path: Path, name: str, trigger: str) -> Path:

@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from streamflow.envelope import decode
+from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.schedule import ScheduleRunner
 from streamflow.topology.loader import load_integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
+from streamflow.triggers.schedule import ScheduleRunner
 
 
 class FakeClock:

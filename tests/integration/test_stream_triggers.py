@@ -15,15 +15,15 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from streamflow.envelope import Envelope, decode
+from streamflow.ingress import FlowIngress
+from streamflow.observability.metrics import TRIGGER_CONNECTED, TRIGGER_RECONNECTS
 from streamflow.runtime.app import App
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.metrics import TRIGGER_CONNECTED, TRIGGER_RECONNECTS
-from streamflow.runtime.streams import SseParser, StreamRunner
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
+from streamflow.triggers.streams import SseParser, StreamRunner
 
 
 def integration_with(tmp_path: Path, name: str, trigger: str) -> Integration:

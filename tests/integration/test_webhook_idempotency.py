@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from streamflow.runtime.app import App
-from streamflow.runtime.gateway import Gateway
 from streamflow.topology.loader import load_integration
 from streamflow.topology.values import resolve_config
 from streamflow.transport import open_transport
+from streamflow.triggers.gateway import Gateway
 from tests.integration.test_gateway import (
     ORDER_SCHEMA,
     SECRET,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamflow.steps.breaker import CLOSED, HALF_OPEN, OPEN, STATE_VALUE, CircuitBreaker
+from streamflow.runtime.breaker import CLOSED, HALF_OPEN, OPEN, STATE_VALUE, CircuitBreaker
 from streamflow.topology.models import BreakerConfig
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streamflow.connectors.secrets import Masker, mask_urls, safe_dsn
 from streamflow.connectors.sql import camel
-from streamflow.connectors.sqldb import compile_sql, quote_ident, sqlite_path
+from streamflow.util.secrets import Masker, mask_urls, safe_dsn
+from streamflow.util.sqldb import compile_sql, quote_ident, sqlite_path
 
 
 def test_named_placeholders() -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from streamflow.envelope import decode
 from streamflow.errors import ConfigError
+from streamflow.observability.metrics import AGENT_RESTARTS
 from streamflow.runtime.app import App, AppOptions
-from streamflow.runtime.metrics import AGENT_RESTARTS
 from streamflow.runtime.runner import run_events
 from streamflow.testing import run_flow
 from streamflow.topology.loader import load_integration

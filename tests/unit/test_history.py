@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from streamflow.runtime import history
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability import history
+from streamflow.observability.events import ExecutionEvent
 from streamflow.transport.base import TopicSpec
 from streamflow.transport.local import LocalTransport
 

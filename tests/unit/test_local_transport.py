@@ -303,19 +303,6 @@ def test_rewind_goes_back_to_committed(transport: LocalTransport) -> None:
     c.close()
 
 
-def test_seek_to_end_skips_what_is_there(transport: LocalTransport) -> None:
-    topics(transport, t=2)
-    send_to(transport, "t", 0, [b"a", b"b"])
-    send_to(transport, "t", 1, [b"c"])
-    c = transport.consumer("g", ["t"])
-    c.seek_to_end()
-    assert c.poll(10, 0.05) == []
-    send_to(transport, "t", 1, [b"later"])
-    [rec] = drain(c, 1)
-    assert (rec.value, rec.partition, rec.offset) == (b"later", 1, 1)
-    c.close()
-
-
 def test_poll_respects_max_records_and_timeout(transport: LocalTransport) -> None:
     topics(transport, t=1)
     c = transport.consumer("g", ["t"])

@@ -12,7 +12,7 @@ from bson import Binary, Decimal128, ObjectId
 from streamflow.connectors.mongodb import SafeDoc, cursor_value, sort_spec, to_json
 from streamflow.connectors.rabbitmq import amqp_value, with_heartbeat
 from streamflow.errors import PoisonMessageError
-from streamflow.runtime.amqp import parse_body
+from streamflow.triggers.amqp import parse_body
 
 
 def test_parse_body_formats() -> None:

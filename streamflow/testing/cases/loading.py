@@ -12,7 +12,6 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from streamflow.errors import ConfigError, Issue, ValidationFailed
-from streamflow.runtime.payloads import parse_payloads
 from streamflow.runtime.runner import pick_flow
 from streamflow.testing.cases.models import (
     _M,
@@ -37,6 +36,7 @@ from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.source import PathT, Positions, format_path, load_yaml
 from streamflow.topology.values import resolve_config
+from streamflow.util.payloads import parse_payloads
 
 # --------------------------------------------------------------------------- discovery
 

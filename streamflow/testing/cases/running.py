@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamflow import exactjson
+from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import AppOptions, environment
 from streamflow.runtime.dlq import DeadLetter
-from streamflow.runtime.events import ExecutionEvent
 from streamflow.runtime.runner import Execution, run_events
 from streamflow.testing.cases.effects import check_effects, isolated
 from streamflow.testing.cases.matching import (

@@ -32,12 +32,12 @@ import orjson
 from croniter import croniter
 
 from streamflow.envelope import Envelope
-from streamflow.runtime.clock import SYSTEM_CLOCK, Clock
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages
+from streamflow.ingress import FlowIngress
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import ScheduleTrigger
 from streamflow.transport.base import Record, Transport
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
+from streamflow.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("streamflow.trigger")
 BURST = 100  # ticks a running leader fires at once when it fell behind

@@ -41,31 +41,31 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from streamflow import exactjson
-from streamflow.connectors.secrets import MASK, Masker
 from streamflow.connectors.stores import Store, open_store
 from streamflow.envelope import Envelope
 from streamflow.errors import RetriableError, StreamFlowError
-from streamflow.runtime import instances as instance_store
-from streamflow.runtime.amqp import RabbitMQRunner
-from streamflow.runtime.console import Console, ConsoleConfig
-from streamflow.runtime.contain import describe
-from streamflow.runtime.filewatch import FileRunner
-from streamflow.runtime.http import HttpSite, add_probe_routes, serve_app
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.instances import InstanceTable
-from streamflow.runtime.lease import envelope_messages
-from streamflow.runtime.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGER_FIRINGS
-from streamflow.runtime.poller import PollRunner
-from streamflow.runtime.publish import ExecutionWatcher, Publisher, gateway_producer
-from streamflow.runtime.s3watch import S3Runner
-from streamflow.runtime.schedule import ScheduleRunner
-from streamflow.runtime.streams import StreamRunner
-from streamflow.runtime.webhook import Refusal, WebhookEndpoint
+from streamflow.errtext import describe
+from streamflow.ingress import FlowIngress
+from streamflow.instances import store as instance_store
+from streamflow.instances.store import InstanceTable
+from streamflow.observability.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS, TRIGGER_FIRINGS
 from streamflow.steps.base import Resources
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan, compile_plan
 from streamflow.topology.triggers import WebhookTrigger
 from streamflow.transport.base import MessageRejected, Transport
+from streamflow.triggers.amqp import RabbitMQRunner
+from streamflow.triggers.console import Console, ConsoleConfig
+from streamflow.triggers.filewatch import FileRunner
+from streamflow.triggers.http import HttpSite, add_probe_routes, serve_app
+from streamflow.triggers.lease import envelope_messages
+from streamflow.triggers.poller import PollRunner
+from streamflow.triggers.publish import ExecutionWatcher, Publisher, gateway_producer
+from streamflow.triggers.s3watch import S3Runner
+from streamflow.triggers.schedule import ScheduleRunner
+from streamflow.triggers.streams import StreamRunner
+from streamflow.triggers.webhook import Refusal, WebhookEndpoint
+from streamflow.util.secrets import MASK, Masker
 
 log = logging.getLogger("streamflow.gateway")
 InstanceConfig = Callable[[str], Mapping[str, Any] | None]

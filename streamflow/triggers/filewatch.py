@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from streamflow import exactjson, textio
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.ingress import FlowIngress
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import FileTrigger
 from streamflow.transport.base import Record, Transport
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
 
 log = logging.getLogger("streamflow.trigger")
 FILE_PREFIX = b"f:"

@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from streamflow.runtime.events import ExecutionEvent, is_terminal
-from streamflow.runtime.lease import Outgoing, send_all
+from streamflow.observability.events import ExecutionEvent, is_terminal
 from streamflow.transport.base import Consumer, Producer, Transport
+from streamflow.triggers.lease import Outgoing, send_all
 
 MAX_BATCH = 1000
 
@@ -23,13 +23,7 @@ log = logging.getLogger("streamflow.gateway")
 
 def gateway_producer(transport: Transport, timeout: float) -> Producer:
     """A producer whose messages are confirmed or failed within ``timeout`` seconds."""
-    if transport.url.startswith("kafka://"):
-        from streamflow.transport.kafka import KafkaProducer
-
-        base = dict(getattr(transport, "base", {}))
-        base.setdefault("message.timeout.ms", max(1000, int((timeout - 2) * 1000)))
-        return KafkaProducer(base, None)
-    return transport.producer()
+    return transport.producer(delivery_timeout=max(1.0, timeout - 2))
 
 
 class Publisher:

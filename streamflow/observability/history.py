@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from streamflow import exactjson
-from streamflow.runtime.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent
 from streamflow.transport.base import Record, Transport
 
 log = logging.getLogger("streamflow.history")

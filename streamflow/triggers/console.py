@@ -35,17 +35,18 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from streamflow import exactjson
-from streamflow.connectors.secrets import MASK
 from streamflow.envelope import decode
 from streamflow.errors import ConfigError, PoisonMessageError
-from streamflow.runtime import dlq, history
-from streamflow.runtime.events import ExecutionEvent
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.logs import register_secrets
-from streamflow.runtime.redact import redact
+from streamflow.ingress import FlowIngress
+from streamflow.observability import history
+from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.logs import register_secrets
+from streamflow.observability.redact import redact
+from streamflow.runtime import dlq
 from streamflow.topology.models import Integration, parse_duration
 from streamflow.topology.plan import Plan
 from streamflow.transport.base import Transport
+from streamflow.util.secrets import MASK
 
 READ_TOKEN_ENV = "STREAMFLOW_CONSOLE_TOKEN"
 OPERATOR_TOKEN_ENV = "STREAMFLOW_OPERATOR_TOKEN"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from streamflow.connectors.secrets import MASK
-from streamflow.runtime.logs import mask
+from streamflow.observability.logs import mask
+from streamflow.util.secrets import MASK
 
 SECRET_KEY = re.compile(
     r"pass(word|wd)?$|^pwd$|secret|token|authori[sz]ation|api[-_]?key|credential|"

@@ -36,16 +36,16 @@ from streamflow import exactjson
 from streamflow.connectors.httpclient import safe_url
 from streamflow.connectors.mongodb import poll_documents
 from streamflow.connectors.paginate import Pager, PaginationError
-from streamflow.connectors.secrets import Masker
-from streamflow.connectors.sqldb import Statement, compile_sql, database, to_json_value
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.ingress import FlowIngress
 from streamflow.steps.base import Resources
 from streamflow.topology.expressions import ExpressionEvalError, compile_value
 from streamflow.topology.triggers import PollTrigger
 from streamflow.transport.base import Record, Transport
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.util.secrets import Masker
+from streamflow.util.sqldb import Statement, compile_sql, database, to_json_value
 
 log = logging.getLogger("streamflow.trigger")
 CURSOR = b"cursor"

@@ -18,7 +18,8 @@ from typing import Any
 
 from streamflow import exactjson
 from streamflow.envelope import Envelope, now_ms
-from streamflow.runtime.metrics import EXECUTIONS_ENDED
+from streamflow.errtext import describe
+from streamflow.observability.metrics import EXECUTIONS_ENDED
 
 RUNS = logging.getLogger("streamflow.executions")
 """One INFO line per finished execution (``serve``/``worker`` show INFO of it by default)."""
@@ -55,8 +56,6 @@ class ExecutionEvent:
             return self._without_payload(exc)
 
     def _without_payload(self, exc: Exception) -> bytes:
-        from streamflow.runtime.contain import describe
-
         def clean(text: str) -> str:
             return text.encode("utf-8", "replace").decode("utf-8")
 

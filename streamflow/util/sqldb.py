@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streamflow import exactjson
-from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import Resources
+from streamflow.util.secrets import Masker, safe_dsn
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _NAME_START = re.compile(r"[A-Za-z_]")
@@ -218,7 +218,7 @@ async def database(
     ``PoolSettings`` (MySQL). ConfigError for a scheme not in ``DATABASES``."""
     kind = database_kind(dsn)
     if kind == "mysql":
-        from streamflow.connectors.mysqldb import MysqlDatabase
+        from streamflow.util.mysqldb import MysqlDatabase
 
         async def create_my() -> Database:
             return await MysqlDatabase.connect(dsn, pool_size, masker, pool)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamflow.envelope import Envelope, encode, new_execution_id
-from streamflow.runtime import tracing
-from streamflow.runtime.events import event_for
+from streamflow.observability import tracing
+from streamflow.observability.events import event_for
 from streamflow.topology.expressions import Template, compile_value
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 from streamflow import exactjson
 from streamflow.envelope import Envelope
-from streamflow.runtime.ingest import FlowIngress
+from streamflow.ingress import FlowIngress
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import WebhookTrigger
 

@@ -45,7 +45,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -53,8 +52,8 @@ import orjson
 from streamflow import exactjson
 from streamflow.envelope import Envelope
 from streamflow.errors import FatalError
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.metrics import TRIGGER_FIRINGS
+from streamflow.ingress import FlowIngress
+from streamflow.observability.metrics import TRIGGER_FIRINGS
 from streamflow.topology.plan import COMPACTED, topic_prefix
 from streamflow.transport.base import (
     Consumer,
@@ -84,6 +83,8 @@ class Outgoing:
 class Collector:
     """A Producer that only records what is sent (to send it later, in one batch or
     transaction): ``FlowIngress.send(collector, env)`` gives an envelope's messages."""
+
+    atomic_offsets = False
 
     def __init__(self) -> None:
         self.messages: list[Outgoing] = []
@@ -153,12 +154,7 @@ class TriggerLease:
         self._revoked = False
         self._lock_fd: int | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-lease-{topic}")
-        directory = getattr(transport, "directory", None)
-        self._lock_path = (
-            Path(directory) / "locks" / f"{topic}.lock"
-            if transport.url.startswith("local://") and directory is not None
-            else None
-        )
+        self._lock_path = transport.group_lock(topic)  # the group is named after the topic
 
     async def _call(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)

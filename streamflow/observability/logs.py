@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from streamflow import exactjson
-from streamflow.connectors.secrets import PROCESS
+from streamflow.util.secrets import PROCESS
 
 _masker = PROCESS  # every secret (and derived form) any masker of this process learnt
 CONTEXT_FIELDS = ("integration", "flow", "step", "execution_id", "instance")

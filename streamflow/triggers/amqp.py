@@ -42,15 +42,15 @@ from typing import TYPE_CHECKING, Any
 
 from streamflow import exactjson
 from streamflow.connectors.rabbitmq import RabbitMQTrigger, amqp_value, connect
-from streamflow.connectors.secrets import Masker, safe_dsn
 from streamflow.envelope import new_execution_id
 from streamflow.errors import PoisonMessageError
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.lease import Outgoing, envelope_messages
-from streamflow.runtime.metrics import TRIGGER_FIRINGS
+from streamflow.ingress import FlowIngress
+from streamflow.observability.metrics import TRIGGER_FIRINGS
 from streamflow.runtime.processor import dlq_headers
 from streamflow.topology.expressions import compile_value
 from streamflow.transport.base import Producer, Record, Transport
+from streamflow.triggers.lease import Outgoing, envelope_messages
+from streamflow.util.secrets import Masker, safe_dsn
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage
@@ -241,7 +241,7 @@ class RabbitMQRunner:
         from concurrent.futures import ThreadPoolExecutor
 
         if self.make_producer is None:
-            from streamflow.runtime.publish import gateway_producer
+            from streamflow.triggers.publish import gateway_producer
 
             self.make_producer = gateway_producer
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sf-amqp-{self.flow}")

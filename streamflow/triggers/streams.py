@@ -40,13 +40,13 @@ import orjson
 
 from streamflow import exactjson
 from streamflow.connectors.httpclient import safe_url
-from streamflow.connectors.secrets import Masker
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
-from streamflow.runtime.metrics import TRIGGER_CONNECTED, TRIGGER_RECONNECTS
+from streamflow.ingress import FlowIngress
+from streamflow.observability.metrics import TRIGGER_CONNECTED, TRIGGER_RECONNECTS
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.streams import SseTrigger, WebsocketTrigger
 from streamflow.transport.base import Record, Transport
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.util.secrets import Masker
 
 log = logging.getLogger("streamflow.trigger")
 LAST = b"last"

@@ -23,10 +23,10 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from streamflow import exactjson
-from streamflow.connectors.pools import PoolSettings
-from streamflow.connectors.secrets import Masker, safe_dsn
-from streamflow.connectors.sqldb import Result, Statement
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
+from streamflow.util.pools import PoolSettings
+from streamflow.util.secrets import Masker, safe_dsn
+from streamflow.util.sqldb import Result, Statement
 
 # server errors worth another try: connection/resources/locks/read-only/shutdown
 RETRIABLE_ERRNOS = frozenset({

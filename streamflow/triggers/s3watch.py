@@ -28,11 +28,11 @@ import orjson
 
 from streamflow.connectors.aws import aws_masker, s3_client, s3_failure
 from streamflow.connectors.s3 import S3Trigger, object_facts
-from streamflow.runtime.ingest import FlowIngress
-from streamflow.runtime.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.ingress import FlowIngress
 from streamflow.steps.base import Resources
 from streamflow.topology.expressions import compile_value
 from streamflow.transport.base import Record, Transport
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
 
 log = logging.getLogger("streamflow.trigger")
 OBJECT_PREFIX = b"o:"

@@ -19,8 +19,8 @@ from typing import Any
 
 from streamflow import exactjson
 from streamflow.errors import ConfigError, PoisonMessageError
-from streamflow.runtime.logs import register_secrets
-from streamflow.runtime.vault import Vault, is_sealed
+from streamflow.instances.vault import Vault, is_sealed
+from streamflow.observability.logs import register_secrets
 from streamflow.topology.models import Integration
 from streamflow.topology.values import resolve_config
 from streamflow.transport.base import Consumer, TopicSpec, Transport
@@ -256,7 +256,7 @@ def start_lifecycle_flows(
     """Start every flow triggered by the instance's ``deploy`` or ``remove``; returns the
     execution ids. The payload carries the instance's webhook URLs and its config (secrets
     masked: flows read them through ``${config.…}``)."""
-    from streamflow.runtime.ingest import FlowIngress
+    from streamflow.ingress import FlowIngress
     from streamflow.topology.plan import compile_plan
 
     flows = [f for f in integration.flows.values() if f.trigger.type == kind]
