@@ -120,10 +120,10 @@ def cmd_steps(args: argparse.Namespace) -> int:
     }
     for label, entry in sorted(kinds.items()):
         model = entry.config
-        print(f"{label:<20} {entry.category:<10} {entry.summary}")
+        print(f"{label:<20} {entry.summary}")
         if args.type:
             since = f", since {entry.since}" if entry.since else ""
-            print(f"    ({entry.stability}{since})")
+            print(f"    (category {entry.category}, {entry.stability}{since})")
             for fname, f in model.model_fields.items():
                 if fname == "type":
                     continue

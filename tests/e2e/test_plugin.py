@@ -172,7 +172,7 @@ def test_a_pip_installed_package_adds_a_step_type(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     assert "step shout" in listed.stdout and "Upper-case one text field" in listed.stdout
     detail = _sf("steps", "shout", site=site, cwd=tmp_path)
-    assert "(experimental, since 1.0.0)" in detail.stdout, detail.stdout
+    assert "(category transform, experimental, since 1.0.0)" in detail.stdout, detail.stdout
     assert "field" in detail.stdout
 
     schema_file = tmp_path / "integration.schema.json"
