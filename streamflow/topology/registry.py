@@ -125,7 +125,13 @@ class Kind(Generic[E]):
         self.types.pop(name, None)
 
     def names(self) -> list[str]:
-        return sorted(set(self.types) | set(_entry_points(self.group)))
+        names = sorted(set(self.types) | set(_entry_points(self.group)))
+        if not names:  # run from a source tree that was never installed
+            raise ConfigError(
+                f"no {self.what} types are installed: they are found through the package's "
+                f"entry points ({self.group}); install streamflow (pip install -e .)"
+            )
+        return names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
