@@ -67,7 +67,7 @@ from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, ExpressionEvalError, compile_value
 from streamflow.topology.exprxml import XmlError, parse_xml, render_xml
-from streamflow.topology.models import Duration, Secret
+from streamflow.topology.models import Duration, ReadsOwnResult, Secret
 from streamflow.topology.registry import step_type
 
 __all__ = ["HttpAuth", "HttpConfig", "HttpStep", "ResponseCache"]
@@ -135,13 +135,12 @@ class HttpConfig(ConnectedStep):
     rate_limit: RateLimit | None = Field(
         None, description="{requests, per, store: memory|redis, connection}: wait for a slot"
     )
-    paginate: Paginate | None = Field(
+    paginate: Annotated[Paginate | None, ReadsOwnResult] = Field(
         None,
         description="read every page: style link (Link header), next (URL), cursor, page, "
         "offset; items, max_pages; the result is {status, headers, items, pages, complete}",
     )
     expression_roots: ClassVar[frozenset[str]] = frozenset({"item", "response"})
-    self_reference_fields: ClassVar[frozenset[str]] = frozenset({"paginate"})
 
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 

@@ -33,6 +33,7 @@ from streamflow.topology.models import (
     Integration,
     IntegrationDoc,
     NestedSteps,
+    ReadsOwnResult,
     Route,
     Secret,
     StepConfig,
@@ -200,7 +201,7 @@ class _Validator:
                 nested=marked(model, NestedSteps),
                 bare=marked(model, Expression),
                 roots=expressions.ROOTS | getattr(cfg, "expression_roots", frozenset()),
-                own=(cfg.id, getattr(cfg, "self_reference_fields", frozenset())),
+                own=(cfg.id, marked(model, ReadsOwnResult)),
             )
             node = StepNode(cfg, None, (), spath)
             nodes[cfg.id] = node

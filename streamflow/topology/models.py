@@ -59,10 +59,15 @@ class NestedSteps:
     validated as steps of the same flow."""
 
 
+class ReadsOwnResult:
+    """Field marker: the field's expressions may read the step's own result,
+    ``steps.<its id>`` (an http step's ``paginate`` reads the page just fetched)."""
+
+
 @functools.cache
 def marked(model: type[BaseModel], marker: type) -> frozenset[str]:
     """The keys (as written in YAML: alias or name) of ``model``'s fields marked with
-    ``marker`` (``Secret``, ``Expression`` or ``NestedSteps``)."""
+    ``marker`` (``Secret``, ``Expression``, ``NestedSteps`` or ``ReadsOwnResult``)."""
     return frozenset(
         f.alias or name for name, f in model.model_fields.items() if marker in f.metadata
     )

@@ -14,7 +14,14 @@ import pytest
 
 from streamflow.errors import ConfigError
 from streamflow.topology import registry
-from streamflow.topology.models import Expression, NestedSteps, Secret, StepConfig, marked
+from streamflow.topology.models import (
+    Expression,
+    NestedSteps,
+    ReadsOwnResult,
+    Secret,
+    StepConfig,
+    marked,
+)
 from streamflow.topology.registry import (
     CONNECTIONS,
     STEPS,
@@ -154,6 +161,7 @@ def test_unknown_and_odd_names_are_none() -> None:
 def test_field_markers() -> None:
     load_all()
     assert marked(STEPS["http"].config, Secret) == {"auth", "headers", "query"}
+    assert marked(STEPS["http"].config, ReadsOwnResult) == {"paginate"}
     assert marked(STEPS["filter"].config, Expression) == {"when"}
     assert marked(STEPS["branch"].config, NestedSteps) == {"routes", "default"}
     assert marked(STEPS["transform"].config, Secret) == frozenset()
