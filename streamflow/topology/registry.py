@@ -50,7 +50,6 @@ from streamflow.topology.models import (
 
 Stability = Literal["stable", "beta", "experimental", "deprecated"]
 
-S = TypeVar("S", bound=type[StepConfig])
 T = TypeVar("T", bound=type[TriggerConfig])
 C = TypeVar("C", bound=type[ConnectionConfig])
 F = TypeVar("F", bound=Callable[..., Any])
