@@ -32,7 +32,7 @@ from streamflow.topology.jsonschema import integration_schema
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
-from streamflow.topology.registry import STEPS, TRIGGERS, load_builtins
+from streamflow.topology.registry import STEPS, TRIGGERS, TypeInfo
 from streamflow.topology.values import parse_assignments, read_config_file
 from streamflow.transport import open_transport
 from streamflow.triggers.console import ConsoleConfig
@@ -119,21 +119,19 @@ def cmd_steps(args: argparse.Namespace) -> int:
     if args.markdown:
         print(reference_markdown(), end="")
         return 0
-    load_builtins()
     known = {*STEPS, *TRIGGERS}
     if args.type and args.type not in known:
         raise ConfigError(unknown_name("step or trigger type", args.type, known))
-    kinds: dict[str, Any] = {
-        **{f"step {k}": v.config for k, v in STEPS.items()},
-        **{f"trigger {k}": v for k, v in TRIGGERS.items()},
+    kinds: dict[str, TypeInfo] = {
+        **{f"step {k}": STEPS[k] for k in STEPS if k == args.type or not args.type},
+        **{f"trigger {k}": TRIGGERS[k] for k in TRIGGERS if k == args.type or not args.type},
     }
-    for label, model in sorted(kinds.items()):
-        name = label.split()[1]
-        if args.type and name != args.type:
-            continue
-        doc = summary_line(model.__doc__)
-        print(f"{label:<20} {doc}")
+    for label, entry in sorted(kinds.items()):
+        model = entry.config
+        print(f"{label:<20} {entry.summary}")
         if args.type:
+            since = f", since {entry.since}" if entry.since else ""
+            print(f"    (category {entry.category}, {entry.stability}{since})")
             for fname, f in model.model_fields.items():
                 if fname == "type":
                     continue
@@ -145,12 +143,6 @@ def cmd_steps(args: argparse.Namespace) -> int:
                 desc = f" — {f.description}" if f.description else ""
                 print(f"    {f.alias or fname:<18} {req}{desc}")
     return 0
-
-
-def summary_line(doc: str | None) -> str:
-    """The first sentence-complete paragraph of a docstring, on one line."""
-    first = (doc or "").strip().split("\n\n")[0]
-    return " ".join(line.strip() for line in first.splitlines())
 
 
 def schema_texts() -> dict[str, str]:

@@ -17,9 +17,8 @@ import asyncio
 import base64
 import math
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import orjson
 from pydantic import Field, model_validator
 
@@ -27,6 +26,9 @@ from streamflow.errors import RetriableError
 from streamflow.steps.base import Resources
 from streamflow.topology.models import Duration, Model
 from streamflow.util.secrets import Masker
+
+if TYPE_CHECKING:  # the models load with a topology; aiohttp only when a token is fetched
+    import aiohttp
 
 AUTH_SECRETS = (
     "token", "password", "value", "client_secret", "refresh_token",
@@ -139,6 +141,8 @@ class TokenSource:
             self._token = None
 
     async def _fetch(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        import aiohttp
+
         form: dict[str, str] = {"grant_type": self.grant}
         if self.grant == "refresh_token":
             form["refresh_token"] = str(self.refresh_token)

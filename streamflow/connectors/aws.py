@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
 from streamflow.errors import PoisonMessageError, RetriableError, StreamFlowError
 from streamflow.steps.base import Resources
-from streamflow.topology.models import ConnectionConfig, Duration, Model
-from streamflow.topology.registry import connection_config
+from streamflow.topology.models import ConnectionConfig, Duration, Model, Secret, marked
+from streamflow.topology.registry import connection_type
 from streamflow.util.secrets import Masker
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-AWS_SECRETS = ("access_key_id", "secret_access_key", "session_token")
 RETRIABLE_CODES = frozenset(
     {
         "SlowDown",
@@ -57,21 +56,24 @@ class AwsSettings(Model):
         None, description="S3-compatible store, e.g. http://127.0.0.1:9000 (default: AWS)"
     )
     region: str | None = Field(None, description="e.g. eu-west-1 (default: us-east-1)")
-    access_key_id: str | None = Field(None, description="default: the AWS SDK's chain")
-    secret_access_key: str | None = None
-    session_token: str | None = Field(None, description="temporary credentials (STS)")
+    access_key_id: Annotated[str | None, Secret] = Field(
+        None, description="default: the AWS SDK's chain"
+    )
+    secret_access_key: Annotated[str | None, Secret] = None
+    session_token: Annotated[str | None, Secret] = Field(
+        None, description="temporary credentials (STS)"
+    )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="path: http://host/bucket/key (most S3-compatible stores)"
     )
 
 
-@connection_config("s3")
+@connection_type("s3", category="storage", since="0.1.0")
 class S3Connection(ConnectionConfig, AwsSettings):
     """AWS S3 or an S3-compatible store: endpoint, region, credentials; for `s3` steps and triggers."""  # noqa: E501
 
     type: Literal["s3"]
     timeout: Duration | None = Field(None, description="connect and read timeout (default 60s)")
-    secret_fields: ClassVar[frozenset[str]] = frozenset(AWS_SECRETS)
 
 
 S3_FIELDS = ("endpoint_url", "region", "access_key_id", "secret_access_key", "session_token")
@@ -170,7 +172,7 @@ def s3_failure(exc: BaseException, what: str, masker: Masker) -> StreamFlowError
 
 
 def aws_masker(settings: Mapping[str, Any]) -> Masker:
-    return Masker(str(settings[k]) for k in AWS_SECRETS if settings.get(k))
+    return Masker(str(settings[k]) for k in marked(AwsSettings, Secret) if settings.get(k))
 
 
 # --------------------------------------------------------------------------- SigV4

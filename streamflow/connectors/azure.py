@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qsl
 
 from pydantic import Field, ValidationInfo, model_validator
@@ -51,11 +51,13 @@ from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError, StreamFlowError
 from streamflow.steps.base import Outcome, Resources, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import ConnectionConfig, Duration, Model
-from streamflow.topology.registry import connection_config, step_config, step_factory
+from streamflow.topology.models import ConnectionConfig, Duration, Model, Secret, marked
+from streamflow.topology.registry import (
+    connection_type,
+    step_type,
+)
 from streamflow.util.secrets import Masker
 
-AZURE_SECRETS = ("connection_string", "account_key", "sas_token")
 _SETTINGS = ("connection_string", "account_url", "account_name", "account_key", "sas_token")
 _KINDS = ("azure_blob",)
 
@@ -63,15 +65,19 @@ _KINDS = ("azure_blob",)
 class AzureSettings(Model):
     """Where a Blob Storage account is and how to authenticate to it."""
 
-    connection_string: str | None = Field(
+    connection_string: Annotated[str | None, Secret] = Field(
         None, description="DefaultEndpointsProtocol=...;AccountName=...;AccountKey=...;"
     )
     account_url: str | None = Field(
         None, description="e.g. https://<account>.blob.core.windows.net (with a key or SAS)"
     )
     account_name: str | None = Field(None, description="shared key: the account's name")
-    account_key: str | None = Field(None, description="shared key: the account key")
-    sas_token: str | None = Field(None, description="a shared access signature (sv=...&sig=...)")
+    account_key: Annotated[str | None, Secret] = Field(
+        None, description="shared key: the account key"
+    )
+    sas_token: Annotated[str | None, Secret] = Field(
+        None, description="a shared access signature (sv=...&sig=...)"
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> Any:
@@ -84,13 +90,12 @@ class AzureSettings(Model):
         return self
 
 
-@connection_config("azure_blob")
+@connection_type("azure_blob", category="storage", since="0.1.0")
 class AzureBlobConnection(ConnectionConfig, AzureSettings):
     """An Azure Blob Storage account (or Azurite): connection string, or URL with key or SAS; for `azure_blob` steps."""  # noqa: E501
 
     type: Literal["azure_blob"]
     timeout: Duration | None = Field(None, description="connect and read timeout (default 60s)")
-    secret_fields: ClassVar[frozenset[str]] = frozenset(AZURE_SECRETS)
 
 
 def azure_fields(conn: ConnectionConfig) -> dict[str, Any]:
@@ -98,7 +103,6 @@ def azure_fields(conn: ConnectionConfig) -> dict[str, Any]:
     return {**{k: getattr(conn, k) for k in _SETTINGS}, "timeout": conn.timeout}
 
 
-@step_config("azure_blob")
 class AzureBlobConfig(ConnectedStep, AzureSettings, ObjectFields):
     """Get, put, list or delete blobs in Azure Blob Storage (or Azurite)."""
 
@@ -118,15 +122,6 @@ class AzureBlobConfig(ConnectedStep, AzureSettings, ObjectFields):
     )
     timeout: Duration = Field(60.0, description="connect and read timeout per request")
     replace_payload: bool = Field(False, description="the body (get) or result is the payload")
-    secret_fields: ClassVar[frozenset[str]] = frozenset(AZURE_SECRETS)
-    example: ClassVar[str] = """- id: archive
-  type: azure_blob
-  connection_string: ${config.lake_connection_string}   # or connection: <name>
-  operation: put
-  container: exports
-  blob: orders/${payload.id}.json
-  content: ${payload}
-  metadata: {source: streamflow}"""
 
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
@@ -221,7 +216,7 @@ def azure_client(
 def azure_masker(settings: Mapping[str, Any]) -> Masker:
     """The secrets of these settings, and their parts that a message may quote alone: the
     AccountKey and SharedAccessSignature of a connection string, the sig of a SAS."""
-    masker = Masker(str(settings[k]) for k in AZURE_SECRETS if settings.get(k))
+    masker = Masker(str(settings[k]) for k in marked(AzureSettings, Secret) if settings.get(k))
     for part in str(settings.get("connection_string") or "").split(";"):
         name, _, value = part.partition("=")
         if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
@@ -249,6 +244,20 @@ def _facts(container: str, name: str, props: Any) -> dict[str, Any]:
     }
 
 
+@step_type(
+    "azure_blob",
+    AzureBlobConfig,
+    category="storage",
+    since="0.1.0",
+    example="""- id: archive
+  type: azure_blob
+  connection_string: ${config.lake_connection_string}   # or connection: <name>
+  operation: put
+  container: exports
+  blob: orders/${payload.id}.json
+  content: ${payload}
+  metadata: {source: streamflow}""",
+)
 class AzureBlobStep(ObjectStep):
     cfg: AzureBlobConfig
 
@@ -385,8 +394,3 @@ def _same() -> Any:
     from azure.core import MatchConditions
 
     return MatchConditions.IfNotModified
-
-
-@step_factory("azure_blob")
-def _azure_blob(config: AzureBlobConfig, ctx: StepContext) -> AzureBlobStep:
-    return AzureBlobStep(config, ctx)

@@ -21,7 +21,7 @@ import importlib
 import inspect
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -31,13 +31,12 @@ from streamflow.errors import ConfigError, PoisonMessageError, RetriableError, S
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration, StepConfig
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.registry import step_type
 
 _FUNCTION = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 POISON = (ValueError, TypeError, KeyError)
 
 
-@step_config("code")
 class CodeConfig(StepConfig):
     """Call a Python function `module:function(payload, context)`; it returns the payload."""
 
@@ -55,11 +54,6 @@ class CodeConfig(StepConfig):
         True, description="the return value becomes the payload (else it goes to steps.<id>)"
     )
     timeout: Duration | None = Field(None, description="async functions: cancel after this")
-    example: ClassVar[str] = """- id: normalize
-  type: code
-  function: transforms:normalize_customer   # transforms.py beside the topology
-  options: {country: "${config.default_country}"}
-  timeout: 5s"""
 
     @field_validator("path", mode="after")
     @classmethod
@@ -78,8 +72,7 @@ def load_function(spec: str, path: list[str]) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ConfigError(
-            f"cannot import {module_name!r} ({exc}); searched {', '.join(path)} "
-            "first"
+            f"cannot import {module_name!r} ({exc}); searched {', '.join(path)} first"
         ) from None
     except Exception as exc:
         raise ConfigError(
@@ -91,6 +84,17 @@ def load_function(spec: str, path: list[str]) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+@step_type(
+    "code",
+    CodeConfig,
+    category="transform",
+    since="0.1.0",
+    example="""- id: normalize
+  type: code
+  function: transforms:normalize_customer   # transforms.py beside the topology
+  options: {country: "${config.default_country}"}
+  timeout: 5s""",
+)
 class CodeStep(AsyncStep):
     def __init__(self, config: CodeConfig, ctx: StepContext) -> None:
         self.cfg = config
@@ -138,8 +142,3 @@ class CodeStep(AsyncStep):
         if self.cfg.replace_payload:
             return Outcome(value, None)
         return Outcome(env.payload, value)
-
-
-@step_factory("code")
-def _code(config: CodeConfig, ctx: StepContext) -> CodeStep:
-    return CodeStep(config, ctx)

@@ -19,7 +19,7 @@ A step's ``connection: <name>`` fills the fields the step leaves unset from the 
 loader hands step models a context ``{"directory", "connections"}``, and the step models
 call ``fill_from_connection`` (a before-validator) and ``check_connection`` (for the error
 message, pointed at the step's ``connection`` key). Connection fields may use secret config
-variables where their model's ``secret_fields`` allow; their expressions may read only
+variables in fields marked ``Secret``; their expressions may read only
 ``config`` and ``env`` (a connection is not per event).
 """
 
@@ -27,55 +27,60 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from streamflow.connectors.auth import HttpAuth
-from streamflow.topology.models import ConnectionConfig, Duration, StepConfig
-from streamflow.topology.registry import connection_config
+from streamflow.topology.models import ConnectionConfig, Duration, Secret, StepConfig
+from streamflow.topology.registry import connection_type
 from streamflow.util.pools import PoolSettings
 
 
-@connection_config("http")
+@connection_type("http", category="http", since="0.1.0")
 class HttpConnection(ConnectionConfig):
     """An HTTP API: base URL, auth, default headers; for `http` and `graphql` steps."""
 
     type: Literal["http"]
     base_url: str = Field(description="prefix of relative step URLs, e.g. ${config.crm_url}")
-    auth: HttpAuth | None = Field(None, description="as the http step's auth (oauth2 included)")
-    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
+    auth: Annotated[HttpAuth | None, Secret] = Field(
+        None, description="as the http step's auth (oauth2 included)"
+    )
+    headers: Annotated[dict[str, str], Secret] = Field(
+        default_factory=dict, description="sent with every request"
+    )
     timeout: Duration | None = Field(None, description="default request timeout")
     pool_size: int | None = Field(
         None, ge=1, le=10_000, description="at most this many requests in flight (per App)"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"auth", "headers"})
 
 
-@connection_config("postgres")
+@connection_type("postgres", category="database", since="0.1.0")
 class PostgresConnection(ConnectionConfig):
     """A PostgreSQL database (asyncpg pool); for `sql` steps."""
 
     type: Literal["postgres"]
-    dsn: str = Field(description="postgresql://user:password@host:port/db, e.g. ${config.db_dsn}")
+    dsn: Annotated[str, Secret] = Field(
+        description="postgresql://user:password@host:port/db, e.g. ${config.db_dsn}"
+    )
     pool_size: int | None = Field(None, ge=1, le=1000, description="pool connections (default 10)")
     timeout: Duration | None = None
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"dsn"})
 
 
-@connection_config("mysql")
+@connection_type("mysql", category="database", since="0.1.0")
 class MysqlConnection(ConnectionConfig):
     """A MySQL or MariaDB database (asyncmy pool); for `sql` steps and SQL poll triggers."""
 
     type: Literal["mysql"]
-    dsn: str = Field(description="mysql://user:password@host:3306/db, e.g. ${config.mysql_dsn}")
+    dsn: Annotated[str, Secret] = Field(
+        description="mysql://user:password@host:3306/db, e.g. ${config.mysql_dsn}"
+    )
     pool_size: int | None = Field(None, ge=1, le=1000, description="pool connections (default 10)")
     pool: PoolSettings | None = Field(
         None, description="min_size, max_size, idle_timeout, acquire_timeout, keepalive"
     )
     timeout: Duration | None = None
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"dsn"})
 
     @field_validator("dsn")
     @classmethod
@@ -86,26 +91,27 @@ class MysqlConnection(ConnectionConfig):
         return v
 
 
-@connection_config("redis")
+@connection_type("redis", category="cache", since="0.1.0")
 class RedisConnection(ConnectionConfig):
     """A Redis server (redis-py asyncio pool); for response caches, `dedupe` and shared
     rate limits (`store: redis`)."""
 
     type: Literal["redis"]
-    url: str = Field(
+    url: Annotated[str, Secret] = Field(
         description="redis://[:password@]host:6379/0 (rediss:// for TLS), e.g. ${config.redis}"
     )
-    username: str | None = Field(None, description="ACL user (Redis 6+)")
-    password: str | None = Field(None, description="AUTH password (overrides the URL's)")
+    username: Annotated[str | None, Secret] = Field(None, description="ACL user (Redis 6+)")
+    password: Annotated[str | None, Secret] = Field(
+        None, description="AUTH password (overrides the URL's)"
+    )
     prefix: str = Field("sf:", description="every key this connection writes starts with this")
     timeout: Duration = Field(5.0, description="connect and per-command timeout")
     pool: PoolSettings | None = Field(
         None, description="max_size, idle_timeout (health check), acquire_timeout, keepalive"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"url", "username", "password"})
 
 
-@connection_config("sqlite")
+@connection_type("sqlite", category="database", since="0.1.0")
 class SqliteConnection(ConnectionConfig):
     """An SQLite database file; for `sql` steps."""
 
@@ -114,7 +120,7 @@ class SqliteConnection(ConnectionConfig):
     timeout: Duration | None = None
 
 
-@connection_config("smtp")
+@connection_type("smtp", category="messaging", since="0.1.0")
 class SmtpConnection(ConnectionConfig):
     """An SMTP server; for `email` steps."""
 
@@ -122,11 +128,10 @@ class SmtpConnection(ConnectionConfig):
     host: str
     port: int | str | None = Field(None, description="default 587, 465 for tls, 25; a template")
     security: Literal["starttls", "tls", "none"] | None = None
-    username: str | None = None
-    password: str | None = None
+    username: Annotated[str | None, Secret] = None
+    password: Annotated[str | None, Secret] = None
     from_: str | None = Field(None, alias="from", description="default sender")
     timeout: Duration | None = None
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"username", "password"})
 
 
 def context_directory(info: ValidationInfo) -> Path:

@@ -11,7 +11,7 @@ is the App's memory (one process) or Redis (``store: redis``, every worker).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -21,24 +21,29 @@ from streamflow.errors import PoisonMessageError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration, StepConfig
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.registry import step_type
 from streamflow.util.secrets import Masker
 
 
-@step_config("dedupe")
 class DedupeConfig(StepConfig, StoreOptions):
     """Let an event through once per key within ttl; another execution with it is filtered."""
 
     type: Literal["dedupe"]
     key: str = Field(description="template naming the event, e.g. ${payload.order_id}")
     ttl: Duration = Field(DAY, description="how long a key is remembered, e.g. 24h")
-    example: ClassVar[str] = """- id: once
+
+
+@step_type(
+    "dedupe",
+    DedupeConfig,
+    category="routing",
+    since="0.1.0",
+    example="""- id: once
   type: dedupe
   key: ${payload.order_id}
   ttl: 24h
-  store: memory              # or redis, with connection: <a redis connection>"""
-
-
+  store: memory              # or redis, with connection: <a redis connection>""",
+)
 class DedupeStep(AsyncStep):
     def __init__(self, config: DedupeConfig, ctx: StepContext) -> None:
         self.cfg = config
@@ -64,8 +69,3 @@ class DedupeStep(AsyncStep):
             return Outcome(env.payload, {"duplicate": False, "key": str(value)}, note="first")
         result = {"duplicate": True, "key": str(value), "first_execution": owner.decode()}
         return Outcome(env.payload, result, filtered=True, goto=None, note="duplicate")
-
-
-@step_factory("dedupe")
-def _dedupe(config: DedupeConfig, ctx: StepContext) -> DedupeStep:
-    return DedupeStep(config, ctx)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import aiosmtplib
 from pydantic import Field, ValidationInfo, model_validator
@@ -26,15 +26,14 @@ from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import Duration
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.models import Duration, Secret
+from streamflow.topology.registry import step_type
 from streamflow.util.secrets import Masker
 
 _KINDS = ("smtp",)
 _DEFAULT_PORT = {"starttls": 587, "tls": 465, "none": 25}
 
 
-@step_config("email")
 class EmailConfig(ConnectedStep):
     """Send an email over SMTP (STARTTLS, TLS or plain; optional login)."""
 
@@ -45,8 +44,10 @@ class EmailConfig(ConnectedStep):
         None, description="default 587, 465 (tls), 25 (none); may be a template"
     )
     security: Literal["starttls", "tls", "none"] = "starttls"
-    username: str | None = Field(None, description="login user (omit for no AUTH)")
-    password: str | None = None
+    username: Annotated[str | None, Secret] = Field(
+        None, description="login user (omit for no AUTH)"
+    )
+    password: Annotated[str | None, Secret] = None
     ca_file: str | None = Field(None, description="PEM file of CAs to trust (default: system's)")
     verify: bool = Field(True, description="verify the server's TLS certificate")
     from_: str | None = Field(None, alias="from", description="sender, e.g. 'Bot <bot@x.io>'")
@@ -59,20 +60,6 @@ class EmailConfig(ConnectedStep):
     html: str | None = Field(None, description="HTML body (a template)")
     headers: dict[str, str] = Field(default_factory=dict, description="extra headers")
     timeout: Duration = Field(30.0, description="connect, and each SMTP command")
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"username", "password"})
-    example: ClassVar[str] = """- id: notify
-  type: email
-  host: ${config.smtp_host}
-  port: 587
-  security: starttls
-  username: ${config.smtp_user}
-  password: ${config.smtp_password}
-  from: "StreamFlow <bot@example.com>"
-  to: ${payload.email}
-  bcc: [audit@example.com]
-  subject: "Welcome, ${payload.first_name}"
-  text: "Hello ${payload.first_name}, your account ${payload.id} is ready."
-  html: "<p>Hello <b>${payload.first_name}</b>, your account is ready.</p>\""""
 
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
@@ -112,6 +99,25 @@ def addresses(value: Any) -> list[str]:
     return out
 
 
+@step_type(
+    "email",
+    EmailConfig,
+    category="messaging",
+    since="0.1.0",
+    example="""- id: notify
+  type: email
+  host: ${config.smtp_host}
+  port: 587
+  security: starttls
+  username: ${config.smtp_user}
+  password: ${config.smtp_password}
+  from: "StreamFlow <bot@example.com>"
+  to: ${payload.email}
+  bcc: [audit@example.com]
+  subject: "Welcome, ${payload.first_name}"
+  text: "Hello ${payload.first_name}, your account ${payload.id} is ready."
+  html: "<p>Hello <b>${payload.first_name}</b>, your account is ready.</p>\"""",
+)
 class EmailStep(AsyncStep):
     def __init__(self, config: EmailConfig, ctx: StepContext) -> None:
         self.cfg = config
@@ -172,9 +178,7 @@ class EmailStep(AsyncStep):
         try:
             port = int(v["port"] or _DEFAULT_PORT[self.cfg.security])
         except (TypeError, ValueError):
-            raise PoisonMessageError(
-                f"port {v['port']!r} is not a number"
-            ) from None
+            raise PoisonMessageError(f"port {v['port']!r} is not a number") from None
         where = f"smtp {host}:{port}"
         try:
             errors, _ = await aiosmtplib.send(
@@ -209,8 +213,3 @@ class EmailStep(AsyncStep):
             "refused": sorted(errors),
         }
         return Outcome(env.payload, result, note=f"sent to {result['accepted']}")
-
-
-@step_factory("email")
-def _email(config: EmailConfig, ctx: StepContext) -> EmailStep:
-    return EmailStep(config, ctx)

@@ -22,7 +22,7 @@ import fnmatch
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -33,12 +33,11 @@ from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import StepConfig
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.registry import step_type
 
 MAX_SCANNED = 1_000_000  # entries looked at in one listing, at most
 
 
-@step_config("file_list")
 class FileListConfig(StepConfig):
     """List the files of a folder (pattern, recursive, sort, limit)."""
 
@@ -59,14 +58,6 @@ class FileListConfig(StepConfig):
         "written before the first ${payload/steps/trigger/meta...} of path",
     )
     replace_payload: bool = Field(True, description="the list becomes the payload")
-    example: ClassVar[str] = """- id: todo
-  type: file_list
-  path: inbox/${payload.customer}
-  pattern: "*.xlsx"
-  recursive: true
-  sort: modified
-  descending: true
-  limit: 10"""
 
     @field_validator("base_dir", mode="after")
     @classmethod
@@ -75,6 +66,20 @@ class FileListConfig(StepConfig):
         return str(directory if v is None else directory / v)
 
 
+@step_type(
+    "file_list",
+    FileListConfig,
+    category="storage",
+    since="0.1.0",
+    example="""- id: todo
+  type: file_list
+  path: inbox/${payload.customer}
+  pattern: "*.xlsx"
+  recursive: true
+  sort: modified
+  descending: true
+  limit: 10""",
+)
 class FileListStep(AsyncStep):
     def __init__(self, config: FileListConfig, ctx: StepContext) -> None:
         self.cfg = config
@@ -149,8 +154,3 @@ class FileListStep(AsyncStep):
 
 def _raise(exc: OSError) -> None:
     raise exc
-
-
-@step_factory("file_list")
-def _file_list(config: FileListConfig, ctx: StepContext) -> FileListStep:
-    return FileListStep(config, ctx)

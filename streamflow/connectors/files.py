@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, Literal, cast
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -43,7 +43,7 @@ from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Integration, Model, StepConfig
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.registry import step_type
 
 Format = Literal["json", "ndjson", "csv"]
 _EXTENSIONS: dict[str, Format] = {
@@ -199,7 +199,6 @@ class _FileStep(AsyncStep):
 # --------------------------------------------------------------------------- read
 
 
-@step_config("file_read")
 class FileReadConfig(_FileConfig):
     """Read a JSON, NDJSON, CSV, XLSX or XML file; its records become the payload."""
 
@@ -223,14 +222,20 @@ class FileReadConfig(_FileConfig):
     replace_payload: bool = Field(
         True, description="the records become the payload (else they go into steps.<id>)"
     )
-    example: ClassVar[str] = """- id: read
+
+
+@step_type(
+    "file_read",
+    FileReadConfig,
+    category="storage",
+    since="0.1.0",
+    example="""- id: read
   type: file_read
   path: ${payload.file}          # relative to the topology's folder
   format: csv
   csv: {delimiter: ";", header: true, empty_as_null: true}
-  chunk_size: 500                # payload.chunks: lists of up to 500 records"""
-
-
+  chunk_size: 500                # payload.chunks: lists of up to 500 records""",
+)
 class FileReadStep(_FileStep):
     def __init__(self, config: FileReadConfig, ctx: StepContext) -> None:
         super().__init__(config, ctx)
@@ -303,15 +308,9 @@ class FileReadStep(_FileStep):
         return out
 
 
-@step_factory("file_read")
-def _file_read(config: FileReadConfig, ctx: StepContext) -> FileReadStep:
-    return FileReadStep(config, ctx)
-
-
 # --------------------------------------------------------------------------- write
 
 
-@step_config("file_write")
 class FileWriteConfig(_FileConfig):
     """Write records to a JSON, NDJSON or CSV file (atomic; no overwrite unless asked)."""
 
@@ -322,14 +321,6 @@ class FileWriteConfig(_FileConfig):
     backup: bool = Field(False, description="keep the replaced file as <name>.bak")
     create_dirs: bool = Field(True, description="create missing folders")
     pretty: bool = Field(False, description="JSON: indented")
-    example: ClassVar[str] = """- id: export
-  type: file_write
-  path: exports/customers-${meta.execution_id}.csv
-  format: csv
-  content: ${payload.records}
-  csv: {columns: [id, email, name]}
-  overwrite: true
-  backup: true"""
 
     @model_validator(mode="after")
     def _append(self) -> FileWriteConfig:
@@ -338,6 +329,20 @@ class FileWriteConfig(_FileConfig):
         return self
 
 
+@step_type(
+    "file_write",
+    FileWriteConfig,
+    category="storage",
+    since="0.1.0",
+    example="""- id: export
+  type: file_write
+  path: exports/customers-${meta.execution_id}.csv
+  format: csv
+  content: ${payload.records}
+  csv: {columns: [id, email, name]}
+  overwrite: true
+  backup: true""",
+)
 class FileWriteStep(_FileStep):
     def __init__(self, config: FileWriteConfig, ctx: StepContext) -> None:
         super().__init__(config, ctx)
@@ -451,8 +456,3 @@ def _cell(value: Any) -> Any:
 
 def _result(path: Path, action: str, data: bytes, count: int) -> dict[str, Any]:
     return {"file": str(path), "action": action, "bytes": len(data), "records": count}
-
-
-@step_factory("file_write")
-def _file_write(config: FileWriteConfig, ctx: StepContext) -> FileWriteStep:
-    return FileWriteStep(config, ctx)

@@ -16,7 +16,7 @@ does ``rate_limit`` (each page waits for its slot).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
@@ -30,8 +30,8 @@ from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, compile_value
-from streamflow.topology.models import Duration, Model
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.models import Duration, Model, Secret
+from streamflow.topology.registry import step_type
 
 _KINDS = ("http",)
 _MAX_ERROR_TEXT = 1000
@@ -53,7 +53,6 @@ class CursorPaginate(Model):
     max_pages: int = Field(100, ge=1, le=100_000, description="stop after this many pages")
 
 
-@step_config("graphql")
 class GraphqlConfig(ConnectedStep):
     """Send a GraphQL query or mutation; `errors` in the answer fail the event."""
 
@@ -64,8 +63,8 @@ class GraphqlConfig(ConnectedStep):
     query: str = Field(description="the GraphQL document")
     operation_name: str | None = None
     variables: dict[str, Any] = Field(default_factory=dict, description="variable templates")
-    headers: dict[str, str] = Field(default_factory=dict)
-    auth: HttpAuth | None = Field(None, description="as for the http step")
+    headers: Annotated[dict[str, str], Secret] = Field(default_factory=dict)
+    auth: Annotated[HttpAuth | None, Secret] = Field(None, description="as for the http step")
     timeout: Duration = 30.0
     retry_on: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     paginate: CursorPaginate | None = Field(None, description="follow a cursor connection")
@@ -74,25 +73,6 @@ class GraphqlConfig(ConnectedStep):
     rate_limit: RateLimit | None = Field(
         None, description="{requests, per, store: memory|redis, connection}: wait for a slot"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"auth", "headers"})
-    example: ClassVar[str] = """- id: orders
-  type: graphql
-  url: ${config.shop_url}/graphql
-  auth: {type: bearer, token: "${config.shop_token}"}
-  query: |
-    query Orders($customer: ID!, $after: String) {
-      orders(customer: $customer, first: 50, after: $after) {
-        nodes { id total }
-        pageInfo { endCursor hasNextPage }
-      }
-    }
-  variables: {customer: "${payload.customer_id}"}
-  paginate:
-    path: data.orders.nodes
-    cursor: data.orders.pageInfo.endCursor
-    has_next: data.orders.pageInfo.hasNextPage
-    variable: after
-    max_pages: 20"""
 
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
@@ -107,7 +87,7 @@ class GraphqlConfig(ConnectedStep):
         if "${" in self.query:  # the document is sent as written, like sql's query:
             raise ValueError(
                 "query: ${...} is not rendered in the GraphQL document; declare a variable "
-                "($name in the query) and give variables: {name: \"${payload...}\"}"
+                '($name in the query) and give variables: {name: "${payload...}"}'
             )
         return self
 
@@ -124,6 +104,30 @@ def dig(doc: Any, path: str) -> Any:
     return doc
 
 
+@step_type(
+    "graphql",
+    GraphqlConfig,
+    category="http",
+    since="0.1.0",
+    example="""- id: orders
+  type: graphql
+  url: ${config.shop_url}/graphql
+  auth: {type: bearer, token: "${config.shop_token}"}
+  query: |
+    query Orders($customer: ID!, $after: String) {
+      orders(customer: $customer, first: 50, after: $after) {
+        nodes { id total }
+        pageInfo { endCursor hasNextPage }
+      }
+    }
+  variables: {customer: "${payload.customer_id}"}
+  paginate:
+    path: data.orders.nodes
+    cursor: data.orders.pageInfo.endCursor
+    has_next: data.orders.pageInfo.hasNextPage
+    variable: after
+    max_pages: 20""",
+)
 class GraphqlStep(AsyncStep):
     def __init__(self, config: GraphqlConfig, ctx: StepContext) -> None:
         self.cfg = config
@@ -208,8 +212,3 @@ class GraphqlStep(AsyncStep):
                 self.caller.mask(f"{where} answered {resp.status} without GraphQL data")
             )
         return resp.status, body
-
-
-@step_factory("graphql")
-def _graphql(config: GraphqlConfig, ctx: StepContext) -> GraphqlStep:
-    return GraphqlStep(config, ctx)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
@@ -67,8 +67,8 @@ from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, ExpressionEvalError, compile_value
 from streamflow.topology.exprxml import XmlError, parse_xml, render_xml
-from streamflow.topology.models import Duration
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.models import Duration, ReadsOwnResult, Secret
+from streamflow.topology.registry import step_type
 
 __all__ = ["HttpAuth", "HttpConfig", "HttpStep", "ResponseCache"]
 
@@ -77,7 +77,6 @@ DEFAULT_RETRY_ON = (408, 425, 429, *range(500, 600))
 _KINDS = ("http",)
 
 
-@step_config("http")
 class HttpConfig(ConnectedStep):
     """Call an HTTP endpoint; the response is stored as steps.<id>."""
 
@@ -86,8 +85,12 @@ class HttpConfig(ConnectedStep):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
     url: str = Field(description="a template, e.g. ${config.api_url}/orders/${payload.id}")
     base_url: str | None = Field(None, description="prefix of a relative url")
-    headers: dict[str, str] = Field(default_factory=dict, description="header templates")
-    query: dict[str, Any] = Field(default_factory=dict, description="query parameter templates")
+    headers: Annotated[dict[str, str], Secret] = Field(
+        default_factory=dict, description="header templates"
+    )
+    query: Annotated[dict[str, Any], Secret] = Field(
+        default_factory=dict, description="query parameter templates"
+    )
     json_: Any = Field(None, alias="json", description="JSON body (a template)")
     body: str | None = Field(None, description="raw body (a template)")
     form: dict[str, Any] | None = Field(None, description="form-encoded body")
@@ -101,7 +104,7 @@ class HttpConfig(ConnectedStep):
         description="how the answer's body is read: auto (JSON by content type, else text), "
         "json, xml (parse_xml shape; a SOAP Fault fails the step), text",
     )
-    auth: HttpAuth | None = Field(
+    auth: Annotated[HttpAuth | None, Secret] = Field(
         None,
         description="type bearer (token), basic (username, password), api_key (name, value, "
         "in), oauth2 (token_url, client_id, client_secret, scope, grant, refresh_token), "
@@ -132,27 +135,12 @@ class HttpConfig(ConnectedStep):
     rate_limit: RateLimit | None = Field(
         None, description="{requests, per, store: memory|redis, connection}: wait for a slot"
     )
-    paginate: Paginate | None = Field(
+    paginate: Annotated[Paginate | None, ReadsOwnResult] = Field(
         None,
         description="read every page: style link (Link header), next (URL), cursor, page, "
         "offset; items, max_pages; the result is {status, headers, items, pages, complete}",
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"auth", "headers", "query"})
     expression_roots: ClassVar[frozenset[str]] = frozenset({"item", "response"})
-    self_reference_fields: ClassVar[frozenset[str]] = frozenset({"paginate"})
-    example: ClassVar[str] = """- id: push
-  type: http
-  method: POST
-  url: ${config.crm_url}/customers
-  auth:
-    type: oauth2
-    token_url: ${config.crm_url}/oauth/token
-    client_id: ${config.crm_client_id}
-    client_secret: ${config.crm_client_secret}
-    scope: customers:write
-  json: ${payload}
-  timeout: 10s
-  retry: {max_attempts: 5, backoff: exponential, delay: 1s, max_delay: 30s}"""
 
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
@@ -172,6 +160,25 @@ class HttpConfig(ConnectedStep):
         return self
 
 
+@step_type(
+    "http",
+    HttpConfig,
+    category="http",
+    since="0.1.0",
+    example="""- id: push
+  type: http
+  method: POST
+  url: ${config.crm_url}/customers
+  auth:
+    type: oauth2
+    token_url: ${config.crm_url}/oauth/token
+    client_id: ${config.crm_client_id}
+    client_secret: ${config.crm_client_secret}
+    scope: customers:write
+  json: ${payload}
+  timeout: 10s
+  retry: {max_attempts: 5, backoff: exponential, delay: 1s, max_delay: 30s}""",
+)
 class HttpStep(AsyncStep):
     def __init__(self, config: HttpConfig, ctx: StepContext) -> None:
         bodies = (config.json_, config.body, config.form, config.xml)
@@ -445,8 +452,3 @@ def soap_fault(body: Any) -> tuple[str, str] | None:
         if isinstance(reason, dict):
             reason = reason.get("#text")
     return str(code or "unknown"), str(reason or "")
-
-
-@step_factory("http")
-def _http(config: HttpConfig, ctx: StepContext) -> HttpStep:
-    return HttpStep(config, ctx)

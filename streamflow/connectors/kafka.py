@@ -7,7 +7,7 @@ flow's Kafka transaction (a crash neither loses nor doubles it).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,11 +15,10 @@ from streamflow import exactjson
 from streamflow.envelope import Envelope
 from streamflow.steps.base import Emit, Outcome, Step, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import StepConfig
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.models import Secret, StepConfig
+from streamflow.topology.registry import step_type
 
 
-@step_config("kafka_publish")
 class KafkaPublishConfig(StepConfig):
     """Produce a message to an outside Kafka topic (inside the flow's transaction)."""
 
@@ -27,19 +26,24 @@ class KafkaPublishConfig(StepConfig):
     topic: str = Field(description="the outside topic (must exist)")
     key: str | None = Field(None, description="message key template")
     value: Any = Field("${payload}", description="message value template")
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Annotated[dict[str, str], Secret] = Field(default_factory=dict)
     format: Literal["json", "text"] = Field("json", description="how the value is encoded")
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"headers"})
     # its message is produced with the agent's batch (in the flow's transaction): no side
     # effect outside the batch, so it may be fused with its neighbours like a pure step
     pure: ClassVar[bool] = True
-    example: ClassVar[str] = """- id: out
+
+
+@step_type(
+    "kafka_publish",
+    KafkaPublishConfig,
+    category="messaging",
+    since="0.1.0",
+    example="""- id: out
   type: kafka_publish
   topic: erp.orders.enriched
   key: ${payload.order_id}
-  value: ${payload}"""
-
-
+  value: ${payload}""",
+)
 class KafkaPublishStep(Step):
     def __init__(self, config: KafkaPublishConfig, ctx: StepContext) -> None:
         self.ctx = ctx
@@ -60,8 +64,3 @@ class KafkaPublishStep(Step):
         headers = [(h, str(v).encode()) for h, v in self.headers.render(scope).items()] or None
         topic = str(self.topic.render(scope))
         return Outcome(env.payload, {"topic": topic}, emit=[Emit(topic, data, key, headers)])
-
-
-@step_factory("kafka_publish")
-def _kafka_publish(config: KafkaPublishConfig, ctx: StepContext) -> KafkaPublishStep:
-    return KafkaPublishStep(config, ctx)

@@ -27,7 +27,7 @@ import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
@@ -36,8 +36,11 @@ from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, Resources, StepContext
 from streamflow.topology.expressions import Template, compile_value
-from streamflow.topology.models import ConnectionConfig, Duration
-from streamflow.topology.registry import connection_config, step_config, step_factory
+from streamflow.topology.models import ConnectionConfig, Duration, Secret
+from streamflow.topology.registry import (
+    connection_type,
+    step_type,
+)
 from streamflow.util.secrets import Masker, safe_dsn
 
 _KINDS = ("mongodb",)
@@ -56,12 +59,14 @@ Operation = Literal[
 _RETRIABLE_CODES = {6, 7, 50, 89, 91, 189, 262, 11600, 11602, 13435, 13436, 10107, 18, 13}
 
 
-@connection_config("mongodb")
+@connection_type("mongodb", category="database", since="0.1.0")
 class MongoConnection(ConnectionConfig):
     """A MongoDB deployment (PyMongo's async client); for `mongodb` steps and `poll` triggers."""
 
     type: Literal["mongodb"]
-    url: str = Field(description="mongodb://user:password@host:27017/db?authSource=admin")
+    url: Annotated[str, Secret] = Field(
+        description="mongodb://user:password@host:27017/db?authSource=admin"
+    )
     database: str | None = Field(None, description="default: the database named in the URL")
     max_pool_size: int | None = Field(
         None, ge=1, le=10_000, description="connections per server (PyMongo default 100)"
@@ -77,7 +82,6 @@ class MongoConnection(ConnectionConfig):
         None, description="connect and select a server (default 10s)"
     )
     timeout: Duration | None = Field(None, description="whole operation (default 30s)")
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"url"})
 
 
 def mongo_fields(conn: ConnectionConfig) -> dict[str, Any]:
@@ -256,13 +260,14 @@ def sort_spec(sort: Mapping[str, Any] | None) -> list[tuple[str, int]] | None:
 # --------------------------------------------------------------------------- step
 
 
-@step_config("mongodb")
 class MongoConfig(ConnectedStep):
     """Find, insert, update (upsert), delete or aggregate documents in a MongoDB collection."""
 
     type: Literal["mongodb"]
     connection: str | None = Field(None, description="a `connections:` entry of type mongodb")
-    url: str | None = Field(None, description="mongodb://user:password@host:27017/db")
+    url: Annotated[str | None, Secret] = Field(
+        None, description="mongodb://user:password@host:27017/db"
+    )
     database: str | None = Field(None, description="default: the database named in the URL")
     collection: str = Field(min_length=1, description="a template")
     operation: Operation = "find"
@@ -294,16 +299,7 @@ class MongoConfig(ConnectedStep):
     max_idle_time: Duration | None = None
     acquire_timeout: Duration | None = None
     connect_timeout: Duration | None = Field(None, description="default 10s")
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"url"})
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
-    example: ClassVar[str] = """- id: save
-  type: mongodb
-  url: ${config.mongo_url}          # or connection: <a mongodb connection>
-  collection: orders
-  operation: update_one
-  filter: {_id: "${payload.id}"}
-  update: {$set: {status: "${payload.status}", total: "${payload.total}"}, $inc: {revision: 1}}
-  upsert: true"""
 
     @classmethod
     def connection_fields(cls, info: ValidationInfo) -> FieldsOf:
@@ -338,6 +334,20 @@ class MongoConfig(ConnectedStep):
         return self
 
 
+@step_type(
+    "mongodb",
+    MongoConfig,
+    category="database",
+    since="0.1.0",
+    example="""- id: save
+  type: mongodb
+  url: ${config.mongo_url}          # or connection: <a mongodb connection>
+  collection: orders
+  operation: update_one
+  filter: {_id: "${payload.id}"}
+  update: {$set: {status: "${payload.status}", total: "${payload.total}"}, $inc: {revision: 1}}
+  upsert: true""",
+)
 class MongoStep(AsyncStep):
     def __init__(self, config: MongoConfig, ctx: StepContext) -> None:
         self.cfg = config
@@ -468,11 +478,6 @@ def _update_result(res: Any) -> dict[str, Any]:
         "modified": res.modified_count,
         "upserted_id": to_json(res.upserted_id),
     }
-
-
-@step_factory("mongodb")
-def _mongodb(config: MongoConfig, ctx: StepContext) -> MongoStep:
-    return MongoStep(config, ctx)
 
 
 # --------------------------------------------------------------------------- poll source

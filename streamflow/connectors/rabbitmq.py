@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -38,12 +38,11 @@ from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 from streamflow.steps.base import AsyncStep, Outcome, Resources, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import ConnectionConfig, Duration, Model, TriggerConfig
+from streamflow.topology.models import ConnectionConfig, Duration, Model, Secret, TriggerConfig
 from streamflow.topology.registry import (
-    connection_config,
-    step_config,
-    step_factory,
-    trigger_config,
+    connection_type,
+    step_type,
+    trigger_type,
 )
 from streamflow.util.secrets import Masker, safe_dsn
 
@@ -55,12 +54,12 @@ DEFAULT_HEARTBEAT = 60.0
 DEFAULT_POOL = 10
 
 
-@connection_config("rabbitmq")
+@connection_type("rabbitmq", category="messaging", since="0.1.0")
 class RabbitMQConnection(ConnectionConfig):
     """A RabbitMQ broker (AMQP 0-9-1); for `rabbitmq_publish` steps and `rabbitmq` triggers."""
 
     type: Literal["rabbitmq"]
-    url: str = Field(
+    url: Annotated[str, Secret] = Field(
         description="amqp://user:password@host:5672/vhost (amqps:// for TLS), "
         "e.g. ${config.amqp_url}"
     )
@@ -73,7 +72,6 @@ class RabbitMQConnection(ConnectionConfig):
     pool_size: int | None = Field(
         None, ge=1, le=1000, description="publishing channels per App (default 10)"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"url"})
 
 
 def rabbitmq_fields(conn: ConnectionConfig) -> dict[str, Any]:
@@ -108,21 +106,26 @@ class RabbitMQBinding(Model):
     routing_key: str = Field("", description="binding key; topic exchanges accept * and #")
 
 
-@trigger_config("rabbitmq")
-class RabbitMQTrigger(TriggerConfig):
-    """Consume a RabbitMQ queue: every message becomes one event, acknowledged once the event is on the broker; every gateway process consumes (no leader)."""  # noqa: E501
-
-    example: ClassVar[str] = """trigger:
+@trigger_type(
+    "rabbitmq",
+    category="messaging",
+    since="0.1.0",
+    example="""trigger:
   type: rabbitmq
   connection: mq                   # or url: ${config.amqp_url}
   queue: orders
   bindings: [{exchange: shop, routing_key: "order.*"}]
   prefetch: 50
-  format: json                     # unparsable messages go to the flow's DLQ"""
+  format: json                     # unparsable messages go to the flow's DLQ""",
+)
+class RabbitMQTrigger(TriggerConfig):
+    """Consume a RabbitMQ queue: every message becomes one event, acknowledged once the event is on the broker; every gateway process consumes (no leader)."""  # noqa: E501
 
     type: Literal["rabbitmq"]
     connection: str | None = Field(None, description="a `connections:` entry of type rabbitmq")
-    url: str | None = Field(None, description="amqp://user:password@host:5672/vhost")
+    url: Annotated[str | None, Secret] = Field(
+        None, description="amqp://user:password@host:5672/vhost"
+    )
     queue: str = Field(min_length=1, max_length=255, description="the queue consumed")
     declare: bool = Field(
         True,
@@ -139,7 +142,6 @@ class RabbitMQTrigger(TriggerConfig):
     )
     heartbeat: Duration = Field(DEFAULT_HEARTBEAT, description="AMQP heartbeat")
     timeout: Duration = Field(30.0, description="connect; and wait for the events' delivery")
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"url"})
 
     @model_validator(mode="before")
     @classmethod
@@ -266,20 +268,23 @@ def amqp_value(value: Any) -> Any:
 # --------------------------------------------------------------------------- publish
 
 
-@step_config("rabbitmq_publish")
 class RabbitMQPublishConfig(ConnectedStep):
     """Publish a message to a RabbitMQ exchange and wait for the broker's confirm."""
 
     type: Literal["rabbitmq_publish"]
     connection: str | None = Field(None, description="a `connections:` entry of type rabbitmq")
-    url: str | None = Field(None, description="amqp://user:password@host:5672/vhost")
+    url: Annotated[str | None, Secret] = Field(
+        None, description="amqp://user:password@host:5672/vhost"
+    )
     exchange: str = Field("", description="exchange name, a template ('': the default exchange)")
     routing_key: str = Field(description="a template; the queue's name on the default exchange")
     body: Any = Field("${payload}", description="a template: the message body")
     format: Literal["json", "text"] = Field(
         "json", description="json: the body as JSON; text: as UTF-8 text"
     )
-    headers: dict[str, Any] = Field(default_factory=dict, description="AMQP headers (templates)")
+    headers: Annotated[dict[str, Any], Secret] = Field(
+        default_factory=dict, description="AMQP headers (templates)"
+    )
     persistent: bool = Field(True, description="delivery_mode 2: survives a broker restart")
     mandatory: bool = Field(True, description="fail when no queue is bound for the routing key")
     message_id: str | None = Field(
@@ -294,15 +299,7 @@ class RabbitMQPublishConfig(ConnectedStep):
     pool_size: int | None = Field(
         None, ge=1, le=1000, description="publishing channels per App (default 10)"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"url", "headers"})
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
-    example: ClassVar[str] = """- id: notify
-  type: rabbitmq_publish
-  url: ${config.amqp_url}           # or connection: <a rabbitmq connection>
-  exchange: shop
-  routing_key: order.${payload.status}
-  body: {order: "${payload.id}", total: "${payload.total}"}
-  headers: {x-source: streamflow}"""
 
     @classmethod
     def connection_fields(cls, info: ValidationInfo) -> FieldsOf:
@@ -314,6 +311,19 @@ class RabbitMQPublishConfig(ConnectedStep):
         return self
 
 
+@step_type(
+    "rabbitmq_publish",
+    RabbitMQPublishConfig,
+    category="messaging",
+    since="0.1.0",
+    example="""- id: notify
+  type: rabbitmq_publish
+  url: ${config.amqp_url}           # or connection: <a rabbitmq connection>
+  exchange: shop
+  routing_key: order.${payload.status}
+  body: {order: "${payload.id}", total: "${payload.total}"}
+  headers: {x-source: streamflow}""",
+)
 class RabbitMQPublishStep(AsyncStep):
     def __init__(self, config: RabbitMQPublishConfig, ctx: StepContext) -> None:
         self.cfg = config
@@ -417,8 +427,3 @@ class RabbitMQPublishStep(AsyncStep):
             "confirmed": True,
         }
         return Outcome(env.payload, result, note=f"-> {exchange_name or '(default)'}")
-
-
-@step_factory("rabbitmq_publish")
-def _publish(config: RabbitMQPublishConfig, ctx: StepContext) -> RabbitMQPublishStep:
-    return RabbitMQPublishStep(config, ctx)

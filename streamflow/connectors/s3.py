@@ -32,7 +32,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streamflow.connectors.aws import (
-    AWS_SECRETS,
     AwsSettings,
     aws_masker,
     s3_client,
@@ -53,14 +52,13 @@ from streamflow.errors import PoisonMessageError
 from streamflow.steps.base import Outcome, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Duration, TriggerConfig
-from streamflow.topology.registry import step_config, step_factory, trigger_config
+from streamflow.topology.registry import step_type, trigger_type
 
 _KINDS = ("s3",)
 _SETTINGS = ("endpoint_url", "region", "access_key_id", "secret_access_key", "session_token",
              "addressing_style")  # fmt: skip
 
 
-@step_config("s3")
 class S3Config(ConnectedStep, AwsSettings, ObjectFields):
     """Get, put, list, delete, copy or head objects in AWS S3 or an S3-compatible store."""
 
@@ -82,18 +80,6 @@ class S3Config(ConnectedStep, AwsSettings, ObjectFields):
     )
     timeout: Duration = Field(60.0, description="connect and read timeout per request")
     replace_payload: bool = Field(False, description="the body (get) or result is the payload")
-    secret_fields: ClassVar[frozenset[str]] = frozenset(AWS_SECRETS)
-    example: ClassVar[str] = """- id: fetch
-  type: s3
-  region: eu-west-1              # or connection: <an s3 connection>
-  access_key_id: ${config.aws_key_id}
-  secret_access_key: ${config.aws_secret}
-  operation: get
-  bucket: ${trigger.bucket}
-  key: ${payload.key}
-  format: csv                    # body: a list of rows
-  csv: {delimiter: ";"}
-  max_bytes: 20000000            # larger objects: use `file:` to stream to disk"""
 
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
@@ -120,6 +106,23 @@ def etag(value: Any) -> str | None:
     return str(value).strip('"') if value else None
 
 
+@step_type(
+    "s3",
+    S3Config,
+    category="storage",
+    since="0.1.0",
+    example="""- id: fetch
+  type: s3
+  region: eu-west-1              # or connection: <an s3 connection>
+  access_key_id: ${config.aws_key_id}
+  secret_access_key: ${config.aws_secret}
+  operation: get
+  bucket: ${trigger.bucket}
+  key: ${payload.key}
+  format: csv                    # body: a list of rows
+  csv: {delimiter: ";"}
+  max_bytes: 20000000            # larger objects: use `file:` to stream to disk""",
+)
 class S3Step(ObjectStep):
     cfg: S3Config
 
@@ -286,25 +289,23 @@ def object_facts(obj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@step_factory("s3")
-def _s3(config: S3Config, ctx: StepContext) -> S3Step:
-    return S3Step(config, ctx)
-
-
 # --------------------------------------------------------------------------- trigger
 
 
-@trigger_config("s3")
-class S3Trigger(TriggerConfig, AwsSettings):
-    """Poll an S3 prefix: each new object (or new version of a key) becomes one event, once across restarts and gateway processes."""  # noqa: E501
-
-    example: ClassVar[str] = """trigger:
+@trigger_type(
+    "s3",
+    category="storage",
+    since="0.1.0",
+    example="""trigger:
   type: s3
   connection: store              # a connections: entry of type s3
   bucket: ${config.bucket}
   prefix: incoming/
   pattern: "*.csv"               # glob on the key after the prefix
-  every: 30s"""
+  every: 30s""",
+)
+class S3Trigger(TriggerConfig, AwsSettings):
+    """Poll an S3 prefix: each new object (or new version of a key) becomes one event, once across restarts and gateway processes."""  # noqa: E501
 
     type: Literal["s3"]
     connection: str | None = Field(None, description="a `connections:` entry of type s3")
@@ -319,7 +320,6 @@ class S3Trigger(TriggerConfig, AwsSettings):
         1000, ge=1, le=100_000, description="emit at most this many objects per listing"
     )
     timeout: Duration = Field(60.0, description="connect and read timeout per request")
-    secret_fields: ClassVar[frozenset[str]] = frozenset(AWS_SECRETS)
 
     @model_validator(mode="before")
     @classmethod

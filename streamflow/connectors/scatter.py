@@ -25,10 +25,9 @@ from streamflow.errors import PoisonMessageError, RetriableError
 from streamflow.steps.base import Outcome, StepContext
 from streamflow.topology.expressions import ROOTS, compile_expression
 from streamflow.topology.models import Duration
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.registry import step_type
 
 
-@step_config("scatter_gather")
 class ScatterGatherConfig(HttpConfig):
     """Send one request to many targets at once; gather the answers that arrive within
     `within`, pick or combine them with `pick`."""
@@ -43,7 +42,14 @@ class ScatterGatherConfig(HttpConfig):
     )
     min_answers: int = Field(1, ge=0, description="fewer answers than this fail the step")
     expression_roots: ClassVar[frozenset[str]] = frozenset({"item", "response", "answers"})
-    example: ClassVar[str] = """- id: quotes
+
+
+@step_type(
+    "scatter_gather",
+    ScatterGatherConfig,
+    category="routing",
+    since="0.1.0",
+    example="""- id: quotes
   type: scatter_gather
   targets: ${[config.fastship_url, config.parcelco_url, config.slowfreight_url]}
   method: POST
@@ -51,9 +57,8 @@ class ScatterGatherConfig(HttpConfig):
   json: {weight_kg: "${payload.weight_kg}"}
   within: 2s
   pick: ${min_by(answers, 'item.body.price')}
-  replace_payload: true"""
-
-
+  replace_payload: true""",
+)
 class ScatterGatherStep(HttpStep):
     def __init__(self, config: ScatterGatherConfig, ctx: StepContext) -> None:
         n = config.max_concurrency or 10_000
@@ -94,8 +99,3 @@ class ScatterGatherStep(HttpStep):
         payload = picked if self.cfg.replace_payload else env.payload
         note = f"{len(answers)} of {len(targets)} answered"
         return Outcome(payload, result, note=note)
-
-
-@step_factory("scatter_gather")
-def _scatter_gather(config: ScatterGatherConfig, ctx: StepContext) -> ScatterGatherStep:
-    return ScatterGatherStep(config, ctx)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
@@ -31,8 +31,8 @@ from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.steps.base import AsyncStep, Outcome, StepContext
 from streamflow.topology.expressions import compile_value
-from streamflow.topology.models import Duration
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.models import Duration, Secret
+from streamflow.topology.registry import step_type
 from streamflow.util.pools import PoolSettings
 from streamflow.util.secrets import Masker
 from streamflow.util.sqldb import (
@@ -50,7 +50,6 @@ _KINDS = ("postgres", "mysql", "sqlite")
 _MAX_PARAMS = 30_000  # below PostgreSQL's 32767 bound parameters per statement
 
 
-@step_config("sql")
 class SqlConfig(ConnectedStep):
     """Run SQL on PostgreSQL, MySQL/MariaDB or SQLite, values bound; one transaction a call."""
 
@@ -58,7 +57,7 @@ class SqlConfig(ConnectedStep):
     connection: str | None = Field(
         None, description="a `connections:` entry (postgres, mysql, sqlite)"
     )
-    dsn: str | None = Field(
+    dsn: Annotated[str | None, Secret] = Field(
         None,
         description="postgresql://user:pw@host:5432/db, mysql://user:pw@host:3306/db or "
         "sqlite:///path (a config variable)",
@@ -100,18 +99,6 @@ class SqlConfig(ConnectedStep):
     pool: PoolSettings | None = Field(
         None, description="MySQL: {min_size, max_size, idle_timeout, acquire_timeout, keepalive}"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"dsn"})
-    example: ClassVar[str] = """- id: save
-  type: sql
-  dsn: ${config.db_dsn}
-  operation: upsert
-  table: customers
-  values: {id: "${payload.id}", email: "${lower(payload.email)}", name: "${payload.name}"}
-  conflict: [id]
-  on_conflict: update
-  returning: true
-  result: first
-  camel_case: true"""
 
     connection_kinds: ClassVar[tuple[str, ...]] = _KINDS
 
@@ -163,6 +150,23 @@ class SqlConfig(ConnectedStep):
         return self
 
 
+@step_type(
+    "sql",
+    SqlConfig,
+    category="database",
+    since="0.1.0",
+    example="""- id: save
+  type: sql
+  dsn: ${config.db_dsn}
+  operation: upsert
+  table: customers
+  values: {id: "${payload.id}", email: "${lower(payload.email)}", name: "${payload.name}"}
+  conflict: [id]
+  on_conflict: update
+  returning: true
+  result: first
+  camel_case: true""",
+)
 class SqlStep(AsyncStep):
     def __init__(self, config: SqlConfig, ctx: StepContext) -> None:
         self.cfg = config
@@ -205,9 +209,7 @@ class SqlStep(AsyncStep):
             else:
                 args = list(params or [])[: self.sql.positional]
             sql = self.sql
-            return [
-                Statement(sql.postgres, sql.sqlite, args, True, sql.mysql, sql.mysql_refs)
-            ]
+            return [Statement(sql.postgres, sql.sqlite, args, True, sql.mysql, sql.mysql_refs)]
         if op in ("insert", "upsert"):
             row = self.values.render(scope)
             if not isinstance(row, Mapping) or not row:
@@ -323,7 +325,7 @@ def _no_template(query: str) -> None:
         name = re.sub(r"\W+", "_", expr.split(".")[-1]).strip("_") or "value"
         raise ValueError(
             f"query: ${{{expr}}} is not rendered in SQL text (values are never spliced into "
-            f"SQL); write a placeholder :{name} and give params: {{{name}: \"${{{expr}}}\"}}"
+            f'SQL); write a placeholder :{name} and give params: {{{name}: "${{{expr}}}"}}'
         )
 
 
@@ -332,8 +334,3 @@ def camel(name: str) -> str:
     stripped = name.lstrip("_")
     head, *rest = stripped.split("_")
     return name[: len(name) - len(stripped)] + head + "".join(p[:1].upper() + p[1:] for p in rest)
-
-
-@step_factory("sql")
-def _sql(config: SqlConfig, ctx: StepContext) -> SqlStep:
-    return SqlStep(config, ctx)

@@ -165,7 +165,6 @@ async def run_events(
     return RunResult(list(executions.values()), time.monotonic() - started)
 
 
-
 def _insert(events: list[ExecutionEvent], ev: ExecutionEvent) -> None:
     """Keep ``events`` in event-time order (stable: equal stamps stay in arrival order).
     Two agents' events of one execution can arrive out of order - each agent produces with

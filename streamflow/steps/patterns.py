@@ -11,7 +11,7 @@ continues with one event ``{key, items, count, complete}``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -19,26 +19,32 @@ from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError
 from streamflow.steps.base import Outcome, Step, StepContext
 from streamflow.topology.expressions import compile_expression
-from streamflow.topology.models import Duration, Model, StepConfig
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.models import Duration, Expression, Model, NestedSteps, StepConfig
+from streamflow.topology.registry import step_type
 
 
-@step_config("split")
 class SplitConfig(StepConfig):
     """Splitter: one child execution per item of `items`, each running the rest of the flow."""
 
     type: Literal["split"]
-    items: str = Field(description="a list, e.g. ${payload.lines}; each item is a child's payload")
+    items: Annotated[str, Expression] = Field(
+        description="a list, e.g. ${payload.lines}; each item is a child's payload"
+    )
     max_items: int = Field(
         100_000, ge=1, le=10_000_000, description="more items than this dead-letters the event"
     )
     pure: ClassVar[bool] = True
-    expression_fields: ClassVar[frozenset[str]] = frozenset({"items"})
-    example: ClassVar[str] = """- id: lines
+
+
+@step_type(
+    "split",
+    SplitConfig,
+    category="routing",
+    since="0.1.0",
+    example="""- id: lines
   type: split
-  items: ${payload.lines}   # child i: payload lines[i], meta.split {parent, index, size}"""
-
-
+  items: ${payload.lines}   # child i: payload lines[i], meta.split {parent, index, size}""",
+)
 class SplitStep(Step):
     """Renders the items; the split agent (``runtime/split.py``) makes the children."""
 
@@ -85,13 +91,12 @@ class Completion(Model):
     grace: Duration = Field(0.0, ge=0, description="window: how long late events still count")
 
 
-@step_config("aggregate")
 class AggregateConfig(StepConfig):
     """Aggregator: collect events by `key` until complete, then go on with one event
     {key, items, count, complete}."""
 
     type: Literal["aggregate"]
-    key: str | None = Field(
+    key: Annotated[str | None, Expression] = Field(
         None, description="group key, e.g. ${payload.customer}; default: the split's parent"
     )
     complete: Completion = Field(
@@ -110,11 +115,7 @@ class AggregateConfig(StepConfig):
         86_400.0, gt=0, description="how long a completed group is remembered (late events)"
     )
     pure: ClassVar[bool] = True
-    expression_fields: ClassVar[frozenset[str]] = frozenset({"key"})
     expression_roots: ClassVar[frozenset[str]] = frozenset({"group"})
-    example: ClassVar[str] = """- id: order
-  type: aggregate                # default: every child of the split above, in index order
-  complete: {split: true, timeout: 5m}   # 5 minutes at most: then with what arrived"""
 
     @model_validator(mode="after")
     def _conditions(self) -> AggregateConfig:
@@ -136,6 +137,15 @@ class AggregateConfig(StepConfig):
         return self.key is None
 
 
+@step_type(
+    "aggregate",
+    AggregateConfig,
+    category="routing",
+    since="0.1.0",
+    example="""- id: order
+  type: aggregate                # default: every child of the split above, in index order
+  complete: {split: true, timeout: 5m}   # 5 minutes at most: then with what arrived""",
+)
 class AggregateStep(Step):
     """The aggregate agent (``runtime/aggregate.py``) does the work; this holds compiled
     expressions."""
@@ -164,23 +174,12 @@ class AggregateStep(Step):
         raise RuntimeError("aggregate runs in its own agent (runtime/aggregate.py)")
 
 
-@step_factory("split")
-def _split(config: SplitConfig, ctx: StepContext) -> SplitStep:
-    return SplitStep(config, ctx)
-
-
-@step_factory("aggregate")
-def _aggregate(config: AggregateConfig, ctx: StepContext) -> AggregateStep:
-    return AggregateStep(config, ctx)
-
-
-@step_config("parallel")
 class ParallelConfig(StepConfig):
     """Run named branches of steps concurrently for one execution; join them (all, any or n)
     and go on with the branch results under steps.<id>.<branch>."""
 
     type: Literal["parallel"]
-    branches: dict[str, list[dict[str, Any]]] = Field(
+    branches: Annotated[dict[str, list[dict[str, Any]]], NestedSteps] = Field(
         min_length=1, description="branch name -> its steps (a child execution each)"
     )
     join: Literal["all", "any"] | int = Field(
@@ -195,15 +194,6 @@ class ParallelConfig(StepConfig):
         "compensated in a saga), or continue with steps.<id>._partial saying what is missing",
     )
     pure: ClassVar[bool] = True
-    nested_fields: ClassVar[frozenset[str]] = frozenset({"branches"})
-    example: ClassVar[str] = """- id: lookups
-  type: parallel
-  join: all
-  timeout: 5s
-  branches:
-    crm: [{id: crm, type: http, method: GET, url: "${config.crm_url}/c/${payload.id}"}]
-    erp: [{id: erp, type: http, method: GET, url: "${config.erp_url}/c/${payload.id}"}]
-# then: ${steps.lookups.crm} and ${steps.lookups.erp} (each branch's final payload)"""
 
     @model_validator(mode="after")
     def _join(self) -> ParallelConfig:
@@ -223,6 +213,20 @@ class ParallelConfig(StepConfig):
         return AggregateConfig(id=f"{self.id}-join", type="aggregate", complete=complete)
 
 
+@step_type(
+    "parallel",
+    ParallelConfig,
+    category="routing",
+    since="0.1.0",
+    example="""- id: lookups
+  type: parallel
+  join: all
+  timeout: 5s
+  branches:
+    crm: [{id: crm, type: http, method: GET, url: "${config.crm_url}/c/${payload.id}"}]
+    erp: [{id: erp, type: http, method: GET, url: "${config.erp_url}/c/${payload.id}"}]
+# then: ${steps.lookups.crm} and ${steps.lookups.erp} (each branch's final payload)""",
+)
 class ParallelStep(Step):
     """The parallel agent (``runtime/split.py``) starts the branches."""
 
@@ -232,8 +236,3 @@ class ParallelStep(Step):
     def process(self, env: Envelope) -> Outcome:
         names = list(self.cfg.branches)
         return Outcome(names, None, note=f"parallel: {len(names)} branches")
-
-
-@step_factory("parallel")
-def _parallel(config: ParallelConfig, ctx: StepContext) -> ParallelStep:
-    return ParallelStep(config, ctx)

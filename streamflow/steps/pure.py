@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from streamflow.envelope import Envelope
 from streamflow.steps.base import NEXT, AsyncStep, Outcome, Step, StepContext
 from streamflow.topology.expressions import compile_expression, compile_value
-from streamflow.topology.models import Duration, Model, StepConfig
-from streamflow.topology.registry import step_config, step_factory
+from streamflow.topology.models import Duration, Expression, Model, NestedSteps, StepConfig
+from streamflow.topology.registry import step_type
 
 
-@step_config("transform")
 class TransformConfig(StepConfig):
     """Replace the payload with `output` (a template: one `${…}` keeps its type)."""
 
@@ -23,14 +22,20 @@ class TransformConfig(StepConfig):
     output: Any = Field(description="the new payload")
     merge: bool = Field(False, description="merge `output` (a mapping) into the payload")
     pure: ClassVar[bool] = True
-    example: ClassVar[str] = """- id: to-crm
+
+
+@step_type(
+    "transform",
+    TransformConfig,
+    category="transform",
+    since="0.1.0",
+    example="""- id: to-crm
   type: transform
   output:
     externalId: ${payload.customer.id}
     name: "${payload.customer.first_name} ${payload.customer.last_name}"
-    tags: ${split(default(payload.tags, ''), ',')}"""
-
-
+    tags: ${split(default(payload.tags, ''), ',')}""",
+)
 class TransformStep(Step):
     def __init__(self, config: TransformConfig, ctx: StepContext) -> None:
         self.ctx = ctx
@@ -44,24 +49,25 @@ class TransformStep(Step):
         return Outcome(out, out)
 
 
-@step_factory("transform")
-def _transform(config: TransformConfig, ctx: StepContext) -> TransformStep:
-    return TransformStep(config, ctx)
-
-
-@step_config("filter")
 class FilterConfig(StepConfig):
     """Continue only when `when` is true; a filtered event is recorded, never lost."""
 
     type: Literal["filter"]
-    when: str = Field(description="condition, e.g. ${payload.status == 'active'}")
+    when: Annotated[str, Expression] = Field(
+        description="condition, e.g. ${payload.status == 'active'}"
+    )
     pure: ClassVar[bool] = True
-    expression_fields: ClassVar[frozenset[str]] = frozenset({"when"})
-    example: ClassVar[str] = """- id: only-active
+
+
+@step_type(
+    "filter",
+    FilterConfig,
+    category="routing",
+    since="0.1.0",
+    example="""- id: only-active
   type: filter
-  when: ${payload.status == 'active' and payload.amount > 0}"""
-
-
+  when: ${payload.status == 'active' and payload.amount > 0}""",
+)
 class FilterStep(Step):
     def __init__(self, config: FilterConfig, ctx: StepContext) -> None:
         self.ctx = ctx
@@ -73,36 +79,37 @@ class FilterStep(Step):
         return Outcome(env.payload, False, filtered=True, goto=None, note="filtered")
 
 
-@step_factory("filter")
-def _filter(config: FilterConfig, ctx: StepContext) -> FilterStep:
-    return FilterStep(config, ctx)
-
-
 class BranchRoute(Model):
     when: str = Field(description="condition of this route")
     steps: list[dict[str, Any]] = Field(description="steps run when it matches")
 
 
-@step_config("branch")
 class BranchConfig(StepConfig):
     """Run the steps of the first route whose `when` is true, else `default`; then go on."""
 
     type: Literal["branch"]
-    routes: list[BranchRoute] = Field(min_length=1, description="`when` + `steps`, tried in order")
-    default: list[dict[str, Any]] = Field(
+    routes: Annotated[list[BranchRoute], NestedSteps] = Field(
+        min_length=1, description="`when` + `steps`, tried in order"
+    )
+    default: Annotated[list[dict[str, Any]], NestedSteps] = Field(
         default_factory=list, description="steps when no route matches (empty: go on)"
     )
     pure: ClassVar[bool] = True
-    nested_fields: ClassVar[frozenset[str]] = frozenset({"routes", "default"})
-    example: ClassVar[str] = """- id: route
+
+
+@step_type(
+    "branch",
+    BranchConfig,
+    category="routing",
+    since="0.1.0",
+    example="""- id: route
   type: branch
   routes:
     - when: ${payload.amount >= 1000}
       steps: [{id: big, type: transform, output: {tier: big}}]
   default:
-    - {id: small, type: transform, output: {tier: small}}"""
-
-
+    - {id: small, type: transform, output: {tier: small}}""",
+)
 class BranchStep(Step):
     def __init__(self, config: BranchConfig, ctx: StepContext) -> None:
         self.ctx = ctx
@@ -119,12 +126,6 @@ class BranchStep(Step):
         return Outcome(env.payload, {"route": "default"}, goto=self.default_target, note="default")
 
 
-@step_factory("branch")
-def _branch(config: BranchConfig, ctx: StepContext) -> BranchStep:
-    return BranchStep(config, ctx)
-
-
-@step_config("log")
 class LogConfig(StepConfig):
     """Write a log line (the payload passes unchanged)."""
 
@@ -132,11 +133,15 @@ class LogConfig(StepConfig):
     message: str = "${payload}"
     level: Literal["debug", "info", "warning", "error"] = "info"
     pure: ClassVar[bool] = True
-    example: ClassVar[str] = (
-        """- {id: trace, type: log, message: "order ${payload.id} routed", level: info}"""
-    )
 
 
+@step_type(
+    "log",
+    LogConfig,
+    category="utility",
+    since="0.1.0",
+    example="""- {id: trace, type: log, message: "order ${payload.id} routed", level: info}""",
+)
 class LogStep(Step):
     def __init__(self, config: LogConfig, ctx: StepContext) -> None:
         self.ctx = ctx
@@ -154,20 +159,20 @@ class LogStep(Step):
         return Outcome(env.payload, None, goto=NEXT)
 
 
-@step_factory("log")
-def _log(config: LogConfig, ctx: StepContext) -> LogStep:
-    return LogStep(config, ctx)
-
-
-@step_config("delay")
 class DelayConfig(StepConfig):
     """Wait, then continue (other keys keep flowing; this key waits)."""
 
     type: Literal["delay"]
     duration: Duration = Field(description="how long, e.g. 500ms, 2s")
-    example: ClassVar[str] = """- {id: settle, type: delay, duration: 2s}"""
 
 
+@step_type(
+    "delay",
+    DelayConfig,
+    category="utility",
+    since="0.1.0",
+    example="""- {id: settle, type: delay, duration: 2s}""",
+)
 class DelayStep(AsyncStep):
     def __init__(self, config: DelayConfig, ctx: StepContext) -> None:
         self.duration = config.duration
@@ -175,8 +180,3 @@ class DelayStep(AsyncStep):
     async def process(self, env: Envelope) -> Outcome:
         await asyncio.sleep(self.duration)
         return Outcome(env.payload, None)
-
-
-@step_factory("delay")
-def _delay(config: DelayConfig, ctx: StepContext) -> DelayStep:
-    return DelayStep(config, ctx)

@@ -72,7 +72,6 @@ def run_step(
     node = integration.flows[flow].nodes[step]
     values = resolve_config(integration.config, dict(config or {}))
     factory = STEPS[node.config.type].factory
-    assert factory is not None
     impl = factory(node.config, StepContext(integration.name, flow, node, values))
     if not isinstance(impl, Step):
         raise TypeError(f"step {step} is asynchronous; use run_flow")

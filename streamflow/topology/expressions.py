@@ -360,7 +360,6 @@ class _Compiler:
             return (lambda s: fn(a(s))), _NC
         return (lambda s: fn(*[a(s) for a in args])), _NC
 
-
     def _per_item(self, node: ast.Call, name: str, fn: Callable[..., Any], at: int) -> Fn:
         """``map(xs, 'item.price * 2')``: the argument at ``at`` is a constant string,
         compiled here once as an expression over the roots plus ``item``."""

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from streamflow.topology.models import IntegrationDoc
-from streamflow.topology.registry import CONNECTIONS, STEPS, TRIGGERS, load_builtins
+from streamflow.topology.registry import CONNECTIONS, STEPS, TRIGGERS, load_all
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 SCHEMA_BASE = "https://streamflow.dev/schemas/"
@@ -157,12 +157,14 @@ def _compensations(definitions: dict[str, Any]) -> dict[str, Any]:
 
 def integration_schema() -> dict[str, Any]:
     """The schema of an integration file (``schemas/integration.schema.json``)."""
-    load_builtins()
+    load_all()
     defs: dict[str, Any] = {}
     schema = model_schema(IntegrationDoc, defs)
     defs["Step"] = discriminated("Step", {k: v.config for k, v in STEPS.items()}, defs)
-    defs["Trigger"] = discriminated("Trigger", dict(TRIGGERS), defs)
-    defs["Connection"] = discriminated("Connection", dict(CONNECTIONS), defs)
+    defs["Trigger"] = discriminated("Trigger", {k: v.config for k, v in TRIGGERS.items()}, defs)
+    defs["Connection"] = discriminated(
+        "Connection", {k: v.config for k, v in CONNECTIONS.items()}, defs
+    )
     for d in list(defs.values()):
         _nested_step_lists(d)
     defs["Compensation"] = _compensations(defs)

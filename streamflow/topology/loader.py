@@ -27,24 +27,32 @@ from streamflow.errors import Issue, ValidationFailed
 from streamflow.topology import expressions
 from streamflow.topology.models import (
     ConnectionConfig,
+    Expression,
     Flow,
     FlowDoc,
     Integration,
     IntegrationDoc,
+    NestedSteps,
+    ReadsOwnResult,
     Route,
+    Secret,
     StepConfig,
     StepNode,
     TriggerConfig,
+    marked,
 )
-from streamflow.topology.registry import CONNECTIONS, STEPS, TRIGGERS, load_builtins
+from streamflow.topology.registry import CONNECTIONS, STEPS, TRIGGERS, Kind
 from streamflow.topology.source import PathT, Positions, load_yaml
 
 _NOT_TEMPLATED = frozenset({"id", "type", "description", "compensate", "fallback", "breaker"})
 
 
 def load_integration(path: str | Path) -> Integration:
-    """Load and validate one topology file; raise ValidationFailed with every problem."""
-    load_builtins()
+    """Load and validate one topology file; raise ValidationFailed with every problem.
+
+    Only the modules of the step, trigger and connection types the file uses are imported
+    (``registry.py``).
+    """
     data, positions = load_yaml(path)
     return _Validator(positions).integration(data)
 
@@ -117,7 +125,7 @@ class _Validator:
             if isinstance(cfg, ConnectionConfig):
                 out[name] = cfg
                 self.expressions(
-                    raw, path, cfg.secret_fields, set(), roots=frozenset({"config", "env"})
+                    raw, path, marked(type(cfg), Secret), set(), roots=frozenset({"config", "env"})
                 )
         return out
 
@@ -127,7 +135,7 @@ class _Validator:
             self.expressions(
                 doc.trigger,
                 (*path, "trigger"),
-                trigger.secret_fields,
+                marked(type(trigger), Secret),
                 set(),
                 roots=frozenset({"config", "env"}) | getattr(trigger, "expression_roots", set()),
             )
@@ -141,7 +149,7 @@ class _Validator:
             return None
         return Flow(doc, trigger, first, nodes, frozenset(self.step_refs))
 
-    def typed(self, raw: Any, path: PathT, registry: dict[str, Any], what: str) -> Any:
+    def typed(self, raw: Any, path: PathT, registry: Kind[Any], what: str) -> Any:
         if not isinstance(raw, dict):
             self.fail(path, f"a {what} is a mapping with a 'type'")
             return None
@@ -157,7 +165,7 @@ class _Validator:
             )
             self.fail((*path, "type"), f"unknown {what} type '{kind}' ({hint})")
             return None
-        model: type[BaseModel] = entry.config if what == "step" else entry
+        model: type[BaseModel] = entry.config
         try:
             return model.model_validate(raw, context=self.context)
         except ValidationError as exc:
@@ -184,15 +192,16 @@ class _Validator:
             if cfg.id in nodes:
                 self.fail((*spath, "id"), f"duplicate step id '{cfg.id}'")
                 continue
+            model = type(cfg)
             self.expressions(
                 raw,
                 spath,
-                cfg.secret_fields,
+                marked(model, Secret),
                 seen,
-                nested=cfg.nested_fields,
-                bare=cfg.expression_fields,
+                nested=marked(model, NestedSteps),
+                bare=marked(model, Expression),
                 roots=expressions.ROOTS | getattr(cfg, "expression_roots", frozenset()),
-                own=(cfg.id, getattr(cfg, "self_reference_fields", frozenset())),
+                own=(cfg.id, marked(model, ReadsOwnResult)),
             )
             node = StepNode(cfg, None, (), spath)
             nodes[cfg.id] = node
@@ -216,11 +225,15 @@ class _Validator:
             comp = {"id": f"{node.config.id}-compensate", **comp}
         cfg = self.typed(comp, path, STEPS, "step")
         if isinstance(cfg, StepConfig):
-            if cfg.compensate is not None or cfg.nested_fields:
+            if cfg.compensate is not None or marked(type(cfg), NestedSteps):
                 self.fail(path, "a compensation is a single step (no compensate or nested steps)")
                 return
             self.expressions(
-                comp, path, cfg.secret_fields, seen | {node.config.id}, bare=cfg.expression_fields
+                comp,
+                path,
+                marked(type(cfg), Secret),
+                seen | {node.config.id},
+                bare=marked(type(cfg), Expression),
             )
             node.compensation = cfg
 
@@ -241,7 +254,8 @@ class _Validator:
         """Nested step lists (branch routes, default) continue with the parent's next step."""
         raw = raws[int(node.path[-1])]
         routes: list[Route] = []
-        for name in sorted(node.config.nested_fields, key=lambda n: (n != "routes", n)):
+        nested = marked(type(node.config), NestedSteps)
+        for name in sorted(nested, key=lambda n: (n != "routes", n)):
             value = raw.get(name)
             if name == "routes":
                 for j, route in enumerate(value or []):

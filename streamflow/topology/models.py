@@ -8,6 +8,7 @@ models here hold them as raw mappings; ``loader.py`` turns the result into the t
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
@@ -41,6 +42,35 @@ def parse_duration(value: Any) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_JSON_SCHEMA)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+
+
+class Secret:
+    """Field marker, ``Annotated[T, Secret]``: the field may use secret config variables
+    (it is used where it never travels on a topic: credentials, headers, a DSN)."""
+
+
+class Expression:
+    """Field marker, ``Annotated[str, Expression]``: the field is one bare expression
+    (``when: payload.total > 100``), compiled as such rather than as a ``${…}`` template."""
+
+
+class NestedSteps:
+    """Field marker: the field holds nested step lists (branch routes, parallel branches),
+    validated as steps of the same flow."""
+
+
+class ReadsOwnResult:
+    """Field marker: the field's expressions may read the step's own result,
+    ``steps.<its id>`` (an http step's ``paginate`` reads the page just fetched)."""
+
+
+@functools.cache
+def marked(model: type[BaseModel], marker: type) -> frozenset[str]:
+    """The keys (as written in YAML: alias or name) of ``model``'s fields marked with
+    ``marker`` (``Secret``, ``Expression``, ``NestedSteps`` or ``ReadsOwnResult``)."""
+    return frozenset(
+        f.alias or name for name, f in model.model_fields.items() if marker in f.metadata
+    )
 
 
 class Model(BaseModel):
@@ -126,16 +156,13 @@ class StepConfig(Model):
     )
 
     # class-level facts about the type, read by the loader and compiler
+    # a class-level fact about the type, read by the compiler (fields that may use secrets,
+    # are bare expressions or hold nested steps are marked on the fields: Secret, ...)
     pure: ClassVar[bool] = False  # no side effects: may be fused, never retried for I/O
-    secret_fields: ClassVar[frozenset[str]] = frozenset()  # fields that may use secrets
-    expression_fields: ClassVar[frozenset[str]] = frozenset()  # fields that are bare expressions
-    nested_fields: ClassVar[frozenset[str]] = frozenset()  # fields holding nested steps
-    example: ClassVar[str] = ""  # a YAML example for the reference docs
 
 
 class TriggerConfig(Model):
     type: str
-    secret_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class ConnectionConfig(Model):
@@ -143,7 +170,6 @@ class ConnectionConfig(Model):
     Each connection type subclasses this with ``type: Literal[...]`` (see registry.py)."""
 
     type: str
-    secret_fields: ClassVar[frozenset[str]] = frozenset()  # fields that may use secrets
 
 
 class FlowDoc(Model):

@@ -6,19 +6,19 @@ and start one execution per message.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from streamflow.topology.models import Duration, TriggerConfig
-from streamflow.topology.registry import trigger_config
+from streamflow.topology.models import Duration, Secret, TriggerConfig
+from streamflow.topology.registry import trigger_type
 
 StreamFormat = Literal["auto", "json", "text"]
 
 
 class _StreamTrigger(TriggerConfig):
-    url: str = Field(description="the stream's URL (a template of config/env)")
-    headers: dict[str, str] = Field(
+    url: Annotated[str, Secret] = Field(description="the stream's URL (a template of config/env)")
+    headers: Annotated[dict[str, str], Secret] = Field(
         default_factory=dict, description="request headers, e.g. Authorization (secrets ok)"
     )
     format: StreamFormat = Field(
@@ -33,7 +33,6 @@ class _StreamTrigger(TriggerConfig):
         description="reconnect when nothing (not even a comment or ping) arrived for this long",
     )
     batch: int = Field(500, ge=1, le=100_000, description="messages committed together at most")
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"headers", "url"})
 
     @model_validator(mode="after")
     def _delays(self) -> _StreamTrigger:
@@ -44,16 +43,19 @@ class _StreamTrigger(TriggerConfig):
         return self
 
 
-@trigger_config("sse")
-class SseTrigger(_StreamTrigger):
-    """Follow a Server-Sent Events stream: one event per message, resumed with Last-Event-ID, one connection per flow across gateway processes."""  # noqa: E501
-
-    example: ClassVar[str] = """trigger:
+@trigger_type(
+    "sse",
+    category="http",
+    since="0.1.0",
+    example="""trigger:
   type: sse
   url: ${config.stream_url}/orders/stream
   headers: {Authorization: "Bearer ${config.token}"}
   events: [order.created, order.paid]   # default: every event type
-  format: json"""
+  format: json""",
+)
+class SseTrigger(_StreamTrigger):
+    """Follow a Server-Sent Events stream: one event per message, resumed with Last-Event-ID, one connection per flow across gateway processes."""  # noqa: E501
 
     type: Literal["sse"]
     events: list[str] | None = Field(
@@ -68,15 +70,18 @@ class SseTrigger(_StreamTrigger):
         return v
 
 
-@trigger_config("websocket")
-class WebsocketTrigger(_StreamTrigger):
-    """Follow a WebSocket: one event per message (text or binary), reconnecting with backoff, one connection per flow across gateway processes."""  # noqa: E501
-
-    example: ClassVar[str] = """trigger:
+@trigger_type(
+    "websocket",
+    category="http",
+    since="0.1.0",
+    example="""trigger:
   type: websocket
   url: wss://stream.example.com/v1
   subscribe: {op: subscribe, channel: trades}   # sent after every (re)connect
-  heartbeat: 20s"""
+  heartbeat: 20s""",
+)
+class WebsocketTrigger(_StreamTrigger):
+    """Follow a WebSocket: one event per message (text or binary), reconnecting with backoff, one connection per flow across gateway processes."""  # noqa: E501
 
     type: Literal["websocket"]
     subscribe: Any = Field(

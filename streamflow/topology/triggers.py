@@ -1,7 +1,7 @@
 """Config models of the trigger types (what starts a flow).
 
 A trigger's fields may use ``${config.*}`` and ``${env.*}`` (rendered once, when the
-trigger starts); fields named in ``secret_fields`` may use secret config variables. A file
+trigger starts); fields marked ``Secret`` may use secret config variables. A file
 a trigger names (a webhook's JSON Schema, a watched folder, an SQLite database) is
 relative to the topology file's folder. What runs each type lives in ``streamflow.runtime``
 (``gateway``/``webhook``, ``schedule``, ``poller``, ``filewatch``); see docs/triggers.md.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -20,8 +20,8 @@ from streamflow import exactjson
 from streamflow.connectors.paginate import Paginate
 from streamflow.connectors.stores import Idempotency
 from streamflow.errors import ValidationFailed
-from streamflow.topology.models import Duration, Model, TriggerConfig
-from streamflow.topology.registry import trigger_config
+from streamflow.topology.models import Duration, Model, Secret, TriggerConfig
+from streamflow.topology.registry import trigger_type
 from streamflow.topology.source import decode_utf8, safe_load
 
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -40,7 +40,7 @@ def _header_name(value: str) -> str:
     return value
 
 
-@trigger_config("manual")
+@trigger_type("manual", category="lifecycle", since="0.1.0")
 class ManualTrigger(TriggerConfig):
     """Events come from `streamflow run --input` or `streamflow produce`."""
 
@@ -89,21 +89,26 @@ class WebhookAuth(Model):
         return self
 
 
-@trigger_config("webhook")
-class WebhookTrigger(TriggerConfig):
-    """POST /webhooks/<integration>/<flow>: each accepted request starts an execution."""
-
-    example: ClassVar[str] = """trigger:
+@trigger_type(
+    "webhook",
+    category="http",
+    since="0.1.0",
+    example="""trigger:
   type: webhook
   signature: {header: X-Signature, secret: "${config.webhook_secret}", prefix: "sha256=",
               timestamp_header: X-Timestamp, tolerance: 5m}
   schema: schemas/order.json     # 422 with the validation errors
-  max_body: 256000               # 413 above"""
+  max_body: 256000               # 413 above""",
+)
+class WebhookTrigger(TriggerConfig):
+    """POST /webhooks/<integration>/<flow>: each accepted request starts an execution."""
 
     type: Literal["webhook"]
     methods: list[Literal["POST", "PUT", "PATCH", "GET", "DELETE"]] = ["POST"]
-    signature: WebhookSignature | None = None
-    auth: WebhookAuth | None = Field(None, description="bearer token or API key check")
+    signature: Annotated[WebhookSignature | None, Secret] = None
+    auth: Annotated[WebhookAuth | None, Secret] = Field(
+        None, description="bearer token or API key check"
+    )
     schema_: dict[str, Any] | str | None = Field(
         None,
         alias="schema",
@@ -122,7 +127,6 @@ class WebhookTrigger(TriggerConfig):
         description="Idempotency-Key: a repeated key within ttl (24h) runs once; {ttl, store: "
         "memory|redis, connection}; null: every request runs",
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"signature", "auth"})
 
     @field_validator("schema_", mode="after")
     @classmethod
@@ -158,12 +162,15 @@ class WebhookTrigger(TriggerConfig):
 # --------------------------------------------------------------------------- schedule
 
 
-@trigger_config("schedule")
+@trigger_type(
+    "schedule",
+    category="time",
+    since="0.1.0",
+    example="""trigger: {type: schedule, cron: "0 6 * * 1-5", timezone: Asia/Tokyo}
+trigger: {type: schedule, every: 30s, payload: {report: daily}}""",
+)
 class ScheduleTrigger(TriggerConfig):
     """Fires on a cron expression (with time zone) or a fixed interval, once per tick across every gateway process."""  # noqa: E501
-
-    example: ClassVar[str] = """trigger: {type: schedule, cron: "0 6 * * 1-5", timezone: Asia/Tokyo}
-trigger: {type: schedule, every: 30s, payload: {report: daily}}"""
 
     type: Literal["schedule"]
     cron: str | None = Field(None, description="5 fields (minute hour day month weekday)")
@@ -205,7 +212,7 @@ trigger: {type: schedule, every: 30s, payload: {report: daily}}"""
 # --------------------------------------------------------------------------- kafka
 
 
-@trigger_config("kafka")
+@trigger_type("kafka", category="messaging", since="0.1.0")
 class KafkaTrigger(TriggerConfig):
     """Consume an external Kafka topic into the flow."""
 
@@ -330,11 +337,11 @@ class PollCursor(Model):
     param: str | None = Field(None, description="http: query parameter carrying the cursor")
 
 
-@trigger_config("poll")
-class PollTrigger(TriggerConfig):
-    """Poll an HTTP endpoint, an SQL query or a MongoDB collection; emit each new or changed record once."""  # noqa: E501
-
-    example: ClassVar[str] = """trigger:
+@trigger_type(
+    "poll",
+    category="polling",
+    since="0.1.0",
+    example="""trigger:
   type: poll
   every: 1m
   http:
@@ -351,19 +358,22 @@ trigger:
   type: poll
   every: 30s
   mongodb: {connection: mongo, collection: orders, filter: {status: paid}, cursor_type: date}
-  cursor: {field: updated_at}    # the query adds updated_at >= cursor, sorted by it"""
+  cursor: {field: updated_at}    # the query adds updated_at >= cursor, sorted by it""",
+)
+class PollTrigger(TriggerConfig):
+    """Poll an HTTP endpoint, an SQL query or a MongoDB collection; emit each new or changed record once."""  # noqa: E501
 
     type: Literal["poll"]
     every: Duration = Field(60.0, description="time between polls")
-    http: PollHttp | None = Field(
+    http: Annotated[PollHttp | None, Secret] = Field(
         None, description="url, method, headers, params, items (path to the list), timeout"
     )
-    sql: PollSql | None = Field(
+    sql: Annotated[PollSql | None, Secret] = Field(
         None,
         description="dsn (postgresql://…, mysql://… or sqlite:///path) or connection, query, "
         "timeout",
     )
-    mongodb: PollMongo | None = Field(
+    mongodb: Annotated[PollMongo | None, Secret] = Field(
         None,
         description="url or connection, database, collection, filter, projection, limit, "
         "cursor_type, timeout",
@@ -380,7 +390,6 @@ trigger:
     skip_existing: bool = Field(
         False, description="the first poll only records what exists, emitting nothing"
     )
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"http", "sql", "mongodb"})
     expression_roots: ClassVar[frozenset[str]] = frozenset({"response"})  # http.paginate
 
     @model_validator(mode="after")
@@ -417,17 +426,20 @@ class CsvFormat(Model):
     header: bool = Field(True, description="the first row names the columns")
 
 
-@trigger_config("file")
-class FileTrigger(TriggerConfig):
-    """Watch a folder: each new file matching `pattern` becomes one event (one per record with `split`), then moves to `processed/`."""  # noqa: E501
-
-    example: ClassVar[str] = """trigger:
+@trigger_type(
+    "file",
+    category="storage",
+    since="0.1.0",
+    example="""trigger:
   type: file
   path: inbox                    # relative to the topology's folder
   pattern: "*.csv"
   format: csv
   split: true                    # one event per row
-  ready_suffix: .done            # take orders.csv once orders.csv.done exists"""
+  ready_suffix: .done            # take orders.csv once orders.csv.done exists""",
+)
+class FileTrigger(TriggerConfig):
+    """Watch a folder: each new file matching `pattern` becomes one event (one per record with `split`), then moves to `processed/`."""  # noqa: E501
 
     type: Literal["file"]
     path: str = Field(description="the watched folder; relative to the topology's folder")
@@ -473,21 +485,19 @@ class FileTrigger(TriggerConfig):
         return str(_directory(info) / v)
 
 
-@trigger_config("deploy")
+@trigger_type("deploy", category="lifecycle", since="0.1.0", example="""trigger: {type: deploy}""")
 class DeployTrigger(TriggerConfig):
     """Runs when an instance is deployed (`streamflow instance deploy`): the payload has
     `instance`, `integration`, `version`, `config` (secrets masked) and `webhook_urls`
     (the instance's URL of every webhook flow, by flow name) - e.g. to register them."""
 
     type: Literal["deploy"]
-    example: ClassVar[str] = """trigger: {type: deploy}"""
 
 
-@trigger_config("remove")
+@trigger_type("remove", category="lifecycle", since="0.1.0", example="""trigger: {type: remove}""")
 class RemoveTrigger(TriggerConfig):
     """Runs when an instance is removed (`streamflow instance remove`), with the same
     payload as `deploy` and the instance's config still readable - e.g. to unregister
     its webhooks. The instance's webhooks answer 404 from then on."""
 
     type: Literal["remove"]
-    example: ClassVar[str] = """trigger: {type: remove}"""

@@ -126,9 +126,7 @@ def compile_sql(sql: str) -> CompiledSql:  # noqa: PLR0915 (one scanner, kept in
         lite.append(chunk)
         my.append(chunk.replace("%", "%%"))
         i = end
-    return CompiledSql(
-        "".join(pg), "".join(lite), tuple(names), highest, "".join(my), tuple(refs)
-    )
+    return CompiledSql("".join(pg), "".join(lite), tuple(names), highest, "".join(my), tuple(refs))
 
 
 def quote_ident(name: str, quote: str = '"') -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from streamflow.topology.registry import STEPS, load_builtins
+from streamflow.topology.registry import STEPS
 from tests.integration.test_helm import (
     CHART,
     CONFIG,
@@ -69,7 +69,6 @@ def gateways(docs: list[dict[str, Any]]) -> list[str]:
 
 def test_the_charts_pure_step_types_are_the_registrys() -> None:
     """Pure steps get no .retry topic; the chart must know which they are."""
-    load_builtins()
     text = (CHART / "templates" / "_helpers.tpl").read_text()
     m = re.search(r'define "streamflow.pureStepTypes" -}}\n(.*?)\n', text)
     assert m, "streamflow.pureStepTypes not found"

@@ -15,7 +15,7 @@ from jsonschema import Draft7Validator
 
 from streamflow.cli.commands import schema_texts
 from streamflow.topology.models import StepConfig
-from streamflow.topology.registry import STEPS, StepType, load_builtins
+from streamflow.topology.registry import STEPS, StepType, load_all
 
 REPO = Path(__file__).resolve().parents[2]
 MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
@@ -259,7 +259,7 @@ def test_valid_variants_pass() -> None:
 
 
 def test_a_newly_registered_step_type_appears_without_editing_the_generator() -> None:
-    load_builtins()
+    load_all()
 
     class EchoConfig(StepConfig):
         """Echo (a test-only type)."""
@@ -267,11 +267,13 @@ def test_a_newly_registered_step_type_appears_without_editing_the_generator() ->
         type: Literal["echo_test"]
         times: int = 1
 
-    STEPS["echo_test"] = StepType("echo_test", EchoConfig)
+    STEPS.add(
+        StepType(name="echo_test", config=EchoConfig, factory=lambda c, ctx: None, category="test")
+    )
     try:
         schema = schemas()["integration"]
     finally:
-        del STEPS["echo_test"]
+        STEPS.remove("echo_test")
     assert "echo_test" in schema["definitions"]["Step"]["properties"]["type"]["enum"]
     text = integration("      - {id: e, type: echo_test, times: many}")
     errors = list(Draft7Validator(schema).iter_errors(yaml.safe_load(text)))
@@ -283,7 +285,7 @@ def test_no_two_config_models_share_a_name() -> None:
     (graphql's and http's ``Paginate`` once) would make one silently replace the other."""
     import pydantic
 
-    load_builtins()
+    load_all()
     names: dict[str, set[str]] = {}
 
     def walk(cls: type) -> None:
