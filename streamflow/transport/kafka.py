@@ -463,18 +463,20 @@ class KafkaTransport:
                     raise ConfigError(
                         f"cannot create or grow topic {name}: {exc.args[0].str()}"
                     ) from None
-        self._wait_visible([s.name for s in specs])
+        self._wait_visible({s.name: s.partitions for s in specs})
         return changes
 
-    def _wait_visible(self, names: list[str]) -> None:
+    def _wait_visible(self, want: dict[str, int]) -> None:
+        # every topic with its partitions (a grow shows late), each with a leader
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             topics = self._metadata().topics
             if all(
                 n in topics
                 and topics[n].error is None
+                and len(topics[n].partitions) >= count
                 and all(p.leader >= 0 and p.error is None for p in topics[n].partitions.values())
-                for n in names
+                for n, count in want.items()
             ):
                 return
             time.sleep(0.2)
