@@ -22,6 +22,7 @@ from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, FatalError
 from streamflow.runtime.agent import StepAgent
 from streamflow.runtime.aggregate import AggregateProcessor
+from streamflow.runtime.clock import SYSTEM_CLOCK, Clock
 from streamflow.runtime.contain import Containment, describe, place
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.instances import InstanceTable
@@ -55,6 +56,7 @@ class AppOptions:
     triggers: bool = True  # run trigger agents (kafka triggers); `run` feeds events itself
     instances: bool = False  # follow sf.instances and resolve each envelope's instance config
     env: Mapping[str, str] = field(default_factory=dict)
+    clock: Clock = SYSTEM_CLOCK  # delay steps, retry backoff and due times, breakers
 
 
 class App:
@@ -147,7 +149,9 @@ class App:
                     agents.append(self._agent(flow, aplan))
             for aplan in fplan.retry_agents:
                 if not wanted or wanted & set(aplan.steps):
-                    agents.append(self._loop_for(flow, RetryProcessor(fplan, aplan)))
+                    agents.append(
+                        self._loop_for(flow, RetryProcessor(fplan, aplan, self.options.clock))
+                    )
             if fplan.compensate_agent is not None and (not wanted or "compensate" in wanted):
                 agents.append(self._compensation_agent(flow, fplan.compensate_agent))
         if not agents:
@@ -169,6 +173,7 @@ class App:
             logging.getLogger(f"streamflow.step.{flow.name}.{config.id}"),
             self.resources,
             self._instance_config if self.instances is not None else None,
+            self.options.clock,
         )
         try:
             step: AnyStep = factory(config, ctx)
@@ -185,6 +190,7 @@ class App:
             step_events,
             self.options.trace_payloads,
             self.transport.max_message_bytes,
+            self.options.clock,
         )
 
     def _compensation_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:

@@ -53,6 +53,7 @@ import orjson
 from streamflow import exactjson
 from streamflow.envelope import Envelope
 from streamflow.errors import FatalError
+from streamflow.runtime.clock import SYSTEM_CLOCK, Clock
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.metrics import TRIGGER_FIRINGS
 from streamflow.topology.plan import COMPACTED, topic_prefix
@@ -298,8 +299,11 @@ class LeaderTrigger(ABC):
         ingress: FlowIngress,
         transport: Transport,
         env: Mapping[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.ingress = ingress
+        self.clock = clock  # when work is due (ticks, poll intervals); the lease's own
+        # waits (broker polls, another process's lock) are on real time
         self.flow = ingress.flow.name
         self.env = dict(env or {})
         prefix = topic_prefix(ingress.integration.name, self.flow)
@@ -354,7 +358,3 @@ class LeaderTrigger(ABC):
 
     def state_record(self, key: bytes, value: Any) -> Outgoing:
         return Outgoing(self.topic, exactjson.dumps(value), key, partition=0)  # cursors exact
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

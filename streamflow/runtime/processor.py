@@ -15,7 +15,6 @@ to dead-letter it) is dead-lettered as the input record arrived (``contain.py``)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import traceback
@@ -34,6 +33,7 @@ from streamflow.errors import (
 )
 from streamflow.errtext import plain
 from streamflow.runtime import tracing
+from streamflow.runtime.clock import SYSTEM_CLOCK, Clock
 from streamflow.runtime.contain import Containment, Out, place
 from streamflow.runtime.contain import describe as describe_contained
 from streamflow.runtime.contain import dlq_headers as _headers
@@ -66,6 +66,7 @@ class ProcessorOptions:
     step_events: bool = True  # an execution event after every step
     trace_payloads: bool = False  # include payloads in execution events (run, tests)
     max_message_bytes: int = field(default=DEFAULT_MAX_MESSAGE_BYTES)  # the transport's
+    clock: Clock = SYSTEM_CLOCK  # retry due times and backoff waits (tests move a ManualClock)
 
 
 class Processor(Protocol):
@@ -112,7 +113,7 @@ class ChainProcessor:
         # a `response: sync` webhook answers with the output carried by `completed`
         self.output_on_completed = getattr(flow.trigger, "response", None) == "sync"
         self.breakers = {
-            sid: CircuitBreaker(cfg, self._breaker_logger(sid))
+            sid: CircuitBreaker(cfg, self._breaker_logger(sid), options.clock)
             for sid in steps
             if (cfg := flow.nodes[sid].config.breaker) is not None
         }
@@ -292,7 +293,7 @@ class ChainProcessor:
                 env.attempt += 1
                 env.meta["last_error"] = error  # the next attempt can read ${meta.last_error}
                 if retry_topic is not None:
-                    due = now_ms() + int(delay * 1000)
+                    due = self.opts.clock.now_ms() + int(delay * 1000)
                     headers = [("sf-due", str(due).encode()), ("sf-error", error.encode()[:2000])]
                     self._event(
                         env,
@@ -306,7 +307,7 @@ class ChainProcessor:
                 self._event(
                     env, outs, "retry", error=error, note=f"attempt {env.attempt} in {delay:.2f}s"
                 )
-                await asyncio.sleep(delay)
+                await self.opts.clock.asleep(delay)
 
     def _give_up(
         self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]

@@ -122,8 +122,7 @@ class ScheduleRunner(LeaderTrigger):
         env: dict[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(ingress, transport, env)
-        self.clock = clock
+        super().__init__(ingress, transport, env, clock)
         trigger = ingress.flow.trigger
         assert isinstance(trigger, ScheduleTrigger)
         self.trigger = trigger

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, ClassVar, Literal
 
@@ -171,9 +170,10 @@ class DelayConfig(StepConfig):
 class DelayStep(AsyncStep):
     def __init__(self, config: DelayConfig, ctx: StepContext) -> None:
         self.duration = config.duration
+        self.clock = ctx.clock
 
     async def process(self, env: Envelope) -> Outcome:
-        await asyncio.sleep(self.duration)
+        await self.clock.asleep(self.duration)
         return Outcome(env.payload, None)
 
 
