@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from streamflow.runtime.clock import ManualClock
+from streamflow.runtime.lease import LeaderTrigger
+
 T = TypeVar("T")
 
 TIMEOUT = 30.0  # seconds; a bound on failure, not an expected duration
@@ -41,3 +44,32 @@ async def until(
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what or check}")
         await asyncio.sleep(interval)
     return value
+
+
+async def next_round(
+    clock: ManualClock,
+    trigger: LeaderTrigger,
+    task: asyncio.Task[None],
+    progress: Callable[[], object],
+    timeout: float = TIMEOUT,
+) -> None:
+    """One round of a leader trigger (poll, file) running on ``clock`` as ``task``: wait
+    until it pauses, move the clock a millisecond past the time it waits for, and wait until
+    it has done the work that fell due: a round is over and ``progress()`` (e.g. its next
+    due time) changed. A round woken a hair early (due times are float sums) does nothing;
+    its trigger then wakes again on its own (it waits at most half a second of real time)."""
+
+    def paused() -> bool:
+        return clock.sleepers > 0 or task.done()
+
+    await until(paused, timeout, "the trigger to pause", interval=0.002)
+    assert not task.done(), f"the trigger stopped: {task}"
+    rounds, before, wake = trigger.rounds, progress(), clock.next_wake()
+    assert wake is not None
+    await clock.advance(wake + 0.001)
+
+    def done() -> bool:
+        return (trigger.rounds > rounds and progress() != before) or task.done()
+
+    await until(done, timeout, "the work that fell due", interval=0.002)
+    assert not task.done(), f"the trigger stopped: {task}"

@@ -101,6 +101,11 @@ class ManualClock:
         """How many ``asleep`` calls are waiting (a test can wait for a task to sleep)."""
         return sum(1 for _, _, fut in self._sleepers if not fut.done())
 
+    def next_wake(self) -> float | None:
+        """Seconds until the earliest ``asleep`` call wakes; None if none waits."""
+        waiting = [deadline for deadline, _, fut in self._sleepers if not fut.done()]
+        return (min(waiting) - self._mono_ns) / 1e9 if waiting else None
+
     def sleep(self, seconds: float) -> None:
         deadline = self._mono_ns + _ns(seconds)
         with self._moved:

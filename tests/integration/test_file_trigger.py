@@ -25,7 +25,7 @@ from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
-from tests.waiting import until
+from tests.waiting import next_round
 
 
 def file_integration(tmp_path: Path, trigger: str, name: str = "files") -> Integration:
@@ -78,21 +78,8 @@ class Watcher:
         """``n`` more scan intervals pass, and the watcher has scanned after each."""
         runner = self.runner
         assert runner is not None and self.task is not None
-        task = self.task
         for _ in range(n):
-            # between two rounds, waiting on the clock: the next round reads the new time
-            await until(
-                lambda: self.clock.sleepers > 0 or task.done(), what="a pause", interval=0.002
-            )
-            rounds, due = runner.rounds, runner.next_scan
-
-            def scanned(rounds: int = rounds, due: float = due) -> bool:
-                return (runner.rounds > rounds and runner.next_scan > due) or task.done()
-
-            # a millisecond past due: `next_scan` is a float sum that may round up
-            await self.clock.advance(runner.trigger.every + 0.001)
-            await until(scanned, what="a scan", interval=0.002)
-            assert not task.done(), "the watcher stopped"
+            await next_round(self.clock, runner, self.task, lambda: runner.next_scan)
 
     async def scan_until(self, condition: Callable[[], bool], timeout: float = 30) -> None:
         """Scan after scan until ``condition()`` holds."""

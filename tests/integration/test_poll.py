@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from aiohttp import web
 
 from streamflow.envelope import Envelope, decode
 from streamflow.runtime.app import App
+from streamflow.runtime.clock import ManualClock
 from streamflow.runtime.ingest import FlowIngress
 from streamflow.runtime.poller import PollRunner
 from streamflow.topology.loader import load_integration
@@ -23,6 +23,7 @@ from streamflow.topology.models import Integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
+from tests.waiting import next_round
 
 
 def poll_integration(tmp_path: Path, name: str, trigger: str) -> Integration:
@@ -52,23 +53,26 @@ async def poll_until(
     integration: Integration,
     transport: Transport,
     done: Callable[[list[Envelope]], bool],
-    timeout: float = 60.0,
+    polls: int = 200,
 ) -> list[Envelope]:
-    """Run one poller (a fresh one: as after a restart) until ``done``, then stop it."""
+    """Run one poller (a fresh one: as after a restart) poll by poll on a ManualClock until
+    ``done``; then three more polls (nothing more may come), then stop it. AssertionError
+    "timed out" if ``done`` does not hold after ``polls`` polls."""
     flow = integration.flows["sync"]
-    runner = PollRunner(FlowIngress(integration, flow, compile_plan(integration), {}), transport)
+    clock = ManualClock()
+    ingress = FlowIngress(integration, flow, compile_plan(integration), {})
+    runner = PollRunner(ingress, transport, clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
-    deadline = time.monotonic() + timeout
     try:
-        while True:
+        for _ in range(polls):
+            await next_round(clock, runner, task, lambda: runner.next_poll)
             envs = await asyncio.to_thread(emitted, transport, integration)
             if done(envs):
-                await asyncio.sleep(0.6)  # a few more polls: nothing more may come
+                for _ in range(3):
+                    await next_round(clock, runner, task, lambda: runner.next_poll)
                 return await asyncio.to_thread(emitted, transport, integration)
-            assert not task.done(), task.exception()
-            assert time.monotonic() < deadline, f"timed out; emitted {len(envs)}"
-            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {polls} polls; emitted {len(envs)}")
     finally:
         stop.set()
         await task
@@ -209,7 +213,7 @@ async def test_a_failing_source_is_retried_without_moving_the_cursor(
     App(integration, transport, {}).deploy()
     items.append({"id": 1, "updated": "x"})
     with pytest.raises(AssertionError, match="timed out"):
-        await poll_until(integration, transport, lambda e: len(e) >= 1, timeout=1.5)
+        await poll_until(integration, transport, lambda e: len(e) >= 1, polls=7)
     assert emitted(transport, integration) == []
     transport.close()
 
