@@ -314,7 +314,7 @@ class StreamRunner(LeaderTrigger):
             self.reconnects.inc()
             if opened:
                 delay = base
-            await asyncio.sleep(delay)
+            await self.clock.asleep(delay)  # reconnect backoff
             delay = min(delay * 2, self.trigger.max_backoff)
 
     async def sse(self, resume: str | None) -> Any:
