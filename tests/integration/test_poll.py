@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,12 @@ async def poll_until(
     transport: Transport,
     done: Callable[[list[Envelope]], bool],
     polls: int = 200,
+    timeout: float = 60.0,
 ) -> list[Envelope]:
     """Run one poller (a fresh one: as after a restart) poll by poll on a ManualClock until
     ``done``; then three more polls (nothing more may come), then stop it. AssertionError
-    "timed out" if ``done`` does not hold after ``polls`` polls."""
+    "timed out" if ``done`` does not hold after ``polls`` polls or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     flow = integration.flows["sync"]
     clock = ManualClock()
     ingress = FlowIngress(integration, flow, compile_plan(integration), {})
@@ -66,11 +69,12 @@ async def poll_until(
     task = asyncio.create_task(runner.run(stop))
     try:
         for _ in range(polls):
-            await next_round(clock, runner, task, lambda: runner.next_poll)
+            await next_round(clock, runner, task, lambda: runner.next_poll, timeout)
+            assert time.monotonic() < deadline, f"timed out after {timeout:g}s"
             envs = await asyncio.to_thread(emitted, transport, integration)
             if done(envs):
                 for _ in range(3):
-                    await next_round(clock, runner, task, lambda: runner.next_poll)
+                    await next_round(clock, runner, task, lambda: runner.next_poll, timeout)
                 return await asyncio.to_thread(emitted, transport, integration)
         raise AssertionError(f"timed out after {polls} polls; emitted {len(envs)}")
     finally:
