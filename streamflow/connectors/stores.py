@@ -18,14 +18,13 @@ decide whether to fail or degrade (a cache degrades).
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import time
 import uuid
 from typing import Any, Literal, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.connectors.connections import RedisConnection, check_connection
 from streamflow.errors import RetriableError
 from streamflow.steps.base import Resources
@@ -105,27 +104,28 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """In-process store (one per App or gateway)."""
+    """In-process store (one per App or gateway); expiry and windows on ``clock``."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.items: dict[str, tuple[float, bytes]] = {}
         self.windows: dict[str, collections.deque[float]] = {}
 
     def _live(self, key: str) -> tuple[float, bytes] | None:
         item = self.items.get(key)
-        if item is not None and item[0] <= time.monotonic():
+        if item is not None and item[0] <= self.clock.monotonic():
             del self.items[key]
             return None
         return item
 
     async def get(self, key: str) -> tuple[bytes, float] | None:
         item = self._live(key)
-        return None if item is None else (item[1], item[0] - time.monotonic())
+        return None if item is None else (item[1], item[0] - self.clock.monotonic())
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        self.items[key] = (time.monotonic() + ttl, value)
+        self.items[key] = (self.clock.monotonic() + ttl, value)
         if len(self.items) > 100_000:  # sweep expired entries now and then
-            for k in [k for k, (exp, _) in self.items.items() if exp <= time.monotonic()]:
+            for k in [k for k, (exp, _) in self.items.items() if exp <= self.clock.monotonic()]:
                 del self.items[k]
 
     async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
@@ -139,7 +139,7 @@ class MemoryStore:
         self.items.pop(key, None)
 
     async def acquire(self, key: str, limit: int, per: float) -> float:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         window = self.windows.setdefault(key, collections.deque())
         while window and window[0] <= now - per:
             window.popleft()
@@ -283,8 +283,10 @@ async def open_store(
     return await resources.aget(key, create, close)
 
 
-async def wait_for_slot(store: Store, key: str, limit: int, per: float, max_wait: float) -> float:
-    """Wait (sleeping, never failing) until a slot is free; the seconds waited.
+async def wait_for_slot(
+    store: Store, key: str, limit: int, per: float, max_wait: float, clock: Clock = SYSTEM_CLOCK
+) -> float:
+    """Wait (sleeping on ``clock``, never failing) until a slot is free; the seconds waited.
     RetriableError if it would take longer than ``max_wait``."""
     waited = 0.0
     while True:
@@ -295,5 +297,5 @@ async def wait_for_slot(store: Store, key: str, limit: int, per: float, max_wait
             raise RetriableError(
                 f"rate limit {limit}/{per:g}s: no slot within {max_wait:g}s", retry_after=wait
             )
-        await asyncio.sleep(wait)
+        await clock.asleep(wait)
         waited += wait

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError, FatalError
 from streamflow.errtext import describe
@@ -56,6 +57,7 @@ class AppOptions:
     triggers: bool = True  # run trigger agents (kafka triggers); `run` feeds events itself
     instances: bool = False  # follow sf.instances and resolve each envelope's instance config
     env: Mapping[str, str] = field(default_factory=dict)
+    clock: Clock = SYSTEM_CLOCK  # delay steps, retry backoff and due times, breakers
 
 
 class App:
@@ -148,7 +150,9 @@ class App:
                     agents.append(self._agent(flow, aplan))
             for aplan in fplan.retry_agents:
                 if not wanted or wanted & set(aplan.steps):
-                    agents.append(self._loop_for(flow, RetryProcessor(fplan, aplan)))
+                    agents.append(
+                        self._loop_for(flow, RetryProcessor(fplan, aplan, self.options.clock))
+                    )
             if fplan.compensate_agent is not None and (not wanted or "compensate" in wanted):
                 agents.append(self._compensation_agent(flow, fplan.compensate_agent))
         if not agents:
@@ -168,6 +172,7 @@ class App:
             logging.getLogger(f"streamflow.step.{flow.name}.{config.id}"),
             self.resources,
             self._instance_config if self.instances is not None else None,
+            self.options.clock,
         )
         try:
             step: AnyStep = factory(config, ctx)
@@ -187,6 +192,7 @@ class App:
             self.options.trace_payloads,
             self.transport.max_message_bytes,
             summary=mode == "summary",
+            clock=self.options.clock,
         )
 
     def _compensation_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:

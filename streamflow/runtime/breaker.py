@@ -10,9 +10,9 @@ breaker of its step is open instead of burning retries.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.topology.models import BreakerConfig
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
@@ -24,7 +24,7 @@ class CircuitBreaker:
         self,
         config: BreakerConfig,
         on_change: Callable[[str, str], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.on_change = on_change
@@ -43,7 +43,7 @@ class CircuitBreaker:
     def before_call(self) -> float | None:
         """None if a call may go ahead, else seconds until it may be tried."""
         if self.state == OPEN:
-            left = self.opened_at + self.config.reset_timeout - self.clock()
+            left = self.opened_at + self.config.reset_timeout - self.clock.monotonic()
             if left > 0:
                 return left
             self.trials = 0
@@ -61,5 +61,5 @@ class CircuitBreaker:
     def failure(self) -> None:
         self.failures += 1
         if self.state == HALF_OPEN or self.failures >= self.config.failure_threshold:
-            self.opened_at = self.clock()
+            self.opened_at = self.clock.monotonic()
             self._set(OPEN)

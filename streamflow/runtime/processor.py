@@ -15,7 +15,6 @@ to dead-letter it) is dead-lettered as the input record arrived (``contain.py``)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import traceback
@@ -23,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import (
     CircuitOpenError,
@@ -69,6 +69,7 @@ class ProcessorOptions:
     # `events: summary`: an execution that starts and ends here writes its end record only;
     # ``started`` is written when it leaves the agent it started in (``run_sync(fresh=)``)
     summary: bool = False
+    clock: Clock = SYSTEM_CLOCK  # retry due times and backoff waits (tests move a ManualClock)
 
 
 class Processor(Protocol):
@@ -115,7 +116,7 @@ class ChainProcessor:
         # a `response: sync` webhook answers with the output carried by `completed`
         self.output_on_completed = getattr(flow.trigger, "response", None) == "sync"
         self.breakers = {
-            sid: CircuitBreaker(cfg, self._breaker_logger(sid))
+            sid: CircuitBreaker(cfg, self._breaker_logger(sid), options.clock)
             for sid in steps
             if (cfg := flow.nodes[sid].config.breaker) is not None
         }
@@ -300,7 +301,7 @@ class ChainProcessor:
                 env.attempt += 1
                 env.meta["last_error"] = error  # the next attempt can read ${meta.last_error}
                 if retry_topic is not None:
-                    due = now_ms() + int(delay * 1000)
+                    due = self.opts.clock.now_ms() + int(delay * 1000)
                     headers = [("sf-due", str(due).encode()), ("sf-error", error.encode()[:2000])]
                     self._event(
                         env,
@@ -314,7 +315,7 @@ class ChainProcessor:
                 self._event(
                     env, outs, "retry", error=error, note=f"attempt {env.attempt} in {delay:.2f}s"
                 )
-                await asyncio.sleep(delay)
+                await self.opts.clock.asleep(delay)
 
     def _give_up(
         self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]

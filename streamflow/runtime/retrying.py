@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from streamflow.envelope import now_ms
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.observability.metrics import StepMetrics
 from streamflow.runtime.contain import Out
 from streamflow.runtime.processor import Deferred
@@ -22,7 +22,8 @@ from streamflow.transport.base import Record
 class RetryProcessor:
     all_sync = True
 
-    def __init__(self, flow_plan: FlowPlan, agent: AgentPlan) -> None:
+    def __init__(self, flow_plan: FlowPlan, agent: AgentPlan, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.agent = agent
         self.step = agent.steps[0]
         self.target = flow_plan.entry_of[self.step]
@@ -31,7 +32,7 @@ class RetryProcessor:
     def handle_sync(self, rec: Record) -> list[Out]:
         raw = rec.header("sf-due")
         due = int(raw) if raw else 0
-        wait_ms = due - now_ms()
+        wait_ms = due - self.clock.now_ms()
         if wait_ms > 0:
             raise Deferred(time.monotonic() + wait_ms / 1000)
         return [Out(self.target, rec.value, rec.key)]

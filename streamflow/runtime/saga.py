@@ -10,7 +10,6 @@ the execution ends ``compensation_failed`` - never dropped.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -118,7 +117,7 @@ class CompensationProcessor:
                     return False
                 delay = backoff_delay(policy, env.attempt, getattr(exc, "retry_after", None))
                 self._event(env, outs, "retry", error=describe(exc), note=f"in {delay:.2f}s")
-                await asyncio.sleep(delay)
+                await self.opts.clock.asleep(delay)
                 env.attempt += 1
 
     def _event(

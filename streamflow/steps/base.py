@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError
 from streamflow.topology.models import StepNode
@@ -101,6 +102,7 @@ class StepContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("streamflow.step"))
     resources: Resources = field(default_factory=Resources)
     config_for: Callable[[Envelope], Mapping[str, Any]] | None = None  # its instance's config
+    clock: Clock = SYSTEM_CLOCK  # what a step waits on (the delay step)
 
     def config_of(self, env: Envelope) -> Mapping[str, Any]:
         """The config values for this envelope: its instance's, else the run's."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -176,7 +175,8 @@ class DelayConfig(StepConfig):
 class DelayStep(AsyncStep):
     def __init__(self, config: DelayConfig, ctx: StepContext) -> None:
         self.duration = config.duration
+        self.clock = ctx.clock
 
     async def process(self, env: Envelope) -> Outcome:
-        await asyncio.sleep(self.duration)
+        await self.clock.asleep(self.duration)
         return Outcome(env.payload, None)

@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from streamflow import exactjson, textio
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.ingress import FlowIngress
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import FileTrigger
 from streamflow.transport.base import Record, Transport
-from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 
 log = logging.getLogger("streamflow.trigger")
 FILE_PREFIX = b"f:"
@@ -102,9 +103,13 @@ class FileRunner(LeaderTrigger):
     trigger_type = "file"
 
     def __init__(
-        self, ingress: FlowIngress, transport: Transport, env: dict[str, str] | None = None
+        self,
+        ingress: FlowIngress,
+        transport: Transport,
+        env: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(ingress, transport, env)
+        super().__init__(ingress, transport, env, clock)
         trigger = ingress.flow.trigger
         assert isinstance(trigger, FileTrigger)
         self.trigger = trigger
@@ -130,7 +135,7 @@ class FileRunner(LeaderTrigger):
         self.next_scan = 0.0
 
     async def work(self) -> float:
-        now = now_ms() / 1000
+        now = self.clock.now_ms() / 1000
         if now < self.next_scan:
             return self.next_scan - now
         self.next_scan = now + self.trigger.every
@@ -143,7 +148,7 @@ class FileRunner(LeaderTrigger):
             if not await self.take(found):
                 self.next_scan = 0.0
                 return 1.0
-        return max(0.0, self.next_scan - now_ms() / 1000)
+        return max(0.0, self.next_scan - self.clock.now_ms() / 1000)
 
     def scan(self) -> list[Found]:
         """Files that are complete now, oldest first."""
@@ -234,7 +239,12 @@ class FileRunner(LeaderTrigger):
             execution_id = f"{ident}-{i}" if self.trigger.split else ident
             env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
             messages.extend(envelope_messages(self.ingress, env))
-        state = {"sha256": digest, "size": found.size, "events": len(payloads), "ts": now_ms()}
+        state = {
+            "sha256": digest,
+            "size": found.size,
+            "events": len(payloads),
+            "ts": self.clock.now_ms(),
+        }
         if error:
             state["error"] = error
         messages.append(self.state_record(FILE_PREFIX + name.encode(), state))
@@ -288,7 +298,7 @@ class FileRunner(LeaderTrigger):
                 continue
             dest = target / src.name
             if dest.exists():  # a file of that name was taken before: keep both
-                dest = target / f"{src.name}.{now_ms()}"
+                dest = target / f"{src.name}.{self.clock.now_ms()}"
             shutil.move(str(src), str(dest))
 
 

@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 import orjson
 
 from streamflow import exactjson
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.envelope import Envelope
 from streamflow.errors import FatalError
 from streamflow.ingress import FlowIngress
@@ -294,8 +295,11 @@ class LeaderTrigger(ABC):
         ingress: FlowIngress,
         transport: Transport,
         env: Mapping[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.ingress = ingress
+        self.clock = clock  # when work is due (ticks, poll intervals); the lease's own
+        # waits (broker polls, another process's lock) are on real time
         self.flow = ingress.flow.name
         self.env = dict(env or {})
         prefix = topic_prefix(ingress.integration.name, self.flow)
@@ -305,6 +309,7 @@ class LeaderTrigger(ABC):
             ingress.integration.name, self.flow, self.trigger_type
         )
         self._term = 0
+        self.rounds = 0  # ``work`` calls done: a test moving a ManualClock waits on it
 
     @property
     def scope(self) -> dict[str, Any]:
@@ -332,25 +337,39 @@ class LeaderTrigger(ABC):
         """Called while this process does not lead (e.g. to drop a connection)."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay = 0.0
+        wait = 0.0  # how long the lease's poll may block (real time: it waits on others)
         try:
             await self.lease.ensure_topic()
             while not stop.is_set():
-                if not await self.lease.poll(min(max(delay, 0.0), 0.5)):
+                if not await self.lease.poll(wait):
                     await self.idle()
-                    delay = 0.5
+                    wait = 0.5
                     continue
+                wait = 0.0
                 if self.lease.term != self._term:
                     self._term = self.lease.term
                     self.on_term()
                 delay = await self.work()
+                self.rounds += 1
+                await self._pause(delay, stop)
         finally:
             await self.aclose()
             await self.lease.close()
 
+    async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
+        """Wait ``seconds`` on the clock (the work falls due), or until ``stop``; at most
+        half a second of real time, so the lease is polled (and kept) that often."""
+        if seconds <= 0:
+            return
+        waits = [
+            asyncio.ensure_future(self.clock.asleep(seconds)),
+            asyncio.ensure_future(stop.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     def state_record(self, key: bytes, value: Any) -> Outgoing:
         return Outgoing(self.topic, exactjson.dumps(value), key, partition=0)  # cursors exact
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

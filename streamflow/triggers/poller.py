@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 
 from streamflow import exactjson
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.connectors.httpclient import safe_url
 from streamflow.connectors.mongodb import poll_documents
 from streamflow.connectors.paginate import Pager, PaginationError
@@ -43,7 +44,7 @@ from streamflow.steps.base import Resources
 from streamflow.topology.expressions import ExpressionEvalError, compile_value
 from streamflow.topology.triggers import PollTrigger
 from streamflow.transport.base import Record, Transport
-from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 from streamflow.util.secrets import Masker
 from streamflow.util.sqldb import Statement, compile_sql, database, to_json_value
 
@@ -86,9 +87,13 @@ class PollRunner(LeaderTrigger):
     trigger_type = "poll"
 
     def __init__(
-        self, ingress: FlowIngress, transport: Transport, env: dict[str, str] | None = None
+        self,
+        ingress: FlowIngress,
+        transport: Transport,
+        env: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(ingress, transport, env)
+        super().__init__(ingress, transport, env, clock)
         trigger = ingress.flow.trigger
         assert isinstance(trigger, PollTrigger)
         self.trigger = trigger
@@ -150,7 +155,7 @@ class PollRunner(LeaderTrigger):
     # -- work ------------------------------------------------------------------------
 
     async def work(self) -> float:
-        now = now_ms() / 1000
+        now = self.clock.now_ms() / 1000
         if now < self.next_poll:
             return self.next_poll - now
         self.next_poll = now + self.trigger.every
@@ -166,7 +171,7 @@ class PollRunner(LeaderTrigger):
         if not ok:
             self.next_poll = 0.0  # the transaction did not commit: poll again soon
             return 1.0
-        return max(0.0, self.next_poll - now_ms() / 1000)
+        return max(0.0, self.next_poll - self.clock.now_ms() / 1000)
 
     async def _emit_cursor(self, records: list[Any]) -> bool:
         assert self.trigger.cursor is not None
@@ -197,7 +202,7 @@ class PollRunner(LeaderTrigger):
             pending.append((rec, trigger, f"{self.flow}-{h[:24]}"))
         messages = self._envelopes(pending)
         messages.append(self.state_record(CURSOR, {"value": cursor, "seen": sorted(seen)}))
-        messages.append(self.state_record(POLLED, {"ts": now_ms()}))
+        messages.append(self.state_record(POLLED, {"ts": self.clock.now_ms()}))
         if not await self.lease.commit(messages):
             return False
         self.cursor, self.seen, self.polled = cursor, seen, True
@@ -228,7 +233,7 @@ class PollRunner(LeaderTrigger):
         messages = self._envelopes(pending)
         for key, (h, _, _) in changed.items():
             messages.append(self.state_record(HASH_PREFIX + key.encode(), {"hash": h}))
-        messages.append(self.state_record(POLLED, {"ts": now_ms()}))
+        messages.append(self.state_record(POLLED, {"ts": self.clock.now_ms()}))
         if not await self.lease.commit(messages):
             return False
         self.hashes.update({key: h for key, (h, _, _) in changed.items()})

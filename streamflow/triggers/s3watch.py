@@ -26,13 +26,14 @@ from typing import Any
 
 import orjson
 
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.connectors.aws import aws_masker, s3_client, s3_failure
 from streamflow.connectors.s3 import S3Trigger, object_facts
 from streamflow.ingress import FlowIngress
 from streamflow.steps.base import Resources
 from streamflow.topology.expressions import compile_value
 from streamflow.transport.base import Record, Transport
-from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 
 log = logging.getLogger("streamflow.trigger")
 OBJECT_PREFIX = b"o:"
@@ -47,9 +48,13 @@ class S3Runner(LeaderTrigger):
     trigger_type = "s3"
 
     def __init__(
-        self, ingress: FlowIngress, transport: Transport, env: dict[str, str] | None = None
+        self,
+        ingress: FlowIngress,
+        transport: Transport,
+        env: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(ingress, transport, env)
+        super().__init__(ingress, transport, env, clock)
         trigger = ingress.flow.trigger
         assert isinstance(trigger, S3Trigger)
         self.trigger = trigger
@@ -82,7 +87,7 @@ class S3Runner(LeaderTrigger):
         return key.startswith(self.prefix) and fnmatch.fnmatchcase(rest, self.trigger.pattern)
 
     async def work(self) -> float:
-        now = now_ms() / 1000
+        now = self.clock.now_ms() / 1000
         if now < self.next_poll:
             return self.next_poll - now
         self.next_poll = now + self.trigger.every
@@ -95,7 +100,7 @@ class S3Runner(LeaderTrigger):
         fresh = [o for o in objects if self.done.get(o["key"]) != o["etag"]]
         baseline = self.trigger.skip_existing and not self.listed
         if not fresh and self.listed:
-            return max(0.0, self.next_poll - now_ms() / 1000)
+            return max(0.0, self.next_poll - self.clock.now_ms() / 1000)
         more = len(fresh) > self.trigger.max_per_poll
         fresh = fresh[: self.trigger.max_per_poll]
         for start in range(0, max(len(fresh), 1), BATCH):
@@ -105,7 +110,7 @@ class S3Runner(LeaderTrigger):
         if more:
             self.next_poll = 0.0
             return 0.0
-        return max(0.0, self.next_poll - now_ms() / 1000)
+        return max(0.0, self.next_poll - self.clock.now_ms() / 1000)
 
     async def commit(self, objects: list[dict[str, Any]], *, emit: bool) -> bool:
         messages: list[Outgoing] = []
@@ -119,9 +124,9 @@ class S3Runner(LeaderTrigger):
                     payload, trigger=trigger, execution_id=f"{self.flow}-{ident[:24]}"
                 )
                 messages.extend(envelope_messages(self.ingress, env))
-            value = {"etag": obj["etag"], "ts": now_ms()}
+            value = {"etag": obj["etag"], "ts": self.clock.now_ms()}
             messages.append(self.state_record(OBJECT_PREFIX + obj["key"].encode(), value))
-        messages.append(self.state_record(LISTED, {"ts": now_ms()}))
+        messages.append(self.state_record(LISTED, {"ts": self.clock.now_ms()}))
         if not await self.lease.commit(messages):
             return False
         self.done.update({o["key"]: o["etag"] for o in objects})

@@ -31,13 +31,13 @@ from zoneinfo import ZoneInfo
 import orjson
 from croniter import croniter
 
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.envelope import Envelope
 from streamflow.ingress import FlowIngress
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import ScheduleTrigger
 from streamflow.transport.base import Record, Transport
 from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
-from streamflow.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("streamflow.trigger")
 BURST = 100  # ticks a running leader fires at once when it fell behind
@@ -122,8 +122,7 @@ class ScheduleRunner(LeaderTrigger):
         env: dict[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(ingress, transport, env)
-        self.clock = clock
+        super().__init__(ingress, transport, env, clock)
         trigger = ingress.flow.trigger
         assert isinstance(trigger, ScheduleTrigger)
         self.trigger = trigger

@@ -39,13 +39,14 @@ import aiohttp
 import orjson
 
 from streamflow import exactjson
+from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.connectors.httpclient import safe_url
 from streamflow.ingress import FlowIngress
 from streamflow.observability.metrics import TRIGGER_CONNECTED, TRIGGER_RECONNECTS
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.streams import SseTrigger, WebsocketTrigger
 from streamflow.transport.base import Record, Transport
-from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages, now_ms
+from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 from streamflow.util.secrets import Masker
 
 log = logging.getLogger("streamflow.trigger")
@@ -138,12 +139,16 @@ class StreamRunner(LeaderTrigger):
     kind = "stream"
 
     def __init__(
-        self, ingress: FlowIngress, transport: Transport, env: dict[str, str] | None = None
+        self,
+        ingress: FlowIngress,
+        transport: Transport,
+        env: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         trigger = ingress.flow.trigger
         assert isinstance(trigger, SseTrigger | WebsocketTrigger)
         self.trigger_type = trigger.type
-        super().__init__(ingress, transport, env)
+        super().__init__(ingress, transport, env, clock)
         self.trigger = trigger
         self.url = str(compile_value(trigger.url).render(self.scope))
         rendered = compile_value(trigger.headers).render(self.scope)
@@ -218,7 +223,7 @@ class StreamRunner(LeaderTrigger):
             if msg.id is not None:
                 last_id = msg.id
         if last_id != self.committed_id:
-            messages.append(self.state_record(LAST, {"id": last_id, "ts": now_ms()}))
+            messages.append(self.state_record(LAST, {"id": last_id, "ts": self.clock.now_ms()}))
         if not await self.lease.commit(messages):
             log.warning("%s: commit failed; resuming from the last committed message", self.topic)
             await self.disconnect()
@@ -309,7 +314,7 @@ class StreamRunner(LeaderTrigger):
             self.reconnects.inc()
             if opened:
                 delay = base
-            await asyncio.sleep(delay)
+            await self.clock.asleep(delay)  # reconnect backoff
             delay = min(delay * 2, self.trigger.max_backoff)
 
     async def sse(self, resume: str | None) -> Any:

@@ -400,7 +400,10 @@ async def test_several_workers_share_the_queue(
     runners = [RabbitMQRunner(ingress, transport, {}) for _ in range(2)]
     tasks = [asyncio.create_task(r.run(stop)) for r in runners]
     try:
-        await asyncio.sleep(1.0)  # both consumers attached
+        deadline = time.monotonic() + 30
+        while (await amqp.declare_queue(queue, passive=True)).declaration_result.consumer_count < 2:
+            assert time.monotonic() < deadline, "the two consumers never attached"
+            await asyncio.sleep(0.05)  # both consumers attached before anything is sent
         await publish(amqp, queue, [orjson.dumps({"id": i}) for i in range(40)])
         await until(lambda: len(emitted(transport, integration)) >= 40)
         envs = emitted(transport, integration)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from streamflow.clock import ManualClock
 from streamflow.envelope import Envelope, decode
 from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
@@ -24,6 +25,7 @@ from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
 from streamflow.triggers.filewatch import FileRunner
+from tests.waiting import next_round
 
 
 def file_integration(tmp_path: Path, trigger: str, name: str = "files") -> Integration:
@@ -50,23 +52,41 @@ def emitted(transport: Transport, integration: Integration) -> list[Envelope]:
 
 
 class Watcher:
-    """A FileRunner in this process; ``start``/``stop`` as a process restart would."""
+    """A FileRunner in this process; ``start``/``stop`` as a process restart would. Its
+    clock is a ManualClock: a scan falls due only when the test moves it (``scans``)."""
 
     def __init__(self, integration: Integration, transport: Transport) -> None:
         self.integration, self.transport = integration, transport
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.clock = ManualClock()
+        self.runner: FileRunner | None = None
 
     def start(self) -> None:
         flow = self.integration.flows["inbox"]
         ingress = FlowIngress(self.integration, flow, compile_plan(self.integration), {})
         self.stop_event = asyncio.Event()
-        self.task = asyncio.create_task(FileRunner(ingress, self.transport).run(self.stop_event))
+        self.runner = FileRunner(ingress, self.transport, clock=self.clock)
+        self.task = asyncio.create_task(self.runner.run(self.stop_event))
 
     async def stop(self) -> None:
         self.stop_event.set()
         assert self.task is not None
         await self.task
+
+    async def scans(self, n: int = 1) -> None:
+        """``n`` more scan intervals pass, and the watcher has scanned after each."""
+        runner = self.runner
+        assert runner is not None and self.task is not None
+        for _ in range(n):
+            await next_round(self.clock, runner, self.task, lambda: runner.next_scan)
+
+    async def scan_until(self, condition: Callable[[], bool], timeout: float = 30) -> None:
+        """Scan after scan until ``condition()`` holds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await self.scans(1)
 
     async def until(
         self, done: Callable[[list[Envelope]], bool], timeout: float = 30
@@ -76,9 +96,8 @@ class Watcher:
             envs = await asyncio.to_thread(emitted, self.transport, self.integration)
             if done(envs):
                 return envs
-            assert self.task is not None and not self.task.done(), "the watcher stopped"
             assert time.monotonic() < deadline, f"timed out with {len(envs)} event(s)"
-            await asyncio.sleep(0.1)
+            await self.scans(1)
 
 
 @pytest.fixture
@@ -111,7 +130,7 @@ async def test_each_dropped_file_is_emitted_once_across_restarts(
     assert a.trigger["name"] == "a.json"
     assert a.trigger["size"] == len(json.dumps({"n": 1}))
     assert a.execution_id == f"inbox-{a.trigger['sha256'][:24]}"
-    await asyncio.sleep(0.5)
+    await watcher.scans(2)
     await watcher.stop()
     assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["a.json", "b.json"]
     assert (inbox / "notes.txt").exists()
@@ -119,7 +138,7 @@ async def test_each_dropped_file_is_emitted_once_across_restarts(
     (inbox / "c.json").write_text(json.dumps({"n": 3}))
     watcher.start()
     envs = await watcher.until(lambda e: len(e) >= 3)
-    await asyncio.sleep(0.6)
+    await watcher.scans(3)  # processed/ is not watched: nothing is taken twice
     await watcher.stop()
     envs = emitted(watcher.transport, watcher.integration)
     assert sorted(e.payload["n"] for e in envs) == [1, 2, 3]
@@ -134,15 +153,12 @@ async def test_a_crash_between_emitting_and_moving_does_not_emit_again(
     (inbox / "a.json").write_text('{"n": 1}')
     watcher.start()
     await watcher.until(lambda e: len(e) >= 1)
-    await asyncio.sleep(0.3)
+    await watcher.scan_until((inbox / "processed" / "a.json").exists)
     await watcher.stop()
     # as if the process had died after the transaction and before the move
     shutil.move(str(inbox / "processed" / "a.json"), str(inbox / "a.json"))
     watcher.start()
-    deadline = time.monotonic() + 5
-    while (inbox / "a.json").exists():
-        assert time.monotonic() < deadline, "the file was never moved"
-        await asyncio.sleep(0.1)
+    await watcher.scan_until(lambda: not (inbox / "a.json").exists())  # moved, not emitted
     await watcher.stop()
     assert len(emitted(transport, watcher.integration)) == 1
     # the same name with new content is a new event
@@ -162,13 +178,14 @@ async def test_a_file_being_written_is_taken_only_when_complete(
         "{type: file, path: inbox, pattern: '*.ndjson', format: ndjson, split: true, every: 400ms}"
     )
     watcher.start()
+    await watcher.scans(1)  # it leads and has scanned the empty folder
     with (inbox / "big.ndjson").open("w") as f:
         for i in range(20):
             f.write(json.dumps({"i": i}) + "\n")
             f.flush()
-            await asyncio.sleep(0.1)  # writes keep coming faster than two scans
+            await watcher.scans(1)  # a write between any two scans: never complete yet
     envs = await watcher.until(lambda e: len(e) >= 20)
-    await asyncio.sleep(0.5)
+    await watcher.scans(2)
     await watcher.stop()
     assert [e.payload["i"] for e in envs] == list(range(20))
     assert [e.trigger["index"] for e in envs] == list(range(20))
@@ -187,12 +204,12 @@ async def test_ready_suffix_csv_split_and_a_bad_file(
     (inbox / "rows.csv").write_text("id,name\n1,Ada\n2,Grace\n")
     (inbox / "bad.csv").write_bytes(b"\xff\xfe not utf-8")
     watcher.start()
-    await asyncio.sleep(1.0)
+    await watcher.scans(3)
     assert emitted(transport, integration) == []  # no marker yet: not taken
     (inbox / "rows.csv.done").write_text("")
     (inbox / "bad.csv.done").write_text("")
     envs = await watcher.until(lambda e: len(e) >= 2)
-    await asyncio.sleep(0.5)
+    await watcher.scans(2)
     await watcher.stop()
     assert [e.payload for e in envs] == [{"id": "1", "name": "Ada"}, {"id": "2", "name": "Grace"}]
     assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["rows.csv", "rows.csv.done"]

@@ -3,7 +3,6 @@ a real folder tree; the file trigger's `recursive`."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -183,7 +182,7 @@ async def test_file_trigger_recursive(
     (inbox / ".tmp" / "x.json").write_text(json.dumps({"n": 99}))
     watcher.start()
     envs = await watcher.until(lambda e: len(e) >= 2)
-    await asyncio.sleep(0.6)  # processed/ is not watched: nothing is taken twice
+    await watcher.scans(3)  # processed/ is not watched: nothing is taken twice
     await watcher.stop()
     envs = emitted(watcher.transport, watcher.integration)
     assert sorted(e.payload["n"] for e in envs) == [1, 2]

@@ -17,6 +17,7 @@ from streamflow.topology.loader import load_integration
 from streamflow.transport.base import TopicSpec
 from streamflow.transport.local import LocalTransport
 from streamflow.transport.partitioner import partition_for
+from tests.waiting import until
 
 TOPO = """\
 apiVersion: streamflow/v1
@@ -72,7 +73,12 @@ async def run(
     while sum(transport.end_offsets("outside-out").values()) < 50:
         assert time.monotonic() < deadline, "outputs did not arrive"
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
+
+    def completed() -> int:
+        records = transport.read_all("sf.fz.executions")
+        return sum(ExecutionEvent.decode(r.value).event == "completed" for r in records)
+
+    await until(lambda: completed() >= 50, what="50 completed executions")
     stop.set()
     await task
     evs = [ExecutionEvent.decode(r.value) for r in transport.read_all("sf.fz.executions")]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from streamflow.clock import ManualClock
 from streamflow.envelope import Envelope, decode
 from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
@@ -23,6 +24,7 @@ from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
 from streamflow.triggers.poller import PollRunner
+from tests.waiting import next_round
 
 
 def poll_integration(tmp_path: Path, name: str, trigger: str) -> Integration:
@@ -52,23 +54,29 @@ async def poll_until(
     integration: Integration,
     transport: Transport,
     done: Callable[[list[Envelope]], bool],
+    polls: int = 200,
     timeout: float = 60.0,
 ) -> list[Envelope]:
-    """Run one poller (a fresh one: as after a restart) until ``done``, then stop it."""
+    """Run one poller (a fresh one: as after a restart) poll by poll on a ManualClock until
+    ``done``; then three more polls (nothing more may come), then stop it. AssertionError
+    "timed out" if ``done`` does not hold after ``polls`` polls or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     flow = integration.flows["sync"]
-    runner = PollRunner(FlowIngress(integration, flow, compile_plan(integration), {}), transport)
+    clock = ManualClock()
+    ingress = FlowIngress(integration, flow, compile_plan(integration), {})
+    runner = PollRunner(ingress, transport, clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
-    deadline = time.monotonic() + timeout
     try:
-        while True:
+        for _ in range(polls):
+            await next_round(clock, runner, task, lambda: runner.next_poll, timeout)
+            assert time.monotonic() < deadline, f"timed out after {timeout:g}s"
             envs = await asyncio.to_thread(emitted, transport, integration)
             if done(envs):
-                await asyncio.sleep(0.6)  # a few more polls: nothing more may come
+                for _ in range(3):
+                    await next_round(clock, runner, task, lambda: runner.next_poll, timeout)
                 return await asyncio.to_thread(emitted, transport, integration)
-            assert not task.done(), task.exception()
-            assert time.monotonic() < deadline, f"timed out; emitted {len(envs)}"
-            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {polls} polls; emitted {len(envs)}")
     finally:
         stop.set()
         await task
@@ -209,7 +217,7 @@ async def test_a_failing_source_is_retried_without_moving_the_cursor(
     App(integration, transport, {}).deploy()
     items.append({"id": 1, "updated": "x"})
     with pytest.raises(AssertionError, match="timed out"):
-        await poll_until(integration, transport, lambda e: len(e) >= 1, timeout=1.5)
+        await poll_until(integration, transport, lambda e: len(e) >= 1, polls=7)
     assert emitted(transport, integration) == []
     transport.close()
 

@@ -5,12 +5,12 @@ two runners at once (two gateway processes: only the leader lists and emits)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from streamflow.clock import ManualClock
 from streamflow.envelope import Envelope, decode
 from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
@@ -21,11 +21,12 @@ from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
 from streamflow.triggers.s3watch import S3Runner
 from tests.integration.cloud import S3Server, moto_s3  # noqa: F401
+from tests.waiting import next_round, until
 
 
-def s3_integration(tmp_path: Path, name: str, server: S3Server, bucket: str, extra: str) -> (
-    Integration
-):
+def s3_integration(
+    tmp_path: Path, name: str, server: S3Server, bucket: str, extra: str
+) -> Integration:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
         f"""
@@ -57,28 +58,38 @@ async def run_until(
     transport: Transport,
     done: Callable[[list[Envelope]], bool],
     runners: int = 1,
-    timeout: float = 60.0,
+    listings: int = 100,
+    after_first: Callable[[], None] | None = None,
 ) -> list[Envelope]:
     """Run ``runners`` fresh trigger runners (as after a restart, or as several gateway
-    processes) until ``done``; then a few more listings, and stop them."""
+    processes) on a ManualClock, listing by listing, until ``done``; then two more
+    listings (nothing more may come), and stop them. ``after_first`` runs once the leader
+    has listed once (the baseline)."""
     flow = integration.flows["drops"]
     plan = compile_plan(integration)
+    clock = ManualClock()
     stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(S3Runner(FlowIngress(integration, flow, plan, {}), transport).run(stop))
-        for _ in range(runners)
-    ]
-    deadline = time.monotonic() + timeout
+    started = [S3Runner(FlowIngress(integration, flow, plan, {}), transport, clock=clock)
+               for _ in range(runners)]  # fmt: skip
+    tasks = [asyncio.create_task(r.run(stop)) for r in started]
+
+    async def listing() -> None:
+        await until(lambda: any(r.lease.leading for r in started) or any(t.done() for t in tasks))
+        i = next((i for i, r in enumerate(started) if r.lease.leading), 0)
+        await next_round(clock, started[i], tasks[i], lambda: started[i].next_poll)
+
     try:
-        while True:
+        await listing()
+        if after_first is not None:
+            await asyncio.to_thread(after_first)
+        for _ in range(listings):
             envs = await asyncio.to_thread(emitted, transport, integration)
             if done(envs):
-                await asyncio.sleep(2.5)  # two more listings: nothing more may come
+                for _ in range(2):
+                    await listing()
                 return await asyncio.to_thread(emitted, transport, integration)
-            for t in tasks:
-                assert not t.done(), t.exception()
-            assert time.monotonic() < deadline, f"timed out; emitted {len(envs)}"
-            await asyncio.sleep(0.1)
+            await listing()
+        raise AssertionError(f"timed out after {listings} listings; emitted {len(envs)}")
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -145,27 +156,17 @@ async def test_skip_existing_and_listing_failures(
     App(integration, transport, {}).deploy()
     try:
 
-        async def later() -> None:
-            await asyncio.sleep(2.0)  # after the first listing (the baseline)
-            await asyncio.to_thread(
-                s3.put_object, Bucket=bucket, Key="incoming/new.csv", Body=b"y"
-            )
+        def put_new() -> None:
+            s3.put_object(Bucket=bucket, Key="incoming/new.csv", Body=b"y")
 
-        task = asyncio.create_task(later())
-        envs = await run_until(integration, transport, lambda e: len(e) >= 1)
-        await task
+        envs = await run_until(integration, transport, lambda e: len(e) >= 1, after_first=put_new)
         assert keys(envs) == ["incoming/new.csv"]
 
         # a bucket that does not exist: the listing fails, is logged, nothing emitted
         missing = s3_integration(tmp_path, "s3missing", moto_s3, "no-such-bucket-x", "")
         App(missing, transport, {}).deploy()
-        flow = missing.flows["drops"]
-        runner = S3Runner(FlowIngress(missing, flow, compile_plan(missing), {}), transport)
-        stop = asyncio.Event()
-        run = asyncio.create_task(runner.run(stop))
-        await asyncio.sleep(2.0)
-        stop.set()
-        await run
+        with pytest.raises(AssertionError, match="timed out after 2 listings"):
+            await run_until(missing, transport, lambda e: len(e) >= 1, listings=2)
         assert "listing failed" in caplog.text and "NoSuchBucket" in caplog.text
         assert emitted(transport, missing) == []
     finally:

@@ -17,11 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from streamflow.clock import ManualClock
 from streamflow.envelope import decode
 from streamflow.ingress import FlowIngress
 from streamflow.topology.loader import load_integration
@@ -31,6 +32,7 @@ from streamflow.topology.triggers import ScheduleTrigger
 from streamflow.transport import open_transport
 from streamflow.transport.base import Transport
 from streamflow.triggers.schedule import ScheduleRunner, Ticks, tick_id
+from tests.waiting import until, wait_until
 
 
 def schedule_topology(tmp_path: Path, name: str, trigger: str) -> Path:
@@ -112,17 +114,24 @@ def test_a_bad_schedule_is_a_validation_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- local
 
 
-async def run_for(runners: list[ScheduleRunner], seconds: float) -> None:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
-    await asyncio.sleep(seconds)
-    stop.set()
-    await asyncio.gather(*tasks)
+START_MS = 1_700_000_000_500  # half a second past a tick of `every: 1s`
 
 
-def runner(integration: Integration, transport: Transport) -> ScheduleRunner:
+def runner(integration: Integration, transport: Transport, clock: ManualClock) -> ScheduleRunner:
     flow = integration.flows["tick"]
-    return ScheduleRunner(FlowIngress(integration, flow, compile_plan(integration), {}), transport)
+    ingress = FlowIngress(integration, flow, compile_plan(integration), {})
+    return ScheduleRunner(ingress, transport, clock=clock)
+
+
+async def started(r: ScheduleRunner) -> None:
+    """Wait until ``r`` leads and has recorded where its schedule stands."""
+    await until(lambda: r.lease.leading and not r.starting, what="the runner to lead")
+
+
+async def tick(clock: ManualClock, count: Callable[[], int], expected: int) -> None:
+    """One second passes; the leader fires the tick that fell due."""
+    await clock.advance(1)
+    await until(lambda: count() >= expected, what=f"{expected} ticks")
 
 
 async def test_two_local_runners_fire_each_tick_once_across_a_hand_over(
@@ -135,21 +144,27 @@ async def test_two_local_runners_fire_each_tick_once_across_a_hand_over(
     from streamflow.runtime.app import App
 
     App(integration, transport, {}).deploy()
-    a, b = runner(integration, transport), runner(integration, transport)
+    clock = ManualClock(START_MS)
+    count = lambda: len(fired_ticks(transport, integration))  # noqa: E731
+    a, b = runner(integration, transport, clock), runner(integration, transport, clock)
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     task_a = asyncio.create_task(a.run(stop_a))
-    await asyncio.sleep(0.3)  # a takes the lock first
+    await started(a)  # a takes the lock first
     task_b = asyncio.create_task(b.run(stop_b))
-    await asyncio.sleep(4.2)
+    for n in range(1, 5):
+        await tick(clock, count, n)
     assert a.lease.leading and not b.lease.leading
     stop_a.set()  # the leader stops; b takes over and catches up
     await task_a
-    await asyncio.sleep(3.5)
+    await clock.advance(3)  # three ticks fall due while nobody leads
+    await started(b)
+    await until(lambda: count() >= 7, what="b to catch up the three missed ticks")
+    await tick(clock, count, 8)
     assert b.lease.leading
     stop_b.set()
     await task_b
     ticks = fired_ticks(transport, integration)
-    assert len(ticks) >= 6
+    assert len(ticks) == 8, ticks
     assert_consecutive_once(ticks)
     transport.close()
 
@@ -162,17 +177,31 @@ async def test_a_restart_catches_up_at_most_catch_up_missed_ticks(tmp_path: Path
     from streamflow.runtime.app import App
 
     App(integration, transport, {}).deploy()
-    await run_for([runner(integration, transport)], 2.5)
+    clock = ManualClock(START_MS)
+    count = lambda: len(fired_ticks(transport, integration))  # noqa: E731
+    stop = asyncio.Event()
+    first = runner(integration, transport, clock)
+    task = asyncio.create_task(first.run(stop))
+    await started(first)
+    await tick(clock, count, 1)
+    await tick(clock, count, 2)
+    stop.set()
+    await task
     before = fired_ticks(transport, integration)
     assert before, "the first run fired nothing"
-    await asyncio.sleep(3.2)  # down for three ticks or more
-    started = time.time()
-    await run_for([runner(integration, transport)], 0.5)
+    await clock.advance(3.2)  # down for three ticks or more
+    restarted_at = clock.time()
+    stop = asyncio.Event()
+    second = runner(integration, transport, clock)
+    task = asyncio.create_task(second.run(stop))
+    await started(second)
+    stop.set()
+    await task
     after = fired_ticks(transport, integration)[len(before) :]
     # one catch-up tick, the latest missed one (two would start a second earlier); the
     # older missed ticks are skipped
     assert after, "nothing fired after the restart"
-    assert after[0] >= int(started), (after, started)
+    assert after == [int(restarted_at)], (after, restarted_at)
     assert after[0] - before[-1] >= 3, (before, after)
     assert_consecutive_once(after)
     transport.close()
@@ -237,14 +266,6 @@ def gateways() -> Iterator[list[Gateway]]:
     yield started
     for g in started:
         g.stop()
-
-
-def wait_until(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.mark.kafka

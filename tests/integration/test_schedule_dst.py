@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from streamflow.clock import ManualClock
 from streamflow.envelope import decode
 from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
@@ -22,14 +23,6 @@ from streamflow.topology.loader import load_integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport import open_transport
 from streamflow.triggers.schedule import ScheduleRunner
-
-
-class FakeClock:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def now_ms(self) -> int:
-        return self.ms
 
 
 def epoch_ms(local: str, zone: str) -> int:
@@ -53,7 +46,7 @@ async def fire_between(
     try:
         App(integration, transport, {}).deploy()
         plan = compile_plan(integration)
-        clock = FakeClock(epoch_ms(start, zone))
+        clock = ManualClock(epoch_ms(start, zone))
         runner = ScheduleRunner(
             FlowIngress(integration, integration.flows["tick"], plan, {}), transport, clock=clock
         )
@@ -66,13 +59,13 @@ async def fire_between(
         runner.on_term()
         await runner.work()  # a new schedule: starts from `start`
         if jump:
-            clock.ms = stop_ms
-        while clock.ms <= stop_ms:
+            await clock.advance((stop_ms - clock.now_ms()) / 1000)
+        while clock.now_ms() <= stop_ms:
             assert await runner.lease.poll(0), "lost the lease"
             delay = await runner.work()
-            if jump and clock.ms == stop_ms and delay > 0:
+            if jump and clock.now_ms() == stop_ms and delay > 0:
                 break
-            clock.ms += max(int(delay * 1000), 1)  # straight to the next tick
+            await clock.advance(max(int(delay * 1000), 1) / 1000)  # straight to the next tick
         await runner.lease.close()
         topic = plan.flows["tick"].first_topic
         triggers = [decode(r.value).trigger for r in transport.read_all(topic)]

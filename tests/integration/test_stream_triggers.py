@@ -427,7 +427,9 @@ async def test_two_gateway_processes_one_connection_and_a_kill(
         gateway(2)
         sse_server.add(5)
         await wait_for(lambda: count() >= 5, "5 events")
-        await asyncio.sleep(1.0)  # the second gateway is up and waiting
+        await wait_for(  # the second gateway is up and waiting
+            lambda: "streamflow: gateway of" in (tmp_path / "gw2.log").read_text(), "gateway 2"
+        )
         assert sse_server.max_open == 1
         os.kill(first.pid, signal.SIGKILL)
         first.wait()

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from streamflow.clock import ManualClock
 from streamflow.runtime.breaker import CLOSED, HALF_OPEN, OPEN, STATE_VALUE, CircuitBreaker
 from streamflow.topology.models import BreakerConfig
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def make(
     threshold: int = 3, reset: float = 10.0, half_open_calls: int = 1
-) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, str]]]:
-    clock = FakeClock()
+) -> tuple[CircuitBreaker, ManualClock, list[tuple[str, str]]]:
+    clock = ManualClock()
     changes: list[tuple[str, str]] = []
     config = BreakerConfig(
         failure_threshold=threshold, reset_timeout=reset, half_open_calls=half_open_calls
@@ -73,24 +63,24 @@ def test_a_success_resets_the_failure_count() -> None:
     assert breaker.state == OPEN
 
 
-def test_open_refuses_calls_and_says_how_long_to_wait() -> None:
+async def test_open_refuses_calls_and_says_how_long_to_wait() -> None:
     breaker, clock, _ = make(reset=10.0)
     open_it(breaker)
     wait = breaker.before_call()
     assert wait == pytest.approx(10.0)
-    clock.advance(4.0)
+    await clock.advance(4.0)
     wait = breaker.before_call()
     assert wait == pytest.approx(6.0)
-    clock.advance(5.9)
+    await clock.advance(5.9)
     wait = breaker.before_call()
     assert wait is not None and wait == pytest.approx(0.1)
     assert breaker.state == OPEN
 
 
-def test_half_open_after_reset_timeout_allows_only_the_trial_calls() -> None:
+async def test_half_open_after_reset_timeout_allows_only_the_trial_calls() -> None:
     breaker, clock, changes = make(reset=10.0, half_open_calls=1)
     open_it(breaker)
-    clock.advance(10.0)
+    await clock.advance(10.0)
     assert breaker.before_call() is None  # the trial call
     assert breaker.state == HALF_OPEN
     # while the trial is out, nobody else goes: a short wait, well under reset_timeout
@@ -100,19 +90,19 @@ def test_half_open_after_reset_timeout_allows_only_the_trial_calls() -> None:
     assert changes == [(CLOSED, OPEN), (OPEN, HALF_OPEN)]
 
 
-def test_half_open_with_several_trial_calls() -> None:
+async def test_half_open_with_several_trial_calls() -> None:
     breaker, clock, _ = make(reset=1.0, half_open_calls=3)
     open_it(breaker)
-    clock.advance(1.0)
+    await clock.advance(1.0)
     assert [breaker.before_call() for _ in range(3)] == [None, None, None]
     assert breaker.before_call() is not None
     assert breaker.state == HALF_OPEN
 
 
-def test_trial_success_closes() -> None:
+async def test_trial_success_closes() -> None:
     breaker, clock, changes = make(reset=10.0)
     open_it(breaker)
-    clock.advance(10.5)
+    await clock.advance(10.5)
     assert breaker.before_call() is None
     breaker.success()
     assert breaker.state == CLOSED
@@ -125,18 +115,18 @@ def test_trial_success_closes() -> None:
         assert breaker.before_call() is None
 
 
-def test_trial_failure_reopens_for_a_full_reset_timeout() -> None:
+async def test_trial_failure_reopens_for_a_full_reset_timeout() -> None:
     breaker, clock, changes = make(threshold=3, reset=10.0)
     open_it(breaker)
-    clock.advance(10.0)
+    await clock.advance(10.0)
     assert breaker.before_call() is None
     breaker.failure()  # one failure is enough while half-open
     assert breaker.state == OPEN
     wait = breaker.before_call()
     assert wait == pytest.approx(10.0)  # the timeout counts from the re-opening
-    clock.advance(9.0)
+    await clock.advance(9.0)
     assert breaker.before_call() is not None
-    clock.advance(1.0)
+    await clock.advance(1.0)
     assert breaker.before_call() is None
     assert breaker.state == HALF_OPEN
     assert changes == [
@@ -147,26 +137,26 @@ def test_trial_failure_reopens_for_a_full_reset_timeout() -> None:
     ]
 
 
-def test_a_second_half_open_period_gets_fresh_trials() -> None:
+async def test_a_second_half_open_period_gets_fresh_trials() -> None:
     breaker, clock, _ = make(reset=2.0, half_open_calls=1)
     open_it(breaker)
-    clock.advance(2.0)
+    await clock.advance(2.0)
     assert breaker.before_call() is None
     breaker.failure()
-    clock.advance(2.0)
+    await clock.advance(2.0)
     assert breaker.before_call() is None  # the trial budget was reset on half-open
     breaker.success()
     assert breaker.state == CLOSED
 
 
-def test_full_cycle_without_callback_and_state_values() -> None:
-    clock = FakeClock()
+async def test_full_cycle_without_callback_and_state_values() -> None:
+    clock = ManualClock()
     breaker = CircuitBreaker(
         BreakerConfig(failure_threshold=1, reset_timeout=0.5), clock=clock
     )  # no on_change: must not fail
     breaker.failure()
     assert breaker.state == OPEN
-    clock.advance(0.5)
+    await clock.advance(0.5)
     assert breaker.before_call() is None
     breaker.success()
     assert breaker.state == CLOSED

@@ -9,6 +9,7 @@ from streamflow.observability import history
 from streamflow.observability.events import ExecutionEvent
 from streamflow.transport.base import TopicSpec
 from streamflow.transport.local import LocalTransport
+from tests.waiting import wait_until
 
 DLQ = {"orders": "sf.shop.orders.dlq"}
 
@@ -141,10 +142,7 @@ def test_follower_rebuilds_from_the_topic_then_follows(tmp_path: Path) -> None:
         assert len(s.list(limit=100, status="completed")) == 30
         p.send(topic, ev("late", "started", ts=99).encode(), b"late")
         p.flush()
-        deadline = time.monotonic() + 10
-        while s.get("late") is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert s.get("late") is not None
+        wait_until(lambda: s.get("late") is not None, what="the late event in the store")
     finally:
         f.close()
         s.close()

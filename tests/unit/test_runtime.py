@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from streamflow.clock import ManualClock
 from streamflow.envelope import decode
+from streamflow.runtime.app import AppOptions
 from streamflow.runtime.runner import Execution, RunResult
 from streamflow.testing import run_flow
 from streamflow.topology.loader import load_integration
 from streamflow.topology.plan import compile_plan
 from streamflow.transport.local import LocalTransport
+from tests.waiting import until
 
 Handler = Callable[["Call"], Awaitable[web.Response]]
 
@@ -485,3 +488,47 @@ def test_dead_letter_headers_with_non_ascii_digits_do_not_break_dlq_list() -> No
     row = _typed({**letter.summary(), "replays": 2})
     assert row["attempt"] == 3 and row["execution_id"] == "0123" and row["replays"] == 2
     assert _typed({"attempt": "²"})["attempt"] == "²"
+
+
+# --------------------------------------------------------------------------- the clock
+
+
+async def test_delay_steps_and_backoff_wait_on_the_apps_clock(
+    tmp_path: Path, serve: Callable[[Handler], Awaitable[Server]]
+) -> None:
+    """An hour's delay and ten minutes' backoff pass in no real time on a ManualClock:
+    the flow waits exactly as long as the clock is moved, not a moment less."""
+
+    async def handler(call: Call) -> web.Response:
+        if call.n == 1:
+            return web.json_response({"error": "busy"}, status=503)
+        return ok(call)
+
+    server = await serve(handler)
+    retry = "retry: {max_attempts: 2, backoff: fixed, delay: 10m, max_delay: 1h, jitter: false}"
+    body = http_flow(retry, ordered=True).replace(
+        "    steps:\n", "    steps:\n      - {id: settle, type: delay, duration: 1h}\n", 1
+    )
+    clock = ManualClock()
+    run = asyncio.create_task(
+        run_flow(
+            topology(tmp_path, body, config=HTTP_CONFIG),
+            [{"id": "c1"}],
+            config={"api": server.url},
+            options=AppOptions(trace_payloads=True, clock=clock),
+        )
+    )
+    await until(lambda: clock.sleepers == 1 or run.done(), what="the delay step to wait")
+    assert clock.next_wake() == 3600 and server.calls == []
+    await clock.advance(3599.999)
+    assert server.calls == [] and clock.sleepers == 1  # a millisecond early: still waiting
+    await clock.advance(0.001)
+    await until(lambda: len(server.calls) == 1 and clock.sleepers == 1, what="the backoff")
+    assert clock.next_wake() == pytest.approx(600)  # the retry waits in place, on the clock
+    await clock.advance(600)
+    result = await run
+    [ex] = result.executions
+    assert ex.status == "completed", ex.error
+    assert len(server.calls) == 2
+    assert [ev.note for ev in ex.events if ev.event == "retry"] == ["attempt 2 in 600.00s"]
+    assert ex.output == {"id": "c1", "status": 200, "echo": "c1"}
