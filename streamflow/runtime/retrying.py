@@ -13,8 +13,8 @@ import time
 
 from streamflow.envelope import now_ms
 from streamflow.runtime.contain import Out
+from streamflow.runtime.core import Deferred
 from streamflow.runtime.metrics import StepMetrics
-from streamflow.runtime.processor import Deferred
 from streamflow.topology.plan import AgentPlan, FlowPlan
 from streamflow.transport.base import Record
 
