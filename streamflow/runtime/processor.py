@@ -24,9 +24,11 @@ from typing import Any, Protocol
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
 from streamflow.errors import FatalError, PoisonMessageError
 from streamflow.runtime import tracing
+from streamflow.runtime.compose import compose
 from streamflow.runtime.contain import Containment, Out
 from streamflow.runtime.contain import describe as describe_contained
 from streamflow.runtime.core import (
+    BatchedHistogram,
     Deferred,
     Emitter,
     GaveUp,
@@ -121,6 +123,9 @@ class ChainProcessor:
         self.executors = {
             sid: self._executor(sid) for sid, step in steps.items() if isinstance(step, AsyncStep)
         }
+        self.latencies = BatchedHistogram(self.metrics.latency)  # observed per batch
+        self.entry = agent.steps[0]
+        self.composed = compose(self)
 
     def _executor(self, sid: str) -> RetryExecutor:
         config = self.flow.nodes[sid].config
@@ -162,6 +167,8 @@ class ChainProcessor:
         if self.completed:
             self.metrics.completed.inc(self.completed)
             self.completed = 0
+        self.latencies.flush()
+        self.emitter.flush_metrics()
 
     async def close(self) -> None:
         for step in self.steps.values():
@@ -183,12 +190,20 @@ class ChainProcessor:
             await self.run(env, rec, outs)
         return outs
 
-    def run_sync(
-        self, env: Envelope | None, rec: Record, outs: list[Out], fresh: bool = False
-    ) -> None:
+    def run_sync(self, env: Envelope, rec: Record, outs: list[Out], fresh: bool = False) -> None:
         """Run ``env`` from its step through this agent's chain (all steps synchronous);
         ``rec`` is the record it came from (its key places the outputs). ``fresh``: the
-        execution starts here (a fused trigger) and no ``started`` record was written."""
+        execution starts here (a fused trigger) and no ``started`` record was written.
+        From the chain's first step it runs the composed chain (``compose.py``)."""
+        if self.composed is not None and env.step == self.entry:
+            self.composed(env, rec, outs, fresh)
+        else:
+            self.interpret_sync(env, rec, outs, fresh)
+
+    def interpret_sync(
+        self, env: Envelope | None, rec: Record, outs: list[Out], fresh: bool = False
+    ) -> None:
+        """The step loop: each outcome interpreted by ``_advance``."""
         while env is not None:
             before = env.payload
             outcome = self._sync_step(env, rec, outs)
@@ -329,7 +344,7 @@ class ChainProcessor:
 
     def _completed(self, env: Envelope, outs: list[Out]) -> None:
         self.completed += 1
-        self.metrics.latency.observe(max(0, now_ms() - env.created_ms) / 1000)
+        self.latencies.values.append(max(0, now_ms() - env.created_ms) / 1000)
         self.emitter.completed(env, outs)
 
     def _event(
