@@ -34,21 +34,24 @@ Link = Callable[[Envelope, Record, list[Out], bool], None]
 
 def compose(proc: ChainProcessor) -> Link | None:
     """The chain of ``proc`` as one function from its first step, or None when the chain
-    is not all synchronous (its I/O steps need the interpreter's retry executor)."""
-    if not proc.all_sync:
+    is not all synchronous (its I/O steps need the interpreter's retry executor) or the
+    processor handles records or outcomes its own way (a split fans out, an aggregate
+    collects: they override ``_advance`` or ``handle_sync``)."""
+    if not proc.all_sync or not proc.composable:
         return None
+
     first = proc.agent.steps[0]
     return _link(proc, first, set())
 
 
 def _link(proc: ChainProcessor, sid: str, seen: set[str]) -> Link:
     step = proc.steps[sid]
-    assert isinstance(step, Step)
     node = proc.flow.nodes[sid]
     nxt = node.next
     seen.add(sid)
     if (
-        proc.traced
+        not isinstance(step, Step)
+        or proc.traced
         or proc.opts.step_events
         or node.compensation is not None
         or sid in proc.store

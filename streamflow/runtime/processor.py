@@ -125,6 +125,13 @@ class ChainProcessor:
         }
         self.latencies = BatchedHistogram(self.metrics.latency)  # observed per batch
         self.entry = agent.steps[0]
+        # a subclass that handles records or outcomes its own way (split, aggregate) is not
+        # composed
+        kind = type(self)
+        self.composable = (
+            kind._advance is ChainProcessor._advance
+            and kind.handle_sync is ChainProcessor.handle_sync
+        )
         self.composed = compose(self)
 
     def _executor(self, sid: str) -> RetryExecutor:
