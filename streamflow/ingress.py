@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamflow.envelope import Envelope, encode, new_execution_id
+from streamflow.envelope import Envelope, encode, new_execution_id, now_ms
 from streamflow.observability import tracing
 from streamflow.observability.events import event_for
 from streamflow.topology.expressions import Template, compile_value
@@ -38,15 +38,20 @@ class FlowIngress:
         execution_id: str | None = None,
         trace: str = "",
     ) -> Envelope:
-        return Envelope(
-            execution_id=execution_id or new_execution_id(),
-            integration=self.integration.name,
-            flow=self.flow.name,
-            step=self.flow.first,
-            payload=payload,
-            instance=instance,
-            trigger=trigger or {},
-            trace=self._trace(trace),
+        return Envelope(  # every field given: no default factory runs (the hot path)
+            execution_id or new_execution_id(),
+            self.integration.name,
+            self.flow.name,
+            self.flow.first,
+            payload,
+            instance,
+            1,
+            now_ms(),
+            self._trace(trace),
+            trigger or {},
+            {},
+            [],
+            {},
         )
 
     @staticmethod

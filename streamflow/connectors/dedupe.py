@@ -68,4 +68,4 @@ class DedupeStep(AsyncStep):
         if owner is None or owner.decode() == env.execution_id:
             return Outcome(env.payload, {"duplicate": False, "key": str(value)}, note="first")
         result = {"duplicate": True, "key": str(value), "first_execution": owner.decode()}
-        return Outcome(env.payload, result, filtered=True, goto=None, note="duplicate")
+        return Outcome(env.payload, result, filtered=True, note="duplicate")

@@ -52,6 +52,9 @@ class KafkaPublishStep(Step):
         self.value = compile_value(config.value)
         self.headers = compile_value(config.headers)
         self.text = config.format == "text"
+        # constant settings (the usual topic, no headers) are rendered once, here
+        self.fixed_topic = str(self.topic.render({})) if self.topic.is_constant else None
+        self.no_headers = self.headers.is_constant and not config.headers
 
     def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
@@ -61,6 +64,8 @@ class KafkaPublishStep(Step):
         if self.key is not None:
             k = self.key.render(scope)
             key = None if k is None else str(k).encode()
-        headers = [(h, str(v).encode()) for h, v in self.headers.render(scope).items()] or None
-        topic = str(self.topic.render(scope))
+        headers = None
+        if not self.no_headers:
+            headers = [(h, str(v).encode()) for h, v in self.headers.render(scope).items()] or None
+        topic = self.fixed_topic or str(self.topic.render(scope))
         return Outcome(env.payload, {"topic": topic}, emit=[Emit(topic, data, key, headers)])

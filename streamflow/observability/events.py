@@ -84,10 +84,17 @@ class ExecutionEvent:
 
 
 def event_for(
-    env: Envelope, event: str, *, note: str = "", error: str = "", payload: Any = None
+    env: Envelope,
+    event: str,
+    *,
+    note: str = "",
+    error: str = "",
+    payload: Any = None,
+    counted: bool = False,
 ) -> ExecutionEvent:
-    """The event of ``env``; an ending one is counted in ``streamflow_executions_ended_total``."""
-    if is_terminal(event, note):
+    """The event of ``env``; an ending one is counted in ``streamflow_executions_ended_total``
+    (unless the caller counts it: ``counted``, per batch)."""
+    if not counted and is_terminal(event, note):
         EXECUTIONS_ENDED.labels(env.integration, env.flow, event, env.instance).inc()
     split = env.meta.get("split") if env.meta else None
     parent, index = "", -1

@@ -17,47 +17,37 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
-from streamflow.errors import (
-    CircuitOpenError,
-    ConfigError,
-    FatalError,
-    PoisonMessageError,
-    RetriableError,
-)
+from streamflow.errors import FatalError, PoisonMessageError
 from streamflow.errtext import describe as describe_contained
-from streamflow.errtext import plain
 from streamflow.observability import tracing
-from streamflow.observability.events import announce, event_for
 from streamflow.observability.metrics import BREAKER_STATE, StepMetrics
 from streamflow.runtime.breaker import STATE_VALUE, CircuitBreaker
-from streamflow.runtime.contain import Containment, Out, place
-from streamflow.runtime.contain import dlq_headers as _headers
-from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
-from streamflow.steps.base import NEXT, AnyStep, AsyncStep, Outcome, Step
-from streamflow.topology.expressions import ExpressionEvalError
+from streamflow.runtime.compose import compose
+from streamflow.runtime.contain import Containment, Out
+from streamflow.runtime.core import (
+    BatchedHistogram,
+    Deferred,
+    Emitter,
+    GaveUp,
+    RetryExecutor,
+    describe,
+    dlq_headers,
+)
+from streamflow.runtime.retry import DEFAULT_POLICY
+from streamflow.steps.base import AnyStep, AsyncStep, Fallback, GoTo, Outcome, Step
 from streamflow.topology.models import Flow, RetryPolicy
 from streamflow.topology.plan import AgentPlan, FlowPlan
-from streamflow.transport.base import DEFAULT_MAX_MESSAGE_BYTES, Headers, Record
-from streamflow.util.secrets import PROCESS
+from streamflow.transport.base import DEFAULT_MAX_MESSAGE_BYTES, Record
+
+__all__ = ["ChainProcessor", "Deferred", "Processor", "ProcessorOptions", "describe", "dlq_headers"]
 
 log = logging.getLogger("streamflow.runtime")
-
-
-class Deferred(Exception):
-    """Not now: read this record again at ``until`` (time.monotonic()). The agent pauses the
-    record's partition (or, with ``all_partitions``, every partition: an open circuit)."""
-
-    def __init__(self, until: float, *, all_partitions: bool = False) -> None:
-        super().__init__(f"deferred until {until:.3f}")
-        self.until = until
-        self.all_partitions = all_partitions
 
 
 @dataclass(frozen=True)
@@ -89,6 +79,10 @@ class Processor(Protocol):
 
 
 class ChainProcessor:
+    """The runner: one envelope through this agent's steps, pure steps called inline and
+    I/O steps through their ``RetryExecutor``; everything an execution leaves behind is
+    written by the ``Emitter``. Split and aggregate agents extend it (``_advance``)."""
+
     def __init__(
         self,
         flow: Flow,
@@ -113,13 +107,6 @@ class ChainProcessor:
         self.counters = {sid: self.metrics.for_step(sid) for sid in steps}
         self.traced = tracing.enabled()
         self.produced = self.completed = 0  # counted per event, exported per batch
-        # a `response: sync` webhook answers with the output carried by `completed`
-        self.output_on_completed = getattr(flow.trigger, "response", None) == "sync"
-        self.breakers = {
-            sid: CircuitBreaker(cfg, self._breaker_logger(sid), options.clock)
-            for sid in steps
-            if (cfg := flow.nodes[sid].config.breaker) is not None
-        }
         self.containment = Containment(
             flow_plan.integration,
             flow.name,
@@ -128,6 +115,40 @@ class ChainProcessor:
             executions_topic,
             options.encoding,
             options.max_message_bytes,
+        )
+        self.emitter = Emitter(
+            self.containment,
+            trace_payloads=options.trace_payloads,
+            payload_on_completed=getattr(flow.trigger, "response", None) == "sync",
+            counters=self.counters,
+        )
+        self.executors = {
+            sid: self._executor(sid) for sid, step in steps.items() if isinstance(step, AsyncStep)
+        }
+        self.latencies = BatchedHistogram(self.metrics.latency)  # observed per batch
+        self.entry = agent.steps[0]
+        # a subclass that handles records or outcomes its own way (split, aggregate) is not
+        # composed
+        kind = type(self)
+        self.composable = (
+            kind._advance is ChainProcessor._advance
+            and kind.handle_sync is ChainProcessor.handle_sync
+        )
+        self.composed = compose(self)
+
+    def _executor(self, sid: str) -> RetryExecutor:
+        config = self.flow.nodes[sid].config
+        breaker = None
+        if config.breaker is not None:
+            breaker = CircuitBreaker(config.breaker, self._breaker_logger(sid), self.opts.clock)
+        return RetryExecutor(
+            self.emitter,
+            config.retry or self.policy,
+            counters=self.counters[sid],
+            breaker=breaker,
+            retry_topic=self.plan.retry_topic_of.get(sid),
+            defer_open=config.fallback is None,
+            clock=self.opts.clock,
         )
 
     def _breaker_logger(self, sid: str) -> Callable[[str, str], None]:
@@ -156,6 +177,8 @@ class ChainProcessor:
         if self.completed:
             self.metrics.completed.inc(self.completed)
             self.completed = 0
+        self.latencies.flush()
+        self.emitter.flush_metrics()
 
     async def close(self) -> None:
         for step in self.steps.values():
@@ -177,12 +200,20 @@ class ChainProcessor:
             await self.run(env, rec, outs)
         return outs
 
-    def run_sync(
-        self, env: Envelope | None, rec: Record, outs: list[Out], fresh: bool = False
-    ) -> None:
+    def run_sync(self, env: Envelope, rec: Record, outs: list[Out], fresh: bool = False) -> None:
         """Run ``env`` from its step through this agent's chain (all steps synchronous);
         ``rec`` is the record it came from (its key places the outputs). ``fresh``: the
-        execution starts here (a fused trigger) and no ``started`` record was written."""
+        execution starts here (a fused trigger) and no ``started`` record was written.
+        From the chain's first step it runs the composed chain (``compose.py``)."""
+        if self.composed is not None and env.step == self.entry:
+            self.composed(env, rec, outs, fresh)
+        else:
+            self.interpret_sync(env, rec, outs, fresh)
+
+    def interpret_sync(
+        self, env: Envelope | None, rec: Record, outs: list[Out], fresh: bool = False
+    ) -> None:
+        """The step loop: each outcome interpreted by ``_advance``."""
         while env is not None:
             before = env.payload
             outcome = self._sync_step(env, rec, outs)
@@ -195,11 +226,12 @@ class ChainProcessor:
     ) -> None:
         while env is not None:
             before = env.payload
-            if isinstance(self.steps[env.step], Step):
+            step = self.steps[env.step]
+            if isinstance(step, Step):
                 outcome = self._sync_step(env, rec, outs)
             else:  # I/O steps are timed: their duration is what operators watch
                 started = time.perf_counter()
-                outcome = await self._with_retry(env, rec, outs)
+                outcome = await self._io_step(step, env, rec, outs)
                 self.counters[env.step].duration.observe(time.perf_counter() - started)
             if outcome is None:
                 break
@@ -210,36 +242,39 @@ class ChainProcessor:
         step = self.steps[env.step]
         assert isinstance(step, Step)
         try:
-            return self._call(step, env)
+            if not self.traced:
+                return step.process(env)
+            with tracing.step_span(env, self.plan.integration):
+                return step.process(env)
         except FatalError as exc:
-            raise self._fatal(env, exc) from exc
+            raise self.emitter.fatal(env, exc) from exc
         except Exception as exc:
             return self._give_up(env, rec, exc, outs)
 
-    def _where(self, env: Envelope, exc: BaseException) -> str:
-        """A step error as people read it (events, dead letters, ``meta.last_error``):
-        its place - integration, flow, step, execution - then what went wrong."""
-        return f"{place(self.plan.integration, self.flow.name, env.step, env.execution_id)}: " + (
-            describe(exc)
-        )
+    async def _io_step(
+        self, step: AsyncStep, env: Envelope, rec: Record, outs: list[Out]
+    ) -> Outcome | None:
+        """Run an I/O step. A retriable failure goes to the step's retry topic (the
+        partition keeps flowing) or, on an `ordered` flow, is retried here after the
+        backoff (holding this key). An open circuit defers the whole agent."""
 
-    def _fatal(self, env: Envelope, exc: FatalError) -> FatalError:
-        if str(exc).startswith(f"{self.plan.integration}/"):
-            return exc  # already placed (a chain inside a trigger agent)
-        return FatalError(self._where(env, exc))
+        async def call() -> Outcome:
+            if not self.traced:
+                return await step.process(env)
+            with tracing.step_span(env, self.plan.integration):
+                return await step.process(env)
 
-    def _call(self, step: Step, env: Envelope) -> Outcome:
-        if not self.traced:
-            return step.process(env)
-        with tracing.step_span(env, self.plan.integration):
-            return step.process(env)
+        result = await self.executors[env.step].run(call, env, rec, outs)
+        if isinstance(result, GaveUp):
+            return self._give_up(env, rec, result.exc, outs)
+        return result
 
     # -- pieces ----------------------------------------------------------------------------
     def _decode(self, rec: Record, outs: list[Out]) -> Envelope | None:
         try:
             env = decode(rec.value, self.opts.encoding)
         except PoisonMessageError as exc:
-            outs.append(self._raw_dead_letter(rec, exc))
+            outs.append(self.emitter.raw_dead_letter(rec, exc, self.agent.steps[0]))
             return None
         if env.step not in self.chain:
             self._dead_letter(
@@ -253,70 +288,6 @@ class ChainProcessor:
             return None
         return env
 
-    async def _with_retry(self, env: Envelope, rec: Record, outs: list[Out]) -> Outcome | None:
-        """Run an I/O step. A retriable failure goes to the step's retry topic (the
-        partition keeps flowing) or, on an `ordered` flow, is retried here after the
-        backoff (holding this key). An open circuit defers the whole agent."""
-        node = self.flow.nodes[env.step]
-        policy = node.config.retry or self.policy
-        retry_topic = self.plan.retry_topic_of.get(env.step)
-        step = self.steps[env.step]
-        assert isinstance(step, AsyncStep)
-        breaker = self.breakers.get(env.step)
-        while True:
-            try:
-                if breaker is not None and (wait := breaker.before_call()) is not None:
-                    raise CircuitOpenError(f"circuit of step {env.step} is open", wait)
-                if self.traced:
-                    with tracing.step_span(env, self.plan.integration):
-                        outcome = await step.process(env)
-                else:
-                    outcome = await step.process(env)
-                if breaker is not None:
-                    breaker.success()
-                return outcome
-            except FatalError as exc:
-                raise self._fatal(env, exc) from exc
-            except CircuitOpenError as exc:
-                if node.config.fallback is not None:
-                    return self._give_up(env, rec, exc, outs)
-                raise Deferred(
-                    time.monotonic() + (exc.retry_after or 1.0), all_partitions=True
-                ) from exc
-            except (PoisonMessageError, ExpressionEvalError, ConfigError) as exc:
-                # the event, or the step's settings for it, are wrong: trying again won't help
-                if breaker is not None:
-                    breaker.success()  # the target answered; the event is what's wrong
-                return self._give_up(env, rec, exc, outs)
-            except Exception as exc:
-                if breaker is not None:
-                    breaker.failure()
-                if env.attempt >= policy.max_attempts:
-                    return self._give_up(env, rec, exc, outs)
-                retry_after = exc.retry_after if isinstance(exc, RetriableError) else None
-                delay = backoff_delay(policy, env.attempt, retry_after)
-                self.counters[env.step].retried.inc()
-                self.counters[env.step].failed(exc.__class__.__name__)
-                error = self._where(env, exc)
-                env.attempt += 1
-                env.meta["last_error"] = error  # the next attempt can read ${meta.last_error}
-                if retry_topic is not None:
-                    due = self.opts.clock.now_ms() + int(delay * 1000)
-                    headers = [("sf-due", str(due).encode()), ("sf-error", error.encode()[:2000])]
-                    self._event(
-                        env,
-                        outs,
-                        "retry",
-                        error=error,
-                        note=f"attempt {env.attempt} in {delay:.2f}s",
-                    )
-                    outs.append(Out(retry_topic, encode(env, self.opts.encoding), rec.key, headers))
-                    return None
-                self._event(
-                    env, outs, "retry", error=error, note=f"attempt {env.attempt} in {delay:.2f}s"
-                )
-                await self.opts.clock.asleep(delay)
-
     def _give_up(
         self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]
     ) -> Outcome | None:
@@ -325,12 +296,11 @@ class ChainProcessor:
         if fallback is None:
             self._dead_letter(env, rec, exc, outs)
             return None
-        error = self._where(env, exc)
+        error = self.emitter.where(env, exc)
         self.counters[env.step].failed(exc.__class__.__name__)
         self._event(env, outs, "retry", error=error, note=f"fallback to {fallback}")
-        return Outcome(
-            env.payload, {"error": error, "fallback": True}, goto=fallback, note="fallback"
-        )
+        result = {"error": error, "fallback": True}
+        return Outcome(env.payload, result, route=Fallback(fallback), note="fallback")
 
     def _advance(
         self,
@@ -343,7 +313,8 @@ class ChainProcessor:
     ) -> Envelope | None:
         sid = env.step
         env.payload = outcome.payload
-        if self.flow.nodes[sid].compensation is not None and outcome.note != "fallback":
+        route = outcome.route
+        if self.flow.nodes[sid].compensation is not None and type(route) is not Fallback:
             env.saga.append({"step": sid, "payload": before})
         if outcome.emit:
             outs.extend(Out(e.topic, e.value, e.key, e.headers) for e in outcome.emit)
@@ -355,77 +326,49 @@ class ChainProcessor:
             return None
         if self.opts.step_events:
             self._event(env, outs, "step", note=outcome.note)
-        nxt = self.flow.nodes[sid].next if outcome.goto == NEXT else outcome.goto
+        nxt = route.step if isinstance(route, GoTo | Fallback) else self.flow.nodes[sid].next
         if nxt is None:
-            self.completed += 1
-            self.metrics.latency.observe(max(0, now_ms() - env.created_ms) / 1000)
             self._completed(env, outs)
             return None
         env.step = nxt
         env.attempt = 1
         if nxt in self.chain:
             return env
+        self._hop(env, sid, rec, outs, fresh)
+        return None
+
+    def _hop(self, env: Envelope, sid: str, rec: Record, outs: list[Out], fresh: bool) -> None:
+        """``env`` leaves this agent for the topic of its next step."""
         try:
             value = encode(env, self.opts.encoding)
         except Exception as exc:  # any encoder refusal: this execution fails, not the agent
             env.step = sid  # the step whose result cannot travel
             error = PoisonMessageError(f"its result cannot be encoded: {describe_contained(exc)}")
             self._dead_letter(env, rec, error, outs)
-            return None
+            return
         headers = [("traceparent", env.trace.encode())] if self.traced and env.trace else None
         if fresh and self.opts.summary:  # it goes on in another agent: it is running
             self._event(env, outs, "started")
-        outs.append(Out(self.plan.entry_of[nxt], value, rec.key, headers))
+        outs.append(Out(self.plan.entry_of[env.step], value, rec.key, headers))
         self.produced += 1
-        return None
 
     def _completed(self, env: Envelope, outs: list[Out]) -> None:
-        payload = env.payload if self.opts.trace_payloads or self.output_on_completed else None
-        ev = event_for(env, "completed", payload=payload)
-        outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
-        announce(env, "completed")
+        self.completed += 1
+        self.latencies.values.append(max(0, now_ms() - env.created_ms) / 1000)
+        self.emitter.completed(env, outs)
 
     def _event(
         self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = ""
     ) -> None:
-        payload = env.payload if self.opts.trace_payloads else None
-        ev = event_for(env, kind, note=note, error=error, payload=payload)
-        outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
-        announce(env, kind, note=note)
+        self.emitter.event(env, outs, kind, note=note, error=error)
 
     def _dead_letter(self, env: Envelope, rec: Record, exc: BaseException, outs: list[Out]) -> None:
-        error = self._where(env, exc)
-        counters = self.counters.get(env.step)
-        if counters is not None:
-            counters.dead_lettered.inc()
-            counters.failed(exc.__class__.__name__)
-        log.warning(
-            "dead-lettered execution %s at step %s: %s",
-            env.execution_id,
-            env.step,
-            error,
-            extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id},
-        )
-        try:
-            value = encode(env, self.opts.encoding)
-        except Exception as enc:
-            # the envelope as it failed cannot be written (too deep, unencodable value):
-            # dead-letter the input record as it arrived, with both reasons
-            why = describe_contained(enc)
-            why = error if why in error else f"{error}; the envelope cannot be encoded: {why}"
-            why += " (the dead letter holds the record as the agent received it)"
-            outs.extend(
-                self.containment.dead_letter(
-                    rec,
-                    why,
-                    exc.__class__.__name__,
-                    execution_id=env.execution_id,
-                    step=env.step,
-                )
-            )
+        """The execution failed for good: its dead letter, its ``failed`` event, a failed
+        split child's notice to its aggregate, and its compensation when it has one."""
+        error = self.emitter.where(env, exc)
+        value = self.emitter.dead_letter(env, rec, exc, outs, error)
+        if value is None:  # its input record went instead, with the `failed` event
             return
-        headers = dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
-        outs.append(Out(self.plan.dlq_topic, value, rec.key, headers))
         if self.plan.state_topic_of and type(env.meta.get("split")) is dict:
             from streamflow.runtime.split import failed_child  # (split.py imports this module)
 
@@ -436,35 +379,3 @@ class ChainProcessor:
             outs.append(Out(self.plan.compensate_topic, value, rec.key))
         else:
             self._event(env, outs, "failed", error=error)
-
-    def _raw_dead_letter(self, rec: Record, exc: BaseException) -> Out:
-        log.warning(
-            "dead-lettered an undecodable record from %s[%d]@%d: %s",
-            rec.topic,
-            rec.partition,
-            rec.offset,
-            exc,
-        )
-        step = self.agent.steps[0]
-        error = f"{place(self.plan.integration, self.flow.name, step)}: {describe(exc)}"
-        headers = dlq_headers(rec, exc, error, step, 0, "")
-        return Out(self.plan.dlq_topic, rec.value, rec.key, headers)
-
-
-def describe(exc: BaseException) -> str:
-    """The error text of dead letters and execution events: plain words (no source paths
-    or Python internals; an unexpected error keeps its kind), every secret masked."""
-    text = describe_contained(exc)
-    if not isinstance(exc, RetriableError | PoisonMessageError | ExpressionEvalError):
-        frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        if frame:  # where, for operators: in the log, not in the message
-            log.debug("%s raised at %s:%s", exc.__class__.__name__, frame[0].filename,
-                      frame[0].lineno)  # fmt: skip
-        text = f"{exc.__class__.__name__}: {plain(exc)}"
-    return PROCESS.mask(text)
-
-
-def dlq_headers(
-    rec: Record, exc: BaseException, error: str, step: str, attempt: int, execution_id: str
-) -> Headers:
-    return _headers(rec, exc.__class__.__name__, error, step, attempt, execution_id)

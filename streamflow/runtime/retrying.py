@@ -14,7 +14,7 @@ import time
 from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.observability.metrics import StepMetrics
 from streamflow.runtime.contain import Out
-from streamflow.runtime.processor import Deferred
+from streamflow.runtime.core import Deferred
 from streamflow.topology.plan import AgentPlan, FlowPlan
 from streamflow.transport.base import Record
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from streamflow.envelope import Envelope, decode, encode
-from streamflow.errors import FatalError, PoisonMessageError
+from streamflow.envelope import Envelope, decode
+from streamflow.errors import PoisonMessageError
 from streamflow.observability import tracing
-from streamflow.observability.events import announce, event_for
 from streamflow.observability.metrics import StepMetrics
-from streamflow.runtime.contain import Out, place
-from streamflow.runtime.processor import ProcessorOptions, describe, dlq_headers
-from streamflow.runtime.retry import DEFAULT_POLICY, backoff_delay
+from streamflow.runtime.contain import Containment, Out
+from streamflow.runtime.core import Emitter, GaveUp, RetryExecutor
+from streamflow.runtime.processor import ProcessorOptions
+from streamflow.runtime.retry import DEFAULT_POLICY
 from streamflow.steps.base import AnyStep, AsyncStep, Outcome
 from streamflow.topology.expressions import ExpressionEvalError
 from streamflow.topology.models import Flow
@@ -46,10 +46,32 @@ class CompensationProcessor:
         self.plan = flow_plan
         self.agent = agent
         self.compensations = compensations  # parent step id -> its compensation step
-        self.executions = executions_topic
         self.opts = options
         self.metrics = StepMetrics(flow_plan.integration, flow.name, "compensate")
         self.counters = {sid: self.metrics.for_step(sid) for sid in compensations}
+        self.emitter = Emitter(
+            Containment(
+                flow_plan.integration,
+                flow.name,
+                "compensate",
+                flow_plan.dlq_topic,
+                executions_topic,
+                options.encoding,
+                options.max_message_bytes,
+            ),
+            trace_payloads=options.trace_payloads,
+        )
+        # a compensation is retried in place with its own policy; any failure but a bad
+        # event (or expression) is worth another attempt
+        self.executors = {
+            parent: RetryExecutor(
+                self.emitter,
+                flow.nodes[parent].compensation.retry or DEFAULT_POLICY,  # type: ignore[union-attr]
+                final=(PoisonMessageError, ExpressionEvalError),
+                clock=options.clock,
+            )
+            for parent in compensations
+        }
 
     def handle_sync(self, rec: Record) -> list[Out]:
         raise NotImplementedError("compensations are asynchronous")
@@ -59,8 +81,7 @@ class CompensationProcessor:
         try:
             env = decode(rec.value, self.opts.encoding)
         except PoisonMessageError as exc:
-            headers = dlq_headers(rec, exc, describe(exc), "compensate", 0, "")
-            return [Out(self.plan.dlq_topic, rec.value, rec.key, headers)]
+            return [self.emitter.raw_dead_letter(rec, exc, "compensate")]
         while env.saga:
             entry = env.saga[-1]
             parent = str(entry.get("step", ""))
@@ -76,57 +97,36 @@ class CompensationProcessor:
             if not await self._run(step, env, rec, outs, parent):
                 return outs
             env.saga.pop()
-        self._event(env, outs, "compensated")
+        self.emitter.event(env, outs, "compensated")
         return outs
 
     async def _run(
         self, step: AnyStep, env: Envelope, rec: Record, outs: list[Out], parent: str
     ) -> bool:
-        policy = self.flow.nodes[parent].compensation.retry or DEFAULT_POLICY  # type: ignore[union-attr]
-        while True:
-            try:
-                with tracing.step_span(env, self.plan.integration):
-                    outcome: Outcome = (
-                        await step.process(env)
-                        if isinstance(step, AsyncStep)
-                        else step.process(env)
-                    )
-                self.counters[parent].compensated.inc()
-                self._event(env, outs, "step", note=f"compensated {parent}")
-                if outcome.result is not None:
-                    env.steps[env.step] = outcome.result
-                return True
-            except FatalError:
-                raise
-            except Exception as exc:
-                final = isinstance(exc, PoisonMessageError | ExpressionEvalError)
-                if final or env.attempt >= policy.max_attempts:
-                    where = place(self.plan.integration, self.flow.name, env.step, env.execution_id)
-                    error = f"{where}: {describe(exc)}"
-                    log.error(
-                        "compensation %s of execution %s failed for good: %s",
-                        env.step,
-                        env.execution_id,
-                        error,
-                    )
-                    headers = dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
-                    outs.append(
-                        Out(self.plan.dlq_topic, encode(env, self.opts.encoding), rec.key, headers)
-                    )
-                    self._event(env, outs, "compensation_failed", error=error)
-                    return False
-                delay = backoff_delay(policy, env.attempt, getattr(exc, "retry_after", None))
-                self._event(env, outs, "retry", error=describe(exc), note=f"in {delay:.2f}s")
-                await self.opts.clock.asleep(delay)
-                env.attempt += 1
+        async def call() -> Outcome:
+            with tracing.step_span(env, self.plan.integration):
+                if isinstance(step, AsyncStep):
+                    return await step.process(env)
+                return step.process(env)
 
-    def _event(
-        self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = ""
-    ) -> None:
-        payload = env.payload if self.opts.trace_payloads else None
-        ev = event_for(env, kind, note=note, error=error, payload=payload)
-        outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
-        announce(env, kind, note=note)
+        outcome = await self.executors[parent].run(call, env, rec, outs)
+        if isinstance(outcome, GaveUp):
+            error = self.emitter.where(env, outcome.exc)
+            log.error(
+                "compensation %s of execution %s failed for good: %s",
+                env.step,
+                env.execution_id,
+                error,
+            )
+            if self.emitter.dead_letter(env, rec, outcome.exc, outs, error) is not None:
+                self.emitter.event(env, outs, "compensation_failed", error=error)
+            return False
+        assert outcome is not None  # no retry topic: retried here
+        self.counters[parent].compensated.inc()
+        self.emitter.event(env, outs, "step", note=f"compensated {parent}")
+        if outcome.result is not None:
+            env.steps[env.step] = outcome.result
+        return True
 
     def flush_metrics(self) -> None:
         return None

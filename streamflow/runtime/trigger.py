@@ -14,10 +14,10 @@ from streamflow import exactjson
 from streamflow.envelope import Envelope, encode
 from streamflow.errors import PoisonMessageError
 from streamflow.ingress import FlowIngress
-from streamflow.observability.events import event_for
 from streamflow.observability.metrics import TRIGGER_FIRINGS, StepMetrics
-from streamflow.runtime.contain import Out, place
-from streamflow.runtime.processor import ChainProcessor, ProcessorOptions, dlq_headers
+from streamflow.runtime.contain import Containment, Out
+from streamflow.runtime.core import Emitter
+from streamflow.runtime.processor import ChainProcessor, ProcessorOptions
 from streamflow.topology.plan import AgentPlan
 from streamflow.topology.triggers import KafkaTrigger
 from streamflow.transport.base import Record
@@ -49,6 +49,12 @@ class KafkaTriggerProcessor:
         self.dlq = fplan.dlq_topic
         self.executions = ingress.plan.executions_topic
         self.encoding = ingress.flow.doc.encoding
+        self.emitter = Emitter(
+            Containment(
+                fplan.integration, ingress.flow.name, "trigger", self.dlq, self.executions,
+                self.encoding, options.max_message_bytes, trigger=True,
+            )
+        )  # fmt: skip
         self.chain = chain
         self.all_sync = chain.all_sync if chain is not None else True
         self.metrics = StepMetrics(fplan.integration, ingress.flow.name, "trigger")
@@ -86,12 +92,7 @@ class KafkaTriggerProcessor:
         try:
             payload = self._payload(rec)
         except PoisonMessageError as exc:
-            log.warning(
-                "dead-lettered record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc
-            )
-            where = place(self.ingress.integration.name, self.ingress.flow.name, "trigger")
-            headers = dlq_headers(rec, exc, f"{where}: {exc}", "trigger", 0, "")
-            return [Out(self.dlq, rec.value, rec.key, headers)], None, rec
+            return [self.emitter.raw_dead_letter(rec, exc, "trigger")], None, rec
         trigger = {
             "type": "kafka",
             "topic": rec.topic,
@@ -106,10 +107,9 @@ class KafkaTriggerProcessor:
         env = self.ingress.envelope(payload, trigger=trigger, execution_id=execution_id)
         self.fired += 1
         key = self.ingress.partition_key(env)
-        outs = []
+        outs: list[Out] = []
         if self.announce:
-            started = event_for(env, "started")
-            outs.append(Out(self.executions, started.encode(), env.execution_id.encode()))
+            self.emitter.event(env, outs, "started")
         if self.chain is None:
             outs.append(Out(self.first_topic, encode(env, self.encoding), key))
         # the flow's key places every output downstream, not the outside record's key

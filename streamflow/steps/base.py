@@ -22,7 +22,34 @@ from streamflow.topology.values import MISSING
 if TYPE_CHECKING:
     import aiohttp
 
-NEXT = "\x00next"  # Outcome.goto default: continue with the node's next step
+class Next:
+    """Route: go on with the node's ``next`` step (the default of every ``Outcome``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEXT"
+
+
+NEXT = Next()
+
+
+@dataclass(frozen=True, slots=True)
+class GoTo:
+    """Route: go on with ``step`` (a branch's target), or end the execution (None)."""
+
+    step: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Route: the step failed for good and its ``fallback`` step takes over. A fallback is
+    not a completed step: it is not recorded for compensation."""
+
+    step: str
+
+
+Route = Next | GoTo | Fallback
 
 
 @dataclass(slots=True)
@@ -30,7 +57,7 @@ class Outcome:
     payload: Any
     result: Any = None
     filtered: bool = False
-    goto: str | None = NEXT  # a step id, None to end the execution, or NEXT
+    route: Route = NEXT  # where the execution goes on
     note: str = ""  # a short word for traces (e.g. "route big")
     emit: list[Emit] | None = None  # messages for outside topics, produced in the agent's batch
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from streamflow.envelope import Envelope
-from streamflow.steps.base import NEXT, AsyncStep, Outcome, Step, StepContext
+from streamflow.steps.base import AsyncStep, GoTo, Outcome, Step, StepContext
 from streamflow.topology.expressions import compile_expression, compile_value
 from streamflow.topology.models import Duration, Expression, Model, NestedSteps, StepConfig
 from streamflow.topology.registry import step_type
@@ -75,7 +75,7 @@ class FilterStep(Step):
     def process(self, env: Envelope) -> Outcome:
         if self.when.render(self.ctx.scope(env)):
             return Outcome(env.payload, True)
-        return Outcome(env.payload, False, filtered=True, goto=None, note="filtered")
+        return Outcome(env.payload, False, filtered=True, note="filtered")
 
 
 class BranchRoute(Model):
@@ -114,15 +114,15 @@ class BranchStep(Step):
         self.ctx = ctx
         node = ctx.node
         self.conditions = [compile_expression(r.when) for r in config.routes]
-        self.targets = [r.steps[0] if r.steps else node.next for r in node.routes]
-        self.default_target = self.targets[-1] if config.default else node.next
+        self.targets = [GoTo(r.steps[0] if r.steps else node.next) for r in node.routes]
+        self.default_target = self.targets[-1] if config.default else GoTo(node.next)
 
     def process(self, env: Envelope) -> Outcome:
         scope = self.ctx.scope(env)
         for i, cond in enumerate(self.conditions):
             if cond.render(scope):
-                return Outcome(env.payload, {"route": i}, goto=self.targets[i], note=f"route {i}")
-        return Outcome(env.payload, {"route": "default"}, goto=self.default_target, note="default")
+                return Outcome(env.payload, {"route": i}, route=self.targets[i], note=f"route {i}")
+        return Outcome(env.payload, {"route": "default"}, route=self.default_target, note="default")
 
 
 class LogConfig(StepConfig):
@@ -155,7 +155,7 @@ class LogStep(Step):
             text,
             extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id},
         )
-        return Outcome(env.payload, None, goto=NEXT)
+        return Outcome(env.payload, None)
 
 
 class DelayConfig(StepConfig):
