@@ -240,6 +240,8 @@ _FENCED = frozenset(
 )
 
 
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
 # produce() errors that concern one message only: it is refused, the producer goes on
 _MESSAGE_ERRORS = frozenset(
     {
@@ -283,7 +285,9 @@ class KafkaProducer:
             self._txn(lambda: self.producer.init_transactions(60))
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+        # a message purged by abort_transaction belongs to an aborted transaction: it was
+        # meant not to be delivered (its report may come during a later transaction)
+        if err is not None and err.code() not in _PURGED:
             self.failed.append(f"{msg.topic()}: {err.str()}")
 
     def send(
@@ -323,6 +327,9 @@ class KafkaProducer:
             raise DeliveryError(f"{len(failed)} message(s) failed: {failed[0]}")
 
     def begin(self) -> None:
+        # reports still queued belong to an earlier, aborted transaction: not this one's
+        self.producer.poll(0)
+        self.failed = []
         self._txn(self.producer.begin_transaction)
 
     def commit_transaction(self, consumer: ConsumerProto, offsets: Mapping[TP, int]) -> None:
@@ -338,8 +345,10 @@ class KafkaProducer:
 
         self._bounded(lambda: self._txn(commit), "committing the transaction")
         if self.failed:
+            # a committed transaction delivered all its messages (a failed one makes
+            # commit_transaction fail): these reports are left over from an aborted one
             failed, self.failed = self.failed, []
-            raise FatalError(f"committed transaction reported failed deliveries: {failed[0]}")
+            log.warning("producer %s: stale delivery errors: %s", self.transactional_id, failed[0])
 
     def _bounded(self, call: Callable[[], None], what: str) -> None:
         """Run ``call`` on a thread and wait at most TXN_CALL_LIMIT seconds: librdkafka's
@@ -391,11 +400,22 @@ class KafkaProducer:
                         f"transactional producer {self.transactional_id}: {err.str()}"
                     ) from exc
                 if err.fatal():
-                    raise FatalError(
-                        f"transactional producer {self.transactional_id}: {err.str()}"
+                    # this producer instance is unusable (librdkafka's fatal state, e.g. an
+                    # invalid producer id mapping after a rebalance); a new one - the
+                    # agent restarted by App's supervisor - starts clean and fences this
+                    # one; the supervisor stops the process if it keeps happening
+                    raise ProducerFenced(
+                        f"transactional producer {self.transactional_id}: fatal error "
+                        f"{err.str()}"
                     ) from exc
                 if err.txn_requires_abort():
-                    self.producer.abort_transaction(60)
+                    try:
+                        self.producer.abort_transaction(60)
+                    except KafkaException as again:  # cannot even abort: a new producer
+                        raise ProducerFenced(
+                            f"transactional producer {self.transactional_id}: aborting "
+                            f"after {err.str()}: {again.args[0].str()}"
+                        ) from exc
                     self.failed = []
                     raise TransactionAborted(err.str()) from exc
                 if err.retriable() and time.monotonic() < deadline:
