@@ -53,7 +53,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from streamflow.errors import FatalError
 from streamflow.runtime.contain import Containment, Out, describe
-from streamflow.runtime.lanes import Lanes
+from streamflow.runtime.flowloop import Continuous
 from streamflow.runtime.processor import ChainProcessor, Deferred, Processor
 from streamflow.topology.exprfuncs import DEFAULT_MAX_VALUE, VALUE_LIMIT
 from streamflow.transport.base import (
@@ -90,9 +90,6 @@ class Stateful(Protocol):
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag readings
 KEEPALIVE = 2.0  # a batch running longer polls (paused) this often: see _process_alive
-POLL_TICK = 0.05  # s: a continuously processing agent polls this often while records run
-IDLE_WAIT = 0.5  # s: the longest wait for records when none is held
-DRAIN = 30.0  # s: on stop, how long running records may still finish (then: redone)
 R = TypeVar("R")
 
 
@@ -177,10 +174,16 @@ class StepAgent:
         self.in_txn = False
         self.broken: Exception | None = None
         consumer.on_revoke = functools.partial(self._revoked, consumer, producer)
-        self.lanes: Lanes | None = None
+        self.flowing: Continuous | None = None
         if not self.processor.all_sync and self.stateful is None:
-            await self._flow(consumer, producer, stop)
-            return
+            self.flowing = Continuous(self, consumer, producer)
+            await self.flowing.run(stop)
+        else:
+            await self._batches(consumer, producer, stop)
+
+    async def _batches(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
+        """The batch loop: all-sync agents (the lean loop) and stateful ones (a tick
+        between batches)."""
         last_commit = time.monotonic()
         while not stop.is_set():
             # wait for records no longer than until the next commit or the next resume
@@ -226,160 +229,15 @@ class StepAgent:
                     last_commit = time.monotonic()
                 elif getattr(producer, "buffers_until_flush", True):
                     await self._io(producer.flush)
-            if time.monotonic() >= self.next_lag_check:
-                self.next_lag_check = time.monotonic() + LAG_INTERVAL
-                for (topic, part), lag in (await self._io(consumer.lag)).items():
-                    self.metrics.lag(topic, part, lag)
+            await self._check_lag(consumer)
         if self.pending or self.unflushed:  # stopped after a batch: commit it, or it is redone
             await self._io(self._commit, consumer, producer)
 
-    async def _flow(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
-        """Continuous processing (an agent with async steps): records are taken as they
-        come, each key's one after the other (each partition's, ``ordered``), and their
-        outputs sent as they finish; the offset committed per partition is the one after
-        its finished head (its contiguous prefix). Where outputs become visible only with
-        their offsets (exactly-once, ``local://``) a record's outputs wait for it to be
-        at the head. The consumer is polled at least every POLL_TICK s whatever runs;
-        holding ``max_batch`` records, the agent pauses its partitions (and polls on)."""
-        proc = self.processor
-        ordered = isinstance(proc, ChainProcessor) and proc.flow.doc.ordered
-        lanes = self.lanes = Lanes(proc.handle, self._contain, self.limit, ordered=ordered)
-        full: set[TopicPartition] = set()  # paused because max_batch records are held
-        last_commit = time.monotonic()
-        drain_until = 0.0
-        try:
-            while True:
-                if stop.is_set():
-                    drain_until = drain_until or time.monotonic() + DRAIN
-                    if not lanes.count or time.monotonic() >= drain_until:
-                        break
-                await self._apply_deferrals(consumer, lanes)
-                self._resume_due(consumer, keep=full)
-                room = 0 if stop.is_set() else self.max_batch - lanes.count
-                if room <= 0:  # hold no more: the partitions wait, the member stays alive
-                    more = [
-                        tp
-                        for tp in consumer.assignment()
-                        if tp not in full and tp not in self.paused_until
-                    ]
-                    if more:
-                        consumer.pause(more)
-                        full.update(more)
-                elif full:
-                    held = set(consumer.assignment())
-                    consumer.resume([tp for tp in full if tp in held])
-                    full.clear()
-                if lanes.count:  # records run on this loop: poll without waiting
-                    if not lanes.wake.is_set():
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(lanes.wake.wait(), self._wait(last_commit))
-                    lanes.wake.clear()
-                    records = consumer.poll(max(room, 1), 0.0)
-                else:
-                    records = await self._io(
-                        consumer.poll, max(room, 1), self._wait(last_commit, idle=True)
-                    )
-                self._raise_broken()
-                if lanes.error is not None:
-                    raise lanes.error
-                if records:
-                    self.metrics.consumed.inc(len(records))
-                    self._admit(consumer, lanes, records, full)
-                await self._harvest(consumer, producer, lanes)
-                self.metrics.in_flight.set(lanes.count)
-                due = time.monotonic() - last_commit >= self.commit_interval
-                if self.pending and (due or not lanes.count or stop.is_set()):
-                    await self._io(self._commit, consumer, producer)
-                    last_commit = time.monotonic()
-                if time.monotonic() >= self.next_lag_check:
-                    self.next_lag_check = time.monotonic() + LAG_INTERVAL
-                    for (topic, part), lag in (await self._io(consumer.lag)).items():
-                        self.metrics.lag(topic, part, lag)
-            await self._harvest(consumer, producer, lanes)
-            if self.pending:
-                await self._io(self._commit, consumer, producer)
-        finally:
-            await lanes.cancel()
-            self.metrics.in_flight.set(0)
-
-    def _wait(self, last_commit: float, *, idle: bool = False) -> float:
-        """Seconds to wait for records (or a finished record): until the next commit or
-        the next resume, at most POLL_TICK (IDLE_WAIT when nothing is held)."""
-        wait = IDLE_WAIT if idle else POLL_TICK
-        if self.pending:
-            wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
-        if self.paused_until:
-            wait = min(wait, min(self.paused_until.values()) - time.monotonic())
-        return max(0.0, wait)
-
-    def _admit(
-        self,
-        consumer: Consumer,
-        lanes: Lanes,
-        records: Sequence[Record],
-        full: set[TopicPartition],
-    ) -> None:
-        """Hand polled records to their lanes. A record of a paused partition (fetched
-        before the pause took effect) is not taken: its partition is sought back to it."""
-        strays: dict[TopicPartition, int] = {}
-        for rec in records:
-            tp = (rec.topic, rec.partition)
-            if tp in strays:
-                continue
-            if tp in self.paused_until or tp in full:
-                strays[tp] = rec.offset
-                continue
-            lanes.add(rec)
-        for tp, offset in strays.items():
-            consumer.seek(tp, offset)
-
-    async def _apply_deferrals(self, consumer: Consumer, lanes: Lanes) -> None:
-        """Seek each deferred partition back to its first waiting record; pause it (every
-        partition, for a deferral of them all) until the deferral ends."""
-        if not lanes.deferrals:
-            return
-        deferrals, lanes.deferrals = lanes.deferrals, []
-        held = set(consumer.assignment())
-        for d in deferrals:
-            parts = sorted(held) if d.all_partitions else [d.tp]
-            for tp in parts:
-                self.paused_until[tp] = max(self.paused_until.get(tp, 0.0), d.until)
-            consumer.pause([tp for tp in parts if tp in held])
-            if d.tp in held:
-                consumer.seek(d.tp, d.offset)
-
-    async def _harvest(self, consumer: Consumer, producer: Producer, lanes: Lanes) -> None:
-        """Send what may be sent now, move the pending offsets to the finished heads."""
-        held = lanes.count
-        send, offsets = lanes.harvest(contiguous_only=self.atomic)
-        if not send and not offsets:
-            return
-        self.processor.flush_metrics()
-        if send:
-            if self.exactly_once and not self.in_txn:
-                await self._io(producer.begin)
-                self.in_txn = True
-            # on the I/O thread: a full producer queue must not block the event loop
-            await self._io(
-                self._send, producer, [e.rec for e in send], [e.outs for e in send], None
-            )
-        self.pending.update(offsets)
-        finished = held - lanes.count
-        self.processed += finished
-        self._uncommitted += finished
-
-    def _harvest_now(self, consumer: Consumer, producer: Producer) -> None:
-        """``_harvest`` inside a revocation (no awaiting there): same thread, same order."""
-        lanes = self.lanes
-        if lanes is None:
-            return
-        send, offsets = lanes.harvest(contiguous_only=self.atomic)
-        if send:
-            if self.exactly_once and not self.in_txn:
-                producer.begin()
-                self.in_txn = True
-            self._send(producer, [e.rec for e in send], [e.outs for e in send], None)
-        self.pending.update(offsets)
+    async def _check_lag(self, consumer: Consumer) -> None:
+        if time.monotonic() >= self.next_lag_check:
+            self.next_lag_check = time.monotonic() + LAG_INTERVAL
+            for (topic, part), lag in (await self._io(consumer.lag)).items():
+                self.metrics.lag(topic, part, lag)
 
     async def _tick(self, stateful: Stateful, consumer: Consumer, producer: Producer) -> None:
         """Restore state of newly assigned partitions, fire due timers (state.py)."""
@@ -391,9 +249,7 @@ class StepAgent:
             await self._io(_send_all, producer, timed)
             self.unflushed = True
 
-    def _revoked(
-        self, consumer: Consumer, producer: Producer, parts: list[TopicPartition]
-    ) -> None:
+    def _revoked(self, consumer: Consumer, producer: Producer, parts: list[TopicPartition]) -> None:
         """Partitions are being taken away: commit what is done. Called inside
         ``consumer.poll`` - on the I/O thread or, in the lean loop, on the event-loop
         thread - so it never raises: an exception would leave ``poll`` (and a
@@ -402,7 +258,8 @@ class StepAgent:
         rebalance) is aborted instead: nothing of it is visible, the partitions' new owner
         redoes the work, and the loop restarts the agent (a new producer) after ``poll``."""
         try:
-            self._harvest_now(consumer, producer)
+            if self.flowing is not None:
+                self.flowing.harvest_now()
             self._commit(consumer, producer)
         except Exception as exc:
             log.warning(
@@ -418,8 +275,8 @@ class StepAgent:
                 self.in_txn = False
             self.broken = exc
         finally:
-            if self.lanes is not None:  # the new owner redoes what is not committed
-                self.lanes.drop(parts)
+            if self.flowing is not None:  # the new owner redoes what is not committed
+                self.flowing.lanes.drop(parts)
 
     def _raise_broken(self) -> None:
         """Stop the agent (App's supervisor restarts it from the committed offsets) after
@@ -454,8 +311,8 @@ class StepAgent:
             # nothing of this batch is committed: read it again from the committed offsets
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
             consumer.rewind()
-            if self.lanes is not None:
-                self.lanes.drop()
+            if self.flowing is not None:  # read again from the committed offsets
+                self.flowing.lanes.drop()
             if self.stateful is not None:
                 self.stateful.reset()  # its state is read again from the changelog
 

@@ -405,8 +405,7 @@ class KafkaProducer:
                     # agent restarted by App's supervisor - starts clean and fences this
                     # one; the supervisor stops the process if it keeps happening
                     raise ProducerFenced(
-                        f"transactional producer {self.transactional_id}: fatal error "
-                        f"{err.str()}"
+                        f"transactional producer {self.transactional_id}: fatal error {err.str()}"
                     ) from exc
                 if err.txn_requires_abort():
                     try:
