@@ -6,7 +6,8 @@ Commit order (at-least-once)::
     2. send every output message of the batch to the producer
     3. when the commit interval has passed (or the input ran dry):
        flush the producer - wait until the broker confirmed every message
-    4. only then commit, per partition, the offset after the last processed record
+    4. only then commit, per partition, the offset after its highest contiguous
+       finished record
 
 A crash between 3 and 4 re-delivers the batch (duplicates downstream, never loss). On the
 embedded transport (``local://``) 3 and 4 are one SQLite transaction in every mode, so a
@@ -20,9 +21,11 @@ Commit order (exactly-once)::
        and commit the transaction - outputs and input offsets become visible together
     4. on an abortable error: abort, rewind the consumer to its committed offsets, redo
 
-Records of one partition and one key are processed in order; different keys of a batch
-run concurrently (up to the flow's ``concurrency``) when the agent has async steps;
-on an ``ordered: true`` flow the records of a partition run one after the other.
+Records of one partition and one key are processed in order; different keys run
+concurrently (up to the flow's ``concurrency``) when the agent has async steps, with no
+batch barrier (flowloop.py: a slow key holds back its own key and its partition's
+offset, nothing else); on an ``ordered: true`` flow the records of a partition run one
+after the other.
 
 Containment: a record is one execution's business. Whatever goes wrong with it - its
 processor raising something unexpected, an output the producer refuses (over
@@ -209,9 +212,11 @@ class StepAgent:
                 if self.exactly_once and not self.in_txn:
                     await self._io(producer.begin)
                     self.in_txn = True
-                if self.processor.all_sync:  # the lean loop: no thread hop per batch
+                # the lean loop sends inline (no thread hop per batch) unless the
+                # producer's queue fills up: a full queue must not block the event loop
+                if self.processor.all_sync and not _congested(producer):
                     self._send(producer, records, results, done)
-                else:  # on the I/O thread: a full producer queue must not block the loop
+                else:
                     await self._io(self._send, producer, records, results, done)
                 self.processed += sum(done)
                 self._uncommitted += sum(done)
@@ -494,3 +499,10 @@ def _send_all(producer: Producer, outs: Sequence[Out]) -> None:
     """Queue ``outs`` (a stateful agent's timer outputs; I/O thread)."""
     for out in outs:
         producer.send(out.topic, out.value, out.key, out.headers, out.partition)
+
+
+def _congested(producer: Producer) -> bool:
+    """Whether ``send`` might wait for room in the producer's queue (a Kafka producer
+    more than half full; a producer that never waits has no ``congested``)."""
+    congested = getattr(producer, "congested", None)
+    return bool(congested()) if congested is not None else False

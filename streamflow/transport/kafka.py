@@ -280,6 +280,9 @@ class KafkaProducer:
         self.max_bytes = message_limit(conf)
         conf["message.max.bytes"] = self.max_bytes
         self.producer = Producer(conf)
+        # half of librdkafka's local queue (queue.buffering.max.messages, 100,000 by
+        # default): above it ``send`` may soon wait for room (see ``congested``)
+        self.queue_half = int(conf.get("queue.buffering.max.messages", 100_000)) // 2
         self.failed: list[str] = []
         if transactional_id is not None:
             self._txn(lambda: self.producer.init_transactions(60))
@@ -317,6 +320,11 @@ class KafkaProducer:
                 if err.code() in _MESSAGE_ERRORS and not err.fatal():
                     raise MessageRejected(f"message to {topic} refused: {err.str()}") from None
                 raise
+
+    def congested(self) -> bool:
+        """More than half the local queue is taken: ``send`` may soon wait for room, so
+        the agent sends from its I/O thread rather than from the event loop."""
+        return len(self.producer) > self.queue_half
 
     def flush(self, timeout: float = 30.0) -> None:
         left = self.producer.flush(timeout)
