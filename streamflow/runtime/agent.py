@@ -278,6 +278,8 @@ class StepAgent:
                 with contextlib.suppress(Exception):
                     producer.abort()
                 self.in_txn = False
+            if self.stateful is not None:
+                self.stateful.reset()  # read again from the changelog after the restart
             self.broken = exc
         finally:
             if self.flowing is not None:  # the new owner redoes what is not committed
