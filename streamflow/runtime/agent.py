@@ -56,7 +56,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from streamflow.errors import FatalError
 from streamflow.runtime.contain import Containment, Out, describe
-from streamflow.runtime.flowloop import Continuous
+from streamflow.runtime.flowloop import Continuous, producer_congested
 from streamflow.runtime.processor import ChainProcessor, Deferred, Processor
 from streamflow.topology.exprfuncs import DEFAULT_MAX_VALUE, VALUE_LIMIT
 from streamflow.transport.base import (
@@ -214,7 +214,7 @@ class StepAgent:
                     self.in_txn = True
                 # the lean loop sends inline (no thread hop per batch) unless the
                 # producer's queue fills up: a full queue must not block the event loop
-                if self.processor.all_sync and not _congested(producer):
+                if self.processor.all_sync and not producer_congested(producer):
                     self._send(producer, records, results, done)
                 else:
                     await self._io(self._send, producer, records, results, done)
@@ -502,9 +502,3 @@ def _send_all(producer: Producer, outs: Sequence[Out]) -> None:
     for out in outs:
         producer.send(out.topic, out.value, out.key, out.headers, out.partition)
 
-
-def _congested(producer: Producer) -> bool:
-    """Whether ``send`` might wait for room in the producer's queue (a Kafka producer
-    more than half full; a producer that never waits has no ``congested``)."""
-    congested = getattr(producer, "congested", None)
-    return bool(congested()) if congested is not None else False

@@ -14,14 +14,13 @@ in its acknowledgements - so a record still running holds back its own partition
 
 The consumer is polled at least every POLL_TICK s whatever runs (``max.poll.interval.ms``
 never runs out); holding ``max_batch`` records, the agent pauses its partitions and polls
-on. Outputs go to the producer on the agent's I/O thread: a full producer queue does not
-block the event loop.
+on. Outputs go to the producer from the event loop while its queue has room, else from
+the agent's I/O thread: a full producer queue does not block the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -33,8 +32,16 @@ from streamflow.transport.base import Consumer, Producer, Record, TopicPartition
 if TYPE_CHECKING:
     from streamflow.runtime.agent import StepAgent
 
+
+def producer_congested(producer: Producer) -> bool:
+    """Whether ``send`` might wait for room in the producer's queue (a Kafka producer
+    more than half full; a producer without ``congested`` never waits)."""
+    congested = getattr(producer, "congested", None)
+    return bool(congested()) if congested is not None else False
+
 POLL_TICK = 0.05  # s: how often the consumer is polled while records run
 IDLE_WAIT = 0.5  # s: the longest wait for records when none is held
+COALESCE = 0.005  # s: the shortest time between two rounds while records run
 DRAIN = 30.0  # s: on stop, how long running records may still finish (then: redone)
 
 
@@ -50,6 +57,7 @@ class Continuous:
         self.lanes = Lanes(proc.handle, agent._contain, agent.limit, ordered=ordered)
         self.full: set[TopicPartition] = set()  # paused: max_batch records are held
         self.last_commit = time.monotonic()
+        self.polled = 0.0  # when the consumer was last polled while records ran
 
     async def run(self, stop: asyncio.Event) -> None:
         agent, lanes = self.agent, self.lanes
@@ -104,10 +112,12 @@ class Continuous:
             self.full.clear()
         if not lanes.count:
             return await agent._io(consumer.poll, max(room, 1), self._wait(IDLE_WAIT))
-        if not lanes.wake.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lanes.wake.wait(), self._wait(POLL_TICK))
-        lanes.wake.clear()
+        await lanes.wait(self._wait(POLL_TICK))
+        # records finishing within COALESCE s of each other are handed on together
+        gap = COALESCE - (time.monotonic() - self.polled)
+        if gap > 0:
+            await asyncio.sleep(gap)
+        self.polled = time.monotonic()
         return consumer.poll(max(room, 1), 0.0)
 
     def _wait(self, longest: float) -> float:
@@ -164,9 +174,11 @@ class Continuous:
             if agent.exactly_once and not agent.in_txn:
                 await agent._io(producer.begin)
                 agent.in_txn = True
-            # on the I/O thread: a full producer queue must not block the event loop
             recs, outs = [e.rec for e in send], [e.outs for e in send]
-            await agent._io(agent._send, producer, recs, outs, None)
+            if producer_congested(producer):  # a full producer queue must not block the loop
+                await agent._io(agent._send, producer, recs, outs, None)
+            else:  # room in the queue: no thread hop
+                agent._send(producer, recs, outs, None)
         agent.pending.update(offsets)
         agent.processed += held - self.lanes.count
         agent._uncommitted += held - self.lanes.count
