@@ -6,7 +6,8 @@ Commit order (at-least-once)::
     2. send every output message of the batch to the producer
     3. when the commit interval has passed (or the input ran dry):
        flush the producer - wait until the broker confirmed every message
-    4. only then commit, per partition, the offset after the last processed record
+    4. only then commit, per partition, the offset after its highest contiguous
+       finished record
 
 A crash between 3 and 4 re-delivers the batch (duplicates downstream, never loss). On the
 embedded transport (``local://``) 3 and 4 are one SQLite transaction in every mode, so a
@@ -20,9 +21,11 @@ Commit order (exactly-once)::
        and commit the transaction - outputs and input offsets become visible together
     4. on an abortable error: abort, rewind the consumer to its committed offsets, redo
 
-Records of one partition and one key are processed in order; different keys of a batch
-run concurrently (up to the flow's ``concurrency``) when the agent has async steps;
-on an ``ordered: true`` flow the records of a partition run one after the other.
+Records of one partition and one key are processed in order; different keys run
+concurrently (up to the flow's ``concurrency``) when the agent has async steps, with no
+batch barrier (flowloop.py: a slow key holds back its own key and its partition's
+offset, nothing else); on an ``ordered: true`` flow the records of a partition run one
+after the other.
 
 Containment: a record is one execution's business. Whatever goes wrong with it - its
 processor raising something unexpected, an output the producer refuses (over
@@ -42,6 +45,7 @@ the input ran dry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -53,6 +57,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 from streamflow.errors import FatalError
 from streamflow.errtext import describe
 from streamflow.runtime.contain import Containment, Out
+from streamflow.runtime.flowloop import Continuous, producer_congested
 from streamflow.runtime.processor import ChainProcessor, Deferred, Processor
 from streamflow.topology.exprfuncs import DEFAULT_MAX_VALUE, VALUE_LIMIT
 from streamflow.transport.base import (
@@ -67,6 +72,10 @@ from streamflow.transport.base import (
 )
 
 log = logging.getLogger("streamflow.runtime")
+
+
+class CommitFailed(Exception):
+    """A commit inside a revocation failed and was aborted: the agent restarts."""
 
 
 @runtime_checkable
@@ -167,7 +176,18 @@ class StepAgent:
         self.pending: dict[TopicPartition, int] = {}
         self.paused_until: dict[TopicPartition, float] = {}
         self.in_txn = False
-        consumer.on_revoke = lambda _parts: self._commit(consumer, producer)
+        self.broken: Exception | None = None
+        consumer.on_revoke = functools.partial(self._revoked, consumer, producer)
+        self.flowing: Continuous | None = None
+        if not self.processor.all_sync and self.stateful is None:
+            self.flowing = Continuous(self, consumer, producer)
+            await self.flowing.run(stop)
+        else:
+            await self._batches(consumer, producer, stop)
+
+    async def _batches(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
+        """The batch loop: all-sync agents (the lean loop) and stateful ones (a tick
+        between batches)."""
         last_commit = time.monotonic()
         while not stop.is_set():
             # wait for records no longer than until the next commit or the next resume
@@ -177,6 +197,7 @@ class StepAgent:
             if self.paused_until:
                 wait = min(wait, min(self.paused_until.values()) - time.monotonic())
             records = await self._poll(consumer, wait)
+            self._raise_broken()
             if self.stateful is not None:
                 await self._tick(self.stateful, consumer, producer)
             if records:
@@ -192,9 +213,11 @@ class StepAgent:
                 if self.exactly_once and not self.in_txn:
                     await self._io(producer.begin)
                     self.in_txn = True
-                if self.processor.all_sync:  # the lean loop: no thread hop per batch
+                # the lean loop sends inline (no thread hop per batch) unless the
+                # producer's queue fills up: a full queue must not block the event loop
+                if self.processor.all_sync and not producer_congested(producer):
                     self._send(producer, records, results, done)
-                else:  # on the I/O thread: a full producer queue must not block the loop
+                else:
                     await self._io(self._send, producer, records, results, done)
                 self.processed += sum(done)
                 self._uncommitted += sum(done)
@@ -212,12 +235,15 @@ class StepAgent:
                     last_commit = time.monotonic()
                 elif getattr(producer, "buffers_until_flush", True):
                     await self._io(producer.flush)
-            if time.monotonic() >= self.next_lag_check:
-                self.next_lag_check = time.monotonic() + LAG_INTERVAL
-                for (topic, part), lag in (await self._io(consumer.lag)).items():
-                    self.metrics.lag(topic, part, lag)
+            await self._check_lag(consumer)
         if self.pending or self.unflushed:  # stopped after a batch: commit it, or it is redone
             await self._io(self._commit, consumer, producer)
+
+    async def _check_lag(self, consumer: Consumer) -> None:
+        if time.monotonic() >= self.next_lag_check:
+            self.next_lag_check = time.monotonic() + LAG_INTERVAL
+            for (topic, part), lag in (await self._io(consumer.lag)).items():
+                self.metrics.lag(topic, part, lag)
 
     async def _tick(self, stateful: Stateful, consumer: Consumer, producer: Producer) -> None:
         """Restore state of newly assigned partitions, fire due timers (state.py)."""
@@ -228,6 +254,44 @@ class StepAgent:
                 self.in_txn = True
             await self._io(_send_all, producer, timed)
             self.unflushed = True
+
+    def _revoked(self, consumer: Consumer, producer: Producer, parts: list[TopicPartition]) -> None:
+        """Partitions are being taken away: commit what is done. Called inside
+        ``consumer.poll`` - on the I/O thread or, in the lean loop, on the event-loop
+        thread - so it never raises: an exception would leave ``poll`` (and a
+        ``FatalError`` would stop the process). A commit that fails here (a fenced or
+        fatally failed producer, an unanswered coordinator, an offset fetch refused mid
+        rebalance) is aborted instead: nothing of it is visible, the partitions' new owner
+        redoes the work, and the loop restarts the agent (a new producer) after ``poll``."""
+        try:
+            if self.flowing is not None:
+                self.flowing.harvest_now()
+            self._commit(consumer, producer)
+        except Exception as exc:
+            log.warning(
+                "agent %s: commit on revoking %s failed (%s); aborting, the new owner "
+                "redoes the work",
+                self.plan.name,
+                ", ".join(f"{t}[{p}]" for t, p in parts),
+                describe(exc),
+            )
+            if self.atomic:
+                with contextlib.suppress(Exception):
+                    producer.abort()
+                self.in_txn = False
+            if self.stateful is not None:
+                self.stateful.reset()  # read again from the changelog after the restart
+            self.broken = exc
+        finally:
+            if self.flowing is not None:  # the new owner redoes what is not committed
+                self.flowing.lanes.drop(parts)
+
+    def _raise_broken(self) -> None:
+        """Stop the agent (App's supervisor restarts it from the committed offsets) after
+        a commit on revocation failed: its producer may be unusable."""
+        if self.broken is not None:
+            exc, self.broken = self.broken, None
+            raise CommitFailed(f"agent {self.plan.name}: commit on revocation: {exc}") from exc
 
     def _commit(self, consumer: Consumer, producer: Producer) -> None:
         """Steps 3-4 of the commit order (module docstring). Runs on the agent's I/O thread,
@@ -255,6 +319,8 @@ class StepAgent:
             # nothing of this batch is committed: read it again from the committed offsets
             log.warning("agent %s: %s; rewinding to the committed offsets", self.plan.name, exc)
             consumer.rewind()
+            if self.flowing is not None:  # read again from the committed offsets
+                self.flowing.lanes.drop()
             if self.stateful is not None:
                 self.stateful.reset()  # its state is read again from the changelog
 
@@ -262,12 +328,12 @@ class StepAgent:
         self,
         producer: Producer,
         records: Sequence[Record],
-        results: list[list[Out]],
-        done: list[bool],
+        results: Sequence[list[Out]],
+        done: list[bool] | None,
     ) -> None:
         """Queue the outputs of every handled record (I/O thread). A message the producer
         refuses (too large ...) fails its record alone: dead-lettered as it arrived."""
-        for rec, outs, ok in zip(records, results, done, strict=True):
+        for rec, outs, ok in zip(records, results, done or [True] * len(records), strict=True):
             if not ok or not outs:
                 continue
             try:
@@ -419,7 +485,9 @@ class StepAgent:
         for tp, offset in first_open.items():
             consumer.seek(tp, offset)
 
-    def _resume_due(self, consumer: Consumer) -> None:
+    def _resume_due(self, consumer: Consumer, keep: set[TopicPartition] | None = None) -> None:
+        """Resume the partitions whose deferral ended (but those in ``keep``: paused
+        for another reason)."""
         if not self.paused_until:
             return
         now = time.monotonic()
@@ -427,10 +495,11 @@ class StepAgent:
         if due:
             for tp in due:
                 del self.paused_until[tp]
-            consumer.resume(due)
+            consumer.resume([tp for tp in due if not keep or tp not in keep])
 
 
 def _send_all(producer: Producer, outs: Sequence[Out]) -> None:
     """Queue ``outs`` (a stateful agent's timer outputs; I/O thread)."""
     for out in outs:
         producer.send(out.topic, out.value, out.key, out.headers, out.partition)
+
