@@ -55,11 +55,21 @@ flows:
 """
 
 
-def _produce_numbers(transport: KafkaTransport, topic: str, per_second: float = 0.0) -> None:
-    """Every number once; at ``per_second`` (a live stream) or all at once."""
+def _produce_numbers(
+    transport: KafkaTransport,
+    topic: str,
+    per_second: float = 0.0,
+    allowed: Callable[[], int] | None = None,
+) -> None:
+    """Every number once; at ``per_second`` (a live stream) or all at once. ``allowed``:
+    how many numbers may be produced so far (the feeder waits for it to grow)."""
     producer = transport.producer()
     started = time.monotonic()
     for i in range(N):
+        while allowed is not None and i >= allowed():
+            producer.flush(60)
+            time.sleep(0.05)
+            started = time.monotonic() - i / per_second if per_second else started
         producer.send(topic, orjson.dumps({"n": i}), str(i).encode())
         if per_second and i % 100 == 99:
             producer.flush(60)
@@ -92,7 +102,15 @@ class ScriptedRun:
         self.seen: Counter[int] = Counter()
         self.bad: list[bytes] = []
         self.done: list[str] = []
+        self.todo: list[Action] = []
         self.log_end = 0  # sink's log end at the previous action
+
+    def allowed(self) -> int:
+        """How much input a gated feeder may have produced: up to a little past the next
+        pending action's count, so input never runs out before every action has run
+        (however long a rebalance takes on a loaded machine)."""
+        pending = list(self.todo)  # a copy: the script pops from it meanwhile
+        return min(N, pending[0].at + N // 20) if pending else N
 
     def read(self, timeout: float) -> None:
         for rec in self.reader.poll(2000, timeout):
@@ -109,7 +127,7 @@ class ScriptedRun:
 
     def until_all_seen(self, actions: list[Action], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        todo = sorted(actions, key=lambda a: a.at)
+        self.todo = todo = sorted(actions, key=lambda a: a.at)
         while len(self.seen) < N:
             if time.monotonic() > deadline:
                 missing = sorted(set(range(N)) - set(self.seen))
@@ -249,9 +267,13 @@ def test_exactly_once_through_rebalances(kafka_bootstrap: str, unique: str, tmp_
         Action(N * 4 // 10, "w1 restarts", w1.start),
         Action(N * 6 // 10, "SIGTERM w0", term_w0, holds_some(w1)),
     ]
-    # fed over ~70 s: the four rebalances must land while input still flows, also on a
-    # slow machine
-    feeder = threading.Thread(target=_produce_numbers, args=(transport, source, N / 70))
+    # a live stream (~70 s) gated by the script: the feeder stops a little past the next
+    # action's count until that action ran, so each rebalance lands while input still
+    # flows, however slow the machine
+    run.todo = sorted(actions, key=lambda a: a.at)
+    feeder = threading.Thread(
+        target=_produce_numbers, args=(transport, source, N / 70, run.allowed)
+    )
     started = time.monotonic()
     try:
         w0.start()
