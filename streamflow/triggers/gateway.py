@@ -85,6 +85,15 @@ RUNNERS: dict[str, Callable[[FlowIngress, Transport, dict[str, str]], TriggerRun
     "websocket": StreamRunner,
     "rabbitmq": RabbitMQRunner,  # no leader: every process consumes the queue
 }
+# trigger types without a runner here, and what runs them instead; with RUNNERS, every
+# registered trigger type (tests/unit/test_registry.py checks both against the registry)
+RUN_ELSEWHERE: dict[str, str] = {
+    "webhook": "the gateway's HTTP front (webhook.py)",
+    "kafka": "the flow's trigger agent (runtime/trigger.py)",
+    "deploy": "`streamflow instance deploy` (instances/)",
+    "remove": "`streamflow instance remove` (instances/)",
+    "manual": "`streamflow run` / `produce` feed the flow themselves",
+}
 READY_TIMEOUT = 2.0
 
 

@@ -171,3 +171,11 @@ def test_field_markers() -> None:
     assert marked(TRIGGERS["s3"].config, Secret) == aws
     assert marked(CONNECTIONS["s3"].config, Secret) == aws
     assert marked(TRIGGERS["webhook"].config, Secret) == {"signature", "auth"}
+
+
+def test_every_trigger_type_has_what_runs_it() -> None:
+    """A trigger type registered without a runner would validate and then never fire."""
+    from streamflow.triggers.gateway import RUN_ELSEWHERE, RUNNERS
+
+    assert not set(RUNNERS) & set(RUN_ELSEWHERE)
+    assert set(TRIGGERS.names()) == set(RUNNERS) | set(RUN_ELSEWHERE)
