@@ -36,11 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from streamflow import exactjson, textio
-from streamflow.clock import SYSTEM_CLOCK, Clock
-from streamflow.ingress import FlowIngress
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import FileTrigger
-from streamflow.transport.base import Record, Transport
+from streamflow.transport.base import Record
 from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 
 log = logging.getLogger("streamflow.trigger")
@@ -100,20 +98,11 @@ def parse(data: bytes, trigger: FileTrigger) -> list[Any]:
 
 class FileRunner(LeaderTrigger):
     kind = "files"
-    trigger_type = "file"
 
-    def __init__(
-        self,
-        ingress: FlowIngress,
-        transport: Transport,
-        env: dict[str, str] | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        super().__init__(ingress, transport, env, clock)
-        trigger = ingress.flow.trigger
-        assert isinstance(trigger, FileTrigger)
-        self.trigger = trigger
-        base = Path(ingress.integration.file).resolve().parent if ingress.integration.file else None
+    def setup(self) -> None:
+        self.trigger = trigger = self.config(FileTrigger)
+        file = self.ingress.integration.file
+        base = Path(file).resolve().parent if file else None
         folder = Path(str(compile_value(trigger.path).render(self.scope)))
         if not folder.is_absolute() and base is not None:
             folder = base / folder

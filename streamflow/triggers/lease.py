@@ -55,6 +55,7 @@ from streamflow.envelope import Envelope
 from streamflow.errors import FatalError
 from streamflow.ingress import FlowIngress
 from streamflow.observability.metrics import TRIGGER_FIRINGS
+from streamflow.topology.models import TriggerConfig
 from streamflow.topology.plan import COMPACTED, topic_prefix
 from streamflow.transport.base import (
     Consumer,
@@ -283,12 +284,14 @@ class TriggerLease:
             self._lock_fd = None
 
 
+C = TypeVar("C", bound=TriggerConfig)
+
+
 class LeaderTrigger(ABC):
     """A trigger run by the leader of its state topic: subclasses keep their state with
     ``reset``/``apply`` and do their work in ``work`` (returning seconds until more)."""
 
     kind = "trigger"  # the state topic's suffix
-    trigger_type = "trigger"  # the metric label
 
     def __init__(
         self,
@@ -306,10 +309,22 @@ class LeaderTrigger(ABC):
         self.topic = f"{prefix}.{self.kind}"
         self.lease = TriggerLease(transport, self.topic, apply=self.apply, reset=self.reset)
         self.firings = TRIGGER_FIRINGS.labels(
-            ingress.integration.name, self.flow, self.trigger_type
+            ingress.integration.name, self.flow, ingress.flow.trigger.type
         )
         self._term = 0
         self.rounds = 0  # ``work`` calls done: a test moving a ManualClock waits on it
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027 (optional hook)
+        """The subclass's own set-up, after the lease's (read ``self.ingress``; a bad
+        configuration raises here, before the trigger starts)."""
+
+    def config(self, kind: type[C]) -> C:
+        """The flow's trigger configuration, which must be a ``kind``."""
+        trigger = self.ingress.flow.trigger
+        if not isinstance(trigger, kind):
+            raise TypeError(f"{type(self).__name__} runs {kind.__name__}, not {trigger.type}")
+        return trigger
 
     @property
     def scope(self) -> dict[str, Any]:

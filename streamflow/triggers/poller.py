@@ -33,17 +33,15 @@ from typing import Any
 import aiohttp
 
 from streamflow import exactjson
-from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.connectors.httpclient import safe_url
 from streamflow.connectors.mongodb import poll_documents
 from streamflow.connectors.paginate import Pager, PaginationError
 from streamflow.envelope import Envelope
 from streamflow.errors import ConfigError
-from streamflow.ingress import FlowIngress
 from streamflow.steps.base import Resources
 from streamflow.topology.expressions import ExpressionEvalError, compile_value
 from streamflow.topology.triggers import PollTrigger
-from streamflow.transport.base import Record, Transport
+from streamflow.transport.base import Record
 from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 from streamflow.util.secrets import Masker
 from streamflow.util.sqldb import Statement, compile_sql, database, to_json_value
@@ -84,19 +82,9 @@ def dig(doc: Any, path: str) -> Any:
 
 class PollRunner(LeaderTrigger):
     kind = "cursor"
-    trigger_type = "poll"
 
-    def __init__(
-        self,
-        ingress: FlowIngress,
-        transport: Transport,
-        env: dict[str, str] | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        super().__init__(ingress, transport, env, clock)
-        trigger = ingress.flow.trigger
-        assert isinstance(trigger, PollTrigger)
-        self.trigger = trigger
+    def setup(self) -> None:
+        self.trigger = trigger = self.config(PollTrigger)
         self.mode = trigger.effective_mode
         self.resources = Resources()
         self.session: aiohttp.ClientSession | None = None

@@ -26,13 +26,11 @@ from typing import Any
 
 import orjson
 
-from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.connectors.aws import aws_masker, s3_client, s3_failure
 from streamflow.connectors.s3 import S3Trigger, object_facts
-from streamflow.ingress import FlowIngress
 from streamflow.steps.base import Resources
 from streamflow.topology.expressions import compile_value
-from streamflow.transport.base import Record, Transport
+from streamflow.transport.base import Record
 from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 
 log = logging.getLogger("streamflow.trigger")
@@ -45,19 +43,9 @@ _SETTINGS = ("endpoint_url", "region", "access_key_id", "secret_access_key", "se
 
 class S3Runner(LeaderTrigger):
     kind = "s3"
-    trigger_type = "s3"
 
-    def __init__(
-        self,
-        ingress: FlowIngress,
-        transport: Transport,
-        env: dict[str, str] | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        super().__init__(ingress, transport, env, clock)
-        trigger = ingress.flow.trigger
-        assert isinstance(trigger, S3Trigger)
-        self.trigger = trigger
+    def setup(self) -> None:
+        self.trigger = trigger = self.config(S3Trigger)
         self.settings: dict[str, Any] = compile_value(
             {k: getattr(trigger, k) for k in _SETTINGS}
         ).render(self.scope)

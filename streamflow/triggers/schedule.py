@@ -31,12 +31,10 @@ from zoneinfo import ZoneInfo
 import orjson
 from croniter import croniter
 
-from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.envelope import Envelope
-from streamflow.ingress import FlowIngress
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.triggers import ScheduleTrigger
-from streamflow.transport.base import Record, Transport
+from streamflow.transport.base import Record
 from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 
 log = logging.getLogger("streamflow.trigger")
@@ -113,19 +111,9 @@ def tick_id(flow: str, tick_ms: int) -> str:
 
 class ScheduleRunner(LeaderTrigger):
     kind = "schedule"
-    trigger_type = "schedule"
 
-    def __init__(
-        self,
-        ingress: FlowIngress,
-        transport: Transport,
-        env: dict[str, str] | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        super().__init__(ingress, transport, env, clock)
-        trigger = ingress.flow.trigger
-        assert isinstance(trigger, ScheduleTrigger)
-        self.trigger = trigger
+    def setup(self) -> None:
+        self.trigger = trigger = self.config(ScheduleTrigger)
         self.ticks = Ticks(trigger)
         self.payload = compile_value(trigger.payload) if trigger.payload is not None else None
         self.last_ms: int | None = None

@@ -39,13 +39,11 @@ import aiohttp
 import orjson
 
 from streamflow import exactjson
-from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.connectors.httpclient import safe_url
-from streamflow.ingress import FlowIngress
 from streamflow.observability.metrics import TRIGGER_CONNECTED, TRIGGER_RECONNECTS
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.streams import SseTrigger, WebsocketTrigger
-from streamflow.transport.base import Record, Transport
+from streamflow.transport.base import Record
 from streamflow.triggers.lease import LeaderTrigger, Outgoing, envelope_messages
 from streamflow.util.secrets import Masker
 
@@ -138,17 +136,10 @@ class SseParser:
 class StreamRunner(LeaderTrigger):
     kind = "stream"
 
-    def __init__(
-        self,
-        ingress: FlowIngress,
-        transport: Transport,
-        env: dict[str, str] | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        trigger = ingress.flow.trigger
-        assert isinstance(trigger, SseTrigger | WebsocketTrigger)
-        self.trigger_type = trigger.type
-        super().__init__(ingress, transport, env, clock)
+    def setup(self) -> None:
+        ingress, trigger = self.ingress, self.ingress.flow.trigger
+        if not isinstance(trigger, SseTrigger | WebsocketTrigger):
+            raise TypeError(f"StreamRunner runs sse or websocket, not {trigger.type}")
         self.trigger = trigger
         self.url = str(compile_value(trigger.url).render(self.scope))
         rendered = compile_value(trigger.headers).render(self.scope)
