@@ -177,6 +177,7 @@ class StepAgent:
         self.paused_until: dict[TopicPartition, float] = {}
         self.in_txn = False
         self.broken: Exception | None = None
+        self.revoke_aborted = False  # see _abort_on_revoke
         consumer.on_revoke = functools.partial(self._revoked, consumer, producer)
         self.flowing: Continuous | None = None
         if not self.processor.all_sync and self.stateful is None:
@@ -197,6 +198,8 @@ class StepAgent:
             if self.paused_until:
                 wait = min(wait, min(self.paused_until.values()) - time.monotonic())
             records = await self._poll(consumer, wait)
+            if await self._rewind_if_aborted(consumer):
+                records = []
             self._raise_broken()
             if self.stateful is not None:
                 await self._tick(self.stateful, consumer, producer)
@@ -209,6 +212,8 @@ class StepAgent:
                     results, done = await self._process_alive(consumer, records)
                 self.metrics.in_flight.set(0)
                 self.processor.flush_metrics()
+                if self.revoke_aborted:  # polled (kept alive) mid-batch: read it again
+                    continue
                 self._advance_offsets(consumer, records, done)
                 if self.exactly_once and not self.in_txn:
                     await self._io(producer.begin)
@@ -263,6 +268,9 @@ class StepAgent:
         fatally failed producer, an unanswered coordinator, an offset fetch refused mid
         rebalance) is aborted instead: nothing of it is visible, the partitions' new owner
         redoes the work, and the loop restarts the agent (a new producer) after ``poll``."""
+        if self.exactly_once:
+            self._abort_on_revoke(producer)
+            return
         try:
             if self.flowing is not None:
                 self.flowing.harvest_now()
@@ -285,6 +293,40 @@ class StepAgent:
         finally:
             if self.flowing is not None:  # the new owner redoes what is not committed
                 self.flowing.lanes.drop(parts)
+
+    def _abort_on_revoke(self, producer: Producer) -> None:
+        """Exactly-once: partitions are being taken away, so abort the open transaction
+        rather than commit it. Committing would send the input offsets to the group
+        coordinator in the middle of the rebalance, which can stall until the rebalance
+        gives up on this member (seen: 75 s). Aborting talks to the transaction
+        coordinator only; nothing of the transaction is visible, and what it held is read
+        again from the committed offsets (``_rewind_if_aborted``, after ``poll``) or by
+        the partitions' new owner. The cost: the work since the last commit is redone."""
+        if self.flowing is not None:
+            self.flowing.lanes.drop()
+        try:
+            if self.in_txn or self.pending or self.unflushed:
+                producer.abort()
+        except Exception as exc:  # fenced or unusable: restart with a new producer
+            self.broken = exc
+        self.in_txn, self.pending, self._uncommitted, self.unflushed = False, {}, 0, False
+        if self.stateful is not None:
+            self.stateful.reset()  # read again from the changelog
+        self.revoke_aborted = True
+
+    async def _rewind_if_aborted(self, consumer: Consumer) -> bool:
+        """After ``poll``: when a revocation aborted the transaction, seek the partitions
+        kept to their committed offsets; True - the records of that poll are dropped (they
+        are read again)."""
+        if not self.revoke_aborted:
+            return False
+        self.revoke_aborted = False
+        if self.exactly_once:
+            self.metrics.aborts.inc()
+        await self._io(consumer.rewind)
+        if self.flowing is not None:
+            self.flowing.lanes.drop()
+        return True
 
     def _raise_broken(self) -> None:
         """Stop the agent (App's supervisor restarts it from the committed offsets) after

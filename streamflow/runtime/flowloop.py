@@ -69,6 +69,8 @@ class Continuous:
                     if not lanes.count or time.monotonic() >= drain_until:
                         break
                 records = await self._poll(0 if stop.is_set() else agent.max_batch - lanes.count)
+                if await agent._rewind_if_aborted(self.consumer):
+                    records = []
                 agent._raise_broken()
                 if lanes.error is not None:
                     raise lanes.error
