@@ -220,18 +220,7 @@ class App:
             for sid in aplan.steps
         }
         kind = pattern_processor(flow.nodes[aplan.steps[0]].config.type)  # split, aggregate
-        if kind is AggregateProcessor:
-            return AggregateProcessor(
-                flow,
-                self.plan.flows[flow.name],
-                aplan,
-                steps,
-                self.plan.executions_topic,
-                self._options(flow),
-                _stored_results(flow),
-                self.transport,
-            )
-        return kind(
+        args = (
             flow,
             self.plan.flows[flow.name],
             aplan,
@@ -240,6 +229,9 @@ class App:
             self._options(flow),
             _stored_results(flow),
         )
+        if kind is AggregateProcessor:
+            return AggregateProcessor(*args, self.transport)
+        return kind(*args)
 
     def _trigger_agent(self, flow: Flow, aplan: AgentPlan) -> StepAgent:
         ingress = FlowIngress(self.integration, flow, self.plan, self.config)
