@@ -16,8 +16,10 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,18 +32,54 @@ from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
 
 
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of each thread of this process, by thread id, with its
+    name (Python names its threads for the OS since 3.14; librdkafka's are ``rdk:*``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+             main: int, n: int) -> str:  # fmt: skip
+    """CPU µs per event of the drain, per kind of thread."""
+    kinds: dict[str, float] = {}
+    for tid, (name, cpu) in after.items():
+        spent = cpu - before.get(tid, (name, 0.0))[1]
+        kind = "event loop (Python)" if tid == main else (
+            "librdkafka " + name.split(":")[1].rstrip("0123456789#") if name.startswith("rdk:")
+            else "other Python threads (I/O executor, watch)"
+        )  # fmt: skip
+        kinds[kind] = kinds.get(kind, 0.0) + spent
+    total = sum(kinds.values())
+    lines = [f"{k:45} {v / n * 1e6:7.2f} µs/event" for k, v in sorted(kinds.items())]
+    return "\n".join([*lines, f"{'total':45} {total / n * 1e6:7.2f} µs/event"])
+
+
 async def _measure(
     task: asyncio.Task[None], stop: asyncio.Event, watch: OutputWatch, n: int,
-    prof: cProfile.Profile,
+    prof: cProfile.Profile | None, report: list[str],
 ) -> float:  # fmt: skip
-    prof.enable()
+    if prof is not None:
+        prof.enable()
+    before = thread_cpu()
     t0 = time.perf_counter()
     while sum(await asyncio.to_thread(watch.ends)) < n:
         if task.done():
             task.result()
         await asyncio.sleep(0.02)
     seconds = time.perf_counter() - t0
-    prof.disable()
+    report.append(_by_kind(before, thread_cpu(), threading.get_native_id(), n))
+    if prof is not None:
+        prof.disable()
     stop.set()
     await task
     return seconds
@@ -55,6 +93,10 @@ def main() -> None:
     ap.add_argument("--events-mode", choices=("summary", "lifecycle", "steps"))
     ap.add_argument("--sort", default="tottime")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument(
+        "--threads", action="store_true",
+        help="no cProfile: CPU per event of each kind of thread (event loop, librdkafka ...)",
+    )  # fmt: skip
     args = ap.parse_args()
     bootstrap = bootstrap_servers()
     tag = f"prof{uuid.uuid4().hex[:6]}"
@@ -78,7 +120,8 @@ def main() -> None:
     app = App(integration, transport, {}, AppOptions(worker_id="profile"))
     app.deploy()
     watch = OutputWatch(bootstrap, sink, PARTITIONS)
-    prof = cProfile.Profile()
+    prof = None if args.threads else cProfile.Profile()
+    report: list[str] = []
 
     async def run() -> float:
         # the backlog lands while the app warms up; the profile covers the drain
@@ -89,7 +132,7 @@ def main() -> None:
                 task.result()
             await asyncio.sleep(0.05)
         await asyncio.to_thread(produce_all, bootstrap, source, data[1:])
-        return await _measure(task, stop, watch, args.events + 1, prof)
+        return await _measure(task, stop, watch, args.events + 1, prof, report)
 
     try:
         seconds = asyncio.run(run())
@@ -97,9 +140,13 @@ def main() -> None:
         watch.close()
         transport.close()
         admin.delete_matching(tag)
+    rate = args.events / seconds
+    if prof is None:
+        print(f"{args.events} events in {seconds:.2f} s ({rate:,.0f}/s); CPU by thread:")
+        print(report[0])
+        return
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats(args.sort).print_stats(args.top)
-    rate = args.events / seconds
     print(f"{args.events} events in {seconds:.2f} s under cProfile ({rate:,.0f}/s)")
     print(out.getvalue())
 

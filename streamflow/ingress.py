@@ -26,8 +26,11 @@ class FlowIngress:
     key: Template | None = None
 
     def __post_init__(self) -> None:
+        self.light_key = False
         if self.flow.doc.key is not None:
             self.key = compile_value(self.flow.doc.key)
+            # a key read from the payload and trigger alone (the usual): no scope beyond them
+            self.light_key = {ref[0] for ref in self.key.references} <= {"payload", "trigger"}
 
     def envelope(
         self,
@@ -66,12 +69,10 @@ class FlowIngress:
         """The flow's ``key`` (prefixed by the instance), else the execution id."""
         if self.key is None:
             return env.execution_id.encode()
-        scope = {
-            "payload": env.payload,
-            "config": self.config,
-            "trigger": env.trigger,
-            "meta": {"execution_id": env.execution_id, "instance": env.instance},
-        }
+        scope: dict[str, Any] = {"payload": env.payload, "trigger": env.trigger}
+        if not self.light_key:
+            scope["config"] = self.config
+            scope["meta"] = {"execution_id": env.execution_id, "instance": env.instance}
         value = self.key.render(scope)
         text = "" if value is None else str(value)
         return f"{env.instance}/{text}".encode() if env.instance else text.encode()

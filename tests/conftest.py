@@ -26,8 +26,10 @@ def kafka_bootstrap() -> str:
     global _missing_reported
     servers = bootstrap_servers()
     if servers is None:
-        msg = ("NO KAFKA BROKER: set KAFKA_BOOTSTRAP_SERVERS, install java+maven for "
-               "scripts/kafka.sh, or run a Docker engine for testcontainers")
+        msg = (
+            "NO KAFKA BROKER: set KAFKA_BOOTSTRAP_SERVERS, install java+maven for "
+            "scripts/kafka.sh, or run a Docker engine for testcontainers"
+        )
         if os.environ.get("CI"):
             pytest.fail(msg + " (CI=true: Kafka tests must run)")
         if not _missing_reported:

@@ -55,9 +55,11 @@ class KafkaPublishStep(Step):
         # constant settings (the usual topic, no headers) are rendered once, here
         self.fixed_topic = str(self.topic.render({})) if self.topic.is_constant else None
         self.no_headers = self.headers.is_constant and not config.headers
+        parts = (self.topic, self.value, self.headers, *([self.key] if self.key else []))
+        self.scope = ctx.scoper(*parts)
 
     def process(self, env: Envelope) -> Outcome:
-        scope = self.ctx.scope(env)
+        scope = self.scope(env)
         value = self.value.render(scope)
         data = str(value).encode() if self.text else exactjson.dumps(value)
         key = None

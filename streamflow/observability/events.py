@@ -8,6 +8,13 @@ record alone says when it started and ended: with the flow default ``events: sum
 execution that starts and ends in one agent writes just that record (``started`` is
 written only when it crosses to another agent); ``lifecycle`` adds ``started`` always,
 ``steps`` one ``step`` event per step done.
+
+An agent of the lean (all-synchronous) loop writes the ``completed`` events of a batch
+together, as one *summary record* (``summary_records``) per batch: one message for up to
+``SUMMARY_MAX`` executions, instead of one per execution, carrying for each what its own
+``completed`` event would (id, last step, instance, start and end times, split parent and
+index). It has the header ``sf-summary``; ``decode_all`` reads both kinds back as events,
+and every reader of the topic goes through it.
 """
 
 from __future__ import annotations
@@ -80,7 +87,58 @@ class ExecutionEvent:
 
     @classmethod
     def decode(cls, data: bytes) -> ExecutionEvent:
-        return cls(**exactjson.loads(data))
+        """One event record (a summary record raises ``ValueError``: use ``decode_all``)."""
+        doc = exactjson.loads(data)
+        if type(doc) is dict and "executions" in doc:
+            raise ValueError("a summary record holds many events: read it with decode_all")
+        return cls(**doc)
+
+
+SUMMARY_HEADER = "sf-summary"
+SUMMARY_MAX = 500  # executions per summary record (~100 bytes each: far below 1 MB)
+Completion = tuple[str, str, str, int, int, str, int]
+"""One execution of a summary record: (execution id, last step, instance, started_ms,
+ended_ms, split parent, split index)."""
+
+
+def completion(env: Envelope) -> Completion:
+    """What a ``completed`` event of ``env`` would say, for a summary record."""
+    split = env.meta.get("split") if env.meta else None
+    parent, index = "", -1
+    if type(split) is dict:
+        parent, index = str(split.get("parent", "")), int(split.get("index", -1))
+    return (env.execution_id, env.step, env.instance, env.created_ms, now_ms(), parent, index)
+
+
+def summary_records(flow: str, done: list[Completion]) -> list[tuple[bytes, bytes]]:
+    """(key, value) of the summary records of ``done``, at most SUMMARY_MAX per record;
+    keyed by the first execution id of each (records spread over the topic's partitions)."""
+    return [
+        (
+            done[i][0].encode(),
+            exactjson.dumps(
+                {"event": "completed", "flow": flow, "executions": done[i : i + SUMMARY_MAX]}
+            ),
+        )
+        for i in range(0, len(done), SUMMARY_MAX)
+    ]
+
+
+def decode_all(data: bytes) -> list[ExecutionEvent]:
+    """The events of one record of the executions topic: an event record gives one, a
+    summary record one ``completed`` event per execution it holds. Raises ``ValueError``
+    (or ``TypeError``) for a record that is neither."""
+    doc = exactjson.loads(data)
+    if type(doc) is not dict:
+        raise ValueError("an execution event is a JSON object")
+    if "executions" not in doc:
+        return [ExecutionEvent(**doc)]
+    flow = str(doc.get("flow", ""))
+    return [
+        ExecutionEvent(eid, flow, "completed", step, instance, 1, ended, started_ms=started,
+                       parent=parent, index=index)
+        for eid, step, instance, started, ended, parent, index in doc["executions"]
+    ]  # fmt: skip
 
 
 def event_for(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from streamflow import exactjson
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent, decode_all
 from streamflow.transport.base import Record, Transport
 
 log = logging.getLogger("streamflow.history")
@@ -185,7 +185,7 @@ class ExecutionStore:
                 events.append(r)
                 continue
             try:
-                events.append(checked(ExecutionEvent.decode(r.value)))
+                events.extend(checked(ev) for ev in decode_all(r.value))
             except (ValueError, TypeError) as exc:
                 log.warning("executions: record %s[%d]@%d passed over: %s",
                             r.topic, r.partition, r.offset, exc)  # fmt: skip

@@ -184,6 +184,7 @@ class StepAgent:
             self.flowing = Continuous(self, consumer, producer)
             await self.flowing.run(stop)
         else:
+            self.processor.summarize()  # a batch's `completed` events in one record
             await self._batches(consumer, producer, stop)
 
     async def _batches(self, consumer: Consumer, producer: Producer, stop: asyncio.Event) -> None:
@@ -212,6 +213,7 @@ class StepAgent:
                     results, done = await self._process_alive(consumer, records)
                 self.metrics.in_flight.set(0)
                 self.processor.flush_metrics()
+                summary = self.processor.take_summary()
                 if self.revoke_aborted:  # polled (kept alive) mid-batch: read it again
                     continue
                 self._advance_offsets(consumer, records, done)
@@ -221,9 +223,9 @@ class StepAgent:
                 # the lean loop sends inline (no thread hop per batch) unless the
                 # producer's queue fills up: a full queue must not block the event loop
                 if self.processor.all_sync and not producer_congested(producer):
-                    self._send(producer, records, results, done)
+                    self._send(producer, records, results, done, summary)
                 else:
-                    await self._io(self._send, producer, records, results, done)
+                    await self._io(self._send, producer, records, results, done, summary)
                 self.processed += sum(done)
                 self._uncommitted += sum(done)
             self._resume_due(consumer)
@@ -372,9 +374,11 @@ class StepAgent:
         records: Sequence[Record],
         results: Sequence[list[Out]],
         done: list[bool] | None,
+        summary: Sequence[Out] = (),
     ) -> None:
-        """Queue the outputs of every handled record (I/O thread). A message the producer
-        refuses (too large ...) fails its record alone: dead-lettered as it arrived."""
+        """Queue the outputs of every handled record (I/O thread), then the batch's summary
+        records. A message the producer refuses (too large ...) fails its record alone:
+        dead-lettered as it arrived."""
         for rec, outs, ok in zip(records, results, done or [True] * len(records), strict=True):
             if not ok or not outs:
                 continue
@@ -389,6 +393,11 @@ class StepAgent:
                         producer.send(out.topic, out.value, out.key, out.headers)
                     except MessageRejected as again:
                         log.error("agent %s: cannot dead-letter: %s", self.plan.name, again)
+        for out in summary:
+            try:
+                producer.send(out.topic, out.value, out.key, out.headers)
+            except MessageRejected as exc:  # the outputs went: only the record of their end
+                log.error("agent %s: cannot write a summary record: %s", self.plan.name, exc)
 
     def _contain(self, rec: Record, exc: Exception) -> list[Out]:
         """The dead letter (and failed event) of a record that failed outside the
@@ -544,4 +553,3 @@ def _send_all(producer: Producer, outs: Sequence[Out]) -> None:
     """Queue ``outs`` (a stateful agent's timer outputs; I/O thread)."""
     for out in outs:
         producer.send(out.topic, out.value, out.key, out.headers, out.partition)
-

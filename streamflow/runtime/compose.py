@@ -84,7 +84,7 @@ def _link(proc: ChainProcessor, sid: str, seen: set[str]) -> Link:
             return
         env.payload = outcome.payload
         if outcome.emit:
-            outs.extend(Out(e.topic, e.value, e.key, e.headers) for e in outcome.emit)
+            outs.extend(outcome.emit)
         if nxt is not None:
             env.step = nxt
             env.attempt = 1

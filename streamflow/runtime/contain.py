@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from streamflow.envelope import Encoding, decode, now_ms
 from streamflow.errors import PoisonMessageError
 from streamflow.observability.events import ExecutionEvent
+from streamflow.steps.base import Emit
 from streamflow.transport.base import DEFAULT_MAX_MESSAGE_BYTES, Headers, Record, wire_size
 
 log = logging.getLogger("streamflow.runtime")
@@ -35,15 +36,8 @@ def place(integration: str, flow: str, step: str, execution_id: str = "") -> str
     return f"{integration}/{flow} step {step}{ex}"
 
 
-@dataclass(slots=True)
-class Out:
-    """A message to produce."""
-
-    topic: str
-    value: bytes
-    key: bytes | None = None
-    headers: Headers | None = None
-    partition: int | None = None  # None: the key picks it (a state changelog names it)
+Out = Emit
+"""A message to produce: (topic, value, key, headers, partition); a step's ``Emit``."""
 
 
 @dataclass(frozen=True, slots=True)

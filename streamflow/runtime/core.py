@@ -36,7 +36,14 @@ from streamflow.errors import (
 )
 from streamflow.errtext import describe as describe_contained
 from streamflow.errtext import plain
-from streamflow.observability.events import announce, event_for
+from streamflow.observability.events import (
+    SUMMARY_HEADER,
+    Completion,
+    announce,
+    completion,
+    event_for,
+    summary_records,
+)
 from streamflow.observability.metrics import EXECUTIONS_ENDED, StepCounters
 from streamflow.runtime.breaker import CircuitBreaker
 from streamflow.runtime.contain import Containment, Out, place
@@ -105,6 +112,26 @@ class Emitter:
         self.payload_on_completed = payload_on_completed or trace_payloads
         self.counters = counters or {}
         self.ended: dict[str, int] = {}  # completed executions per instance, this batch
+        # the lean loop's agents write a batch's `completed` events as summary records
+        # (``summarize``/``take_summary``): one message per batch, not one per execution
+        self.per_batch = False
+        self.done: list[Completion] = []
+
+    def summarize(self) -> None:
+        """From now on, ``completed`` events wait for ``take_summary`` (the batch's end);
+        an execution whose end record carries its payload (a `response: sync` webhook,
+        ``trace_payloads``) or a note keeps its own record."""
+        self.per_batch = not self.payload_on_completed
+
+    def take_summary(self) -> list[Out]:
+        """The summary records of the executions completed since the last call."""
+        if not self.done:
+            return []
+        done, self.done = self.done, []
+        return [
+            Out(self.executions, value, key, [(SUMMARY_HEADER, b"1")])
+            for key, value in summary_records(self.flow, done)
+        ]
 
     def flush_metrics(self) -> None:
         """Count the batch's completed executions (``streamflow_executions_ended_total``)."""
@@ -135,6 +162,11 @@ class Emitter:
 
     def completed(self, env: Envelope, outs: list[Out], note: str = "") -> None:
         """The execution's end record; counted at ``flush_metrics`` (per batch)."""
+        if self.per_batch and not note:
+            self.ended[env.instance] = self.ended.get(env.instance, 0) + 1
+            self.done.append(completion(env))
+            announce(env, "completed")
+            return
         payload = env.payload if self.payload_on_completed else None
         ev = event_for(env, "completed", note=note, payload=payload, counted=True)
         self.ended[env.instance] = self.ended.get(env.instance, 0) + 1

@@ -26,7 +26,7 @@ import orjson
 
 from streamflow.envelope import Envelope, decode, encode
 from streamflow.errors import ConfigError, PoisonMessageError
-from streamflow.observability.events import ExecutionEvent, event_for
+from streamflow.observability.events import SUMMARY_HEADER, ExecutionEvent, decode_all, event_for
 from streamflow.observability.history import checked
 from streamflow.topology.models import Flow
 from streamflow.topology.plan import Plan
@@ -137,12 +137,16 @@ def _events(
     if not wanted or not transport.partitions(plan.executions_topic):
         return
     for rec in transport.read_all(plan.executions_topic):
-        if (rec.key or b"").decode("utf-8", "replace") not in wanted:
+        summary = rec.header(SUMMARY_HEADER) is not None  # many executions, any key
+        if not summary and (rec.key or b"").decode("utf-8", "replace") not in wanted:
             continue
         try:
-            yield checked(ExecutionEvent.decode(rec.value))
+            events = decode_all(rec.value)
         except (ValueError, TypeError):
             continue
+        for ev in events:
+            if ev.execution_id in wanted:
+                yield checked(ev)
 
 
 def _has_saga(d: DeadLetter) -> bool:

@@ -39,6 +39,7 @@ def producer_congested(producer: Producer) -> bool:
     congested = getattr(producer, "congested", None)
     return bool(congested()) if congested is not None else False
 
+
 POLL_TICK = 0.05  # s: how often the consumer is polled while records run
 IDLE_WAIT = 0.5  # s: the longest wait for records when none is held
 COALESCE = 0.005  # s: the shortest time between two rounds while records run

@@ -77,6 +77,14 @@ class Processor(Protocol):
 
     def flush_metrics(self) -> None: ...
 
+    def summarize(self) -> None:
+        """Write the ``completed`` events of a batch as summary records (the lean loop)."""
+        ...
+
+    def take_summary(self) -> list[Out]:
+        """The summary records of the batch just handled (sent with its outputs)."""
+        ...
+
 
 class ChainProcessor:
     """The runner: one envelope through this agent's steps, pure steps called inline and
@@ -179,6 +187,12 @@ class ChainProcessor:
             self.completed = 0
         self.latencies.flush()
         self.emitter.flush_metrics()
+
+    def summarize(self) -> None:
+        self.emitter.summarize()
+
+    def take_summary(self) -> list[Out]:
+        return self.emitter.take_summary()
 
     async def close(self) -> None:
         for step in self.steps.values():
@@ -317,7 +331,7 @@ class ChainProcessor:
         if self.flow.nodes[sid].compensation is not None and type(route) is not Fallback:
             env.saga.append({"step": sid, "payload": before})
         if outcome.emit:
-            outs.extend(Out(e.topic, e.value, e.key, e.headers) for e in outcome.emit)
+            outs.extend(outcome.emit)
         if sid in self.store and outcome.result is not None:
             env.steps[sid] = outcome.result
         if outcome.filtered:

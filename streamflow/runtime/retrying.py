@@ -43,5 +43,11 @@ class RetryProcessor:
     def flush_metrics(self) -> None:
         return None
 
+    def summarize(self) -> None:
+        return None  # it ends no execution
+
+    def take_summary(self) -> list[Out]:
+        return []
+
     async def close(self) -> None:
         return None

@@ -19,7 +19,7 @@ from typing import Any
 from streamflow.errors import ConfigError
 from streamflow.errtext import describe
 from streamflow.ingress import FlowIngress
-from streamflow.observability.events import ExecutionEvent, is_terminal
+from streamflow.observability.events import ExecutionEvent, decode_all, is_terminal
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.contain import place
 from streamflow.topology.models import Integration
@@ -149,15 +149,15 @@ async def run_events(
                     f"within {timeout:g}s"
                 )
             for rec in await asyncio.to_thread(watcher.poll, 1000, 0.2):
-                ev = ExecutionEvent.decode(rec.value)
-                ex = executions.get(ev.execution_id)
-                if ex is None:
-                    continue
-                _insert(ex.events, ev)
-                if on_event is not None:
-                    on_event(ex, ev)
-                if is_terminal(ev.event, ev.note):
-                    open_ids.discard(ev.execution_id)
+                for ev in decode_all(rec.value):
+                    ex = executions.get(ev.execution_id)
+                    if ex is None:
+                        continue
+                    _insert(ex.events, ev)
+                    if on_event is not None:
+                        on_event(ex, ev)
+                    if is_terminal(ev.event, ev.note):
+                        open_ids.discard(ev.execution_id)
     finally:
         stop.set()
         await asyncio.gather(runner, return_exceptions=True)

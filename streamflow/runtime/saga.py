@@ -131,6 +131,12 @@ class CompensationProcessor:
     def flush_metrics(self) -> None:
         return None
 
+    def summarize(self) -> None:
+        return None  # it ends no execution
+
+    def take_summary(self) -> list[Out]:
+        return []
+
     async def close(self) -> None:
         for step in self.compensations.values():
             await step.close()

@@ -126,5 +126,12 @@ class KafkaTriggerProcessor:
         if self.chain is not None:
             self.chain.flush_metrics()
 
+    def summarize(self) -> None:
+        if self.chain is not None:
+            self.chain.summarize()
+
+    def take_summary(self) -> list[Out]:
+        return self.chain.take_summary() if self.chain is not None else []
+
     async def close(self) -> None:
         return None

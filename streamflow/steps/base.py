@@ -22,6 +22,9 @@ from streamflow.topology.values import MISSING
 if TYPE_CHECKING:
     import aiohttp
 
+    from streamflow.topology.expressions import Template
+
+
 class Next:
     """Route: go on with the node's ``next`` step (the default of every ``Outcome``)."""
 
@@ -64,12 +67,15 @@ class Outcome:
 
 @dataclass(slots=True)
 class Emit:
-    """A message a step asks the runtime to produce (in the flow's transaction, if any)."""
+    """A message a step asks the runtime to produce (in the flow's transaction, if any);
+    the runtime's own messages are the same type (``runtime.contain.Out``), so a step's
+    are produced as they are, without a copy."""
 
     topic: str
     value: bytes
     key: bytes | None = None
     headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None  # None: the key picks it (a state changelog names it)
 
 
 T = TypeVar("T")
@@ -145,6 +151,22 @@ class StepContext:
     @property
     def step_id(self) -> str:
         return self.node.config.id
+
+    def scoper(self, *templates: Template) -> Callable[[Envelope], dict[str, Any]]:
+        """``scope`` cut to the roots ``templates`` read (``Template.references``): an
+        unread root is left out - it would read as null anyway, and building it (the
+        ``meta`` dict, the instance's config) is most of a pure step's cost per event."""
+        roots = {ref[0] for t in templates for ref in t.references}
+        if roots <= {"payload", "trigger"}:  # the usual pure step: no dict built per root
+            if "trigger" in roots:
+                return lambda env: {"payload": env.payload, "trigger": env.trigger}
+            return lambda env: {"payload": env.payload}
+        if roots <= {"payload", "trigger", "steps", "env"}:
+            names = self.env
+            return lambda env: {
+                "payload": env.payload, "trigger": env.trigger, "steps": env.steps, "env": names
+            }  # fmt: skip
+        return self.scope
 
     def scope(self, env: Envelope) -> dict[str, Any]:
         """The names an expression can read while this step handles ``env``."""

@@ -40,9 +40,10 @@ class TransformStep(Step):
         self.ctx = ctx
         self.output = compile_value(config.output)
         self.merge = config.merge
+        self.scope = ctx.scoper(self.output)
 
     def process(self, env: Envelope) -> Outcome:
-        out = self.output.render(self.ctx.scope(env))
+        out = self.output.render(self.scope(env))
         if self.merge and isinstance(out, dict) and isinstance(env.payload, dict):
             out = {**env.payload, **out}
         return Outcome(out, out)
@@ -71,9 +72,10 @@ class FilterStep(Step):
     def __init__(self, config: FilterConfig, ctx: StepContext) -> None:
         self.ctx = ctx
         self.when = compile_expression(config.when)
+        self.scope = ctx.scoper(self.when)
 
     def process(self, env: Envelope) -> Outcome:
-        if self.when.render(self.ctx.scope(env)):
+        if self.when.render(self.scope(env)):
             return Outcome(env.payload, True)
         return Outcome(env.payload, False, filtered=True, note="filtered")
 
@@ -116,9 +118,10 @@ class BranchStep(Step):
         self.conditions = [compile_expression(r.when) for r in config.routes]
         self.targets = [GoTo(r.steps[0] if r.steps else node.next) for r in node.routes]
         self.default_target = self.targets[-1] if config.default else GoTo(node.next)
+        self.scope = ctx.scoper(*self.conditions)
 
     def process(self, env: Envelope) -> Outcome:
-        scope = self.ctx.scope(env)
+        scope = self.scope(env)
         for i, cond in enumerate(self.conditions):
             if cond.render(scope):
                 return Outcome(env.payload, {"route": i}, route=self.targets[i], note=f"route {i}")
@@ -146,9 +149,10 @@ class LogStep(Step):
         self.ctx = ctx
         self.message = compile_value(config.message)
         self.level = logging.getLevelName(config.level.upper())
+        self.scope = ctx.scoper(self.message)
 
     def process(self, env: Envelope) -> Outcome:
-        text = self.message.render(self.ctx.scope(env))
+        text = self.message.render(self.scope(env))
         self.ctx.logger.log(
             self.level,
             "%s",

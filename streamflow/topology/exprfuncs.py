@@ -159,7 +159,12 @@ def _exact(f: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return mixed
 
 
+_NUMBERS = (int, float)
+
+
 def _mul(a: Any, b: Any) -> Any:
+    if type(a) in _NUMBERS and type(b) in _NUMBERS:  # the usual case: no repetition to bound
+        return a * b
     for seq, n in ((a, b), (b, a)):
         if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and n > 1:
             limit = VALUE_LIMIT.get()

@@ -383,16 +383,15 @@ def _retry(call: Any, seconds: float = 30.0) -> Any:
 
 
 def _record(m: Message) -> Record:
-    _, ts = m.timestamp()
-    headers: Any = m.headers() or []
+    headers: Any = m.headers()  # a fresh list of the message's headers, or None
     return Record(
         m.topic() or "",
         m.partition() or 0,
         m.offset() or 0,
         m.key(),
         m.value() or b"",
-        list(headers),
-        ts,
+        headers if headers is not None else [],
+        m.timestamp()[1],
     )
 
 

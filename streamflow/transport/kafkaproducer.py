@@ -101,6 +101,8 @@ class KafkaProducer:
         self.producer = Producer(conf)
         # half of librdkafka's local queue (queue.buffering.max.messages, 100,000 by
         # default): above it ``send`` may soon wait for room (see ``congested``)
+        # a value this small, with a key of at most 1 KiB and no headers, always fits
+        self.small = self.max_bytes // 2
         self.queue_half = int(conf.get("queue.buffering.max.messages", 100_000)) // 2
         self.failed: list[str] = []
         if transactional_id is not None:
@@ -120,9 +122,10 @@ class KafkaProducer:
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
-        size = wire_size(key, value, headers)
-        if size > self.max_bytes:  # the same check and words as the embedded transport
-            raise MessageRejected(too_large(topic, size, self.max_bytes))
+        if len(value) > self.small or headers or (key is not None and len(key) > 1024):
+            size = wire_size(key, value, headers)
+            if size > self.max_bytes:  # the same check and words as the embedded transport
+                raise MessageRejected(too_large(topic, size, self.max_bytes))
         while True:
             try:
                 if partition is not None:
@@ -164,9 +167,7 @@ class KafkaProducer:
 
         def commit() -> None:
             if parts:
-                self.producer.send_offsets_to_transaction(
-                    parts, consumer.group_metadata(), 30
-                )
+                self.producer.send_offsets_to_transaction(parts, consumer.group_metadata(), 30)
             self.producer.commit_transaction(60)
 
         self._bounded(lambda: self._txn(commit), "committing the transaction")

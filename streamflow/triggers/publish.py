@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from streamflow.observability.events import ExecutionEvent, is_terminal
+from streamflow.observability.events import ExecutionEvent, decode_all, is_terminal
 from streamflow.transport.base import Consumer, Producer, Transport
 from streamflow.triggers.lease import Outgoing, send_all
 
@@ -125,16 +125,17 @@ class ExecutionWatcher:
                 continue
             for rec in records:
                 try:
-                    ev = ExecutionEvent.decode(rec.value)
+                    events = decode_all(rec.value)
                 except (ValueError, TypeError):
                     continue
-                if not is_terminal(ev.event, ev.note):
-                    continue
-                with self.lock:
-                    waiter = self.waiters.pop(ev.execution_id, None)
-                if waiter is not None:
-                    loop, fut = waiter
-                    loop.call_soon_threadsafe(_resolve, fut, ev)
+                for ev in events:
+                    if not is_terminal(ev.event, ev.note):
+                        continue
+                    with self.lock:
+                        waiter = self.waiters.pop(ev.execution_id, None)
+                    if waiter is not None:
+                        loop, fut = waiter
+                        loop.call_soon_threadsafe(_resolve, fut, ev)
         self.consumer.close()
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from streamflow.errors import ConfigError
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import decode_all
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.runner import RunResult, run_events
 from streamflow.testing.mocks import MockServices
@@ -256,7 +256,8 @@ async def test_poison_record_is_dead_lettered_and_the_partition_flows_on(
         def completed(recs: list[Record]) -> bool:
             return any(
                 ev.execution_id == good and ev.event == "completed"
-                for ev in (ExecutionEvent.decode(r.value) for r in recs)
+                for r in recs
+                for ev in decode_all(r.value)
             )
 
         evs = await _read_until(
@@ -273,7 +274,7 @@ async def test_poison_record_is_dead_lettered_and_the_partition_flows_on(
         stop.set()
         await asyncio.wait_for(runner, 60)
 
-    decoded = [ExecutionEvent.decode(r.value) for r in evs]
+    decoded = [e for r in evs for e in decode_all(r.value)]
     done = [ev for ev in decoded if ev.event == "completed"]
     assert [(ev.execution_id, ev.payload) for ev in done] == [(good, {"n": 21, "twice": 42})]
     assert {ev.execution_id for ev in decoded} == {good}, "the poison record started a run"

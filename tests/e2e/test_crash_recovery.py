@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent, decode_all
 from streamflow.transport.base import TopicSpec
 from streamflow.transport.local import LocalConsumer, LocalTransport
 
@@ -116,10 +116,10 @@ class Follower:
     def poll(self, timeout: float = 0.05) -> int:
         records = self.consumer.poll(1000, timeout)
         for rec in records:
-            ev = ExecutionEvent.decode(rec.value)
-            self.events.append(ev)
-            if ev.event == "completed":
-                self.completed.add(ev.execution_id)
+            for ev in decode_all(rec.value):
+                self.events.append(ev)
+                if ev.event == "completed":
+                    self.completed.add(ev.execution_id)
         return len(records)
 
     def drain(self) -> None:

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from streamflow.envelope import decode
-from streamflow.observability.events import ExecutionEvent, is_terminal
+from streamflow.observability.events import ExecutionEvent, decode_all, is_terminal
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.runner import RunResult, run_events
 from streamflow.testing import run_flow
@@ -192,16 +192,16 @@ async def run_until_ended(
             assert time.monotonic() < deadline, f"not ended after replay: {ids - ended}"
             assert not runner.done(), runner
             for rec in await asyncio.to_thread(watcher.poll, 500, 0.2):
-                ev = ExecutionEvent.decode(rec.value)
-                if ev.execution_id not in ids:
-                    continue
-                if ev.event == "replayed":
-                    since_replay[ev.execution_id] = []
-                    ended.discard(ev.execution_id)
-                if ev.execution_id in since_replay:
-                    since_replay[ev.execution_id].append(ev)
-                    if is_terminal(ev.event, ev.note):
-                        ended.add(ev.execution_id)
+                for ev in decode_all(rec.value):
+                    if ev.execution_id not in ids:
+                        continue
+                    if ev.event == "replayed":
+                        since_replay[ev.execution_id] = []
+                        ended.discard(ev.execution_id)
+                    if ev.execution_id in since_replay:
+                        since_replay[ev.execution_id].append(ev)
+                        if is_terminal(ev.event, ev.note):
+                            ended.add(ev.execution_id)
     finally:
         stop.set()
         await asyncio.gather(runner, return_exceptions=True)

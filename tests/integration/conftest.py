@@ -186,9 +186,9 @@ def smtp_server_factory() -> Iterator[Callable[..., SmtpServer]]:
 
     controllers: list[Any] = []
 
-    def start(*, auth: bool = False, tls_context: Any = None, implicit_tls: bool = False) -> (
-        SmtpServer
-    ):
+    def start(
+        *, auth: bool = False, tls_context: Any = None, implicit_tls: bool = False
+    ) -> SmtpServer:
         server = SmtpServer("127.0.0.1", 0)
 
         class Handler:
@@ -200,9 +200,9 @@ def smtp_server_factory() -> Iterator[Callable[..., SmtpServer]]:
                 )
                 return "250 OK"
 
-        def authenticator(srv: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> (
-            AuthResult
-        ):
+        def authenticator(
+            srv: Any, session: Any, envelope: Any, mechanism: str, data: Any
+        ) -> AuthResult:
             ok = (
                 isinstance(data, LoginPassword)
                 and data.login.decode() == server.username

@@ -11,7 +11,7 @@ import pytest
 
 from streamflow.errors import ConfigError, PoisonMessageError, RetriableError
 
-MODULE = '''
+MODULE = """
 import asyncio
 from streamflow.errors import RetriableError
 
@@ -42,7 +42,7 @@ def busy(payload, context):
 
 def bad_value(payload, context):
     return int("abc")
-'''
+"""
 
 
 @pytest.fixture

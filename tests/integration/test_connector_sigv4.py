@@ -45,9 +45,7 @@ def expected_signature(request: web.Request, body: bytes, secret: str) -> str | 
     aws.context["timestamp"] = request.headers["X-Amz-Date"]
     token = request.headers.get("X-Amz-Security-Token")
     creds = Credentials(m["key"], secret, token)
-    signer = (S3SigV4Auth if m["service"] == "s3" else SigV4Auth)(
-        creds, m["service"], m["region"]
-    )
+    signer = (S3SigV4Auth if m["service"] == "s3" else SigV4Auth)(creds, m["service"], m["region"])
     canonical = signer.canonical_request(aws)
     return str(signer.signature(signer.string_to_sign(aws, canonical), aws))
 

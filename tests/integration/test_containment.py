@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamflow.observability.events import ExecutionEvent, is_terminal
+from streamflow.observability.events import ExecutionEvent, decode_all, is_terminal
 from streamflow.transport import open_transport
 from streamflow.transport.base import TopicSpec, Transport
 
@@ -260,9 +260,9 @@ NAMED = [
 def _terminal(transport: Transport, topic: str, ids: set[str]) -> dict[str, ExecutionEvent]:
     ended: dict[str, ExecutionEvent] = {}
     for rec in transport.read_all(topic):
-        ev = ExecutionEvent.decode(rec.value)
-        if ev.execution_id in ids and is_terminal(ev.event, ev.note):
-            ended[ev.execution_id] = ev
+        for ev in decode_all(rec.value):
+            if ev.execution_id in ids and is_terminal(ev.event, ev.note):
+                ended[ev.execution_id] = ev
     return ended
 
 

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from streamflow.envelope import decode
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent, decode_all
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.runner import Execution, RunResult
 from streamflow.testing import run_flow
@@ -309,9 +309,9 @@ def completion_order(broker: Path, result: RunResult) -> list[str]:
     ident = {ex.execution_id: str(ex.input["id"]) for ex in result.executions}
     out = []
     for rec in read_topic(broker, "sf.fx.executions"):  # one partition: a total order
-        ev = ExecutionEvent.decode(rec.value)
-        if ev.event == "completed" and ev.execution_id in ident:
-            out.append(ident[ev.execution_id])
+        for ev in decode_all(rec.value):
+            if ev.event == "completed" and ev.execution_id in ident:
+                out.append(ident[ev.execution_id])
     return out
 
 
@@ -505,9 +505,9 @@ flows:
             assert time.monotonic() < deadline, "the record after the poison never completed"
             assert not runner.done(), runner
             for rec in await asyncio.to_thread(watcher.poll, 100, 0.2):
-                ev = ExecutionEvent.decode(rec.value)
-                if ev.event == "completed":
-                    completed.append(ev)
+                for ev in decode_all(rec.value):
+                    if ev.event == "completed":
+                        completed.append(ev)
     finally:
         stop.set()
         await asyncio.gather(runner, return_exceptions=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 from prometheus_client import REGISTRY
 
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent, decode_all
 from streamflow.runtime.app import App, AppOptions
 from streamflow.topology.loader import load_integration
 from streamflow.transport.base import TopicSpec
@@ -76,12 +76,12 @@ async def run(
 
     def completed() -> int:
         records = transport.read_all("sf.fz.executions")
-        return sum(ExecutionEvent.decode(r.value).event == "completed" for r in records)
+        return sum(e.event == "completed" for r in records for e in decode_all(r.value))
 
     await until(lambda: completed() >= 50, what="50 completed executions")
     stop.set()
     await task
-    evs = [ExecutionEvent.decode(r.value) for r in transport.read_all("sf.fz.executions")]
+    evs = [e for r in transport.read_all("sf.fz.executions") for e in decode_all(r.value)]
     outs = {
         orjson.loads(r.value)["n"]: (r.partition, r.key) for r in transport.read_all("outside-out")
     }

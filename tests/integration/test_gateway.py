@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from streamflow.envelope import decode
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent, decode_all
 from streamflow.runtime.app import App, AppOptions
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
@@ -100,7 +100,7 @@ class Running:
 
     def events(self) -> list[ExecutionEvent]:
         recs = self.transport.read_all(self.gateway.plan.executions_topic)
-        return [ExecutionEvent.decode(r.value) for r in recs]
+        return [e for r in recs for e in decode_all(r.value)]
 
     async def post_order(
         self, doc: Any, *, secret: str = SECRET, stamp: float | None = None, **headers: str

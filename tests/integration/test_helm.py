@@ -207,8 +207,16 @@ def test_helm_check_script_lints_and_renders_every_example(helm: str, tmp_path: 
 @pytest.mark.parametrize("values", EXAMPLES, ids=lambda p: p.stem)
 def test_lint_strict(helm: str, values: Path) -> None:
     proc = subprocess.run(
-        [helm, "lint", "--strict", str(CHART), "-f", str(values),
-         "--set-file", f"topology={TOPOLOGY}"],
+        [
+            helm,
+            "lint",
+            "--strict",
+            str(CHART),
+            "-f",
+            str(values),
+            "--set-file",
+            f"topology={TOPOLOGY}",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -328,9 +336,11 @@ def test_autoscalers_stay_within_partitions(rendered: Rendered) -> None:
             )
         groups = [t["metadata"]["consumerGroup"] for t in triggers]
         plan = compile_plan(load_integration(TOPOLOGY)).flows[ann["streamflow.io/flow"]]
-        steps = [ann["streamflow.io/step"]] if "streamflow.io/step" in ann else list(
-            plan.retry_topic_of
-        ) + [a.steps[0] for a in plan.agents]
+        steps = (
+            [ann["streamflow.io/step"]]
+            if "streamflow.io/step" in ann
+            else list(plan.retry_topic_of) + [a.steps[0] for a in plan.agents]
+        )
         expected = {prefix + s for s in steps if prefix + s in {a.group for a in plan.agents}}
         # the retry agents the worker runs: a pending retry must keep a replica
         expected |= {plan.retry_topic_of[s] for s in steps if s in plan.retry_topic_of}
@@ -432,7 +442,10 @@ def test_inline_topology_renders_like_set_file(helm: str, tmp_path: Path) -> Non
 TOPO = ["--set-file", f"topology={TOPOLOGY}"]
 KAFKA = ["--set", "kafka.bootstrapServers=k:9092"]
 # order-routing's service URLs default to loopback: the chart refuses those in a pod
-CONFIG = ["--set", "config.values.erp_url=http://erp:8080,config.values.approvals_url=http://ap:8080"]
+CONFIG = [
+    "--set",
+    "config.values.erp_url=http://erp:8080,config.values.approvals_url=http://ap:8080",
+]
 
 
 def _worker(spec: str) -> list[str]:
@@ -444,23 +457,42 @@ def _worker(spec: str) -> list[str]:
     [
         (KAFKA, "topology is required"),
         (TOPO, "kafka.bootstrapServers or kafka.existingSecret"),
-        ([*TOPO, *KAFKA, "--set", "workers[0].name=w,workers[0].flow=nope"],
-         'flow "nope" is not a flow of integration order-routing'),
+        (
+            [*TOPO, *KAFKA, "--set", "workers[0].name=w,workers[0].flow=nope"],
+            'flow "nope" is not a flow of integration order-routing',
+        ),
         (_worker("workers[0].step=nope"), 'step "nope" is not a step of flow order-created'),
         (_worker("workers[0].replicas=7"), "replicas 7 exceeds the 6 partitions"),
-        (_worker("workers[0].autoscaling.type=keda,workers[0].autoscaling.maxReplicas=12"),
-         "maxReplicas 12 exceeds the 6 partitions"),
-        (_worker("workers[0].autoscaling.type=hpa,workers[0].autoscaling.minReplicas=0"),
-         "an HPA needs autoscaling.minReplicas >= 1"),
-        ([*TOPO, *KAFKA, "--set", "workers[0].name=Bad_Name,workers[0].flow=order-created"],
-         "workers.0.name"),
-        ([*TOPO, *KAFKA, "--set", "replicaCount=3"],
-         "Additional property replicaCount is not allowed"),
+        (
+            _worker("workers[0].autoscaling.type=keda,workers[0].autoscaling.maxReplicas=12"),
+            "maxReplicas 12 exceeds the 6 partitions",
+        ),
+        (
+            _worker("workers[0].autoscaling.type=hpa,workers[0].autoscaling.minReplicas=0"),
+            "an HPA needs autoscaling.minReplicas >= 1",
+        ),
+        (
+            [*TOPO, *KAFKA, "--set", "workers[0].name=Bad_Name,workers[0].flow=order-created"],
+            "workers.0.name",
+        ),
+        (
+            [*TOPO, *KAFKA, "--set", "replicaCount=3"],
+            "Additional property replicaCount is not allowed",
+        ),
         ([*KAFKA, "--set", "topology=flows: ["], "topology is not valid YAML"),
     ],
-    ids=["no-topology", "no-kafka", "unknown-flow", "unknown-step", "replicas-over-partitions",
-         "autoscaling-over-partitions", "hpa-to-zero", "bad-worker-name", "unknown-value",
-         "broken-topology"],
+    ids=[
+        "no-topology",
+        "no-kafka",
+        "unknown-flow",
+        "unknown-step",
+        "replicas-over-partitions",
+        "autoscaling-over-partitions",
+        "hpa-to-zero",
+        "bad-worker-name",
+        "unknown-value",
+        "broken-topology",
+    ],
 )
 def test_render_refuses_bad_values(helm: str, args: list[str], message: str) -> None:
     proc = helm_template(helm, *args)
@@ -483,8 +515,14 @@ def test_notes_render_and_warn_about_steps_no_worker_runs(helm: str, tmp_path: P
 
     def render_notes(*args: str) -> str:
         proc = helm_template(
-            helm, "--set-file", f"topology={TOPOLOGY}", "--show-only",
-            "templates/notes-test.yaml", *CONFIG, *args, chart=chart,
+            helm,
+            "--set-file",
+            f"topology={TOPOLOGY}",
+            "--show-only",
+            "templates/notes-test.yaml",
+            *CONFIG,
+            *args,
+            chart=chart,
         )
         assert proc.returncode == 0, proc.stderr
         text: str = parse(proc.stdout)[0]["data"]["notes"]
@@ -494,8 +532,10 @@ def test_notes_render_and_warn_about_steps_no_worker_runs(helm: str, tmp_path: P
         text = render_notes("-f", str(values))
         assert "order-routing" in text and "WARNING" not in text, f"{values.name}:\n{text}"
     partial = render_notes(
-        "--set", "kafka.bootstrapServers=k:9092",
-        "--set", "workers[0].name=w,workers[0].flow=order-created,workers[0].step=normalise",
+        "--set",
+        "kafka.bootstrapServers=k:9092",
+        "--set",
+        "workers[0].name=w,workers[0].flow=order-created,workers[0].step=normalise",
     )
     assert "WARNING: no worker runs step(s) only-paid, route-by-amount" in partial
     # A kafka trigger runs only in a whole-flow worker; a webhook needs the gateway.
@@ -509,13 +549,26 @@ def test_notes_render_and_warn_about_steps_no_worker_runs(helm: str, tmp_path: P
         path.write_text(yaml.safe_dump(topo, sort_keys=False))
         steps = ",".join(
             f"workers[{i}].name=w{i},workers[{i}].flow=order-created,workers[{i}].step={s}"
-            for i, s in enumerate(["only-paid", "normalise", "route-by-amount",
-                                   "request-approval", "mark-pending", "mark-auto",
-                                   "book-in-erp"])
+            for i, s in enumerate(
+                [
+                    "only-paid",
+                    "normalise",
+                    "route-by-amount",
+                    "request-approval",
+                    "mark-pending",
+                    "mark-auto",
+                    "book-in-erp",
+                ]
+            )
         )
         text = render_notes(
-            "--set", "kafka.bootstrapServers=k:9092", "--set", steps,
-            "--set-file", f"topology={path}", *args,
+            "--set",
+            "kafka.bootstrapServers=k:9092",
+            "--set",
+            steps,
+            "--set-file",
+            f"topology={path}",
+            *args,
         )
         assert warning in text, text
 
@@ -525,18 +578,24 @@ def test_notes_render_and_warn_about_steps_no_worker_runs(helm: str, tmp_path: P
 
 def test_dashboard_configmap_holds_the_dashboard_json(rendered: Rendered) -> None:
     maps = [
-        d for d in rendered.kind("ConfigMap")
+        d
+        for d in rendered.kind("ConfigMap")
         if d["metadata"]["labels"].get("grafana_dashboard") == "1"
     ]
     assert len(maps) == 1, rendered.name
-    (key, text), = maps[0]["data"].items()
+    ((key, text),) = maps[0]["data"].items()
     assert key.endswith(".json")
     dashboard = json.loads(text)
     assert dashboard == json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "streamflow"
     titles = {p["title"] for p in dashboard["panels"]}
-    for wanted in ("Consumer lag", "Dead letters per step", "Circuit breaker state",
-                   "Requests by status code", "Execution latency per flow (p50 / p95 / p99)"):
+    for wanted in (
+        "Consumer lag",
+        "Dead letters per step",
+        "Circuit breaker state",
+        "Requests by status code",
+        "Execution latency per flow (p50 / p95 / p99)",
+    ):
         assert wanted in titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
@@ -572,8 +631,12 @@ def test_alert_rules_cover_the_essentials_and_list_their_metrics(
             assert r["labels"]["severity"], name
             assert r["annotations"]["summary"] and r["annotations"]["description"], name
             assert f'namespace="{NAMESPACE}"' in r["expr"], f"{name}: not scoped"
-    bases = {m.removesuffix(s) for m in used_anywhere for s in HISTOGRAM_SUFFIXES
-             if m.endswith(s) and m.removesuffix(s).endswith("_seconds")}
+    bases = {
+        m.removesuffix(s)
+        for m in used_anywhere
+        for s in HISTOGRAM_SUFFIXES
+        if m.endswith(s) and m.removesuffix(s).endswith("_seconds")
+    }
     plain = {m for m in used_anywhere if not any(m.endswith(s) for s in HISTOGRAM_SUFFIXES)}
     assert listed == plain | bases, "METRICS.txt lists a metric nothing uses"
 
@@ -622,7 +685,8 @@ def test_service_monitor_scrapes_workers_and_gateway(all_rendered: list[Rendered
         selector = monitor["spec"]["selector"]["matchLabels"]
         ports = {e["port"] for e in monitor["spec"]["endpoints"]}
         scraped = [
-            s for s in rendered.kind("Service")
+            s
+            for s in rendered.kind("Service")
             if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())
         ]
         names = {p["name"] for s in scraped for p in s["spec"]["ports"]}

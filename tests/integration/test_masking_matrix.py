@@ -168,7 +168,7 @@ def test_no_secret_form_lands_anywhere(
 
 def events_text(path: Path, store: Path) -> str:
     """The execution events and the dead letters' headers and envelopes, decoded."""
-    from streamflow.observability.events import ExecutionEvent
+    from streamflow.observability.events import decode_all
     from streamflow.topology.loader import load_integration
     from streamflow.topology.plan import compile_plan
     from streamflow.transport import open_transport
@@ -178,8 +178,8 @@ def events_text(path: Path, store: Path) -> str:
     try:
         lines = []
         for rec in transport.read_all(plan.executions_topic):
-            ev = ExecutionEvent.decode(rec.value)
-            lines.append(json.dumps({"event": ev.event, "error": ev.error}, ensure_ascii=False))
+            for ev in decode_all(rec.value):
+                lines.append(json.dumps({"event": ev.event, "error": ev.error}, ensure_ascii=False))
         for flow in plan.flows.values():
             for rec in transport.read_all(flow.dlq_topic):
                 lines.append(str([(k, v.decode()) for k, v in rec.headers or []]))

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from streamflow.observability import tracing
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import decode_all
 from streamflow.runtime.app import App, AppOptions
 from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
@@ -79,9 +79,12 @@ def wait_for(url: str, timeout: float = 30.0) -> str:
 def completed(directory: Path, integration: str) -> set[str]:
     t = LocalTransport(directory)
     try:
-        return {ExecutionEvent.decode(r.value).execution_id
-                for r in t.read_all(f"sf.{integration}.executions")
-                if ExecutionEvent.decode(r.value).event == "completed"}
+        return {
+            e.execution_id
+            for r in t.read_all(f"sf.{integration}.executions")
+            for e in decode_all(r.value)
+            if e.event == "completed"
+        }
     finally:
         t.close()
 
@@ -91,15 +94,41 @@ def test_metrics_endpoint_has_every_metric_the_dashboard_queries(tmp_path: Path)
     broker = f"local://{tmp_path / 'b'}"
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamflow.cli.main", "serve", str(topo), "--broker", broker,
-         "--port", str(port)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "streamflow.cli.main",
+            "serve",
+            str(topo),
+            "--broker",
+            broker,
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/healthz")
         events = tmp_path / "in.ndjson"
         events.write_text("".join(json.dumps({"id": f"e{i}"}) + "\n" for i in range(5)))
-        subprocess.run([sys.executable, "-m", "streamflow.cli.main", "produce", str(topo),
-                        "--broker", broker, "--input", str(events)], cwd=REPO, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streamflow.cli.main",
+                "produce",
+                str(topo),
+                "--broker",
+                broker,
+                "--input",
+                str(events),
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         deadline = time.monotonic() + 30
         while len(completed(tmp_path / "b", "obs")) < 5:
             assert time.monotonic() < deadline, "executions did not complete"
@@ -141,8 +170,9 @@ async def test_one_trace_spans_a_webhook_and_three_steps_on_kafka(
         try:
             async with aiohttp.ClientSession() as http:
                 url = f"http://127.0.0.1:{port}/webhooks/{integration.name}/f"
-                async with http.post(url, json={"id": "t1"},
-                                     headers={"traceparent": caller_trace}) as resp:
+                async with http.post(
+                    url, json={"id": "t1"}, headers={"traceparent": caller_trace}
+                ) as resp:
                     assert resp.status == 202, await resp.text()
                     execution_id = (await resp.json())["execution_id"]
             deadline = time.monotonic() + 60
@@ -189,10 +219,25 @@ async def test_json_logs_carry_context_and_mask_secrets(tmp_path: Path) -> None:
         events = tmp_path / "in.ndjson"
         events.write_text('{"id": "l1"}\n')
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamflow.cli.main", "--log-format", "json", "--log-level",
-            "INFO", "run", str(topo), "--broker", broker, "--input", str(events),
-            "--config", f"api=http://127.0.0.1:{port}", cwd=REPO,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "streamflow.cli.main",
+            "--log-format",
+            "json",
+            "--log-level",
+            "INFO",
+            "run",
+            str(topo),
+            "--broker",
+            broker,
+            "--input",
+            str(events),
+            "--config",
+            f"api=http://127.0.0.1:{port}",
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         await runner.cleanup()

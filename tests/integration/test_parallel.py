@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import ExecutionEvent, decode_all
 from streamflow.transport import open_transport
 from streamflow.transport.base import TopicSpec
 from tests.integration.test_patterns import produce, run_until, values
@@ -68,14 +68,14 @@ async def run_case(
     executions = f"sf.{name}.executions"
 
     def done() -> bool:
-        evs = [ExecutionEvent.decode(r.value) for r in transport.read_all(executions)]
+        evs = [e for r in transport.read_all(executions) for e in decode_all(r.value)]
         ended = [e for e in evs if not e.parent and e.event in ("completed", "failed")]
         late = [e for e in evs if e.event == "filtered" and e.parent and "late" in e.note]
         return len(ended) >= len(events) and (bool(late) or not until_late)
 
     try:
         await run_until(transport, topo, done, settle=1.0)
-        evs = [ExecutionEvent.decode(r.value) for r in transport.read_all(executions)]
+        evs = [e for r in transport.read_all(executions) for e in decode_all(r.value)]
         dlq = list(transport.read_all(f"sf.{name}.par.dlq"))
         return values(transport, sink), evs, dlq
     finally:

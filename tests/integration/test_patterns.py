@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import decode_all
 from streamflow.runtime.app import App, AppOptions
 from streamflow.topology.loader import load_integration
 from streamflow.topology.plan import compile_plan
@@ -125,7 +125,7 @@ async def test_a_thousand_children_come_back_as_one_event(
             "complete": "split",
         }  # fmt: skip
         events = [
-            ExecutionEvent.decode(r.value) for r in transport.read_all(f"sf.{name}.executions")
+            e for r in transport.read_all(f"sf.{name}.executions") for e in decode_all(r.value)
         ]
         children = [e for e in events if e.event == "started" and e.parent]
         assert len(children) == 1002
@@ -210,14 +210,14 @@ async def test_timeout_completes_with_what_arrived_and_a_late_answer_changes_not
     executions = f"sf.{name}.executions"
 
     def late_seen() -> bool:
-        events = [ExecutionEvent.decode(r.value) for r in transport.read_all(executions)]
+        events = [e for r in transport.read_all(executions) for e in decode_all(r.value)]
         return any(e.event == "filtered" and "late" in e.note for e in events)
 
     try:
         await run_until(transport, topo, late_seen, settle=1.0)
         out = values(transport, sink)
         assert out == [{"best": "b", "answers": 2, "expected": 3, "complete": "timeout"}]
-        events = [ExecutionEvent.decode(r.value) for r in transport.read_all(executions)]
+        events = [e for r in transport.read_all(executions) for e in decode_all(r.value)]
         late = [e for e in events if e.event == "filtered"]
         assert len(late) == 1 and late[0].index == 0 and late[0].step == "gather"
         assert "already complete: timeout" in late[0].note

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import decode_all
 from streamflow.transport import open_transport
 from streamflow.transport.base import TopicSpec, Transport
 from tests.integration.workers import Worker, wait_for
@@ -159,7 +159,7 @@ def test_sigkill_mid_join(
     print(f"\n{transport_name} {guarantee}: {kills} kills, {duplicates} duplicate joins")
     if guarantee == "exactly_once":
         assert duplicates == 0, counts.most_common(3)
-    events = [ExecutionEvent.decode(r.value) for r in transport.read_all(f"sf.{name}.executions")]
+    events = [e for r in transport.read_all(f"sf.{name}.executions") for e in decode_all(r.value)]
     parents_done = {e.execution_id for e in events if e.event == "completed" and not e.parent}
     assert len(parents_done) == ORDERS  # every parent execution ended (after its join)
     transport.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamflow.observability.events import ExecutionEvent
+from streamflow.observability.events import decode_all
 from streamflow.transport.base import Consumer, TopicPartition
 from streamflow.transport.kafka import KafkaTransport
 from tests.integration.workers import Worker, run_cli, wait_for
@@ -56,11 +56,11 @@ class Completions:
 
     def poll(self) -> None:
         for rec in self.consumer.poll(2000, 0.2):
-            ev = ExecutionEvent.decode(rec.value)
-            if ev.event == "completed":
-                self.completed[ev.execution_id] += 1
-            elif ev.event in ("failed", "filtered"):
-                self.other[f"{ev.event}: {ev.error}"] += 1
+            for ev in decode_all(rec.value):
+                if ev.event == "completed":
+                    self.completed[ev.execution_id] += 1
+                elif ev.event in ("failed", "filtered"):
+                    self.other[f"{ev.event}: {ev.error}"] += 1
 
     def wait_all(self, ids: list[str], workers: list[Worker]) -> None:
         def done() -> bool:
