@@ -52,6 +52,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from streamflow.errtext import plain
+from streamflow.topology.exprcode import fast_function
 from streamflow.topology.exprfuncs import (
     ARG_CHECKS,
     BINOPS,
@@ -537,18 +538,29 @@ def _value(
 
 
 class Template:
-    """A compiled value; `render(scope)` evaluates it against a scope dict."""
+    """A compiled value; `render(scope)` evaluates it against a scope dict: through its
+    fast form (one generated function, exprcode.py) when it has one, else - and whenever
+    the fast form raises - through its closures, which raise what a failure means."""
 
-    __slots__ = ("_fn", "is_constant", "references", "source")
+    __slots__ = ("_fast", "_fn", "is_constant", "references", "source")
     references: frozenset[tuple[str, ...]]  # static paths read, e.g. ("payload", "a", "0")
     is_constant: bool  # no ${...} anywhere: render() ignores the scope
     source: Any
 
-    def __init__(self, source: Any, fn: Fn | None, const: Any, refs: Refs) -> None:
+    def __init__(
+        self, source: Any, fn: Fn | None, const: Any, refs: Refs, fast: Fn | None = None
+    ) -> None:
         self.source, self.is_constant, self.references = source, fn is None, frozenset(refs)
         self._fn: Fn = _constfn(const) if fn is None else fn
+        self._fast = fast if fn is not None else None
 
     def render(self, scope: Scope) -> Any:
+        fast = self._fast
+        if fast is not None:
+            try:
+                return fast(scope)
+            except Exception:
+                pass
         return self._fn(scope)
 
     def __repr__(self) -> str:
@@ -560,7 +572,7 @@ def compile_value(value: Any, *, roots: frozenset[str] = ROOTS) -> Template:
     Raises the first ExpressionError, with `.path` set to the sub-path in `value`."""
     refs: Refs = set()
     fn, const = _value(value, (), roots, refs, None)
-    return Template(value, fn, const, refs)
+    return Template(value, fn, const, refs, _fast(value, roots, fn))
 
 
 def compile_expression(src: str, *, roots: frozenset[str] = ROOTS) -> Template:
@@ -577,10 +589,28 @@ def compile_expression(src: str, *, roots: frozenset[str] = ROOTS) -> Template:
             e.column += base
             raise
         if len(parts) == 1 and isinstance(parts[0], tuple):
-            return Template(src, _expr(parts[0][0], base + parts[0][1], roots, refs), None, refs)
+            fn = _expr(parts[0][0], base + parts[0][1], roots, refs)
+            return Template(src, fn, None, refs, _fast(parts[0][0], roots, fn, bare=True))
     if (j := text.find("${")) >= 0:
         raise ExpressionError("expected a bare expression or exactly one ${...}", text, base + j)
-    return Template(src, _expr(text, base, roots, refs), None, refs)
+    fn = _expr(text, base, roots, refs)
+    return Template(src, fn, None, refs, _fast(text, roots, fn, bare=True))
+
+
+FAST_TEMPLATES = True
+"""Templates get a fast form (exprcode.py); tests turn it off to compare both forms."""
+
+
+def _fast(source: Any, roots: frozenset[str], fn: Fn | None, *, bare: bool = False) -> Fn | None:
+    """The fast form of a template that compiled (``fn``: its closures), or None."""
+    if fn is None or not FAST_TEMPLATES:
+        return None
+    try:
+        return fast_function(
+            source, roots, _split, lambda src: _expr(src, 0, roots, set()), bare=bare
+        )
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # the closures serve
+        return None
 
 
 def iter_expression_errors(
