@@ -101,13 +101,14 @@ Completion = tuple[str, str, str, int, int, str, int]
 ended_ms, split parent, split index)."""
 
 
-def completion(env: Envelope) -> Completion:
-    """What a ``completed`` event of ``env`` would say, for a summary record."""
+def completion(env: Envelope, ended_ms: int) -> Completion:
+    """What a ``completed`` event of ``env`` ending at ``ended_ms`` would say, for a
+    summary record."""
     split = env.meta.get("split") if env.meta else None
     parent, index = "", -1
     if type(split) is dict:
         parent, index = str(split.get("parent", "")), int(split.get("index", -1))
-    return (env.execution_id, env.step, env.instance, env.created_ms, now_ms(), parent, index)
+    return (env.execution_id, env.step, env.instance, env.created_ms, ended_ms, parent, index)
 
 
 def summary_records(flow: str, done: list[Completion]) -> list[tuple[bytes, bytes]]:

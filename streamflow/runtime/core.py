@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import Histogram
 
 from streamflow.clock import SYSTEM_CLOCK, Clock
-from streamflow.envelope import Encoding, Envelope, encode
+from streamflow.envelope import Encoding, Envelope, encode, now_ms
 from streamflow.errors import (
     CircuitOpenError,
     ConfigError,
@@ -160,11 +160,14 @@ class Emitter:
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
         announce(env, kind, note=note)
 
-    def completed(self, env: Envelope, outs: list[Out], note: str = "") -> None:
-        """The execution's end record; counted at ``flush_metrics`` (per batch)."""
+    def completed(
+        self, env: Envelope, outs: list[Out], note: str = "", *, ended_ms: int = 0
+    ) -> None:
+        """The execution's end record (ending at ``ended_ms``, else now); counted at
+        ``flush_metrics`` (per batch)."""
         if self.per_batch and not note:
             self.ended[env.instance] = self.ended.get(env.instance, 0) + 1
-            self.done.append(completion(env))
+            self.done.append(completion(env, ended_ms or now_ms()))
             announce(env, "completed")
             return
         payload = env.payload if self.payload_on_completed else None

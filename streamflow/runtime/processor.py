@@ -368,8 +368,9 @@ class ChainProcessor:
 
     def _completed(self, env: Envelope, outs: list[Out]) -> None:
         self.completed += 1
-        self.latencies.values.append(max(0, now_ms() - env.created_ms) / 1000)
-        self.emitter.completed(env, outs)
+        ended = now_ms()
+        self.latencies.values.append(max(0, ended - env.created_ms) / 1000)
+        self.emitter.completed(env, outs, ended_ms=ended)
 
     def _event(
         self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = ""

@@ -204,7 +204,7 @@ def _setup(
 def test_kill_9_loses_and_doubles_nothing(
     guarantee: str, kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
-    transport, topology, sink = _setup(kafka_bootstrap, unique, tmp_path, guarantee)
+    transport, topology, sink = _setup(kafka_bootstrap, unique, tmp_path, guarantee, feed=False)
     worker = Worker(topology, f"kafka://{kafka_bootstrap}", "w0", tmp_path)
     seed = int(unique, 16)
     # kill at random output counts; restart at once under the same --worker-id
@@ -215,18 +215,26 @@ def test_kill_9_loses_and_doubles_nothing(
         worker.start()
 
     run = ScriptedRun(transport, [worker], sink, f"eos-check.{unique}")
+    run.todo = actions = [Action(n, "kill -9", kill_and_restart) for n in kill_at]
+    # input as fast as the worker takes it, gated by the script: it stops a little past
+    # the next kill's count until that kill ran, so no kill finds the input drained
+    # (a fast worker drained all 20,000 numbers before a restarted one was killed)
+    feeder = threading.Thread(
+        target=_produce_numbers, args=(transport, f"eos.{unique}.in", 0.0, run.allowed)
+    )
     started = time.monotonic()
     try:
         worker.start()
-        run.until_all_seen(
-            [Action(n, "kill -9", kill_and_restart) for n in kill_at], OVERALL_TIMEOUT
-        )
+        feeder.start()
+        run.until_all_seen(actions, OVERALL_TIMEOUT)
         finished = time.monotonic() - started
         run.settle(SETTLE)  # the worker keeps running: nothing more may show up
         assert worker.alive(), f"worker died:\n{worker.log_tail()}"
         code = worker.stop(60)
         assert code == 0, f"worker did not stop cleanly ({code}):\n{worker.log_tail()}"
     finally:
+        if feeder.ident is not None:
+            feeder.join(120)
         run.close()
 
     duplicates, extra = run.report(f"{guarantee} seed={seed:x}", finished)
