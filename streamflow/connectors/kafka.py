@@ -13,7 +13,7 @@ from pydantic import Field
 
 from streamflow import exactjson
 from streamflow.envelope import Envelope
-from streamflow.steps.base import Emit, Outcome, Step, StepContext
+from streamflow.steps.base import ChainFn, Emit, Outcome, Step, StepContext
 from streamflow.topology.expressions import compile_value
 from streamflow.topology.models import Secret, StepConfig
 from streamflow.topology.registry import step_type
@@ -55,11 +55,25 @@ class KafkaPublishStep(Step):
         # constant settings (the usual topic, no headers) are rendered once, here
         self.fixed_topic = str(self.topic.render({})) if self.topic.is_constant else None
         self.no_headers = self.headers.is_constant and not config.headers
-        parts = (self.topic, self.value, self.headers, *([self.key] if self.key else []))
-        self.scope = ctx.scoper(*parts)
+        self.templates = (self.topic, self.value, self.headers, *([self.key] if self.key else []))
+        self.scope = ctx.scoper(*self.templates)
 
     def process(self, env: Envelope) -> Outcome:
-        scope = self.scope(env)
+        emit = self._emit(self.scope(env))
+        return Outcome(env.payload, {"topic": emit.topic}, emit=[emit])
+
+    def chain_fn(self) -> ChainFn | None:
+        if not self.ctx.light(*self.templates):
+            return None
+        emit = self._emit
+
+        def fn(scope: dict[str, Any], outs: list[Emit]) -> Any:
+            outs.append(emit(scope))
+            return scope["payload"]
+
+        return fn
+
+    def _emit(self, scope: dict[str, Any]) -> Emit:
         value = self.value.render(scope)
         data = str(value).encode() if self.text else exactjson.dumps(value)
         key = None
@@ -70,4 +84,4 @@ class KafkaPublishStep(Step):
         if not self.no_headers:
             headers = [(h, str(v).encode()) for h, v in self.headers.render(scope).items()] or None
         topic = self.fixed_topic or str(self.topic.render(scope))
-        return Outcome(env.payload, {"topic": topic}, emit=[Emit(topic, data, key, headers)])
+        return Emit(topic, data, key, headers)

@@ -17,6 +17,7 @@ from streamflow.ingress import FlowIngress
 from streamflow.observability.metrics import TRIGGER_FIRINGS, StepMetrics
 from streamflow.runtime.contain import Containment, Out
 from streamflow.runtime.core import Emitter
+from streamflow.runtime.kernel import Kernel, kernel
 from streamflow.runtime.processor import ChainProcessor, ProcessorOptions
 from streamflow.topology.plan import AgentPlan
 from streamflow.topology.triggers import KafkaTrigger
@@ -60,6 +61,7 @@ class KafkaTriggerProcessor:
         self.metrics = StepMetrics(fplan.integration, ingress.flow.name, "trigger")
         self.firings = TRIGGER_FIRINGS.labels(fplan.integration, ingress.flow.name, "kafka")
         self.fired = 0  # counted per record, exported per batch (flush_metrics)
+        self.kernel: Kernel | None = None  # see summarize
 
     def _payload(self, rec: Record) -> Any:
         if self.format == "bytes":
@@ -75,6 +77,11 @@ class KafkaTriggerProcessor:
             raise PoisonMessageError(f"record is not valid JSON: {exc}") from exc
 
     def handle_sync(self, rec: Record) -> list[Out]:
+        if self.kernel is not None:
+            done = self.kernel(rec)
+            if done is not None:
+                self.fired += 1
+                return done
         outs, env, keyed = self._start(rec)
         if env is not None and self.chain is not None:
             self.chain.run_sync(env, keyed, outs, fresh=not self.announce)
@@ -129,6 +136,8 @@ class KafkaTriggerProcessor:
     def summarize(self) -> None:
         if self.chain is not None:
             self.chain.summarize()
+            if not self.announce:  # fused, `events: summary`: the record-to-outputs kernel
+                self.kernel = kernel(self.chain, self.format)
 
     def take_summary(self) -> list[Out]:
         return self.chain.take_summary() if self.chain is not None else []

@@ -152,6 +152,11 @@ class StepContext:
     def step_id(self) -> str:
         return self.node.config.id
 
+    @staticmethod
+    def light(*templates: Template) -> bool:
+        """Do ``templates`` read nothing but ``payload`` and ``trigger``?"""
+        return {ref[0] for t in templates for ref in t.references} <= {"payload", "trigger"}
+
     def scoper(self, *templates: Template) -> Callable[[Envelope], dict[str, Any]]:
         """``scope`` cut to the roots ``templates`` read (``Template.references``): an
         unread root is left out - it would read as null anyway, and building it (the
@@ -189,6 +194,13 @@ class StepContext:
         }
 
 
+STOP: Any = object()
+"""What a chain function returns when its step stops the execution (a filter drops it)."""
+ChainFn = Callable[[dict[str, Any], list[Emit]], Any]
+"""A pure step as a function of the scope ``{"payload", "trigger"}`` and the messages to
+produce (it appends its own): the next payload, or ``STOP`` (runtime/kernel.py)."""
+
+
 class Step:
     """A synchronous step (pure logic)."""
 
@@ -196,6 +208,11 @@ class Step:
 
     def process(self, env: Envelope) -> Outcome:
         raise NotImplementedError
+
+    def chain_fn(self) -> ChainFn | None:
+        """This step as a chain function, when it needs nothing of the envelope but its
+        payload and trigger and does what ``process`` does with them; None otherwise."""
+        return None
 
     async def close(self) -> None:
         return None

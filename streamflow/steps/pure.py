@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from streamflow.envelope import Envelope
-from streamflow.steps.base import AsyncStep, GoTo, Outcome, Step, StepContext
+from streamflow.steps.base import STOP, AsyncStep, ChainFn, GoTo, Outcome, Step, StepContext
 from streamflow.topology.expressions import compile_expression, compile_value
 from streamflow.topology.models import Duration, Expression, Model, NestedSteps, StepConfig
 from streamflow.topology.registry import step_type
@@ -43,10 +43,20 @@ class TransformStep(Step):
         self.scope = ctx.scoper(self.output)
 
     def process(self, env: Envelope) -> Outcome:
-        out = self.output.render(self.scope(env))
-        if self.merge and isinstance(out, dict) and isinstance(env.payload, dict):
-            out = {**env.payload, **out}
+        out = self._render(self.scope(env), env.payload)
         return Outcome(out, out)
+
+    def _render(self, scope: dict[str, Any], payload: Any) -> Any:
+        out = self.output.render(scope)
+        if self.merge and isinstance(out, dict) and isinstance(payload, dict):
+            out = {**payload, **out}
+        return out
+
+    def chain_fn(self) -> ChainFn | None:
+        if not self.ctx.light(self.output):
+            return None
+        render = self._render
+        return lambda scope, outs: render(scope, scope["payload"])
 
 
 class FilterConfig(StepConfig):
@@ -78,6 +88,12 @@ class FilterStep(Step):
         if self.when.render(self.scope(env)):
             return Outcome(env.payload, True)
         return Outcome(env.payload, False, filtered=True, note="filtered")
+
+    def chain_fn(self) -> ChainFn | None:
+        if not self.ctx.light(self.when):
+            return None
+        when = self.when.render
+        return lambda scope, outs: scope["payload"] if when(scope) else STOP
 
 
 class BranchRoute(Model):
