@@ -181,16 +181,19 @@ def announce(env: Envelope, kind: str, *, note: str = "") -> None:
     filtered, compensated); a failure has its own WARNING line (the dead letter)."""
     if kind not in ("completed", "filtered", "compensated") or not RUNS.isEnabledFor(logging.INFO):
         return
-    took = max(0, now_ms() - env.created_ms)
-    text = f"execution {env.execution_id} {env.flow} {kind} in {took}ms"
+    announce_line(env.execution_id, env.flow, kind, env.created_ms, env.step, env.instance, note)
+
+
+def announce_line(
+    execution_id: str, flow: str, kind: str, started_ms: int, step: str, instance: str, note: str
+) -> None:
+    """The INFO line of ``announce`` (the caller checked the level)."""
+    took = max(0, now_ms() - started_ms)
+    text = f"execution {execution_id} {flow} {kind} in {took}ms"
     if kind == "filtered":
-        text += f" at {env.step}"
-    if env.instance:
-        text += f" (instance {env.instance})"
+        text += f" at {step}"
+    if instance:
+        text += f" (instance {instance})"
     if note:
         text += f": {note[:200]}"
-    RUNS.info(
-        "%s",
-        text,
-        extra={"flow": env.flow, "execution_id": env.execution_id, "instance": env.instance},
-    )
+    RUNS.info("%s", text, extra={"flow": flow, "execution_id": execution_id, "instance": instance})

@@ -24,13 +24,13 @@ no fallback, and the end record goes into summary records (``Emitter.per_batch``
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
+from logging import INFO
 from typing import TYPE_CHECKING, Any
 
 from streamflow import exactjson
 from streamflow.envelope import now_ms
-from streamflow.observability.events import RUNS
+from streamflow.observability.events import RUNS, announce_line
 from streamflow.runtime.contain import Out
 from streamflow.steps.base import STOP, ChainFn, Step
 from streamflow.transport.base import Record
@@ -51,7 +51,6 @@ def kernel(chain: ChainProcessor, fmt: str) -> Kernel | None:
         or chain.traced
         or chain.opts.step_events
         or chain.store
-        or RUNS.isEnabledFor(logging.INFO)  # a line per execution: the composed path logs it
     ):
         return None
     fns: list[ChainFn] = []
@@ -76,6 +75,7 @@ def kernel(chain: ChainProcessor, fmt: str) -> Kernel | None:
 
 def _kernel(chain: ChainProcessor, fns: tuple[ChainFn, ...], last: str) -> Kernel:
     loads, emitter, latencies = exactjson.loads, chain.emitter, chain.latencies
+    info, flow = RUNS.isEnabledFor, chain.flow.name
 
     def run(rec: Record) -> list[Out] | None:
         started = now_ms()
@@ -106,10 +106,13 @@ def _kernel(chain: ChainProcessor, fns: tuple[ChainFn, ...], last: str) -> Kerne
         except Exception:  # the composed path fails it as it always does
             return None
         ended = now_ms()
+        execution_id = f"{topic}-{partition}-{offset}"
+        if info(INFO):  # serve/worker at their default level: a line per execution
+            announce_line(execution_id, flow, "completed", started, last, "", "")
         chain.completed += 1
         latencies.values.append(max(0, ended - started) / 1000)
         emitter.ended[""] = emitter.ended.get("", 0) + 1
-        emitter.done.append((f"{topic}-{partition}-{offset}", last, "", started, ended, "", -1))
+        emitter.done.append((execution_id, last, "", started, ended, "", -1))
         return outs
 
     return run

@@ -4,6 +4,8 @@ filtered executions (those two through the composed path, from the kernel's fall
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,25 @@ def test_the_kernel_writes_what_the_composed_chain_writes(tmp_path: Path, steps:
         assert len(summary) == 3  # ann, dee, eve: bob filtered, two failed
         assert {s[0] for s in summary} == {"outside-in-2-10", "outside-in-2-13", "outside-in-2-15"}
         assert {s[1] for s in summary} == {"out"}
+
+
+def test_the_kernel_logs_each_execution_as_the_composed_chain_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    proc = trigger_of(tmp_path, LINEAR)
+    assert proc.kernel is not None
+
+    def lines() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="streamflow.executions"):
+            run(proc, records())
+        return [re.sub(r" in \d+ms", "", r.getMessage()) for r in caplog.records
+                if r.name == "streamflow.executions"]  # fmt: skip
+
+    with_kernel = lines()
+    proc.kernel = None
+    assert with_kernel == lines()
+    assert "execution outside-in-2-10 f completed" in with_kernel
 
 
 @pytest.mark.parametrize(
