@@ -458,15 +458,18 @@ class StepAgent:
         self.deferred: dict[TopicPartition, float] = {}
         self.defer_all: float | None = None
         if proc.all_sync:
+            handle, deferred = proc.handle_sync, self.deferred
             for i, rec in enumerate(records):
-                tp = (rec.topic, rec.partition)
-                if self.defer_all is not None or tp in self.deferred:
+                # a deferral: its partition (or every one) waits
+                if self.defer_all is not None or (
+                    deferred and (rec.topic, rec.partition) in deferred
+                ):
                     continue
                 try:
-                    results[i] = proc.handle_sync(rec)
+                    results[i] = handle(rec)
                     done[i] = True
                 except Deferred as d:
-                    self._defer(tp, d)
+                    self._defer((rec.topic, rec.partition), d)
                 except FatalError:
                     raise
                 except Exception as exc:
