@@ -152,8 +152,8 @@ def _rounds(raw: bytes, marked: bytes) -> bool:
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON text, keeping integers of any size and long decimals exact."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    if raw[:3] == b"\xef\xbb\xbf":  # a byte-order mark is not part of the document
+    raw = data if type(data) is bytes else data.encode() if isinstance(data, str) else bytes(data)
+    if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark is not part of the document
         raw = raw[3:]
     marked = raw.translate(_DIGITS)
     if _RUN not in marked or not _rounds(raw, marked):
