@@ -89,18 +89,7 @@ class _Gen:
         return code
 
     def path(self, node: ast.expr) -> tuple[Any, ...] | None:
-        keys: list[Any] = []
-        while True:
-            if isinstance(node, ast.Attribute) and not node.attr.startswith("__"):
-                keys.append(node.attr)
-                node = node.value
-            elif isinstance(node, ast.Subscript) and (k := _static_key(node.slice)) is not None:
-                keys.append(k)
-                node = node.value
-            elif isinstance(node, ast.Name) and node.id in self.roots:
-                return (node.id, *reversed(keys))
-            else:
-                return None
+        return static_path(node, self.roots)
 
     def _Constant(self, node: ast.Constant) -> str:
         return self.bind(node.value)
@@ -158,6 +147,22 @@ class _Gen:
             return None  # an expression over 'item' per element: its closure
         args = "".join(f"{self.expr(a)}, " for a in node.args)
         return f"{self.bind(FUNCS[name][0])}({args})"
+
+
+def static_path(node: ast.expr, roots: frozenset[str]) -> tuple[str | int, ...] | None:
+    """(root, key, ...) when ``node`` is a fully static path like payload.a['b'][0]."""
+    keys: list[str | int] = []
+    while True:
+        if isinstance(node, ast.Attribute) and not node.attr.startswith("__"):
+            keys.append(node.attr)
+            node = node.value
+        elif isinstance(node, ast.Subscript) and (k := _static_key(node.slice)) is not None:
+            keys.append(k)
+            node = node.value
+        elif isinstance(node, ast.Name) and node.id in roots:
+            return (node.id, *reversed(keys))
+        else:
+            return None
 
 
 def _static_key(node: ast.expr) -> str | int | None:

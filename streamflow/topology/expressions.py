@@ -52,7 +52,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from streamflow.errtext import plain
-from streamflow.topology.exprcode import fast_function
+from streamflow.topology.exprcode import fast_function, static_path
 from streamflow.topology.exprfuncs import (
     ARG_CHECKS,
     BINOPS,
@@ -168,18 +168,6 @@ def _binary(f: Callable[[Any, Any], Any], a: Fn, b: Fn) -> Fn:
     return lambda s: f(a(s), b(s))
 
 
-def _static_key(node: ast.expr) -> str | int | None:
-    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int)):
-        return None if isinstance(node.value, bool) else node.value
-    if (
-        isinstance(node, ast.UnaryOp)
-        and isinstance(node.op, ast.USub)
-        and isinstance(k := _static_key(node.operand), int)
-    ):
-        return -k
-    return None
-
-
 def _col(text: str, lineno: int, byte_col: int) -> int:
     lines = text.split("\n")
     lineno = max(1, min(lineno, len(lines)))
@@ -200,18 +188,7 @@ class _Compiler:
 
     def path(self, node: ast.expr) -> Path | None:
         """(root, key, ...) when `node` is a fully static path like payload.a['b'][0]."""
-        keys: list[str | int] = []
-        while True:
-            if isinstance(node, ast.Attribute) and not node.attr.startswith("__"):
-                keys.append(node.attr)
-                node = node.value
-            elif isinstance(node, ast.Subscript) and (k := _static_key(node.slice)) is not None:
-                keys.append(k)
-                node = node.value
-            elif isinstance(node, ast.Name) and node.id in self.roots:
-                return (node.id, *reversed(keys))
-            else:
-                return None
+        return static_path(node, self.roots)
 
     def c(self, node: ast.expr) -> tuple[Fn, Any]:
         p = self.path(node)
