@@ -4,7 +4,8 @@ A string that is exactly one ``${expr}`` renders to the expression's value with
 its type kept (dict, int, ...). Text around expressions makes a string: ``null``
 renders as ``""``, booleans as ``true``/``false``, dicts/lists as compact JSON.
 ``$${`` is a literal ``${``. Dict keys are never templated. Expressions are
-parsed and checked once at load time (never ``eval``-ed) and compiled to closures.
+parsed and checked once at load time (never ``eval``-ed) and compiled to closures (and
+to one generated function per template for speed: exprcode.py).
 
 Grammar (anything else is rejected when the topology loads):
   roots        payload config steps trigger meta env  (a missing root is null)
