@@ -111,18 +111,24 @@ def completion(env: Envelope, ended_ms: int) -> Completion:
     return (env.execution_id, env.step, env.instance, env.created_ms, ended_ms, parent, index)
 
 
+SUMMARY_BYTES = 256 * 1024  # a record above this is split in two (long ids): far below 1 MB
+
+
 def summary_records(flow: str, done: list[Completion]) -> list[tuple[bytes, bytes]]:
-    """(key, value) of the summary records of ``done``, at most SUMMARY_MAX per record;
-    keyed by the first execution id of each (records spread over the topic's partitions)."""
-    return [
-        (
-            done[i][0].encode(),
-            exactjson.dumps(
-                {"event": "completed", "flow": flow, "executions": done[i : i + SUMMARY_MAX]}
-            ),
-        )
-        for i in range(0, len(done), SUMMARY_MAX)
-    ]
+    """(key, value) of the summary records of ``done``: at most SUMMARY_MAX executions
+    and, unless one alone is larger, SUMMARY_BYTES per record; keyed by the first
+    execution id of each (records spread over the topic's partitions)."""
+    out: list[tuple[bytes, bytes]] = []
+    todo = [done[i : i + SUMMARY_MAX] for i in range(0, len(done), SUMMARY_MAX)]
+    while todo:
+        chunk = todo.pop(0)
+        value = exactjson.dumps({"event": "completed", "flow": flow, "executions": chunk})
+        if len(value) > SUMMARY_BYTES and len(chunk) > 1:
+            half = len(chunk) // 2
+            todo[:0] = [chunk[:half], chunk[half:]]
+            continue
+        out.append((chunk[0][0].encode(), value))
+    return out
 
 
 def decode_all(data: bytes) -> list[ExecutionEvent]:

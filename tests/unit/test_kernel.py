@@ -136,3 +136,21 @@ def test_no_kernel_where_the_chain_needs_its_envelope(
     tmp_path: Path, steps: str, options: str
 ) -> None:
     assert trigger_of(tmp_path, steps, options).kernel is None
+
+
+def test_summary_records_stay_small_whatever_the_ids() -> None:
+    """500 executions per record at most, and long ids split a record rather than make
+    one the producer would refuse; every execution is in exactly one record, in order."""
+    from streamflow.observability.events import SUMMARY_BYTES, summary_records
+
+    done = [
+        (f"x{i}-" + "y" * (5000 if i % 7 == 0 else 10), "s", "", 1, 2, "", -1) for i in range(1203)
+    ]
+    records = summary_records("f", done)
+    assert all(len(value) <= SUMMARY_BYTES for _, value in records)
+    back = [ev.execution_id for _, value in records for ev in decode_all(value)]
+    assert back == [d[0] for d in done]
+    assert all(len(orjson.loads(v)["executions"]) <= 500 for _, v in records)
+    assert [k for k, _ in records] == [
+        orjson.loads(v)["executions"][0][0].encode() for _, v in records
+    ]
