@@ -234,15 +234,17 @@ METHOD = """\
   (consumer groups joined, every stage running); the child is then frozen (SIGSTOP), the
   backlog of N events is produced, and the child thawed (SIGCONT). events/s = N / time
   until the output topic holds all of them (read_committed end offsets polled every
-  10 ms; exactly-once outputs are counted record by record, as commit markers occupy
-  offsets). CPU µs/event = the child's user+system CPU during the drain (all threads,
-  /proc) / N; cores used = that CPU / drain time. Peak RSS = the child's VmHWM at the
-  end of its run (its ru_maxrss would include the harness's RSS, inherited at spawn).
+  10 ms; exactly-once outputs are counted record by record as they become visible, read
+  on every 10 ms without waiting, as commit markers occupy offsets). CPU µs/event = the
+  child's user+system CPU during the drain (all threads, /proc) / N; cores used = that
+  CPU / drain time. Peak RSS = the child's VmHWM at the end of its run (its ru_maxrss
+  would include the harness's RSS, inherited at spawn).
 - **Latency**: after the drain, a paced producer sends at about half the contestant's own
   drain rate for {lat_s} s, stamping the send time into `ts`; a reader of the output topic
-  takes receive - send for every event (the first {lat_w:g} s are warm-up, not counted).
-  Exactly-once outputs become visible at commit, so their latency includes the commit
-  interval.
+  takes receive - send for every event (the first {lat_w:g} s are warm-up, not counted),
+  the receive time taken as soon as a record is fetched (it waits for the first record
+  only, never for a batch to fill). Exactly-once outputs become visible at commit, so
+  their latency includes the commit interval.
 - Producer, reader and the broker share the machine with the contestant.
 """
 

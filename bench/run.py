@@ -367,12 +367,10 @@ def start_http_server(ctx: Context) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{line.split()[1]}/ingest"
 
 
-def output_count(watch: OutputWatch, transactional: bool, target: int) -> int:
-    ends = watch.ends()
-    total = sum(ends)
-    if transactional and total >= target:
-        return watch.committed_count(ends)
-    return total
+def output_count(watch: OutputWatch, transactional: bool) -> int:
+    """Records in the output: the end offsets, or (a transactional writer: its commit
+    markers occupy offsets too) the committed records counted as they become visible."""
+    return watch.committed_count() if transactional else sum(watch.ends())
 
 
 def wait_for(
@@ -382,7 +380,7 @@ def wait_for(
     deadline = time.monotonic() + timeout
     last = 0
     while True:
-        last = output_count(watch, transactional, target)
+        last = output_count(watch, transactional)
         if last >= target:
             # Timed once the count is confirmed (after the watermark round trips), so a
             # fast contestant never reads as 0 s.

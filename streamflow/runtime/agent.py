@@ -94,6 +94,10 @@ class Stateful(Protocol):
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag readings
 KEEPALIVE = 2.0  # a batch running longer polls (paused) this often: see _process_alive
+# s without a record after which an agent whose outputs are visible only at commit
+# (exactly-once) commits before its interval is up: the last outputs of a burst are not
+# held back for up to commit_interval (at most one early commit per idle gap)
+IDLE_COMMIT = 0.02
 R = TypeVar("R")
 
 
@@ -191,13 +195,7 @@ class StepAgent:
         between batches)."""
         last_commit = time.monotonic()
         while not stop.is_set():
-            # wait for records no longer than until the next commit or the next resume
-            wait = 0.5
-            if self.pending:
-                wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
-            if self.paused_until:
-                wait = min(wait, min(self.paused_until.values()) - time.monotonic())
-            records = await self._poll(consumer, wait)
+            records = await self._poll(consumer, self._batch_wait(last_commit))
             if await self._rewind_if_aborted(consumer):
                 records = []
             self._raise_broken()
@@ -243,6 +241,18 @@ class StepAgent:
             await self._check_lag(consumer)
         if self.pending or self.unflushed:  # stopped after a batch: commit it, or it is redone
             await self._io(self._commit, consumer, producer)
+
+    def _batch_wait(self, last_commit: float) -> float:
+        """Seconds to wait for records: no longer than until the next commit or the next
+        resume; outputs visible only at commit (exactly-once) wait IDLE_COMMIT s at most."""
+        wait = 0.5
+        if self.pending:
+            wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
+            if self.atomic:
+                wait = min(wait, IDLE_COMMIT)
+        if self.paused_until:
+            wait = min(wait, min(self.paused_until.values()) - time.monotonic())
+        return wait
 
     async def _check_lag(self, consumer: Consumer) -> None:
         if time.monotonic() >= self.next_lag_check:
