@@ -98,6 +98,10 @@ KEEPALIVE = 2.0  # a batch running longer polls (paused) this often: see _proces
 # (exactly-once) commits before its interval is up: the last outputs of a burst are not
 # held back for up to commit_interval (at most one early commit per idle gap)
 IDLE_COMMIT = 0.02
+# s an agent that has taken every fetched record waits on the event loop (a timer, no
+# thread hop) for more before it waits on its I/O thread: at a trickle, records are taken
+# a few at a time instead of one hop per record (half the CPU at 2,000 events/s)
+COALESCE = 0.003
 R = TypeVar("R")
 
 
@@ -169,8 +173,13 @@ class StepAgent:
 
     async def _poll(self, consumer: Consumer, wait: float) -> list[Record]:
         """What the consumer already fetched, taken on this thread (then a yield to the other
-        agents of the loop); when there is none, a wait of up to ``wait`` s on the I/O thread."""
+        agents of the loop); when there is none, what it fetched after COALESCE s, and only
+        then a wait of up to ``wait`` s on the I/O thread."""
         records = consumer.poll(self.max_batch, 0.0) if not self.paused_until else []
+        if not records and wait > 0 and not self.paused_until:
+            # caught up: let a few more records arrive (a timer on the loop, no thread hop)
+            await asyncio.sleep(min(wait, COALESCE))
+            records = consumer.poll(self.max_batch, 0.0)
         if records:
             await asyncio.sleep(0)
             return records
