@@ -34,8 +34,10 @@ arrived (``contain.py``), and the offset moves past it. Only ``FatalError`` (and
 ``ConfigError``) leaves ``run``; ``App`` restarts an agent that stopped otherwise.
 
 The lean loop: while records are waiting, an agent takes what its consumer already
-fetched without leaving the event loop (a poll with no wait); only when there is nothing
-does it wait for records on its I/O thread. An agent whose steps are all synchronous runs
+fetched without leaving the event loop (a poll with no wait); when there is nothing it
+looks again after COALESCE (3 ms, a timer on the loop), and only then waits for records
+on its I/O thread. An exactly-once agent commits once its input was idle IDLE_COMMIT
+(20 ms): its outputs are visible only then. An agent whose steps are all synchronous runs
 its records one after the other with no asyncio task or coroutine per record, and yields
 to the other agents once per batch. Between commits a Kafka producer sends on its own
 (``linger.ms``); only a producer that buffers until flushed (``local://``) is flushed when
