@@ -5,6 +5,10 @@
 ``POST /ingest`` answers 200 ``{"ok": true, "id": <the body's id>}`` after ``--delay``
 seconds (default 0: at once); it stops on SIGTERM. With a delay, a client with at most C
 requests in flight makes at most C / delay requests per second (Little's law).
+
+``bare_client`` is the reference for the http row: a bare aiohttp client (one session, C
+requests in flight, nothing else) against the same server - what this target, the HTTP
+client library and the machine allow, below Little's law's bound.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import asyncio
 import signal
 import socket
 import sys
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -49,6 +55,46 @@ async def serve(delay: float) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+
+
+def bare_client(url: str, bodies: Sequence[bytes], concurrency: int) -> dict[str, Any]:
+    """POST every body to ``url``, ``concurrency`` at a time, over one aiohttp session
+    (after a warm-up of ``concurrency`` requests): requests/s, CPU µs per request (this
+    process), p50/p99 of a request in ms."""
+    import aiohttp
+
+    async def run() -> dict[str, Any]:
+        latencies: list[float] = []
+        headers = {"Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as session:
+
+            async def worker(todo: list[bytes]) -> None:
+                while todo:
+                    body = todo.pop()
+                    t = time.perf_counter()
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                    latencies.append(time.perf_counter() - t)
+
+            warm = list(bodies[:concurrency])
+            await asyncio.gather(*(worker(warm) for _ in range(concurrency)))
+            latencies.clear()
+            todo = list(bodies)
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(worker(todo) for _ in range(concurrency)))
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        latencies.sort()
+        n = len(latencies)
+        return {
+            "requests": n,
+            "concurrency": concurrency,
+            "requests_per_s": round(n / seconds),
+            "cpu_us_per_request": round(cpu / n * 1e6, 1),
+            "p50_ms": round(latencies[n // 2] * 1e3, 2),
+            "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1e3, 2),
+        }
+
+    return asyncio.run(run())
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
     python -m bench.profile --events 50000 --steps 1            # cProfile, top 30 by tottime
     python -m bench.profile --events 50000 --fuse false --sort cumulative
+    python -m bench.profile --events 5000 --http           # the http row's flow (20 ms target)
 
 Preloads N events of bench/common.py on a fresh topic, runs the bench pipeline (the
 topology of bench/run.py's StreamFlow rows) in this process under cProfile until the output
@@ -18,15 +19,18 @@ import cProfile
 import io
 import os
 import pstats
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from bench.broker import Admin, OutputWatch, bootstrap_servers, produce_all
 from bench.common import BATCH, PARTITIONS, dataset
-from bench.topologies import integration_yaml, publish_step, steps_yaml
+from bench.topologies import http_step, integration_yaml, publish_step, steps_yaml
 from streamflow.runtime.app import App, AppOptions
 from streamflow.topology.loader import load_integration
 from streamflow.transport import open_transport
@@ -85,7 +89,37 @@ async def _measure(
     return seconds
 
 
-def main() -> None:
+def http_target() -> tuple[subprocess.Popen[str], str]:
+    """bench.http_server answering after the http row's delay, and the http step for it."""
+    from bench.run import HTTP_DELAY_S
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.http_server", "--delay", str(HTTP_DELAY_S)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout is not None
+    return server, http_step(f"http://127.0.0.1:{server.stdout.readline().split()[1]}/ingest")
+
+
+def topology(args: argparse.Namespace, tag: str, source: str, sink: str, steps: str) -> Any:
+    """The bench pipeline as an Integration (bench/run.py's StreamFlow rows)."""
+    from bench.run import HTTP_CONCURRENCY
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.yaml"
+        path.write_text(
+            integration_yaml(
+                tag, trigger=f"{{type: kafka, topic: {source}}}",
+                steps=steps + publish_step(sink),
+                fuse=None if args.fuse is None else args.fuse == "true",
+                events=args.events_mode, max_batch=BATCH, partitions=PARTITIONS,
+                concurrency=HTTP_CONCURRENCY if args.http else None,
+            )
+        )  # fmt: skip
+        return load_integration(path)
+
+
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.profile")
     ap.add_argument("--events", type=int, default=50_000)
     ap.add_argument("--steps", type=int, choices=(1, 3), default=1)
@@ -97,7 +131,28 @@ def main() -> None:
         "--threads", action="store_true",
         help="no cProfile: CPU per event of each kind of thread (event loop, librdkafka ...)",
     )  # fmt: skip
-    args = ap.parse_args()
+    ap.add_argument(
+        "--http", action="store_true",
+        help="the http row's flow: POST each event to bench.http_server (20 ms), concurrency 16",
+    )  # fmt: skip
+    return ap.parse_args()
+
+
+def _print(args: argparse.Namespace, seconds: float, prof: cProfile.Profile | None,
+           report: list[str]) -> None:  # fmt: skip
+    rate = args.events / seconds
+    if prof is None:
+        print(f"{args.events} events in {seconds:.2f} s ({rate:,.0f}/s); CPU by thread:")
+        print(report[0])
+        return
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats(args.sort).print_stats(args.top)
+    print(f"{args.events} events in {seconds:.2f} s under cProfile ({rate:,.0f}/s)")
+    print(out.getvalue())
+
+
+def main() -> None:
+    args = _arguments()
     bootstrap = bootstrap_servers()
     tag = f"prof{uuid.uuid4().hex[:6]}"
     source, sink = f"{tag}.in", f"{tag}.out"
@@ -105,17 +160,10 @@ def main() -> None:
     admin.create([source, sink], PARTITIONS)
     data = dataset(args.events + 1)
     produce_all(bootstrap, source, data[:1])  # the warm-up event
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "t.yaml"
-        path.write_text(
-            integration_yaml(
-                tag, trigger=f"{{type: kafka, topic: {source}}}",
-                steps=steps_yaml(args.steps) + publish_step(sink),
-                fuse=None if args.fuse is None else args.fuse == "true",
-                events=args.events_mode, max_batch=BATCH, partitions=PARTITIONS,
-            )
-        )  # fmt: skip
-        integration = load_integration(path)
+    server, steps = None, steps_yaml(args.steps)
+    if args.http:
+        server, steps = http_target()
+    integration = topology(args, tag, source, sink, steps)
     transport = open_transport(f"kafka://{bootstrap}")
     app = App(integration, transport, {}, AppOptions(worker_id="profile"))
     app.deploy()
@@ -140,15 +188,10 @@ def main() -> None:
         watch.close()
         transport.close()
         admin.delete_matching(tag)
-    rate = args.events / seconds
-    if prof is None:
-        print(f"{args.events} events in {seconds:.2f} s ({rate:,.0f}/s); CPU by thread:")
-        print(report[0])
-        return
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats(args.sort).print_stats(args.top)
-    print(f"{args.events} events in {seconds:.2f} s under cProfile ({rate:,.0f}/s)")
-    print(out.getvalue())
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+    _print(args, seconds, prof, report)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,13 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
          "note": "http row / (concurrency / latency of the target), its I/O bound",
          "met": None if of_bound is None else of_bound >= 0.8}
     )  # fmt: skip
+    bare = (http.get("http") or {}).get("of_bare_client") if http.get("ok") else None
+    if bare is not None:
+        out.append(
+            {"ratio": "sf-http / bare aiohttp client", "metric": "events_per_s", "value": bare,
+             "target": None, "met": None,
+             "note": "http row / a bare client at the same concurrency against the same target"}
+        )  # fmt: skip
     lat = (rows.get("sf-1step") or {}).get("latency") or {}
     hop = lat.get("p99_ms_per_hop")
     hop = hop if isinstance(hop, int | float) and not math.isnan(hop) else None
@@ -109,6 +116,8 @@ def one_line(row: dict[str, Any]) -> str:
     )
     if lat:
         text += f", p50 {_num(lat['p50_ms'], 1)} ms p99 {_num(lat['p99_ms'], 1)} ms"
+        if "main_thread_runqueue_wait" in lat:
+            text += f" (main thread waited for a CPU {_pct(lat['main_thread_runqueue_wait'])}%)"
     so = row.get("step_only")
     if so and "events_per_s" in so:
         text += f"; step-only {_num(so['events_per_s'])} events/s"
@@ -128,9 +137,9 @@ def _table(results: dict[str, Any]) -> list[str]:
     lines = [
         "| contestant | pipeline | guarantee | agents | events/s | vs Quix | drain s "
         "| CPU µs/event | produced/event | cores used | peak RSS MiB | p50 ms | p99 ms "
-        "| at events/s | step-only events/s | step-only CPU µs/event |",
+        "| at events/s | CPU wait % | step-only events/s | step-only CPU µs/event |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: |",
     ]
     rows = _rows(results)
     for r in results["rows"]:
@@ -143,7 +152,7 @@ def _table(results: dict[str, Any]) -> list[str]:
         )
         if not r.get("ok"):
             err = str(r.get("error") or "failed").splitlines()[0].replace("|", "\\|")[:160]
-            lines.append(head + f"| **error**: {err} | | | | | | | | | | | |")
+            lines.append(head + f"| **error**: {err} | | | | | | | | | | | | |")
             continue
         d, lat = r["drain"], r.get("latency") or {}
         so = r.get("step_only") or {}
@@ -153,7 +162,8 @@ def _table(results: dict[str, Any]) -> list[str]:
             + f"| {_num(d['cpu_us_per_event'], 1)} | {_num(r.get('produced_per_event'), 2)} "
             + f"| {_num(d['cores_used'], 2)} | {_num(r['rss_peak_mb'])} "
             + f"| {_num(lat.get('p50_ms'), 1)} | {_num(lat.get('p99_ms'), 1)}{_late(lat)} "
-            + f"| {_num(lat.get('rate'))} | {_num(so.get('events_per_s'))} "
+            + f"| {_num(lat.get('rate'))} | {_pct(lat.get('main_thread_runqueue_wait'))} "
+            + f"| {_num(so.get('events_per_s'))} "
             + f"| {_num(so.get('cpu_us_per_event'), 1)} |"
         )
     return lines
@@ -178,9 +188,25 @@ def _http_line(results: dict[str, Any]) -> list[str]:
         f"so Little's law bounds it at {h['concurrency']} / {h['delay_ms'] / 1000:g} s = "
         f"{_num(h['littles_law_events_per_s'])} events/s: it made "
         f"{_num(r['drain']['events_per_s'])} events/s, {h.get('of_bound', 0) * 100:.0f}% of the "
-        "bound.",
+        "bound." + _bare_line(h),
         "",
     ]
+
+
+def _bare_line(h: dict[str, Any]) -> str:
+    b = h.get("bare_client")
+    if not b:
+        return ""
+    return (
+        f" A bare aiohttp client ({b['concurrency']} requests in flight, nothing else) made "
+        f"{_num(b['requests_per_s'])} requests/s against the same target just before "
+        f"(p50 {b['p50_ms']:g} ms a request, {b['cpu_us_per_request']:g} µs CPU each): the "
+        f"row made {h.get('of_bare_client', 0) * 100:.0f}% of that."
+    )
+
+
+def _pct(share: Any) -> str:
+    return _num(share * 100) if isinstance(share, int | float) else DASH
 
 
 def _late(lat: dict[str, Any]) -> str:
@@ -234,15 +260,19 @@ METHOD = """\
   (consumer groups joined, every stage running); the child is then frozen (SIGSTOP), the
   backlog of N events is produced, and the child thawed (SIGCONT). events/s = N / time
   until the output topic holds all of them (read_committed end offsets polled every
-  10 ms; exactly-once outputs are counted record by record, as commit markers occupy
-  offsets). CPU µs/event = the child's user+system CPU during the drain (all threads,
-  /proc) / N; cores used = that CPU / drain time. Peak RSS = the child's VmHWM at the
-  end of its run (its ru_maxrss would include the harness's RSS, inherited at spawn).
+  10 ms; exactly-once outputs are counted record by record as they become visible, read
+  on every 10 ms without waiting, as commit markers occupy offsets). CPU µs/event = the
+  child's user+system CPU during the drain (all threads, /proc) / N; cores used = that
+  CPU / drain time. Peak RSS = the child's VmHWM at the end of its run (its ru_maxrss
+  would include the harness's RSS, inherited at spawn).
 - **Latency**: after the drain, a paced producer sends at about half the contestant's own
   drain rate for {lat_s} s, stamping the send time into `ts`; a reader of the output topic
-  takes receive - send for every event (the first {lat_w:g} s are warm-up, not counted).
-  Exactly-once outputs become visible at commit, so their latency includes the commit
-  interval.
+  takes receive - send for every event (the first {lat_w:g} s are warm-up, not counted),
+  the receive time taken as soon as a record is fetched (it waits for the first record
+  only, never for a batch to fill). Exactly-once outputs become visible at commit, so
+  their latency includes the commit interval. *CPU wait %*: the share of the paced phase
+  the contestant's main thread was runnable but waiting for a CPU (/proc schedstat): a
+  loaded machine, not the contestant's code, when it is high.
 - Producer, reader and the broker share the machine with the contestant.
 """
 

@@ -54,6 +54,7 @@ from bench.broker import (
     produce_all,
 )
 from bench.common import BATCH, PARTITIONS, SEED, dataset, encoded, event
+from bench.http_server import bare_client
 from bench.machine import machine, versions
 from bench.topologies import (
     PARALLEL_3,
@@ -152,6 +153,7 @@ CONTESTANTS = [
 BY_NAME = {c.name: c for c in CONTESTANTS}
 HTTP_DELAY_S = 0.020  # the http row's target answers after this long
 HTTP_CONCURRENCY = 16  # the flow's `concurrency` (in-flight async steps per agent)
+HTTP_PROBE = 2000  # requests of the bare client measured against the http row's target
 
 
 @dataclass
@@ -219,6 +221,12 @@ class Child:
         """CPU seconds (user + system, all threads) used so far, from /proc."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def sched(self) -> tuple[float, float]:
+        """(seconds on a CPU, seconds runnable but waiting for one) of the child's main
+        thread so far, from /proc/<pid>/schedstat: how much the machine held it back."""
+        run, wait, _ = Path(f"/proc/{self.pid}/schedstat").read_text().split()
+        return int(run) / 1e9, int(wait) / 1e9
 
     def rss_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS so far) in MiB, from /proc."""
@@ -367,12 +375,10 @@ def start_http_server(ctx: Context) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{line.split()[1]}/ingest"
 
 
-def output_count(watch: OutputWatch, transactional: bool, target: int) -> int:
-    ends = watch.ends()
-    total = sum(ends)
-    if transactional and total >= target:
-        return watch.committed_count(ends)
-    return total
+def output_count(watch: OutputWatch, transactional: bool) -> int:
+    """Records in the output: the end offsets, or (a transactional writer: its commit
+    markers occupy offsets too) the committed records counted as they become visible."""
+    return watch.committed_count() if transactional else sum(watch.ends())
 
 
 def wait_for(
@@ -382,7 +388,7 @@ def wait_for(
     deadline = time.monotonic() + timeout
     last = 0
     while True:
-        last = output_count(watch, transactional, target)
+        last = output_count(watch, transactional)
         if last >= target:
             # Timed once the count is confirmed (after the watermark round trips), so a
             # fast contestant never reads as 0 s.
@@ -472,6 +478,11 @@ class Trial:
                     "delay_ms": HTTP_DELAY_S * 1000,
                     "concurrency": HTTP_CONCURRENCY,
                     "littles_law_events_per_s": round(HTTP_CONCURRENCY / HTTP_DELAY_S),
+                    # the same target and client library with nothing else: what they
+                    # and the machine allow (before the contestant starts)
+                    "bare_client": bare_client(
+                        url, [v for _, v in self.ctx.data[:HTTP_PROBE]], HTTP_CONCURRENCY
+                    ),
                 }
             path, hops = streamflow_files(c, self.ctx, self.source, self.sink, self.name, url)
             self.row["agents_on_path"] = hops
@@ -520,8 +531,9 @@ class Trial:
             "cores_used": round((cpu1 - cpu0) / seconds, 2),
         }
         if "http" in self.row:
-            bound = self.row["http"]["littles_law_events_per_s"]
-            self.row["http"]["of_bound"] = round(n / seconds / bound, 3)
+            http = self.row["http"]
+            http["of_bound"] = round(n / seconds / http["littles_law_events_per_s"], 3)
+            http["of_bare_client"] = round(n / seconds / http["bare_client"]["requests_per_s"], 3)
         self.row["rss_after_drain_mb"], self.row["rss_peak_drain_mb"] = child.rss_mb()
         check_shape(watch, self.c.pipeline)
         self.row["produced_per_event"] = self.produced_per_event(written0)
@@ -548,12 +560,18 @@ class Trial:
     def latency(self, child: Child, drain_seconds: float) -> None:
         s = self.s
         rate = max(50.0, self.n / drain_seconds / 2)
-        cpu0, t0 = child.cpu(), time.perf_counter()
+        cpu0, t0, (run0, wait0) = child.cpu(), time.perf_counter(), child.sched()
         lat = measure_latency(
             s.bootstrap, self.source, self.sink, PARTITIONS, self.ctx.templates, rate,
             s.latency_seconds, s.latency_warmup, max(5.0, 5 * self.row["commit_interval_s"]),
         )  # fmt: skip
-        lat["cores_used"] = round((child.cpu() - cpu0) / (time.perf_counter() - t0), 2)
+        seconds = time.perf_counter() - t0
+        run1, wait1 = child.sched()
+        lat["cores_used"] = round((child.cpu() - cpu0) / seconds, 2)
+        # shares of the phase the child's main thread ran / waited for a CPU: a contestant
+        # the machine keeps waiting shows it here, not in its code
+        lat["main_thread_running"] = round((run1 - run0) / seconds, 3)
+        lat["main_thread_runqueue_wait"] = round((wait1 - wait0) / seconds, 3)
         lat["p99_ms_per_hop"] = round(lat["p99_ms"] / self.row["agents_on_path"], 2)
         self.row["latency"] = lat
         if not child.alive():

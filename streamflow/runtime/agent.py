@@ -34,8 +34,10 @@ arrived (``contain.py``), and the offset moves past it. Only ``FatalError`` (and
 ``ConfigError``) leaves ``run``; ``App`` restarts an agent that stopped otherwise.
 
 The lean loop: while records are waiting, an agent takes what its consumer already
-fetched without leaving the event loop (a poll with no wait); only when there is nothing
-does it wait for records on its I/O thread. An agent whose steps are all synchronous runs
+fetched without leaving the event loop (a poll with no wait); when there is nothing it
+looks again after COALESCE (3 ms, a timer on the loop), and only then waits for records
+on its I/O thread. An exactly-once agent commits once its input was idle IDLE_COMMIT
+(20 ms): its outputs are visible only then. An agent whose steps are all synchronous runs
 its records one after the other with no asyncio task or coroutine per record, and yields
 to the other agents once per batch. Between commits a Kafka producer sends on its own
 (``linger.ms``); only a producer that buffers until flushed (``local://``) is flushed when
@@ -94,6 +96,14 @@ class Stateful(Protocol):
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag readings
 KEEPALIVE = 2.0  # a batch running longer polls (paused) this often: see _process_alive
+# s without a record after which an agent whose outputs are visible only at commit
+# (exactly-once) commits before its interval is up: the last outputs of a burst are not
+# held back for up to commit_interval (at most one early commit per idle gap)
+IDLE_COMMIT = 0.02
+# s an agent that has taken every fetched record waits on the event loop (a timer, no
+# thread hop) for more before it waits on its I/O thread: at a trickle, records are taken
+# a few at a time instead of one hop per record (half the CPU at 2,000 events/s)
+COALESCE = 0.003
 R = TypeVar("R")
 
 
@@ -165,8 +175,13 @@ class StepAgent:
 
     async def _poll(self, consumer: Consumer, wait: float) -> list[Record]:
         """What the consumer already fetched, taken on this thread (then a yield to the other
-        agents of the loop); when there is none, a wait of up to ``wait`` s on the I/O thread."""
+        agents of the loop); when there is none, what it fetched after COALESCE s, and only
+        then a wait of up to ``wait`` s on the I/O thread."""
         records = consumer.poll(self.max_batch, 0.0) if not self.paused_until else []
+        if not records and wait > 0 and not self.paused_until:
+            # caught up: let a few more records arrive (a timer on the loop, no thread hop)
+            await asyncio.sleep(min(wait, COALESCE))
+            records = consumer.poll(self.max_batch, 0.0)
         if records:
             await asyncio.sleep(0)
             return records
@@ -192,13 +207,7 @@ class StepAgent:
         between batches)."""
         last_commit = time.monotonic()
         while not stop.is_set():
-            # wait for records no longer than until the next commit or the next resume
-            wait = 0.5
-            if self.pending:
-                wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
-            if self.paused_until:
-                wait = min(wait, min(self.paused_until.values()) - time.monotonic())
-            records = await self._poll(consumer, wait)
+            records = await self._poll(consumer, self._batch_wait(last_commit))
             if await self._rewind_if_aborted(consumer):
                 records = []
             self._raise_broken()
@@ -245,6 +254,18 @@ class StepAgent:
             await self._check_lag(consumer)
         if self.pending or self.unflushed:  # stopped after a batch: commit it, or it is redone
             await self._io(self._commit, consumer, producer)
+
+    def _batch_wait(self, last_commit: float) -> float:
+        """Seconds to wait for records: no longer than until the next commit or the next
+        resume; outputs visible only at commit (exactly-once) wait IDLE_COMMIT s at most."""
+        wait = 0.5
+        if self.pending:
+            wait = min(wait, self.commit_interval - (time.monotonic() - last_commit))
+            if self.atomic:
+                wait = min(wait, IDLE_COMMIT)
+        if self.paused_until:
+            wait = min(wait, min(self.paused_until.values()) - time.monotonic())
+        return wait
 
     async def _check_lag(self, consumer: Consumer) -> None:
         if time.monotonic() >= self.next_lag_check:
