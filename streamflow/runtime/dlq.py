@@ -1,9 +1,12 @@
 """Dead letters: list them, show one, replay them to the step where they failed.
 
-A dead letter is the envelope as it failed plus headers (``sf-step``, ``sf-error-type``,
-``sf-error``, ``sf-attempt``, ``sf-origin-*``, ``sf-execution-id``, ``sf-time``); when that
-envelope could not be encoded, it is the record as the agent received it (header
-``sf-dead-letter: input``) and replays to the step that record was for. Replay
+A dead letter is the envelope as it failed (``encoding: json``: its payload as the value,
+its metadata in the ``sf-env`` header, as on every topic) plus headers (``sf-step``,
+``sf-error-type``, ``sf-error``, ``sf-attempt``, ``sf-origin-*``, ``sf-execution-id``,
+``sf-time``); when that envelope could not be encoded, it is the record as the agent
+received it, with its ``sf-env`` header (header ``sf-dead-letter: input``), and replays to
+the step that record was for. Letters written before the header existed (the whole
+envelope as the value) read and replay the same. Replay
 sends the envelope back to its step's input topic with ``attempt`` reset, keeping the
 execution id and marking ``meta.replayed``; a ``replayed`` execution event (note
 ``from <dlq topic> <id>``) records it. ``replay --all`` replays each dead letter once: the
@@ -24,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from streamflow.envelope import Envelope, decode, encode
+from streamflow.envelope import HEADER, Envelope, decode_record, encode
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.observability.events import ExecutionEvent, event_for
 from streamflow.observability.history import checked
@@ -146,8 +149,9 @@ def _events(
 
 
 def _has_saga(d: DeadLetter) -> bool:
+    head = d.record.header(HEADER)  # the envelope's metadata, else (before it) the value
     try:
-        return bool(orjson.loads(d.record.value).get("saga"))
+        return bool(orjson.loads(head if head is not None else d.record.value).get("saga"))
     except (ValueError, TypeError, AttributeError):
         return False  # not a JSON envelope (Avro, raw): the executions topic decides
 
@@ -255,14 +259,14 @@ def replay(
                 raise ConfigError(why)
             if d.as_received:  # the record before its failing step(s): replay it as it was
                 with contextlib.suppress(PoisonMessageError):
-                    step = decode(d.record.value, flow.doc.encoding).step
+                    step = decode_record(d.record, flow.doc.encoding).step
             if step not in fplan.entry_of:
                 raise ConfigError(
                     f"dead letter {d.id} failed at '{d.step}', which is not a step of "
                     f"flow {flow.name} now (a raw record or a compensation): cannot replay"
                 )
             try:
-                env: Envelope = decode(d.record.value, flow.doc.encoding)
+                env: Envelope = decode_record(d.record, flow.doc.encoding)
             except PoisonMessageError as exc:
                 raise ConfigError(f"dead letter {d.id} holds no envelope ({exc})") from None
         except ConfigError as exc:
@@ -275,7 +279,9 @@ def replay(
         env.step = step
         env.attempt = 1
         env.meta["replayed"] = int(env.meta.get("replayed", 0)) + 1
-        producer.send(fplan.entry_of[step], encode(env, flow.doc.encoding), d.record.key)
+        # the payload as it was (not parsed) unless edited; the dead letter's own headers stay
+        value, headers = encode(env, flow.doc.encoding)
+        producer.send(fplan.entry_of[step], value, d.record.key, headers)
         ev = event_for(env, "replayed", note=f"from {fplan.dlq_topic} {d.id}")
         producer.send(plan.executions_topic, ev.encode(), env.execution_id.encode())
         replayed.append(env.execution_id)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.observability.events import ExecutionEvent
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.runner import Execution, RunResult
@@ -261,8 +261,8 @@ async def test_retries_follow_the_configured_backoff(
     else:  # each retry waited on the step's retry topic, with its due time and error
         waiting = read_topic(broker, plan.retry_topic_of["call"])
         assert len(waiting) == 3
-        assert [decode(r.value).attempt for r in waiting] == [2, 3, 4]
-        assert all(decode(r.value).execution_id == ex.execution_id for r in waiting)
+        assert [decode_record(r).attempt for r in waiting] == [2, 3, 4]
+        assert all(decode_record(r).execution_id == ex.execution_id for r in waiting)
         dues = [int(headers_of(r)["sf-due"]) for r in waiting]
         assert dues == sorted(dues)
         assert all("503" in headers_of(r)["sf-error"] for r in waiting)
@@ -309,7 +309,7 @@ def completion_order(broker: Path, result: RunResult) -> list[str]:
     ident = {ex.execution_id: str(ex.input["id"]) for ex in result.executions}
     out = []
     for rec in read_topic(broker, "sf.fx.executions"):  # one partition: a total order
-        ev = ExecutionEvent.decode(rec.value)
+        ev = ExecutionEvent.decode_record(rec)
         if ev.event == "completed" and ev.execution_id in ident:
             out.append(ident[ev.execution_id])
     return out
@@ -400,7 +400,7 @@ async def test_exhausted_and_rejected_events_are_dead_lettered_with_headers(
     seen = {}
     for rec in letters:
         h = headers_of(rec)
-        env = decode(rec.value)
+        env = decode_record(rec)
         seen[env.payload["id"]] = h
         assert h["sf-execution-id"] == env.execution_id == ex[env.payload["id"]].execution_id
         assert h["sf-step"] == "call" and env.step == "call"
@@ -415,8 +415,8 @@ async def test_exhausted_and_rejected_events_are_dead_lettered_with_headers(
             and r.offset == int(h["sf-origin-offset"])
         ]
         assert len(origin) == 1
-        assert decode(origin[0].value).execution_id == env.execution_id
-        assert decode(origin[0].value).attempt == env.attempt
+        assert decode_record(origin[0]).execution_id == env.execution_id
+        assert decode_record(origin[0]).attempt == env.attempt
         assert rec.key == origin[0].key  # stays on its key
     assert set(seen) == {"down-1", "down-2", "rejected"}
     for ident in ("down-1", "down-2"):
@@ -505,7 +505,7 @@ flows:
             assert time.monotonic() < deadline, "the record after the poison never completed"
             assert not runner.done(), runner
             for rec in await asyncio.to_thread(watcher.poll, 100, 0.2):
-                ev = ExecutionEvent.decode(rec.value)
+                ev = ExecutionEvent.decode_record(rec)
                 if ev.event == "completed":
                     completed.append(ev)
     finally:
