@@ -288,10 +288,30 @@ def decode(value: bytes, headers: Headers | None, encoding: Encoding = "json") -
     head = header_of(headers)
     if head is None:  # the whole envelope in the value (the format before the header)
         return Envelope.from_dict(_object(value, "envelope"))
-    env = Envelope.from_dict(_object(head, f"header {HEADER}"))
+    d = _object(head, f"header {HEADER}")
+    env = _NEW(Envelope)  # the slots set here, not through __init__ (once per hop)
+    try:
+        env.execution_id = d["execution_id"]
+        env.integration = d["integration"]
+        env.flow = d["flow"]
+        env.step = d["step"]
+    except KeyError as exc:
+        raise PoisonMessageError(f"not a StreamFlow envelope: missing {exc}") from None
     env._payload = _UNREAD
     env._raw = value
+    get = d.get
+    env.instance = get("instance", "")
+    env.attempt = get("attempt", 1)
+    env.created_ms = get("created_ms", 0)
+    env.trace = get("trace", "")
+    env.trigger = get("trigger") or {}
+    env.steps = get("steps") or {}
+    env.saga = get("saga") or []
+    env.meta = get("meta") or {}
     return env
+
+
+_NEW = object.__new__
 
 
 class RecordLike(Protocol):
