@@ -197,14 +197,25 @@ class Envelope:
             raise PoisonMessageError(f"not a StreamFlow envelope: missing {exc}") from exc
 
     def shown(self) -> dict[str, Any]:
-        """``to_dict`` for people (CLI, console): a payload that is not JSON is shown as
+        """``to_dict`` for people (CLI, console: a document nested in another): a payload
+        that is not JSON, or too deep to show inside that document, is shown as
         ``payload_error`` and ``payload_raw`` (its first 2,000 bytes as text)."""
+        head = {"v": ENVELOPE_VERSION, **self.metadata()}
         try:
-            return self.to_dict()
+            payload = self.payload
+            exactjson.dumps({"outer": {"envelope": {"payload": payload}}})  # fits shown
         except PayloadError as exc:
-            raw = (self._raw or b"")[:2000].decode("utf-8", "replace")
-            return {"v": ENVELOPE_VERSION, **self.metadata(), "payload_error": str(exc),
-                    "payload_raw": raw}  # fmt: skip
+            why, raw = str(exc), self._raw or b""
+        except (TypeError, ValueError) as exc:  # deeper than the JSON encoder writes
+            why = f"the payload cannot be shown inside the envelope: {exc}"
+            try:
+                raw = exactjson.dumps(payload)
+            except (TypeError, ValueError):
+                raw = b""
+        else:
+            return {**head, "payload": payload}
+        text = raw[:2000].decode("utf-8", "replace")
+        return {**head, "payload_error": why, "payload_raw": text}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Envelope):

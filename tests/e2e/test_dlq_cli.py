@@ -192,7 +192,7 @@ async def run_until_ended(
             assert time.monotonic() < deadline, f"not ended after replay: {ids - ended}"
             assert not runner.done(), runner
             for rec in await asyncio.to_thread(watcher.poll, 500, 0.2):
-                ev = ExecutionEvent.decode_record(rec)
+                ev = ExecutionEvent.decode(rec.value)
                 if ev.execution_id not in ids:
                     continue
                 if ev.event == "replayed":

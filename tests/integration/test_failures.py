@@ -309,7 +309,7 @@ def completion_order(broker: Path, result: RunResult) -> list[str]:
     ident = {ex.execution_id: str(ex.input["id"]) for ex in result.executions}
     out = []
     for rec in read_topic(broker, "sf.fx.executions"):  # one partition: a total order
-        ev = ExecutionEvent.decode_record(rec)
+        ev = ExecutionEvent.decode(rec.value)
         if ev.event == "completed" and ev.execution_id in ident:
             out.append(ident[ev.execution_id])
     return out
@@ -505,7 +505,7 @@ flows:
             assert time.monotonic() < deadline, "the record after the poison never completed"
             assert not runner.done(), runner
             for rec in await asyncio.to_thread(watcher.poll, 100, 0.2):
-                ev = ExecutionEvent.decode_record(rec)
+                ev = ExecutionEvent.decode(rec.value)
                 if ev.event == "completed":
                     completed.append(ev)
     finally:

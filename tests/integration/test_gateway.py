@@ -100,7 +100,7 @@ class Running:
 
     def events(self) -> list[ExecutionEvent]:
         recs = self.transport.read_all(self.gateway.plan.executions_topic)
-        return [ExecutionEvent.decode_record(r) for r in recs]
+        return [ExecutionEvent.decode(r.value) for r in recs]
 
     async def post_order(
         self, doc: Any, *, secret: str = SECRET, stamp: float | None = None, **headers: str

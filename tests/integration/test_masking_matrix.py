@@ -178,7 +178,7 @@ def events_text(path: Path, store: Path) -> str:
     try:
         lines = []
         for rec in transport.read_all(plan.executions_topic):
-            ev = ExecutionEvent.decode_record(rec)
+            ev = ExecutionEvent.decode(rec.value)
             lines.append(json.dumps({"event": ev.event, "error": ev.error}, ensure_ascii=False))
         for flow in plan.flows.values():
             for rec in transport.read_all(flow.dlq_topic):

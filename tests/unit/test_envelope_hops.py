@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +58,13 @@ flows:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> AsyncIterator[App]:
+def app(tmp_path: Path) -> Iterator[App]:
     path = tmp_path / "hops.yaml"
     path.write_text(HOPS)
     transport = LocalTransport(tmp_path / "broker")
     application = App(load_integration(path), transport, {}, AppOptions(trace_payloads=True))
     application.deploy()
-    yield application  # type: ignore[misc]
+    yield application
     transport.close()
 
 

@@ -162,3 +162,16 @@ def test_equality_and_repr_do_not_need_the_dataclass() -> None:
     lazy = decode(*encode(a))
     assert "<unread>" in repr(lazy)
     assert lazy == a
+
+
+def test_a_payload_too_deep_to_show_inside_a_document_is_shown_as_text() -> None:
+    deep: Any = 1
+    for _ in range(252):  # travels alone as a value; not inside two more levels
+        deep = [deep]
+    env = decode(*encode(envelope(deep)))
+    shown = env.shown()
+    assert "payload" not in shown
+    assert shown["payload_error"].startswith("the payload cannot be shown inside the envelope")
+    assert shown["payload_raw"].startswith("[[[[")
+    exactjson.dumps({"a": {"b": shown}})  # what the CLI and the console write
+    assert envelope({"ok": 1}).shown()["payload"] == {"ok": 1}
