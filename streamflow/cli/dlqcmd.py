@@ -120,7 +120,10 @@ def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) 
 def _edit_in_editor(payload: Any) -> Any:
     editor = os.environ.get("EDITOR", "vi")
     with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
-        f.write(exactjson.dumps(payload, exactjson.OPT_INDENT_2))  # every digit, both ways
+        if isinstance(payload, bytes):  # a payload that is not JSON: its bytes, to fix
+            f.write(payload)
+        else:
+            f.write(exactjson.dumps(payload, exactjson.OPT_INDENT_2))  # every digit, both ways
         path = f.name
     try:
         subprocess.run([*shlex.split(editor), path], check=True)

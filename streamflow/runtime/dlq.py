@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from streamflow.envelope import HEADER, Envelope, decode_record, encode
+from streamflow.envelope import HEADER, Envelope, PayloadError, decode_record, encode
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.observability.events import ExecutionEvent, event_for
 from streamflow.observability.history import checked
@@ -239,7 +239,8 @@ def replay(
     """Send each dead letter back to its step; returns the replayed execution ids.
 
     A letter that cannot be replayed (a raw record, a failed compensation) is an error when
-    named; with ``mark_all`` it is passed over and described in ``skipped``. ``mark_all``
+    named; with ``mark_all`` it is passed over and described in ``skipped``. ``edit``
+    gets the payload (its bytes, when they are not JSON) and returns the one to replay. ``mark_all``
     records as replayed exactly the letters read, not what arrived since. Given
     ``states`` (``letter_states``), letters of compensated executions and letters already
     replayed are refused the same way unless ``allow_compensated``/``again``."""
@@ -274,8 +275,12 @@ def replay(
                 raise
             skipped.append(str(exc))
             continue
-        if edit is not None:
-            env.payload = edit(env.payload)
+        if edit is not None:  # given the payload, or its bytes when they are not JSON
+            try:
+                current: Any = env.payload
+            except PayloadError:
+                current = env.raw_payload
+            env.payload = edit(current)
         env.step = step
         env.attempt = 1
         env.meta["replayed"] = int(env.meta.get("replayed", 0)) + 1

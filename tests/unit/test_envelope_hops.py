@@ -84,8 +84,11 @@ def send(app: App, topic: str, key: bytes, value: bytes, headers: Headers | None
     producer.close()
 
 
-async def drive(app: App, wanted: set[str], timeout: float = 30) -> dict[str, list[ExecutionEvent]]:
-    """Run the app until every execution in ``wanted`` ended; their events."""
+async def drive(
+    app: App, wanted: set[str], timeout: float = 30, until: str = ""
+) -> dict[str, list[ExecutionEvent]]:
+    """Run the app until every execution in ``wanted`` ended (with an ``until`` event when
+    given: the topic holds the ends of earlier runs too); their events."""
     reader = app.transport.consumer(f"test.{time.monotonic_ns()}", [app.plan.executions_topic])
     events: dict[str, list[ExecutionEvent]] = {ex: [] for ex in wanted}
     stop = asyncio.Event()
@@ -100,7 +103,7 @@ async def drive(app: App, wanted: set[str], timeout: float = 30) -> dict[str, li
                 ev = ExecutionEvent.decode(rec.value)
                 if ev.execution_id in events:
                     events[ev.execution_id].append(ev)
-                    if is_terminal(ev.event, ev.note):
+                    if is_terminal(ev.event, ev.note) and ev.event == (until or ev.event):
                         open_ids.discard(ev.execution_id)
     finally:
         stop.set()
@@ -232,3 +235,26 @@ async def test_the_retry_topic_relays_both_formats(app: App) -> None:
     assert all(r.header("sf-due") is None for r in relayed)
     new = next(r for r in relayed if r.key == b"n")
     assert decode_record(new).attempt == 2  # the metadata came along in its header
+
+
+async def test_a_payload_that_is_not_json_can_be_fixed_and_replayed(app: App) -> None:
+    """Its dead letter keeps the bytes; ``replay`` with an edit gets them (not a parse
+    error) and the fixed payload runs on."""
+    done = topic(app, "f", "done")
+    _, headers = encode(new_env("fix1", "f", "done", None))
+    send(app, done, b"g", b'{"id": "g", n: 1}', headers)
+    events = await drive(app, {"fix1"})
+    assert last(events["fix1"]).event == "failed"
+    letters = dlq.read_dead_letters(app.transport, app.plan, "f")
+    shown = decode_record(letters[0].record).shown()
+    assert shown["payload_raw"] == '{"id": "g", n: 1}'
+    seen: list[Any] = []
+
+    def fix(old: Any) -> Any:
+        seen.append(old)
+        return {"id": "g", "n": 1}
+
+    dlq.replay(app.transport, app.plan, app.integration.flows["f"], letters, edit=fix)
+    assert seen == [b'{"id": "g", n: 1}']
+    events = await drive(app, {"fix1"}, until="completed")
+    assert last(events["fix1"]).payload == {"id": "g", "n": 1, "ok": True}
