@@ -47,8 +47,10 @@ def plain(exc: BaseException) -> str:
 
 
 ENCODER_MAX_DEPTH = 254
-"""Deepest nesting of arrays/objects the JSON encoder (orjson) writes, the envelope's own
-level included; a deeper value cannot travel and fails its execution."""
+"""Deepest nesting of arrays/objects the JSON encoder (orjson) writes: of a payload (a
+record's value), and of the envelope's ``sf-env`` header (its own level included: a step
+result or a saga entry holds a payload one to three levels down); a deeper value cannot
+travel and fails its execution."""
 
 
 def describe(exc: BaseException) -> str:

@@ -79,9 +79,9 @@ class FlowIngress:
 
     def send(self, producer: Producer, env: Envelope) -> None:
         fplan = self.plan.flows[self.flow.name]
-        headers = [("traceparent", env.trace.encode())] if tracing.enabled() else None
-        producer.send(
-            fplan.first_topic, encode(env, self.flow.doc.encoding), self.partition_key(env), headers
-        )
+        value, headers = encode(env, self.flow.doc.encoding)
+        if tracing.enabled():
+            headers.append(("traceparent", env.trace.encode()))
+        producer.send(fplan.first_topic, value, self.partition_key(env), headers)
         started = event_for(env, "started", payload=env.payload)
         producer.send(self.plan.executions_topic, started.encode(), env.execution_id.encode())

@@ -15,7 +15,7 @@ from typing import Any
 
 from streamflow import exactjson
 from streamflow.cli.conventions import plural
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.runtime import dlq
 from streamflow.runtime.runner import pick_flow
@@ -111,8 +111,8 @@ def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) 
     row = {**d.summary(), **state.columns(), "replays": state.replays}
     print(json.dumps(_typed(row), indent=2))
     try:
-        env = decode(d.record.value, encoding)  # type: ignore[arg-type]
-        print(exactjson.dumps_text(env.to_dict(), exactjson.OPT_INDENT_2))  # numbers exact
+        env = decode_record(d.record, encoding)  # type: ignore[arg-type]
+        print(exactjson.dumps_text(env.shown(), exactjson.OPT_INDENT_2))  # numbers exact
     except PoisonMessageError:
         print(f"raw record (not an envelope): {d.record.value[:2000]!r}")
 
@@ -120,7 +120,10 @@ def _show_dead_letter(d: dlq.DeadLetter, state: dlq.LetterState, encoding: str) 
 def _edit_in_editor(payload: Any) -> Any:
     editor = os.environ.get("EDITOR", "vi")
     with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
-        f.write(exactjson.dumps(payload, exactjson.OPT_INDENT_2))  # every digit, both ways
+        if isinstance(payload, bytes):  # a payload that is not JSON: its bytes, to fix
+            f.write(payload)
+        else:
+            f.write(exactjson.dumps(payload, exactjson.OPT_INDENT_2))  # every digit, both ways
         path = f.name
     try:
         subprocess.run([*shlex.split(editor), path], check=True)

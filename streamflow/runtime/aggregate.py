@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamflow.envelope import Envelope, now_ms
+from streamflow.envelope import Envelope, carried, now_ms
 from streamflow.errors import PoisonMessageError
 from streamflow.runtime.contain import Out
 from streamflow.runtime.processor import ChainProcessor, ProcessorOptions
@@ -171,7 +171,8 @@ class AggregateProcessor(ChainProcessor):
         raw_key = key.encode()
         if rec.key != raw_key and rec.header(REKEYED) is None:
             # to the partition of its group: the same topic, keyed by the group key
-            outs.append(Out(self.agent.input_topic, rec.value, raw_key, [(REKEYED, b"1")]))
+            headers = [*carried(rec.headers), (REKEYED, b"1")]
+            outs.append(Out(self.agent.input_topic, rec.value, raw_key, headers))
             return
         p = rec.partition
         if p not in self.groups:  # not restored yet (the agent ticks before each batch)

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from streamflow.envelope import Encoding, decode, now_ms
+from streamflow.envelope import Encoding, carried, decode, now_ms
 from streamflow.errors import PoisonMessageError
 from streamflow.observability.events import ExecutionEvent
 from streamflow.steps.base import Emit
@@ -58,7 +58,7 @@ class Containment:
         if self.trigger:  # the kafka trigger derives the id from the record's position
             return f"{rec.topic}-{rec.partition}-{rec.offset}", "", "trigger", 0
         try:
-            env = decode(rec.value, self.encoding)
+            env = decode(rec.value, rec.headers, self.encoding)  # the payload is not read
         except PoisonMessageError:
             return "", "", self.step, 0
         return env.execution_id, env.instance, env.step, env.attempt
@@ -91,6 +91,7 @@ class Containment:
         )
         headers = dlq_headers(rec, error_type, error, step, attempt, ex_id)
         headers.append(INPUT_MARK)
+        headers += carried(rec.headers)  # the envelope's metadata, when in headers
         value = rec.value
         if wire_size(rec.key, value, headers) > self.max_bytes:
             # a record just under the limit plus our headers: keep the record, shorten why

@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import Histogram
 
 from streamflow.clock import SYSTEM_CLOCK, Clock
-from streamflow.envelope import Encoding, Envelope, encode, now_ms
+from streamflow.envelope import Encoding, Envelope, PayloadError, Wire, carried, encode, now_ms
 from streamflow.errors import (
     CircuitOpenError,
     ConfigError,
@@ -155,7 +155,7 @@ class Emitter:
     def event(
         self, env: Envelope, outs: list[Out], kind: str, *, note: str = "", error: str = ""
     ) -> None:
-        payload = env.payload if self.trace_payloads else None
+        payload = _readable(env) if self.trace_payloads else None
         ev = event_for(env, kind, note=note, error=error, payload=payload)
         outs.append(Out(self.executions, ev.encode(), env.execution_id.encode()))
         announce(env, kind, note=note)
@@ -183,10 +183,11 @@ class Emitter:
         exc: BaseException,
         outs: list[Out],
         error: str | None = None,
-    ) -> bytes | None:
-        """``env`` on the DLQ with the headers of every dead letter; the encoded envelope
-        (for a compensation to follow), or None when it cannot be encoded: then the input
-        record goes to the DLQ as it arrived, with both reasons, and its ``failed`` event."""
+    ) -> Wire | None:
+        """``env`` on the DLQ with the headers of every dead letter (and the envelope's
+        own); the encoded envelope (for a compensation to follow), or None when it cannot be
+        encoded: then the input record goes to the DLQ as it arrived, with both reasons, and
+        its ``failed`` event. A payload never read is written back as it arrived."""
         error = error if error is not None else self.where(env, exc)
         counters = self.counters.get(env.step)
         if counters is not None:
@@ -200,7 +201,7 @@ class Emitter:
             extra={"flow": env.flow, "step": env.step, "execution_id": env.execution_id},
         )
         try:
-            value = encode(env, self.encoding)
+            wire = encode(env, self.encoding)
         except Exception as enc:
             why = describe_contained(enc)
             why = error if why in error else f"{error}; the envelope cannot be encoded: {why}"
@@ -212,12 +213,12 @@ class Emitter:
             )
             return None
         headers = dlq_headers(rec, exc, error, env.step, env.attempt, env.execution_id)
-        outs.append(Out(self.dlq, value, rec.key, headers))
-        return value
+        outs.append(Out(self.dlq, wire.value, rec.key, headers + wire.headers))
+        return wire
 
     def raw_dead_letter(self, rec: Record, exc: BaseException, step: str) -> Out:
         """A record that is not an envelope (or an outside record that cannot be read), on
-        the DLQ as it arrived."""
+        the DLQ as it arrived (with the envelope's headers it came with)."""
         log.warning(
             "dead-lettered an undecodable record from %s[%d]@%d: %s",
             rec.topic,
@@ -226,7 +227,16 @@ class Emitter:
             exc,
         )
         error = f"{place(self.integration, self.flow, step)}: {describe(exc)}"
-        return Out(self.dlq, rec.value, rec.key, dlq_headers(rec, exc, error, step, 0, ""))
+        headers = dlq_headers(rec, exc, error, step, 0, "") + carried(rec.headers)
+        return Out(self.dlq, rec.value, rec.key, headers)
+
+
+def _readable(env: Envelope) -> Any:
+    """The payload for an event that shows it; None when it is not JSON (poison)."""
+    try:
+        return env.payload
+    except PayloadError:
+        return None
 
 
 class BatchedHistogram:
@@ -348,6 +358,7 @@ class RetryExecutor:
         if self.retry_topic is None:
             return delay
         due = self.clock.now_ms() + int(delay * 1000)
-        headers = [("sf-due", str(due).encode()), ("sf-error", error.encode()[:2000])]
-        outs.append(Out(self.retry_topic, encode(env, self.emitter.encoding), rec.key, headers))
+        value, headers = encode(env, self.emitter.encoding)
+        headers += [("sf-due", str(due).encode()), ("sf-error", error.encode()[:2000])]
+        outs.append(Out(self.retry_topic, value, rec.key, headers))
         return None

@@ -1,9 +1,12 @@
 """Dead letters: list them, show one, replay them to the step where they failed.
 
-A dead letter is the envelope as it failed plus headers (``sf-step``, ``sf-error-type``,
-``sf-error``, ``sf-attempt``, ``sf-origin-*``, ``sf-execution-id``, ``sf-time``); when that
-envelope could not be encoded, it is the record as the agent received it (header
-``sf-dead-letter: input``) and replays to the step that record was for. Replay
+A dead letter is the envelope as it failed (``encoding: json``: its payload as the value,
+its metadata in the ``sf-env`` header, as on every topic) plus headers (``sf-step``,
+``sf-error-type``, ``sf-error``, ``sf-attempt``, ``sf-origin-*``, ``sf-execution-id``,
+``sf-time``); when that envelope could not be encoded, it is the record as the agent
+received it, with its ``sf-env`` header (header ``sf-dead-letter: input``), and replays to
+the step that record was for. Letters written before the header existed (the whole
+envelope as the value) read and replay the same. Replay
 sends the envelope back to its step's input topic with ``attempt`` reset, keeping the
 execution id and marking ``meta.replayed``; a ``replayed`` execution event (note
 ``from <dlq topic> <id>``) records it. ``replay --all`` replays each dead letter once: the
@@ -24,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from streamflow.envelope import Envelope, decode, encode
+from streamflow.envelope import HEADER, Envelope, PayloadError, decode_record, encode
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.observability.events import SUMMARY_HEADER, ExecutionEvent, decode_all, event_for
 from streamflow.observability.history import checked
@@ -150,8 +153,9 @@ def _events(
 
 
 def _has_saga(d: DeadLetter) -> bool:
+    head = d.record.header(HEADER)  # the envelope's metadata, else (before it) the value
     try:
-        return bool(orjson.loads(d.record.value).get("saga"))
+        return bool(orjson.loads(head if head is not None else d.record.value).get("saga"))
     except (ValueError, TypeError, AttributeError):
         return False  # not a JSON envelope (Avro, raw): the executions topic decides
 
@@ -239,7 +243,8 @@ def replay(
     """Send each dead letter back to its step; returns the replayed execution ids.
 
     A letter that cannot be replayed (a raw record, a failed compensation) is an error when
-    named; with ``mark_all`` it is passed over and described in ``skipped``. ``mark_all``
+    named; with ``mark_all`` it is passed over and described in ``skipped``. ``edit``
+    gets the payload (its bytes, when they are not JSON) and returns the one to replay. ``mark_all``
     records as replayed exactly the letters read, not what arrived since. Given
     ``states`` (``letter_states``), letters of compensated executions and letters already
     replayed are refused the same way unless ``allow_compensated``/``again``."""
@@ -259,14 +264,14 @@ def replay(
                 raise ConfigError(why)
             if d.as_received:  # the record before its failing step(s): replay it as it was
                 with contextlib.suppress(PoisonMessageError):
-                    step = decode(d.record.value, flow.doc.encoding).step
+                    step = decode_record(d.record, flow.doc.encoding).step
             if step not in fplan.entry_of:
                 raise ConfigError(
                     f"dead letter {d.id} failed at '{d.step}', which is not a step of "
                     f"flow {flow.name} now (a raw record or a compensation): cannot replay"
                 )
             try:
-                env: Envelope = decode(d.record.value, flow.doc.encoding)
+                env: Envelope = decode_record(d.record, flow.doc.encoding)
             except PoisonMessageError as exc:
                 raise ConfigError(f"dead letter {d.id} holds no envelope ({exc})") from None
         except ConfigError as exc:
@@ -274,12 +279,18 @@ def replay(
                 raise
             skipped.append(str(exc))
             continue
-        if edit is not None:
-            env.payload = edit(env.payload)
+        if edit is not None:  # given the payload, or its bytes when they are not JSON
+            try:
+                current: Any = env.payload
+            except PayloadError:
+                current = env.raw_payload
+            env.payload = edit(current)
         env.step = step
         env.attempt = 1
         env.meta["replayed"] = int(env.meta.get("replayed", 0)) + 1
-        producer.send(fplan.entry_of[step], encode(env, flow.doc.encoding), d.record.key)
+        # the payload as it was (not parsed) unless edited; the dead letter's own headers stay
+        value, headers = encode(env, flow.doc.encoding)
+        producer.send(fplan.entry_of[step], value, d.record.key, headers)
         ev = event_for(env, "replayed", note=f"from {fplan.dlq_topic} {d.id}")
         producer.send(plan.executions_topic, ev.encode(), env.execution_id.encode())
         replayed.append(env.execution_id)

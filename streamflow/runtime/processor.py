@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamflow.clock import SYSTEM_CLOCK, Clock
-from streamflow.envelope import Encoding, Envelope, decode, encode, now_ms
+from streamflow.envelope import Encoding, Envelope, PayloadError, decode, encode, now_ms
 from streamflow.errors import FatalError, PoisonMessageError
 from streamflow.errtext import describe as describe_contained
 from streamflow.observability import tracing
@@ -91,6 +91,9 @@ class ChainProcessor:
     I/O steps through their ``RetryExecutor``; everything an execution leaves behind is
     written by the ``Emitter``. Split and aggregate agents extend it (``_advance``)."""
 
+    INPUT_KEPT_BY: frozenset[str] = frozenset()
+    """Step types whose input payload ``_advance`` uses besides compensable steps'."""
+
     def __init__(
         self,
         flow: Flow,
@@ -109,6 +112,14 @@ class ChainProcessor:
         self.opts = options
         self.store = store_results
         self.chain = frozenset(agent.steps)
+        # steps whose input payload ``_advance`` gets (``before``): the saga keeps it for a
+        # compensable step; for others it is not read (an unread payload stays unparsed)
+        self.keeps_input = frozenset(
+            s
+            for s in agent.steps
+            if flow.nodes[s].compensation is not None
+            or flow.nodes[s].config.type in self.INPUT_KEPT_BY
+        )
         self.all_sync = not any(s.is_async for s in steps.values())
         self.policy: RetryPolicy = flow.doc.retry or DEFAULT_POLICY
         self.metrics = StepMetrics(flow_plan.integration, flow.name, agent.steps[0])
@@ -204,14 +215,20 @@ class ChainProcessor:
         outs: list[Out] = []
         env = self._decode(rec, outs)
         if env is not None:
-            self.run_sync(env, rec, outs)
+            try:
+                self.run_sync(env, rec, outs)
+            except PayloadError as exc:  # read outside a step (payload not JSON): poison
+                self._dead_letter(env, rec, exc, outs)
         return outs
 
     async def handle(self, rec: Record) -> list[Out]:
         outs: list[Out] = []
         env = self._decode(rec, outs)
         if env is not None:
-            await self.run(env, rec, outs)
+            try:
+                await self.run(env, rec, outs)
+            except PayloadError as exc:
+                self._dead_letter(env, rec, exc, outs)
         return outs
 
     def run_sync(self, env: Envelope, rec: Record, outs: list[Out], fresh: bool = False) -> None:
@@ -229,7 +246,7 @@ class ChainProcessor:
     ) -> None:
         """The step loop: each outcome interpreted by ``_advance``."""
         while env is not None:
-            before = env.payload
+            before = env.payload if env.step in self.keeps_input else None
             outcome = self._sync_step(env, rec, outs)
             if outcome is None:
                 break
@@ -239,7 +256,7 @@ class ChainProcessor:
         self, env: Envelope | None, rec: Record, outs: list[Out], fresh: bool = False
     ) -> None:
         while env is not None:
-            before = env.payload
+            before = env.payload if env.step in self.keeps_input else None
             step = self.steps[env.step]
             if isinstance(step, Step):
                 outcome = self._sync_step(env, rec, outs)
@@ -286,7 +303,7 @@ class ChainProcessor:
     # -- pieces ----------------------------------------------------------------------------
     def _decode(self, rec: Record, outs: list[Out]) -> Envelope | None:
         try:
-            env = decode(rec.value, self.opts.encoding)
+            env = decode(rec.value, rec.headers, self.opts.encoding)
         except PoisonMessageError as exc:
             outs.append(self.emitter.raw_dead_letter(rec, exc, self.agent.steps[0]))
             return None
@@ -307,7 +324,7 @@ class ChainProcessor:
     ) -> Outcome | None:
         """Retries ran out or the failure is final: the step's fallback, else the DLQ."""
         fallback = self.flow.nodes[env.step].config.fallback
-        if fallback is None:
+        if fallback is None or isinstance(exc, PayloadError):  # no payload to fall back with
             self._dead_letter(env, rec, exc, outs)
             return None
         error = self.emitter.where(env, exc)
@@ -354,13 +371,14 @@ class ChainProcessor:
     def _hop(self, env: Envelope, sid: str, rec: Record, outs: list[Out], fresh: bool) -> None:
         """``env`` leaves this agent for the topic of its next step."""
         try:
-            value = encode(env, self.opts.encoding)
+            value, headers = encode(env, self.opts.encoding)
         except Exception as exc:  # any encoder refusal: this execution fails, not the agent
             env.step = sid  # the step whose result cannot travel
             error = PoisonMessageError(f"its result cannot be encoded: {describe_contained(exc)}")
             self._dead_letter(env, rec, error, outs)
             return
-        headers = [("traceparent", env.trace.encode())] if self.traced and env.trace else None
+        if self.traced and env.trace:
+            headers.append(("traceparent", env.trace.encode()))
         if fresh and self.opts.summary:  # it goes on in another agent: it is running
             self._event(env, outs, "started")
         outs.append(Out(self.plan.entry_of[env.step], value, rec.key, headers))
@@ -381,8 +399,8 @@ class ChainProcessor:
         """The execution failed for good: its dead letter, its ``failed`` event, a failed
         split child's notice to its aggregate, and its compensation when it has one."""
         error = self.emitter.where(env, exc)
-        value = self.emitter.dead_letter(env, rec, exc, outs, error)
-        if value is None:  # its input record went instead, with the `failed` event
+        wire = self.emitter.dead_letter(env, rec, exc, outs, error)
+        if wire is None:  # its input record went instead, with the `failed` event
             return
         if self.plan.state_topic_of and type(env.meta.get("split")) is dict:
             from streamflow.runtime.split import failed_child  # (split.py imports this module)
@@ -391,6 +409,6 @@ class ChainProcessor:
         if env.saga and self.plan.compensate_topic is not None:
             # the execution failed for good: undo its completed compensable steps
             self._event(env, outs, "failed", error=error, note="compensating")
-            outs.append(Out(self.plan.compensate_topic, value, rec.key))
+            outs.append(Out(self.plan.compensate_topic, wire.value, rec.key, wire.headers))
         else:
             self._event(env, outs, "failed", error=error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from streamflow.clock import SYSTEM_CLOCK, Clock
+from streamflow.envelope import carried
 from streamflow.observability.metrics import StepMetrics
 from streamflow.runtime.contain import Out
 from streamflow.runtime.core import Deferred
@@ -35,7 +36,8 @@ class RetryProcessor:
         wait_ms = due - self.clock.now_ms()
         if wait_ms > 0:
             raise Deferred(time.monotonic() + wait_ms / 1000)
-        return [Out(self.target, rec.value, rec.key)]
+        # the envelope as it waited: its value and its own headers, not sf-due/sf-error
+        return [Out(self.target, rec.value, rec.key, carried(rec.headers) or None)]
 
     async def handle(self, rec: Record) -> list[Out]:
         return self.handle_sync(rec)

@@ -79,7 +79,7 @@ class CompensationProcessor:
     async def handle(self, rec: Record) -> list[Out]:
         outs: list[Out] = []
         try:
-            env = decode(rec.value, self.opts.encoding)
+            env = decode(rec.value, rec.headers, self.opts.encoding)
         except PoisonMessageError as exc:
             return [self.emitter.raw_dead_letter(rec, exc, "compensate")]
         while env.saga:

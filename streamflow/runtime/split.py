@@ -32,6 +32,8 @@ class SplitProcessor(ChainProcessor):
     """A ChainProcessor whose split and parallel steps fan out instead of going on with one
     envelope."""
 
+    INPUT_KEPT_BY = frozenset({"split", "parallel"})  # their children start from it
+
     def _advance(
         self,
         env: Envelope,
@@ -123,13 +125,13 @@ class SplitProcessor(ChainProcessor):
         what = f"branch {link['branch']}" if "branch" in link else f"item {link['index']}"
         self._event(child, outs, "started", note=f"{what} of {link['size']} from {env.step}")
         try:
-            value = encode(child, self.opts.encoding)
+            value, headers = encode(child, self.opts.encoding)
         except (TypeError, ValueError) as exc:
             self._dead_letter(
                 child, rec, PoisonMessageError(f"cannot encode the child: {exc}"), outs
             )
             return
-        outs.append(Out(self.plan.entry_of[step], value, child.execution_id.encode()))
+        outs.append(Out(self.plan.entry_of[step], value, child.execution_id.encode(), headers))
         self.produced += 1
 
 
@@ -157,7 +159,8 @@ def failed_child(
         steps=env.steps,
         meta=meta,
     )
-    return [Out(plan.entry_of[target], encode(notice, encoding), str(split["parent"]).encode())]
+    value, headers = encode(notice, encoding)
+    return [Out(plan.entry_of[target], value, str(split["parent"]).encode(), headers)]
 
 
 def _collector(flow: Flow, failed_at: str) -> str | None:

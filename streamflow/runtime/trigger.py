@@ -118,7 +118,10 @@ class KafkaTriggerProcessor:
         if self.announce:
             self.emitter.event(env, outs, "started")
         if self.chain is None:
-            outs.append(Out(self.first_topic, encode(env, self.encoding), key))
+            if self.format == "json":  # nothing changed it: the record's JSON is the payload's
+                env.reuse_bytes(rec.value)
+            value, headers = encode(env, self.encoding)
+            outs.append(Out(self.first_topic, value, key, headers))
         # the flow's key places every output downstream, not the outside record's key
         keyed = Record(
             rec.topic, rec.partition, rec.offset, key, rec.value, rec.headers, rec.timestamp_ms

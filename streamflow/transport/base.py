@@ -72,7 +72,8 @@ def wire_size(key: bytes | None, value: bytes, headers: Headers | None) -> int:
     (an upper bound: key, value, headers and the record's framing)."""
     size = _RECORD_OVERHEAD + len(value) + (len(key) if key else 0)
     if headers:
-        size += sum(len(k) + len(v) + _HEADER_OVERHEAD for k, v in headers)
+        for k, v in headers:  # a loop, not sum(generator): once per message produced
+            size += len(k) + len(v) + _HEADER_OVERHEAD
     return size
 
 

@@ -35,7 +35,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from streamflow import exactjson
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.errors import ConfigError, PoisonMessageError
 from streamflow.ingress import FlowIngress
 from streamflow.observability import history
@@ -330,8 +330,8 @@ class Console:
         out: dict[str, Any] = {**d.summary(), **state.columns(), "flow": flow,
                                "replays": state.replays}  # fmt: skip
         try:
-            env = decode(d.record.value, self.integration.flows[flow].doc.encoding)
-            out["envelope"] = env.to_dict()
+            env = decode_record(d.record, self.integration.flows[flow].doc.encoding)
+            out["envelope"] = env.shown()
             out["replayable"] = d.step in self.plan.flows[flow].entry_of
         except PoisonMessageError:
             out["raw"] = d.record.value[:2000].decode("utf-8", "replace")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.observability.events import ExecutionEvent, decode_all, is_terminal
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.runner import RunResult, run_events
@@ -270,7 +270,7 @@ async def replay_and_check(setup: Setup, broker: str, transport: Transport, ids:
     assert Counter(c["id"] for c in setup.downstream.calls) == Counter(set(by_order))
     assert all(c["booking"] == f"BK-{c['id']}" for c in setup.downstream.calls)
     # the envelopes that went on past the failed step say they were replayed
-    went_on = [decode(r.value) for r in transport.read_all(setup.topic("notify"))]
+    went_on = [decode_record(r) for r in transport.read_all(setup.topic("notify"))]
     assert {e.execution_id for e in went_on} == ids
     assert all(e.meta.get("replayed") == 1 for e in went_on)
 

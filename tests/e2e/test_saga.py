@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.runtime.runner import Execution, RunResult
 from streamflow.testing import run_flow
 from streamflow.testing.mocks import MockServices, RecordedCall
@@ -221,7 +221,7 @@ async def test_a_compensation_that_fails_for_good_is_dead_lettered(tmp_path: Pat
     assert "500" in headers["sf-error"]
     assert headers["sf-attempt"] == "3"
     assert headers["sf-origin-topic"] == "sf.order-saga.place-order.compensate"
-    env = decode(refund.value)
+    env = decode_record(refund)
     assert env.execution_id == ex.execution_id
     assert env.step == "refund-payment"
     # the dead letter keeps what was still to undo, the failed compensation on top

@@ -457,7 +457,7 @@ async def test_for_each_retry_sends_only_the_failed_items(
         await step.process(env)  # type: ignore[misc]
     assert sorted(c.json["n"] for c in server.calls) == [0, 1, 2, 3, 4]
     # the retry travels through a topic: what the step kept must survive the encoding
-    env = decode(encode(env, "json"), "json")
+    env = decode(*encode(env, "json"), "json")
     server.calls.clear()
     down["n"] = -1
     out = await step.process(env)  # type: ignore[misc]

@@ -19,7 +19,7 @@ import aio_pika
 import orjson
 import pytest
 
-from streamflow.envelope import Envelope, decode
+from streamflow.envelope import Envelope, decode_record
 from streamflow.errors import PoisonMessageError, RetriableError, ValidationFailed
 from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
@@ -242,7 +242,7 @@ flows:
 
 def emitted(transport: Transport, integration: Integration) -> list[Envelope]:
     topic = compile_plan(integration).flows["orders"].first_topic
-    return [decode(r.value) for r in transport.read_all(topic)]
+    return [decode_record(r) for r in transport.read_all(topic)]
 
 
 def dead(transport: Transport, integration: Integration) -> list[Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.observability.events import ExecutionEvent, decode_all
 from streamflow.runtime.app import App, AppOptions
 from streamflow.runtime.runner import Execution, RunResult
@@ -261,8 +261,8 @@ async def test_retries_follow_the_configured_backoff(
     else:  # each retry waited on the step's retry topic, with its due time and error
         waiting = read_topic(broker, plan.retry_topic_of["call"])
         assert len(waiting) == 3
-        assert [decode(r.value).attempt for r in waiting] == [2, 3, 4]
-        assert all(decode(r.value).execution_id == ex.execution_id for r in waiting)
+        assert [decode_record(r).attempt for r in waiting] == [2, 3, 4]
+        assert all(decode_record(r).execution_id == ex.execution_id for r in waiting)
         dues = [int(headers_of(r)["sf-due"]) for r in waiting]
         assert dues == sorted(dues)
         assert all("503" in headers_of(r)["sf-error"] for r in waiting)
@@ -400,7 +400,7 @@ async def test_exhausted_and_rejected_events_are_dead_lettered_with_headers(
     seen = {}
     for rec in letters:
         h = headers_of(rec)
-        env = decode(rec.value)
+        env = decode_record(rec)
         seen[env.payload["id"]] = h
         assert h["sf-execution-id"] == env.execution_id == ex[env.payload["id"]].execution_id
         assert h["sf-step"] == "call" and env.step == "call"
@@ -415,8 +415,8 @@ async def test_exhausted_and_rejected_events_are_dead_lettered_with_headers(
             and r.offset == int(h["sf-origin-offset"])
         ]
         assert len(origin) == 1
-        assert decode(origin[0].value).execution_id == env.execution_id
-        assert decode(origin[0].value).attempt == env.attempt
+        assert decode_record(origin[0]).execution_id == env.execution_id
+        assert decode_record(origin[0]).attempt == env.attempt
         assert rec.key == origin[0].key  # stays on its key
     assert set(seen) == {"down-1", "down-2", "rejected"}
     for ident in ("down-1", "down-2"):

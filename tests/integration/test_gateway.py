@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.observability.events import ExecutionEvent, decode_all
 from streamflow.runtime.app import App, AppOptions
 from streamflow.topology.loader import load_integration
@@ -195,7 +195,7 @@ async def test_a_signed_valid_request_is_accepted_and_its_execution_completes(
 
     await wait_for(completed)
     [rec] = gw.records("orders")
-    env = decode(rec.value)
+    env = decode_record(rec)
     assert env.execution_id == execution_id
     assert env.payload == {"id": "o-1", "amount": 12.5}
     assert env.trigger["type"] == "webhook"
@@ -276,7 +276,7 @@ async def test_bearer_auth_and_a_sync_response(
     assert body["status"] == "completed"
     assert body["output"] == {"doubled": 42}
     [rec] = gw.records("echo")
-    assert "authorization" not in decode(rec.value).trigger["headers"]
+    assert "authorization" not in decode_record(rec).trigger["headers"]
 
 
 @local
@@ -349,7 +349,7 @@ async def test_an_instance_url_uses_the_instance_config(
     wrong = await gw.session.post(url, data=body, headers=signed(SECRET))
     assert wrong.status == 401  # the integration's secret is not the instance's
     [rec] = gw.records("orders")
-    assert decode(rec.value).instance == "acme"
+    assert decode_record(rec).instance == "acme"
 
 
 @pytest.mark.kafka
@@ -484,7 +484,7 @@ async def test_form_values_are_typed_by_the_flow_schema(
     latin = await gw.post_order(b"id=%ff%fe&amount=1", **form)  # %-escapes that are not UTF-8
     assert latin.status == 400
     [rec] = gw.records("orders")
-    assert decode(rec.value).payload == {"id": "o-5", "amount": 12.5}
+    assert decode_record(rec).payload == {"id": "o-5", "amount": 12.5}
 
 
 def test_form_bodies_keep_repeated_keys_and_type_by_schema() -> None:

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from streamflow.cli.main import main
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 
 # characters that URL-encoding and JSON-escaping change, so every form differs
 SECRETS = {
@@ -183,7 +183,7 @@ def events_text(path: Path, store: Path) -> str:
         for flow in plan.flows.values():
             for rec in transport.read_all(flow.dlq_topic):
                 lines.append(str([(k, v.decode()) for k, v in rec.headers or []]))
-                lines.append(str(decode(rec.value).to_dict()))
+                lines.append(str(decode_record(rec).to_dict()))
         return "\n".join(lines)
     finally:
         transport.close()

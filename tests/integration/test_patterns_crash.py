@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streamflow.envelope import decode_record
 from streamflow.observability.events import decode_all
 from streamflow.transport import open_transport
 from streamflow.transport.base import TopicSpec, Transport
@@ -181,7 +182,7 @@ def test_sigkill_mid_window(broker_url: str, tmp_path: Path, unique: str, guaran
 
     def late_ns() -> list[int]:  # late events are dead-lettered with their envelope
         dlq = transport.read_all(f"sf.{name}.window.dlq")
-        return [orjson.loads(r.value)["payload"]["n"] for r in dlq]
+        return [decode_record(r).payload["n"] for r in dlq]
 
     def accounted() -> int:
         return sum(len(v["ns"]) for v in sink_values(transport, sink)) + len(late_ns())

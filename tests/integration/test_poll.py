@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from streamflow.clock import ManualClock
-from streamflow.envelope import Envelope, decode
+from streamflow.envelope import Envelope, decode_record
 from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
 from streamflow.topology.loader import load_integration
@@ -47,7 +47,7 @@ flows:
 
 def emitted(transport: Transport, integration: Integration) -> list[Envelope]:
     topic = compile_plan(integration).flows["sync"].first_topic
-    return [decode(r.value) for r in transport.read_all(topic)]
+    return [decode_record(r) for r in transport.read_all(topic)]
 
 
 async def poll_until(

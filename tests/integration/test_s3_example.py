@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App, AppOptions
 from streamflow.topology.loader import load_integration
@@ -106,7 +106,7 @@ async def test_csv_drops_land_in_postgresql_once_and_move_to_processed(
         stop.set()
         await asyncio.gather(*tasks)
     first_topic = app.plan.flows["load-drops"].first_topic
-    emitted = [decode(r.value).payload["key"] for r in transport.read_all(first_topic)]
+    emitted = [decode_record(r).payload["key"] for r in transport.read_all(first_topic)]
     transport.close()
     assert sorted(emitted) == ["incoming/day-1.csv", "incoming/day-2.csv"]
     table = await rows()

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from streamflow.clock import ManualClock
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.ingress import FlowIngress
 from streamflow.topology.loader import load_integration
 from streamflow.topology.models import Integration
@@ -58,7 +58,7 @@ def fired_ticks(transport: Transport, integration: Integration) -> list[int]:
     topic = compile_plan(integration).flows["tick"].first_topic
     out = []
     for rec in transport.read_all(topic):
-        env = decode(rec.value)
+        env = decode_record(rec)
         assert env.execution_id == f"tick-{env.trigger['epoch']}"
         out.append(int(env.trigger["epoch"]))
     return out

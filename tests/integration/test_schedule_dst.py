@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from streamflow.clock import ManualClock
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.ingress import FlowIngress
 from streamflow.runtime.app import App
 from streamflow.topology.loader import load_integration
@@ -68,7 +68,7 @@ async def fire_between(
             await clock.advance(max(int(delay * 1000), 1) / 1000)  # straight to the next tick
         await runner.lease.close()
         topic = plan.flows["tick"].first_topic
-        triggers = [decode(r.value).trigger for r in transport.read_all(topic)]
+        triggers = [decode_record(r).trigger for r in transport.read_all(topic)]
         return [t["tick"] for t in sorted(triggers, key=lambda t: t["epoch"])]  # all partitions
     finally:
         transport.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType, web
 
-from streamflow.envelope import Envelope, decode
+from streamflow.envelope import Envelope, decode_record
 from streamflow.ingress import FlowIngress
 from streamflow.observability.metrics import TRIGGER_CONNECTED, TRIGGER_RECONNECTS
 from streamflow.runtime.app import App
@@ -46,7 +46,7 @@ flows:
 
 def emitted(transport: Transport, integration: Integration) -> list[Envelope]:
     topic = compile_plan(integration).flows["live"].first_topic
-    return [decode(r.value) for r in transport.read_all(topic)]
+    return [decode_record(r) for r in transport.read_all(topic)]
 
 
 def runner_for(integration: Integration, transport: Transport) -> StreamRunner:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.errors import ConfigError
 from streamflow.observability.metrics import AGENT_RESTARTS
 from streamflow.runtime.app import App, AppOptions
@@ -76,7 +76,7 @@ async def test_an_output_over_the_size_limit_fails_its_execution_only(
     assert len(letters) == 1
     (letter,) = letters
     assert letter.header("sf-dead-letter") == b"input"
-    env = decode(letter.value)  # the record as the agent received it: before `grow`
+    env = decode_record(letter)  # the record as the agent received it: before `grow`
     assert env.step == "grow" and env.payload == {"id": 3, "n": 10_000}
     assert letter.header("sf-execution-id") == bad.execution_id.encode()
     transport.close()
@@ -99,7 +99,7 @@ DEEP = """\
 async def test_a_result_nested_too_deep_fails_its_execution_only(tmp_path: Path) -> None:
     path = topology(tmp_path, DEEP, name="deep")
     deep: object = 1
-    for _ in range(251):
+    for _ in range(252):  # + {a: {b: {c:}}} = 255 levels, one over the encoder's limit
         deep = [deep]
     result = await run_flow(path, [deep, {"fine": 1}])
     by_status = sorted(ex.status for ex in result.executions)

@@ -1,4 +1,6 @@
-"""The envelope: JSON and Avro round-trips, the Avro schema, and poison detection."""
+"""The envelope: JSON (payload as the value, metadata in the ``sf-env`` header) and Avro
+round-trips, the format before the header, the lazy payload, the Avro schema, and poison
+detection."""
 
 from __future__ import annotations
 
@@ -55,9 +57,9 @@ def full_envelope() -> Envelope:
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_round_trip_keeps_every_field(encoding: Encoding) -> None:
     env = full_envelope()
-    data = encode(env, encoding)
-    assert isinstance(data, bytes)
-    back = decode(data, encoding)
+    value, headers = encode(env, encoding)
+    assert isinstance(value, bytes)
+    back = decode(value, headers, encoding)
     assert back == env
     assert back.to_dict() == env.to_dict()
 
@@ -69,7 +71,7 @@ def test_round_trip_keeps_every_field(encoding: Encoding) -> None:
 )
 def test_round_trip_of_any_payload_shape(encoding: Encoding, payload: Any) -> None:
     env = Envelope(execution_id="e1", integration="i", flow="f", step="s", payload=payload)
-    back = decode(encode(env, encoding), encoding)
+    back = decode(*encode(env, encoding), encoding)
     assert back.payload == payload
     assert type(back.payload) is type(payload)
     assert back == env
@@ -78,14 +80,14 @@ def test_round_trip_of_any_payload_shape(encoding: Encoding, payload: Any) -> No
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_defaults_survive_a_round_trip(encoding: Encoding) -> None:
     env = Envelope(execution_id="e1", integration="i", flow="f", step="s", payload=None)
-    back = decode(encode(env, encoding), encoding)
+    back = decode(*encode(env, encoding), encoding)
     assert (back.instance, back.attempt, back.trace) == ("", 1, "")
     assert (back.trigger, back.steps, back.saga, back.meta) == ({}, {}, [], {})
     assert back.created_ms == env.created_ms > 0
 
 
-def test_json_encoding_is_a_versioned_object() -> None:
-    d = orjson.loads(encode(full_envelope()))
+def test_to_dict_is_the_versioned_whole_envelope() -> None:
+    d = full_envelope().to_dict()
     assert d["v"] == ENVELOPE_VERSION == 1
     assert d["payload"]["customer"]["first_name"] == "Zoë"
     assert set(d) == {
@@ -108,7 +110,7 @@ def test_json_encoding_is_a_versioned_object() -> None:
 
 def test_json_decoding_fills_defaults_for_optional_fields() -> None:
     data = orjson.dumps({"execution_id": "e", "integration": "i", "flow": "f", "step": "s"})
-    env = decode(data)
+    env = decode(data, None)
     assert env.payload is None
     assert (env.instance, env.attempt, env.created_ms, env.trace) == ("", 1, 0, "")
     assert (env.trigger, env.steps, env.saga, env.meta) == ({}, {}, [], {})
@@ -127,7 +129,7 @@ def test_json_decoding_turns_null_collections_into_empty_ones() -> None:
             "trigger": None,
         }
     )
-    env = decode(data)
+    env = decode(data, [])
     assert (env.trigger, env.steps, env.saga, env.meta) == ({}, {}, [], {})
 
 
@@ -147,7 +149,9 @@ def test_schema_file_parses_and_is_the_packaged_one() -> None:
 def test_avro_bytes_follow_schemas_envelope_avsc() -> None:
     schema = schema_from_file()
     env = full_envelope()
-    record: Any = fastavro.schemaless_reader(io.BytesIO(encode(env, "avro")), schema, None)
+    value, headers = encode(env, "avro")
+    assert headers == []  # the whole envelope is the Avro record
+    record: Any = fastavro.schemaless_reader(io.BytesIO(value), schema, None)
     assert record["v"] == 1
     assert record["execution_id"] == env.execution_id
     assert record["attempt"] == 3
@@ -174,7 +178,7 @@ def test_avro_bytes_follow_schemas_envelope_avsc() -> None:
             "payload": '{"k":"ü"}',
         },
     )
-    back = decode(buf.getvalue(), "avro")
+    back = decode(buf.getvalue(), None, "avro")
     assert (back.execution_id, back.attempt, back.instance, back.created_ms) == ("x", 1, "", 9)
     assert back.steps == {"a": 1}
     assert back.payload == {"k": "ü"}
@@ -183,7 +187,7 @@ def test_avro_bytes_follow_schemas_envelope_avsc() -> None:
 def test_avro_is_not_json() -> None:
     env = full_envelope()
     with pytest.raises(PoisonMessageError):
-        decode(encode(env, "avro"), "json")
+        decode(*encode(env, "avro"), "json")
     assert encode(env, "avro") != encode(env, "json")
 
 
@@ -195,13 +199,13 @@ def test_avro_is_not_json() -> None:
 )
 def test_invalid_json_is_poison(data: bytes) -> None:
     with pytest.raises(PoisonMessageError, match="not valid JSON"):
-        decode(data)
+        decode(data, None)
 
 
 @pytest.mark.parametrize("data", [b"[1, 2]", b'"envelope"', b"42", b"null", b"true"])
 def test_json_that_is_not_an_object_is_poison(data: bytes) -> None:
     with pytest.raises(PoisonMessageError, match="not a JSON object"):
-        decode(data)
+        decode(data, None)
 
 
 @pytest.mark.parametrize("missing", ["execution_id", "integration", "flow", "step"])
@@ -209,7 +213,7 @@ def test_missing_required_fields_are_poison(missing: str) -> None:
     d = {"execution_id": "e", "integration": "i", "flow": "f", "step": "s", "payload": 1}
     del d[missing]
     with pytest.raises(PoisonMessageError, match=f"not a StreamFlow envelope: missing '{missing}'"):
-        decode(orjson.dumps(d))
+        decode(orjson.dumps(d), None)
     with pytest.raises(PoisonMessageError):
         Envelope.from_dict(d)
 
@@ -227,7 +231,7 @@ def test_missing_required_fields_are_poison(missing: str) -> None:
 )
 def test_garbage_avro_is_poison(data: bytes) -> None:
     with pytest.raises(PoisonMessageError, match="not valid Avro"):
-        decode(data, "avro")
+        decode(data, None, "avro")
 
 
 def test_avro_with_non_json_text_fields_is_poison() -> None:
@@ -250,10 +254,10 @@ def test_avro_with_non_json_text_fields_is_poison() -> None:
         },
     )
     with pytest.raises(PoisonMessageError, match="not valid Avro"):
-        decode(buf.getvalue(), "avro")
+        decode(buf.getvalue(), None, "avro")
 
 
 def test_truncated_avro_is_poison() -> None:
-    data = encode(full_envelope(), "avro")
+    data = encode(full_envelope(), "avro").value
     with pytest.raises(PoisonMessageError):
-        decode(data[: len(data) // 2], "avro")
+        decode(data[: len(data) // 2], None, "avro")

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from streamflow.clock import ManualClock
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.runtime.app import AppOptions
 from streamflow.runtime.runner import Execution, RunResult
 from streamflow.testing import run_flow
@@ -369,7 +369,7 @@ async def test_dead_letters_carry_error_headers(
     # the last attempt read the envelope re-delivered from the retry topic: offset 1
     assert int(headers["sf-origin-offset"]) == 1
     assert headers["sf-execution-id"] == ex.execution_id
-    env = decode(rec.value)
+    env = decode_record(rec)
     assert env.execution_id == ex.execution_id
     assert env.step == "call"
     assert env.payload == {"id": "d1"}
@@ -471,7 +471,7 @@ async def test_avro_encoded_flow_completes(
         transport.close()
     assert len(records) == 2
     assert not records[0].value.startswith(b"{")
-    assert {decode(r.value, "avro").payload["id"] for r in records} == {"a1", "a2"}
+    assert {decode_record(r, "avro").payload["id"] for r in records} == {"a1", "a2"}
     # (the envelopes the trigger wrote for the http step: `after` runs in its agent)
 
 

@@ -250,7 +250,9 @@ async function deadLetters() {
 async function deadLetter(flow, id) {
   const d = await api("/flows/" + encodeURIComponent(flow) + "/dead-letters/" + encodeURIComponent(id));
   const payload = d.envelope ? d.envelope.payload : null;
-  const editor = h("textarea", { id: "payload", spellcheck: "false" }, pretty(payload));
+  // a payload that is not JSON (or too deep to show) comes as text: shown to be fixed
+  const shown = d.envelope && d.envelope.payload_raw !== undefined ? d.envelope.payload_raw : pretty(payload);
+  const editor = h("textarea", { id: "payload", spellcheck: "false" }, shown);
   const status = h("div", { id: "replay-status" });
   const override = h("input", { type: "checkbox", id: "override" });
   const again = h("input", { type: "checkbox", id: "again" });

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from streamflow.envelope import decode
+from streamflow.envelope import decode_record
 from streamflow.errors import PoisonMessageError
 from streamflow.runtime.dlq import DeadLetter
 from streamflow.runtime.runner import Execution, RunResult
@@ -268,7 +268,7 @@ class _Letter:
 
 def _letter(d: DeadLetter, encoding: str) -> _Letter:
     try:
-        payload = decode(d.record.value, encoding).payload  # type: ignore[arg-type]
+        payload = decode_record(d.record, encoding).payload  # type: ignore[arg-type]
     except PoisonMessageError:
         payload = None
     return _Letter(d.step, d.header("error"), d.header("error-type"), payload)
