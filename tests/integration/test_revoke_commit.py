@@ -50,9 +50,11 @@ FLOWING = "      - {id: call, type: http, url: '${config.api}/n/${payload.n}'}\n
 
 
 class RevokingTransport(LocalTransport):
-    """The embedded transport whose agent consumer, at its ``at``-th poll, calls its
-    revoke hook as a rebalance would (from inside ``poll``) while its producer's commit
-    raises ``FatalError`` (polls of the step's agent are counted, not of its retry agent)."""
+    """The embedded transport whose agent consumer, from its ``at``-th poll on, calls its
+    revoke hook as a rebalance would (from inside ``poll``) until one revocation had work to
+    commit, while its producer's commit raises ``FatalError`` (polls of the step's agent are
+    counted, not of its retry agent): how long a record takes does not decide whether the
+    revocation has something to commit (a slow one was revoked with nothing to commit)."""
 
     def __init__(self, directory: Path, at: int) -> None:
         super().__init__(directory)
@@ -70,7 +72,7 @@ class RevokingTransport(LocalTransport):
 
         def revoking_poll(max_records: int, timeout: float) -> list[Record]:
             self.polls += 1
-            if self.polls == self.at and consumer.on_revoke is not None:
+            if self.polls >= self.at and not self.failed and consumer.on_revoke is not None:
                 self.revoking = True
                 try:
                     consumer.on_revoke(consumer.assignment())
