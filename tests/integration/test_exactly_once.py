@@ -104,13 +104,16 @@ class ScriptedRun:
         self.done: list[str] = []
         self.todo: list[Action] = []
         self.log_end = 0  # sink's log end at the previous action
+        self.over = False  # until_all_seen returned or raised
 
     def allowed(self) -> int:
         """How much input a gated feeder may have produced: up to a little past the next
         pending action's count, so input never runs out before every action has run
         (however long a rebalance takes on a loaded machine)."""
         pending = list(self.todo)  # a copy: the script pops from it meanwhile
-        return min(N, pending[0].at + N // 20) if pending else N
+        if self.over or not pending:  # the script ended (done or failed): feed the rest
+            return N
+        return min(N, pending[0].at + N // 20)
 
     def read(self, timeout: float) -> None:
         for rec in self.reader.poll(2000, timeout):
@@ -126,6 +129,12 @@ class ScriptedRun:
         return "\n".join(f"--- worker {w.worker_id}:\n{w.log_tail()}" for w in self.workers)
 
     def until_all_seen(self, actions: list[Action], timeout: float) -> None:
+        try:
+            self._until_all_seen(actions, timeout)
+        finally:
+            self.over = True  # a gated feeder finishes instead of waiting for ever
+
+    def _until_all_seen(self, actions: list[Action], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self.todo = todo = sorted(actions, key=lambda a: a.at)
         while len(self.seen) < N:
