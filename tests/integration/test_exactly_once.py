@@ -105,6 +105,7 @@ class ScriptedRun:
         self.todo: list[Action] = []
         self.log_end = 0  # sink's log end at the previous action
         self.over = False  # until_all_seen returned or raised
+        self.fed = 0  # what a gated feeder was allowed when the last action ran
 
     def allowed(self) -> int:
         """How much input a gated feeder may have produced: up to a little past the next
@@ -113,7 +114,9 @@ class ScriptedRun:
         pending = list(self.todo)  # a copy: the script pops from it meanwhile
         if self.over or not pending:  # the script ended (done or failed): feed the rest
             return N
-        return min(N, pending[0].at + N // 20)
+        # and at least N // 20 more than before the previous action: two actions close
+        # together must not leave the restarted worker too little input to show progress
+        return min(N, max(pending[0].at, self.fed) + N // 20)
 
     def read(self, timeout: float) -> None:
         for rec in self.reader.poll(2000, timeout):
@@ -156,6 +159,7 @@ class ScriptedRun:
                 # the running workers wrote output (not only the reader's backlog)
                 and self.sink_end() >= self.log_end + MIN_PROGRESS
             ):
+                self.fed = self.allowed()
                 action = todo.pop(0)
                 action.act()
                 self.done.append(f"{action.label} at {total} outputs")
