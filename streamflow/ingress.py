@@ -9,6 +9,7 @@ from typing import Any
 from streamflow.envelope import Envelope, encode, new_execution_id, now_ms
 from streamflow.observability import tracing
 from streamflow.observability.events import event_for
+from streamflow.topology.exprcode import LIGHT, roots_read
 from streamflow.topology.expressions import Template, compile_value
 from streamflow.topology.models import Flow, Integration
 from streamflow.topology.plan import Plan
@@ -30,7 +31,7 @@ class FlowIngress:
         if self.flow.doc.key is not None:
             self.key = compile_value(self.flow.doc.key)
             # a key read from the payload and trigger alone (the usual): no scope beyond them
-            self.light_key = {ref[0] for ref in self.key.references} <= {"payload", "trigger"}
+            self.light_key = roots_read(self.key) <= LIGHT
 
     def envelope(
         self,

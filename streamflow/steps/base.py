@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from streamflow.clock import SYSTEM_CLOCK, Clock
 from streamflow.envelope import Envelope
 from streamflow.errors import PoisonMessageError
+from streamflow.topology.exprcode import LIGHT, roots_read
 from streamflow.topology.models import StepNode
 from streamflow.topology.values import MISSING
 
@@ -155,14 +156,14 @@ class StepContext:
     @staticmethod
     def light(*templates: Template) -> bool:
         """Do ``templates`` read nothing but ``payload`` and ``trigger``?"""
-        return {ref[0] for t in templates for ref in t.references} <= {"payload", "trigger"}
+        return roots_read(*templates) <= LIGHT
 
     def scoper(self, *templates: Template) -> Callable[[Envelope], dict[str, Any]]:
         """``scope`` cut to the roots ``templates`` read (``Template.references``): an
         unread root is left out - it would read as null anyway, and building it (the
         ``meta`` dict, the instance's config) is most of a pure step's cost per event."""
-        roots = {ref[0] for t in templates for ref in t.references}
-        if roots <= {"payload", "trigger"}:  # the usual pure step: no dict built per root
+        roots = roots_read(*templates)
+        if roots <= LIGHT:  # the usual pure step: no dict built per root
             if "trigger" in roots:
                 return lambda env: {"payload": env.payload, "trigger": env.trigger}
             return lambda env: {"payload": env.payload}

@@ -149,6 +149,15 @@ class _Gen:
         return f"{self.bind(FUNCS[name][0])}({args})"
 
 
+LIGHT = frozenset({"payload", "trigger"})
+"""The roots a template may read and still be rendered without an envelope's metadata."""
+
+
+def roots_read(*templates: Any) -> set[str]:
+    """The scope roots ``templates`` (compiled ``Template``s) read, from their references."""
+    return {ref[0] for t in templates for ref in t.references}
+
+
 def static_path(node: ast.expr, roots: frozenset[str]) -> tuple[str | int, ...] | None:
     """(root, key, ...) when ``node`` is a fully static path like payload.a['b'][0]."""
     keys: list[str | int] = []
